@@ -1,0 +1,643 @@
+//! The canonical rule IR and the compiler that builds it.
+//!
+//! ```text
+//!  Ir (one node, or the whole cluster)
+//!   ├── endpoints   local pods: interface, IPs, and per direction
+//!   │                 isolated? + the policy chains that apply (sorted by policy)
+//!   ├── chains      one per (policy, direction) with rules: peer × ports → accept
+//!   ├── sets        shared named address sets, one per distinct selector pair / ipBlock
+//!   └── port_sets   named-port resolutions: (address, port) pairs per (port name, protocol)
+//! ```
+//!
+//! Size is O(policies + pods + selector matches): a policy's rules exist once, however many pods
+//! it selects; a selector's member list exists once, however many rules use it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde::Serialize;
+use sha1::Digest as _;
+
+use crate::cidr::{self, Family, IpRange};
+use crate::model::*;
+
+/// What to compile for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// Compile for the endpoints of this node only; `None` = every endpoint in the snapshot.
+    pub node: Option<String>,
+    /// Prefix of host-side pod interface names (Calico, and so Canal, uses `cali`).
+    pub interface_prefix: String,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        Self {
+            node: None,
+            interface_prefix: "cali".into(),
+        }
+    }
+}
+
+// === IR types ===
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Ir {
+    pub node: Option<String>,
+    pub endpoints: Vec<Endpoint>,
+    pub chains: BTreeMap<String, PolicyChain>,
+    pub sets: BTreeMap<String, AddrSet>,
+    pub port_sets: BTreeMap<String, PortSet>,
+    /// Every valid policy in the snapshot, with how many of this IR's endpoints it selects.
+    pub policies: Vec<PolicyInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PolicyInfo {
+    pub policy: ObjectRef,
+    pub generation: Option<i64>,
+    pub policy_types: Vec<Direction>,
+    pub selected_endpoints: usize,
+}
+
+/// A pod this IR enforces policy for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub pod: ObjectRef,
+    pub node: Option<String>,
+    /// Host-side interface of the pod's veth.
+    pub interface: String,
+    pub ips: Vec<IpAddr>,
+    pub ingress: Isolation,
+    pub egress: Isolation,
+}
+
+impl Endpoint {
+    pub fn isolation(&self, d: Direction) -> &Isolation {
+        match d {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+
+    /// Name of this endpoint's chain for a direction.
+    pub fn chain_name(&self, d: Direction) -> String {
+        format!("ep_{}_{}", short_hash(&self.pod.to_string()), d.suffix())
+    }
+}
+
+/// Which policies select an endpoint for one direction. Empty = not isolated: all traffic allowed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Isolation {
+    /// Policies selecting the endpoint for this direction, sorted by namespace/name.
+    pub policies: Vec<ObjectRef>,
+    /// Chains (in `Ir::chains`) to consult, in policy order; policies without rules have none.
+    pub chains: Vec<String>,
+}
+
+impl Isolation {
+    pub fn isolated(&self) -> bool {
+        !self.policies.is_empty()
+    }
+}
+
+/// The rules of one policy for one direction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PolicyChain {
+    pub policy: ObjectRef,
+    pub direction: Direction,
+    pub rules: Vec<IrRule>,
+}
+
+/// One accept rule: a single peer and a single port match. A NetworkPolicy rule with several
+/// peers or several named ports becomes several IR rules with the same `rule` index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IrRule {
+    /// Index of the rule in the policy's `ingress` / `egress` list.
+    pub rule: usize,
+    pub peer: PeerMatch,
+    pub ports: PortMatch,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "set")]
+pub enum PeerMatch {
+    /// No `from` / `to`: every address.
+    Any,
+    /// Addresses in the named set (`Ir::sets`).
+    Set(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortMatch {
+    /// No `ports`: every protocol and port.
+    Any,
+    /// Numeric ports and ranges, and whole protocols.
+    Ports(Vec<PortRange>),
+    /// A named port: destination address and port must be in the named port set (`Ir::port_sets`).
+    Named { set: String, protocol: Protocol },
+}
+
+/// An inclusive destination-port range of one protocol; `0..=65535` is the whole protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PortRange {
+    pub protocol: Protocol,
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn is_whole_protocol(&self) -> bool {
+        self.first == 0 && self.last == u16::MAX
+    }
+
+    pub fn contains(&self, protocol: Protocol, port: u16) -> bool {
+        self.protocol == protocol && (self.first..=self.last).contains(&port)
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_whole_protocol() {
+            write!(f, "all {}", self.protocol)
+        } else if self.first == self.last {
+            write!(f, "{}/{}", self.first, self.protocol)
+        } else {
+            write!(f, "{}-{}/{}", self.first, self.last, self.protocol)
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetKind {
+    /// Pods matched by a (namespace selector, pod selector) pair: single addresses.
+    Selector,
+    /// An ipBlock minus its excepts: address intervals.
+    IpBlock,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AddrSet {
+    pub kind: SetKind,
+    /// Human-readable origin, e.g. `pods app=web in namespace prod`.
+    pub description: String,
+    /// Families this set can hold (a selector set holds both, an ipBlock one).
+    pub families: Vec<Family>,
+    /// Sorted, disjoint.
+    pub members: Vec<IpRange>,
+}
+
+impl AddrSet {
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        let key = IpRange::single(*ip);
+        let i = self
+            .members
+            .partition_point(|r| (r.family, r.start) <= (key.family, key.start));
+        i > 0 && self.members[i - 1].contains(ip)
+    }
+
+    pub fn members_of(&self, f: Family) -> impl Iterator<Item = &IpRange> {
+        self.members.iter().filter(move |r| r.family == f)
+    }
+}
+
+/// Where a named port resolves: (pod address, port) for every endpoint defining that name for
+/// that protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PortSet {
+    pub port_name: String,
+    pub protocol: Protocol,
+    /// Sorted, deduplicated.
+    pub members: Vec<(IpAddr, u16)>,
+}
+
+impl PortSet {
+    pub fn contains(&self, ip: IpAddr, port: u16) -> bool {
+        self.members.binary_search(&(ip, port)).is_ok()
+    }
+}
+
+// === Naming ===
+
+/// First 12 hex digits of the SHA-256 of `s`: stable, content-derived names.
+pub fn short_hash(s: &str) -> String {
+    let d = sha2::Sha256::digest(s.as_bytes());
+    d.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The host-side veth name Calico's CNI plugin gives a pod: prefix + 11 hex digits of
+/// SHA-1(`namespace.name`).
+pub fn interface_name(prefix: &str, pod: &ObjectRef) -> String {
+    let d = sha1::Sha1::digest(format!("{}.{}", pod.namespace, pod.name).as_bytes());
+    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    let mut name = format!("{prefix}{}", &hex[..11]);
+    name.truncate(15);
+    name
+}
+
+/// Name of a policy's chain for a direction.
+pub fn policy_chain_name(policy: &ObjectRef, d: Direction) -> String {
+    format!("np_{}_{}", short_hash(&policy.to_string()), d.suffix())
+}
+
+// === impl Compiler ===
+
+/// Which namespaces a selector-pair peer covers.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum NamespaceScope {
+    /// The policy's own namespace (no namespaceSelector).
+    Named(String),
+    Selector(LabelSelector),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum SetKey {
+    Pods {
+        namespaces: NamespaceScope,
+        pods: Option<LabelSelector>,
+    },
+    Block(IpBlock),
+}
+
+impl SetKey {
+    fn name(&self) -> String {
+        match self {
+            SetKey::Pods { .. } => format!("sel_{}", short_hash(&format!("{self:?}"))),
+            SetKey::Block(b) => format!("cidr_{}", short_hash(&format!("{b:?}"))),
+        }
+    }
+
+    fn description(&self) -> String {
+        match self {
+            SetKey::Pods { namespaces, pods } => {
+                let pods = match pods {
+                    None => "all pods".to_string(),
+                    Some(s) if s.is_empty() => "all pods".to_string(),
+                    Some(s) => format!("pods {s}"),
+                };
+                match namespaces {
+                    NamespaceScope::Named(n) => format!("{pods} in namespace {n}"),
+                    NamespaceScope::Selector(s) if s.is_empty() => format!("{pods} in all namespaces"),
+                    NamespaceScope::Selector(s) => format!("{pods} in namespaces {s}"),
+                }
+            }
+            SetKey::Block(b) => b.to_string(),
+        }
+    }
+}
+
+/// Compiles snapshots. Keeps a cache of set contents so that compiling many nodes of one
+/// snapshot computes every selector's members once (the selector cache).
+#[derive(Debug)]
+pub struct Compiler<'a> {
+    snapshot: &'a Snapshot,
+    /// Endpoints by namespace, sorted by name.
+    by_namespace: BTreeMap<&'a str, Vec<&'a Pod>>,
+    namespace_labels: BTreeMap<&'a str, Labels>,
+    set_names: BTreeMap<SetKey, String>,
+    sets: BTreeMap<String, AddrSet>,
+    port_set_names: BTreeMap<(String, Protocol), String>,
+    port_sets: BTreeMap<String, PortSet>,
+    chains: BTreeMap<(ObjectRef, Direction), PolicyChain>,
+}
+
+impl<'a> Compiler<'a> {
+    pub fn new(snapshot: &'a Snapshot) -> Self {
+        let mut by_namespace: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+        for p in snapshot.endpoints() {
+            by_namespace.entry(p.namespace.as_str()).or_default().push(p);
+        }
+        let mut namespace_labels = BTreeMap::new();
+        for ns in by_namespace.keys().copied().chain(snapshot.namespaces.keys().map(String::as_str)) {
+            namespace_labels
+                .entry(ns)
+                .or_insert_with(|| snapshot.namespace_labels(ns));
+        }
+        Self {
+            snapshot,
+            by_namespace,
+            namespace_labels,
+            set_names: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            port_set_names: BTreeMap::new(),
+            port_sets: BTreeMap::new(),
+            chains: BTreeMap::new(),
+        }
+    }
+
+    /// Nodes that host at least one endpoint, or are listed as Node objects.
+    pub fn nodes(&self) -> BTreeSet<String> {
+        let mut nodes: BTreeSet<String> = self.snapshot.nodes.keys().cloned().collect();
+        nodes.extend(self.snapshot.endpoints().filter_map(|p| p.node.clone()));
+        nodes
+    }
+
+    pub fn compile(&mut self, opts: &CompileOptions) -> Ir {
+        let snapshot = self.snapshot;
+        let local: Vec<&Pod> = snapshot
+            .endpoints()
+            .filter(|p| opts.node.is_none() || p.node == opts.node)
+            .collect();
+
+        // Which policies select which local endpoints.
+        let mut selected: BTreeMap<ObjectRef, (Isolation, Isolation)> = local
+            .iter()
+            .map(|p| (p.id(), Default::default()))
+            .collect();
+        let mut policies = Vec::with_capacity(snapshot.policies.len());
+        let mut used_chains: BTreeSet<(ObjectRef, Direction)> = BTreeSet::new();
+        for policy in snapshot.policies.values() {
+            let pid = policy.id();
+            let mut count = 0;
+            for pod in local.iter().filter(|p| policy.selects(p)) {
+                count += 1;
+                let iso = selected.get_mut(&pod.id()).expect("local endpoint");
+                for d in &policy.policy_types {
+                    let iso = match d {
+                        Direction::Ingress => &mut iso.0,
+                        Direction::Egress => &mut iso.1,
+                    };
+                    iso.policies.push(pid.clone());
+                    if !policy.rules(*d).is_empty() {
+                        iso.chains.push(policy_chain_name(&pid, *d));
+                        used_chains.insert((pid.clone(), *d));
+                    }
+                }
+            }
+            policies.push(PolicyInfo {
+                policy: pid,
+                generation: policy.generation,
+                policy_types: policy.policy_types.clone(),
+                selected_endpoints: count,
+            });
+        }
+
+        let mut ir = Ir {
+            node: opts.node.clone(),
+            endpoints: Vec::with_capacity(local.len()),
+            chains: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            port_sets: BTreeMap::new(),
+            policies,
+        };
+        for pod in &local {
+            let id = pod.id();
+            let (ingress, egress) = selected.remove(&id).expect("local endpoint");
+            ir.endpoints.push(Endpoint {
+                interface: interface_name(&opts.interface_prefix, &id),
+                pod: id,
+                node: pod.node.clone(),
+                ips: pod.ips.clone(),
+                ingress,
+                egress,
+            });
+        }
+
+        for (pid, d) in used_chains {
+            let chain = self.chain(&pid, d);
+            for r in &chain.rules {
+                if let PeerMatch::Set(name) = &r.peer {
+                    if !ir.sets.contains_key(name) {
+                        ir.sets.insert(name.clone(), self.sets[name].clone());
+                    }
+                }
+                if let PortMatch::Named { set, .. } = &r.ports {
+                    if !ir.port_sets.contains_key(set) {
+                        ir.port_sets.insert(set.clone(), self.port_sets[set].clone());
+                    }
+                }
+            }
+            ir.chains.insert(policy_chain_name(&pid, d), chain);
+        }
+        ir
+    }
+
+    /// The chain of one policy and direction (cached: identical on every node).
+    fn chain(&mut self, pid: &ObjectRef, d: Direction) -> PolicyChain {
+        if let Some(c) = self.chains.get(&(pid.clone(), d)) {
+            return c.clone();
+        }
+        let policy = &self.snapshot.policies[pid];
+        let mut rules = Vec::new();
+        for (index, rule) in policy.rules(d).iter().enumerate() {
+            let peers: Vec<PeerMatch> = if rule.peers.is_empty() {
+                vec![PeerMatch::Any]
+            } else {
+                let mut v: Vec<PeerMatch> = rule
+                    .peers
+                    .iter()
+                    .map(|p| PeerMatch::Set(self.peer_set(&policy.namespace, p)))
+                    .collect();
+                v.sort();
+                v.dedup();
+                v
+            };
+            let mut ports: Vec<PortMatch> = Vec::new();
+            let mut numeric: Vec<PortRange> = Vec::new();
+            for spec in &rule.ports {
+                match &spec.port {
+                    PortRef::All => numeric.push(PortRange {
+                        protocol: spec.protocol,
+                        first: 0,
+                        last: u16::MAX,
+                    }),
+                    PortRef::Range { first, last } => numeric.push(PortRange {
+                        protocol: spec.protocol,
+                        first: *first,
+                        last: *last,
+                    }),
+                    PortRef::Named(name) => ports.push(PortMatch::Named {
+                        set: self.port_set(name, spec.protocol),
+                        protocol: spec.protocol,
+                    }),
+                }
+            }
+            if !numeric.is_empty() {
+                ports.push(PortMatch::Ports(merge_ports(numeric)));
+            }
+            if rule.ports.is_empty() {
+                ports.push(PortMatch::Any);
+            }
+            ports.sort();
+            ports.dedup();
+            for peer in &peers {
+                for pm in &ports {
+                    rules.push(IrRule {
+                        rule: index,
+                        peer: peer.clone(),
+                        ports: pm.clone(),
+                    });
+                }
+            }
+        }
+        let chain = PolicyChain {
+            policy: pid.clone(),
+            direction: d,
+            rules,
+        };
+        self.chains.insert((pid.clone(), d), chain.clone());
+        chain
+    }
+
+    fn peer_set(&mut self, policy_ns: &str, peer: &Peer) -> String {
+        let key = match peer {
+            Peer::IpBlock(b) => SetKey::Block(b.clone()),
+            Peer::Pods {
+                namespace_selector,
+                pod_selector,
+            } => SetKey::Pods {
+                namespaces: match namespace_selector {
+                    None => NamespaceScope::Named(policy_ns.to_string()),
+                    Some(s) => NamespaceScope::Selector(s.clone()),
+                },
+                // An empty pod selector and an absent one both mean every pod.
+                pods: pod_selector.clone().filter(|s| !s.is_empty()),
+            },
+        };
+        if let Some(name) = self.set_names.get(&key) {
+            return name.clone();
+        }
+        let set = self.build_set(&key);
+        let name = key.name();
+        self.sets.insert(name.clone(), set);
+        self.set_names.insert(key, name.clone());
+        name
+    }
+
+    fn build_set(&self, key: &SetKey) -> AddrSet {
+        match key {
+            SetKey::Block(b) => AddrSet {
+                kind: SetKind::IpBlock,
+                description: key.description(),
+                families: vec![b.cidr.family()],
+                members: cidr::subtract(&b.cidr, &b.except),
+            },
+            SetKey::Pods { namespaces, pods } => {
+                let namespaces: Vec<&str> = match namespaces {
+                    NamespaceScope::Named(n) => vec![n.as_str()],
+                    NamespaceScope::Selector(s) => self
+                        .namespace_labels
+                        .iter()
+                        .filter(|(_, l)| s.matches(l))
+                        .map(|(n, _)| *n)
+                        .collect(),
+                };
+                let mut members = Vec::new();
+                for ns in namespaces {
+                    for pod in self.by_namespace.get(ns).into_iter().flatten() {
+                        if pods.as_ref().is_none_or(|s| s.matches(&pod.labels)) {
+                            members.extend(pod.ips.iter().map(|ip| IpRange::single(*ip)));
+                        }
+                    }
+                }
+                AddrSet {
+                    kind: SetKind::Selector,
+                    description: key.description(),
+                    families: vec![Family::V4, Family::V6],
+                    members: cidr::normalize(members),
+                }
+            }
+        }
+    }
+
+    fn port_set(&mut self, name: &str, protocol: Protocol) -> String {
+        let key = (name.to_string(), protocol);
+        if let Some(n) = self.port_set_names.get(&key) {
+            return n.clone();
+        }
+        let mut members: Vec<(IpAddr, u16)> = Vec::new();
+        for pod in self.snapshot.endpoints() {
+            if let Some(port) = pod.named_port(name, protocol) {
+                members.extend(pod.ips.iter().map(|ip| (*ip, port)));
+            }
+        }
+        members.sort();
+        members.dedup();
+        let set_name = format!("port_{}", short_hash(&format!("{name}/{protocol}")));
+        let set = PortSet {
+            port_name: name.to_string(),
+            protocol,
+            members,
+        };
+        self.port_sets.insert(set_name.clone(), set);
+        self.port_set_names.insert(key, set_name.clone());
+        set_name
+    }
+}
+
+/// Sorts port ranges and merges overlapping or adjacent ranges of the same protocol.
+fn merge_ports(mut v: Vec<PortRange>) -> Vec<PortRange> {
+    v.sort();
+    let mut out: Vec<PortRange> = Vec::with_capacity(v.len());
+    for r in v {
+        if let Some(last) = out.last_mut() {
+            if last.protocol == r.protocol && r.first as u32 <= last.last as u32 + 1 {
+                last.last = last.last.max(r.last);
+                continue;
+            }
+        }
+        out.push(r);
+    }
+    out
+}
+
+/// Compiles one snapshot for one scope.
+pub fn compile(snapshot: &Snapshot, opts: &CompileOptions) -> Ir {
+    Compiler::new(snapshot).compile(opts)
+}
+
+/// Compiles one IR per node, sharing selector work across nodes.
+pub fn compile_all_nodes(snapshot: &Snapshot, opts: &CompileOptions) -> BTreeMap<String, Ir> {
+    let mut c = Compiler::new(snapshot);
+    c.nodes()
+        .into_iter()
+        .map(|n| {
+            let o = CompileOptions {
+                node: Some(n.clone()),
+                ..opts.clone()
+            };
+            (n, c.compile(&o))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calico_interface_names() {
+        // Calico's CNI plugin: "cali" + first 11 hex digits of sha1("<namespace>.<pod>").
+        let name = interface_name("cali", &ObjectRef::new("default", "nginx"));
+        assert_eq!(name.len(), 15);
+        assert!(name.starts_with("cali"));
+        let d = sha1::Sha1::digest(b"default.nginx");
+        let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(&name[4..], &hex[..11]);
+    }
+
+    #[test]
+    fn ports_merge() {
+        let r = |p, a, b| PortRange {
+            protocol: p,
+            first: a,
+            last: b,
+        };
+        let merged = merge_ports(vec![
+            r(Protocol::Tcp, 90, 100),
+            r(Protocol::Tcp, 80, 89),
+            r(Protocol::Udp, 80, 80),
+            r(Protocol::Tcp, 200, 200),
+        ]);
+        assert_eq!(
+            merged,
+            vec![
+                r(Protocol::Tcp, 80, 100),
+                r(Protocol::Tcp, 200, 200),
+                r(Protocol::Udp, 80, 80)
+            ]
+        );
+    }
+}

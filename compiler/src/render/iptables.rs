@@ -1,0 +1,1 @@
+//! iptables-restore and ipset-restore text (placeholder module, filled in below).

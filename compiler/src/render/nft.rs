@@ -1,0 +1,306 @@
+//! nftables text: one `table inet policyc`, loadable with `nft -f`.
+//!
+//! ```text
+//! table inet policyc
+//!  ├── sets        sel_* (pods of a selector pair), cidr_* (ipBlock intervals), port_* (named ports)
+//!  ├── maps        ingress_dispatch / egress_dispatch: pod interface → jump ep_<pod>_{in,out}
+//!  ├── base chains forward_egress  (forward, filter - 1): ct established → accept; iifname vmap
+//!  │               forward_ingress (forward, filter):     ct established → accept; oifname vmap
+//!  │               input_egress    (input,   filter - 1): pod → its own node, egress policy too
+//!  ├── ep_<pod>_*  loopback accept; jump np_* of each selecting policy; counter drop
+//!  └── np_<pol>_*  one accept rule per peer × port match, counter + comment "ns/name ingress[i]"
+//! ```
+//!
+//! An accept in one base chain does not skip the other, and a drop is final: a flow needs both
+//! the source's egress and the destination's ingress. Interfaces not in a dispatch map (pods not
+//! isolated in that direction, anything else) fall through to `policy accept`.
+
+use std::fmt::Write as _;
+
+use crate::cidr::Family;
+use crate::ir::*;
+use crate::model::{Direction, Protocol};
+
+/// Name of the table policyc owns.
+pub const TABLE: &str = "policyc";
+
+/// nftables rejects longer comments.
+const MAX_COMMENT: usize = 128;
+
+/// Renders the IR as an nft script that creates (or, with `replace`, atomically replaces) the
+/// table. With `replace`, the script first adds an empty table and deletes it, so that loading it
+/// with `nft -f` swaps the whole table in one transaction whether or not it existed.
+pub fn render(ir: &Ir, replace: bool) -> String {
+    let mut out = String::new();
+    let scope = match &ir.node {
+        Some(n) => format!("node {n}"),
+        None => "all endpoints".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "# policyc ruleset for {scope}: {} endpoints, {} policy chains, {} sets",
+        ir.endpoints.len(),
+        ir.chains.len(),
+        ir.sets.len() + ir.port_sets.len()
+    );
+    if replace {
+        let _ = writeln!(out, "table inet {TABLE}\ndelete table inet {TABLE}");
+    }
+    let _ = writeln!(out, "table inet {TABLE} {{");
+
+    for (name, set) in &ir.sets {
+        for f in &set.families {
+            render_addr_set(&mut out, name, set, *f);
+        }
+    }
+    for (name, set) in &ir.port_sets {
+        for f in [Family::V4, Family::V6] {
+            render_port_set(&mut out, name, set, f);
+        }
+    }
+    for d in [Direction::Ingress, Direction::Egress] {
+        render_dispatch(&mut out, ir, d);
+    }
+    out.push_str(BASE_CHAINS);
+    for ep in &ir.endpoints {
+        for d in [Direction::Ingress, Direction::Egress] {
+            if ep.isolation(d).isolated() {
+                render_endpoint_chain(&mut out, ep, d);
+            }
+        }
+    }
+    for (name, chain) in &ir.chains {
+        render_policy_chain(&mut out, ir, name, chain);
+    }
+    out.push_str("}\n");
+    out
+}
+
+const BASE_CHAINS: &str = "\tchain forward_egress {
+\t\ttype filter hook forward priority filter - 1; policy accept;
+\t\tct state established,related accept
+\t\tiifname vmap @egress_dispatch
+\t}
+\tchain forward_ingress {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tct state established,related accept
+\t\toifname vmap @ingress_dispatch
+\t}
+\tchain input_egress {
+\t\ttype filter hook input priority filter - 1; policy accept;
+\t\tct state established,related accept
+\t\tiifname vmap @egress_dispatch
+\t}
+";
+
+fn set_name(base: &str, f: Family) -> String {
+    format!("{base}_{}", f.suffix())
+}
+
+fn addr_type(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
+    }
+}
+
+fn ip_kw(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
+/// Quotes a comment for nft: no double quotes inside, at most 128 bytes.
+pub fn comment(s: &str) -> String {
+    let mut c: String = s.chars().map(|c| if c == '"' || c == '\\' { '\'' } else { c }).collect();
+    if c.len() > MAX_COMMENT {
+        let mut end = MAX_COMMENT - 3;
+        while !c.is_char_boundary(end) {
+            end -= 1;
+        }
+        c.truncate(end);
+        c.push_str("...");
+    }
+    format!("\"{c}\"")
+}
+
+fn write_elements(out: &mut String, elems: &[String]) {
+    if elems.is_empty() {
+        return;
+    }
+    out.push_str("\t\telements = { ");
+    for (i, e) in elems.iter().enumerate() {
+        if i > 0 {
+            // Keep lines readable in large sets.
+            out.push_str(if i % 8 == 0 { ",\n\t\t\t     " } else { ", " });
+        }
+        out.push_str(e);
+    }
+    out.push_str(" }\n");
+}
+
+fn render_addr_set(out: &mut String, name: &str, set: &AddrSet, f: Family) {
+    let _ = writeln!(out, "\tset {} {{", set_name(name, f));
+    let _ = writeln!(out, "\t\ttype {}", addr_type(f));
+    if set.kind == SetKind::IpBlock {
+        out.push_str("\t\tflags interval\n");
+    }
+    let _ = writeln!(out, "\t\tcomment {}", comment(&set.description));
+    let elems: Vec<String> = set.members_of(f).map(|r| r.to_string()).collect();
+    write_elements(out, &elems);
+    out.push_str("\t}\n");
+}
+
+fn render_port_set(out: &mut String, name: &str, set: &PortSet, f: Family) {
+    let _ = writeln!(out, "\tset {} {{", set_name(name, f));
+    let _ = writeln!(out, "\t\ttype {} . inet_service", addr_type(f));
+    let _ = writeln!(
+        out,
+        "\t\tcomment {}",
+        comment(&format!("named port {}/{}", set.port_name, set.protocol))
+    );
+    let elems: Vec<String> = set
+        .members
+        .iter()
+        .filter(|(ip, _)| Family::of(ip) == f)
+        .map(|(ip, port)| format!("{ip} . {port}"))
+        .collect();
+    write_elements(out, &elems);
+    out.push_str("\t}\n");
+}
+
+fn render_dispatch(out: &mut String, ir: &Ir, d: Direction) {
+    let _ = writeln!(out, "\tmap {}_dispatch {{", d.as_str());
+    out.push_str("\t\ttype ifname : verdict\n");
+    let elems: Vec<String> = ir
+        .endpoints
+        .iter()
+        .filter(|ep| ep.isolation(d).isolated())
+        .map(|ep| format!("\"{}\" : jump {}", ep.interface, ep.chain_name(d)))
+        .collect();
+    if !elems.is_empty() {
+        out.push_str("\t\telements = { ");
+        out.push_str(&elems.join(",\n\t\t\t     "));
+        out.push_str(" }\n");
+    }
+    out.push_str("\t}\n");
+}
+
+fn render_endpoint_chain(out: &mut String, ep: &Endpoint, d: Direction) {
+    let _ = writeln!(out, "\tchain {} {{", ep.chain_name(d));
+    // A pod reaching itself through its own address (hairpin) is never blocked.
+    let other_end = match d {
+        Direction::Ingress => "saddr",
+        Direction::Egress => "daddr",
+    };
+    for f in [Family::V4, Family::V6] {
+        let own: Vec<String> = ep
+            .ips
+            .iter()
+            .filter(|ip| Family::of(ip) == f)
+            .map(|ip| ip.to_string())
+            .collect();
+        if !own.is_empty() {
+            let _ = writeln!(
+                out,
+                "\t\t{} {other_end} {{ {} }} accept comment {}",
+                ip_kw(f),
+                own.join(", "),
+                comment(&format!("{} to itself", ep.pod))
+            );
+        }
+    }
+    let iso = ep.isolation(d);
+    for chain in &iso.chains {
+        let _ = writeln!(out, "\t\tjump {chain}");
+    }
+    let policies: Vec<String> = iso.policies.iter().map(|p| p.to_string()).collect();
+    let _ = writeln!(
+        out,
+        "\t\tcounter drop comment {}",
+        comment(&format!("{} {d} denied: selected by {}", ep.pod, policies.join(", ")))
+    );
+    out.push_str("\t}\n");
+}
+
+fn l4(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+/// The port part of an nft rule, one entry per protocol.
+fn port_matches(ir: &Ir, m: &PortMatch, f: Family) -> Vec<String> {
+    match m {
+        PortMatch::Any => vec![String::new()],
+        PortMatch::Named { set, protocol } => {
+            vec![format!(
+                "{} daddr . {} dport @{} ",
+                ip_kw(f),
+                l4(*protocol),
+                set_name(set, f)
+            )]
+        }
+        PortMatch::Ports(ranges) => {
+            let _ = ir;
+            let mut out = Vec::new();
+            for p in Protocol::ALL {
+                let rs: Vec<&PortRange> = ranges.iter().filter(|r| r.protocol == p).collect();
+                if rs.is_empty() {
+                    continue;
+                }
+                if rs.iter().any(|r| r.is_whole_protocol()) {
+                    out.push(format!("meta l4proto {} ", l4(p)));
+                    continue;
+                }
+                let items: Vec<String> = rs
+                    .iter()
+                    .map(|r| {
+                        if r.first == r.last {
+                            r.first.to_string()
+                        } else {
+                            format!("{}-{}", r.first, r.last)
+                        }
+                    })
+                    .collect();
+                if items.len() == 1 {
+                    out.push(format!("{} dport {} ", l4(p), items[0]));
+                } else {
+                    out.push(format!("{} dport {{ {} }} ", l4(p), items.join(", ")));
+                }
+            }
+            out
+        }
+    }
+}
+
+fn render_policy_chain(out: &mut String, ir: &Ir, name: &str, chain: &PolicyChain) {
+    let _ = writeln!(out, "\tchain {name} {{");
+    let other_end = match chain.direction {
+        Direction::Ingress => "saddr",
+        Direction::Egress => "daddr",
+    };
+    for r in &chain.rules {
+        let c = comment(&format!("{} {}[{}]", chain.policy, chain.direction, r.rule));
+        // Families this rule can match: a set restricts them, as does a named port (which is
+        // per family); otherwise one family-agnostic rule covers both.
+        let families: Vec<Option<Family>> = match (&r.peer, &r.ports) {
+            (PeerMatch::Set(s), _) => ir.sets[s].families.iter().map(|f| Some(*f)).collect(),
+            (PeerMatch::Any, PortMatch::Named { .. }) => vec![Some(Family::V4), Some(Family::V6)],
+            (PeerMatch::Any, _) => vec![None],
+        };
+        for f in families {
+            let peer = match (&r.peer, f) {
+                (PeerMatch::Set(s), Some(f)) => format!("{} {other_end} @{} ", ip_kw(f), set_name(s, f)),
+                _ => String::new(),
+            };
+            for ports in port_matches(ir, &r.ports, f.unwrap_or(Family::V4)) {
+                let _ = writeln!(out, "\t\t{peer}{ports}counter accept comment {c}");
+            }
+        }
+    }
+    out.push_str("\t}\n");
+}
