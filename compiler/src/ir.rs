@@ -219,6 +219,40 @@ impl PortSet {
     }
 }
 
+/// Size figures of an IR (also the agent's gauges).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IrStats {
+    pub endpoints: usize,
+    pub policy_chains: usize,
+    /// IR rules in policy chains plus jumps and final drops in endpoint chains.
+    pub rules: usize,
+    pub sets: usize,
+    /// Addresses, intervals and (address, port) pairs over all sets.
+    pub set_elements: usize,
+}
+
+impl Ir {
+    pub fn stats(&self) -> IrStats {
+        let mut rules: usize = self.chains.values().map(|c| c.rules.len()).sum();
+        for ep in &self.endpoints {
+            for d in [Direction::Ingress, Direction::Egress] {
+                let iso = ep.isolation(d);
+                if iso.isolated() {
+                    rules += iso.chains.len() + 1;
+                }
+            }
+        }
+        IrStats {
+            endpoints: self.endpoints.len(),
+            policy_chains: self.chains.len(),
+            rules,
+            sets: self.sets.len() + self.port_sets.len(),
+            set_elements: self.sets.values().map(|s| s.members.len()).sum::<usize>()
+                + self.port_sets.values().map(|s| s.members.len()).sum::<usize>(),
+        }
+    }
+}
+
 // === Naming ===
 
 /// First 12 hex digits of the SHA-256 of `s`: stable, content-derived names.

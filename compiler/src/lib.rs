@@ -17,6 +17,7 @@ pub mod load;
 pub mod model;
 pub mod render;
 pub mod scenario;
+pub mod synth;
 
 pub use eval::{Evaluator, Flow, Matrix, Verdict};
 pub use ir::{compile, compile_all_nodes, CompileOptions, Compiler, Ir};

@@ -1,0 +1,252 @@
+//! Synthetic clusters for benchmarks and randomized tests: deterministic from a seed, with the mix
+//! real clusters have (default deny, selector peers across namespaces, matchExpressions, ipBlocks
+//! with excepts, named ports, port ranges, all three protocols, dual-stack pods).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::cidr::Cidr;
+use crate::model::*;
+
+/// Size of a synthetic cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub pods: usize,
+    pub namespaces: usize,
+    pub policies: usize,
+    pub nodes: usize,
+    /// Every n-th pod also gets an IPv6 address (0 = none).
+    pub dual_stack_every: usize,
+}
+
+impl Shape {
+    /// The benchmark's reference size: 10,000 pods, 100 namespaces, 2,000 policies, 100 nodes.
+    pub const LARGE: Shape = Shape {
+        pods: 10_000,
+        namespaces: 100,
+        policies: 2_000,
+        nodes: 100,
+        dual_stack_every: 10,
+    };
+}
+
+/// A small deterministic PRNG (xorshift64*), so outputs are reproducible without dependencies.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+}
+
+const APPS: usize = 20;
+const TIERS: [&str; 4] = ["web", "api", "db", "cache"];
+const PORT_NAMES: [(&str, u16, Protocol); 4] = [
+    ("http", 8080, Protocol::Tcp),
+    ("metrics", 9090, Protocol::Tcp),
+    ("dns", 53, Protocol::Udp),
+    ("assoc", 3868, Protocol::Sctp),
+];
+
+fn labels(pairs: &[(&str, String)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+fn pod_selector(rng: &mut Rng) -> LabelSelector {
+    match rng.below(5) {
+        0 => LabelSelector::default(),
+        1 => LabelSelector {
+            match_labels: labels(&[("tier", TIERS[rng.below(TIERS.len())].to_string())]),
+            ..Default::default()
+        },
+        2 => LabelSelector {
+            match_expressions: vec![Requirement {
+                key: "tier".into(),
+                operator: Operator::In,
+                values: {
+                    let mut v = vec![TIERS[rng.below(4)].to_string(), TIERS[rng.below(4)].to_string()];
+                    v.sort();
+                    v.dedup();
+                    v
+                },
+            }],
+            ..Default::default()
+        },
+        3 => LabelSelector {
+            match_labels: labels(&[("app", format!("app-{}", rng.below(APPS)))]),
+            match_expressions: vec![Requirement {
+                key: "canary".into(),
+                operator: Operator::DoesNotExist,
+                values: vec![],
+            }],
+        },
+        _ => LabelSelector {
+            match_labels: labels(&[("app", format!("app-{}", rng.below(APPS)))]),
+            ..Default::default()
+        },
+    }
+}
+
+fn peer(rng: &mut Rng, namespaces: usize) -> Peer {
+    match rng.below(10) {
+        0 | 1 => {
+            let a = rng.below(200) as u8;
+            let cidr = Cidr::new(IpAddr::V4(Ipv4Addr::new(172, 16 + (a % 16), 0, 0)), 16).expect("valid");
+            let except = if rng.chance(50) {
+                vec![Cidr::new(IpAddr::V4(Ipv4Addr::new(172, 16 + (a % 16), a, 0)), 24).expect("valid")]
+            } else {
+                vec![]
+            };
+            Peer::IpBlock(IpBlock { cidr, except })
+        }
+        2 => Peer::IpBlock(IpBlock {
+            cidr: Cidr::new(IpAddr::V6(Ipv6Addr::new(0xfd00, rng.below(8) as u16, 0, 0, 0, 0, 0, 0)), 48)
+                .expect("valid"),
+            except: vec![],
+        }),
+        3 | 4 => Peer::Pods {
+            namespace_selector: Some(LabelSelector {
+                match_labels: labels(&[("team", format!("team-{}", rng.below(namespaces.div_ceil(5).max(1))))]),
+                ..Default::default()
+            }),
+            pod_selector: rng.chance(50).then(|| pod_selector(rng)),
+        },
+        _ => Peer::Pods {
+            namespace_selector: None,
+            pod_selector: Some(pod_selector(rng)),
+        },
+    }
+}
+
+fn port_spec(rng: &mut Rng) -> PortSpec {
+    match rng.below(6) {
+        0 => {
+            let (name, _, protocol) = PORT_NAMES[rng.below(PORT_NAMES.len())];
+            PortSpec {
+                protocol,
+                port: PortRef::Named(name.into()),
+            }
+        }
+        1 => {
+            let first = 30000 + rng.below(1000) as u16;
+            PortSpec {
+                protocol: Protocol::Tcp,
+                port: PortRef::Range {
+                    first,
+                    last: first + rng.below(100) as u16,
+                },
+            }
+        }
+        2 => PortSpec {
+            protocol: Protocol::Udp,
+            port: PortRef::Range { first: 53, last: 53 },
+        },
+        _ => {
+            let p = [80, 443, 8080, 5432, 6379][rng.below(5)];
+            PortSpec {
+                protocol: Protocol::Tcp,
+                port: PortRef::Range { first: p, last: p },
+            }
+        }
+    }
+}
+
+fn rule(rng: &mut Rng, namespaces: usize) -> Rule {
+    let peers = (0..rng.below(3)).map(|_| peer(rng, namespaces)).collect();
+    let ports = (0..rng.below(3)).map(|_| port_spec(rng)).collect();
+    Rule { peers, ports }
+}
+
+/// Builds a synthetic snapshot of the given shape.
+pub fn cluster(shape: Shape, seed: u64) -> Snapshot {
+    let mut rng = Rng::new(seed);
+    let mut s = Snapshot::default();
+    let namespaces = shape.namespaces.max(1);
+    let nodes = shape.nodes.max(1);
+    for i in 0..namespaces {
+        let name = format!("ns-{i}");
+        let l = labels(&[("team", format!("team-{}", i / 5)), ("env", ["prod", "dev"][i % 2].into())]);
+        s.namespaces.insert(name.clone(), Namespace::new(name, l));
+    }
+    for i in 0..shape.pods {
+        let ns = format!("ns-{}", i % namespaces);
+        let node = i % nodes;
+        let mut l = labels(&[
+            ("app", format!("app-{}", rng.below(APPS))),
+            ("tier", TIERS[rng.below(TIERS.len())].into()),
+        ]);
+        if rng.chance(5) {
+            l.insert("canary".into(), "true".into());
+        }
+        let host = (i / nodes) as u32 + 2;
+        let v4 = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + ((node as u32) << 8) * 4 + host);
+        let mut ips = vec![IpAddr::V4(v4)];
+        if shape.dual_stack_every > 0 && i % shape.dual_stack_every == 0 {
+            ips.push(IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, node as u16, 0, 0, 0, 0, host as u16)));
+        }
+        let mut ports = Vec::new();
+        for (n, p, protocol) in PORT_NAMES {
+            if rng.chance(60) {
+                ports.push(ContainerPort {
+                    name: Some(n.to_string()),
+                    // Named ports resolve to different numbers on different pods.
+                    port: p + rng.below(2) as u16,
+                    protocol,
+                });
+            }
+        }
+        let pod = Pod {
+            namespace: ns,
+            name: format!("pod-{i}"),
+            labels: l,
+            node: Some(format!("node-{node}")),
+            host_network: false,
+            phase: Some("Running".into()),
+            ips,
+            ports,
+        };
+        s.pods.insert(pod.id(), pod);
+    }
+    for i in 0..shape.policies {
+        let ns = format!("ns-{}", rng.below(namespaces));
+        let mut policy_types = vec![Direction::Ingress];
+        if rng.chance(40) {
+            policy_types.push(Direction::Egress);
+        }
+        let ingress = (0..rng.below(3)).map(|_| rule(&mut rng, namespaces)).collect();
+        let egress = if policy_types.contains(&Direction::Egress) {
+            (0..rng.below(3)).map(|_| rule(&mut rng, namespaces)).collect()
+        } else {
+            vec![]
+        };
+        let p = NetworkPolicy {
+            namespace: ns,
+            name: format!("policy-{i}"),
+            generation: Some(1),
+            pod_selector: pod_selector(&mut rng),
+            policy_types,
+            ingress,
+            egress,
+        };
+        s.policies.insert(p.id(), p);
+    }
+    s
+}
