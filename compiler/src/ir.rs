@@ -570,7 +570,12 @@ impl<'a> Compiler<'a> {
                     kind: SetKind::Selector,
                     description: key.description(),
                     families: vec![Family::V4, Family::V6],
-                    members: cidr::normalize(members),
+                    // Single addresses, never merged into prefixes: the set is not an interval set.
+                    members: {
+                        members.sort();
+                        members.dedup();
+                        members
+                    },
                 }
             }
         }

@@ -250,3 +250,97 @@ pub fn cluster(shape: Shape, seed: u64) -> Snapshot {
     }
     s
 }
+
+// === Back to manifests ===
+
+fn selector_json(s: &LabelSelector) -> serde_json::Value {
+    let exprs: Vec<serde_json::Value> = s
+        .match_expressions
+        .iter()
+        .map(|r| serde_json::json!({"key": r.key, "operator": r.operator.as_str(), "values": r.values}))
+        .collect();
+    serde_json::json!({"matchLabels": s.match_labels, "matchExpressions": exprs})
+}
+
+fn rule_json(r: &Rule, peers_key: &str) -> serde_json::Value {
+    let peers: Vec<serde_json::Value> = r
+        .peers
+        .iter()
+        .map(|p| match p {
+            Peer::IpBlock(b) => serde_json::json!({"ipBlock": {
+                "cidr": b.cidr.to_string(),
+                "except": b.except.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            }}),
+            Peer::Pods {
+                namespace_selector,
+                pod_selector,
+            } => {
+                let mut m = serde_json::Map::new();
+                if let Some(s) = namespace_selector {
+                    m.insert("namespaceSelector".into(), selector_json(s));
+                }
+                if let Some(s) = pod_selector {
+                    m.insert("podSelector".into(), selector_json(s));
+                }
+                serde_json::Value::Object(m)
+            }
+        })
+        .collect();
+    let ports: Vec<serde_json::Value> = r
+        .ports
+        .iter()
+        .map(|p| match &p.port {
+            PortRef::All => serde_json::json!({"protocol": p.protocol.as_str()}),
+            PortRef::Named(n) => serde_json::json!({"protocol": p.protocol.as_str(), "port": n}),
+            PortRef::Range { first, last } if first == last => {
+                serde_json::json!({"protocol": p.protocol.as_str(), "port": first})
+            }
+            PortRef::Range { first, last } => {
+                serde_json::json!({"protocol": p.protocol.as_str(), "port": first, "endPort": last})
+            }
+        })
+        .collect();
+    serde_json::json!({ peers_key: peers, "ports": ports })
+}
+
+/// The snapshot as Kubernetes manifests (what `kubectl get -o json` would print), sorted by kind
+/// and name. Loading them gives back an equal snapshot.
+pub fn to_objects(s: &Snapshot) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let mut out = Vec::new();
+    for n in s.nodes.values() {
+        out.push(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name},
+            "spec": {"podCIDRs": n.pod_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>()},
+            "status": {"addresses": n.internal_ips.iter().map(|ip| json!({"type": "InternalIP", "address": ip.to_string()})).collect::<Vec<_>>()}}));
+    }
+    for ns in s.namespaces.values() {
+        out.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns.name, "labels": ns.labels}}));
+    }
+    for p in s.pods.values() {
+        let ports: Vec<serde_json::Value> = p
+            .ports
+            .iter()
+            .map(|c| json!({"name": c.name, "containerPort": c.port, "protocol": c.protocol.as_str()}))
+            .collect();
+        out.push(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels},
+            "spec": {"nodeName": p.node, "hostNetwork": p.host_network, "containers": [{"name": "main", "ports": ports}]},
+            "status": {"phase": p.phase, "podIPs": p.ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect::<Vec<_>>()}}));
+    }
+    for p in s.policies.values() {
+        let types: Vec<&str> = p
+            .policy_types
+            .iter()
+            .map(|d| match d {
+                Direction::Ingress => "Ingress",
+                Direction::Egress => "Egress",
+            })
+            .collect();
+        out.push(json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": p.name, "namespace": p.namespace, "generation": p.generation},
+            "spec": {"podSelector": selector_json(&p.pod_selector), "policyTypes": types,
+                "ingress": p.ingress.iter().map(|r| rule_json(r, "from")).collect::<Vec<_>>(),
+                "egress": p.egress.iter().map(|r| rule_json(r, "to")).collect::<Vec<_>>()}}));
+    }
+    out
+}

@@ -65,7 +65,7 @@ pub fn render(ir: &Ir, replace: bool) -> String {
     for ep in &ir.endpoints {
         for d in [Direction::Ingress, Direction::Egress] {
             if ep.isolation(d).isolated() {
-                render_endpoint_chain(&mut out, ep, d);
+                render_endpoint_chain(&mut out, ir, ep, d);
             }
         }
     }
@@ -187,7 +187,7 @@ fn render_dispatch(out: &mut String, ir: &Ir, d: Direction) {
     out.push_str("\t}\n");
 }
 
-fn render_endpoint_chain(out: &mut String, ep: &Endpoint, d: Direction) {
+fn render_endpoint_chain(out: &mut String, ir: &Ir, ep: &Endpoint, d: Direction) {
     let _ = writeln!(out, "\tchain {} {{", ep.chain_name(d));
     // A pod reaching itself through its own address (hairpin) is never blocked.
     let other_end = match d {
@@ -213,7 +213,7 @@ fn render_endpoint_chain(out: &mut String, ep: &Endpoint, d: Direction) {
     }
     let iso = ep.isolation(d);
     for chain in &iso.chains {
-        let _ = writeln!(out, "\t\tjump {chain}");
+        let _ = writeln!(out, "\t\tjump {chain} comment {}", comment(&ir.chains[chain].policy.to_string()));
     }
     let policies: Vec<String> = iso.policies.iter().map(|p| p.to_string()).collect();
     let _ = writeln!(
