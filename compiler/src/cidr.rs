@@ -102,11 +102,7 @@ impl Cidr {
         let f = self.family();
         let start = to_u128(self.addr);
         let end = start | !mask(f, self.prefix) & max(f);
-        IpRange {
-            family: f,
-            start,
-            end,
-        }
+        IpRange { family: f, start, end }
     }
 
     pub fn contains(&self, ip: &IpAddr) -> bool {
@@ -115,9 +111,7 @@ impl Cidr {
 
     /// Whether `other` lies inside `self` and is smaller (a strict subset).
     pub fn strictly_contains(&self, other: &Cidr) -> bool {
-        self.family() == other.family()
-            && self.prefix < other.prefix
-            && self.contains(&other.addr)
+        self.family() == other.family() && self.prefix < other.prefix && self.contains(&other.addr)
     }
 }
 
@@ -219,16 +213,10 @@ pub fn subtract(cidr: &Cidr, except: &[Cidr]) -> Vec<IpRange> {
                 continue;
             }
             if ex.start > r.start {
-                next.push(IpRange {
-                    end: ex.start - 1,
-                    ..r
-                });
+                next.push(IpRange { end: ex.start - 1, ..r });
             }
             if ex.end < r.end {
-                next.push(IpRange {
-                    start: ex.end + 1,
-                    ..r
-                });
+                next.push(IpRange { start: ex.end + 1, ..r });
             }
         }
         out = next;

@@ -84,7 +84,10 @@ impl Expectations {
     }
 
     pub fn parse(text: &str) -> Result<Expectations, String> {
-        if text.lines().any(|l| l.trim_start().starts_with("-\t") || l.trim() == "-") {
+        if text
+            .lines()
+            .any(|l| l.trim_start().starts_with("-\t") || l.trim() == "-")
+        {
             return Self::parse_table(text);
         }
         let mut default = true;
@@ -104,7 +107,8 @@ impl Expectations {
                 };
                 continue;
             }
-            let err = |m: &str| format!("line {line}: {m}: {raw:?} (expected `FROM -> TO [PORT/PROTO,...] allow|deny`)");
+            let err =
+                |m: &str| format!("line {line}: {m}: {raw:?} (expected `FROM -> TO [PORT/PROTO,...] allow|deny`)");
             if words.len() < 4 || words[1] != "->" {
                 return Err(err("syntax"));
             }
@@ -143,7 +147,12 @@ impl Expectations {
         for (i, l) in lines {
             let cells: Vec<&str> = l.split_whitespace().collect();
             if cells.len() != cols.len() + 1 {
-                return Err(format!("line {}: expected {} cells, found {}", i + 1, cols.len(), cells.len() - 1));
+                return Err(format!(
+                    "line {}: expected {} cells, found {}",
+                    i + 1,
+                    cols.len(),
+                    cells.len() - 1
+                ));
             }
             let from = Pattern::parse(cells[0]).ok_or_else(|| format!("line {}: bad pod {:?}", i + 1, cells[0]))?;
             for (c, v) in cols.iter().zip(&cells[1..]) {
@@ -168,9 +177,7 @@ impl Expectations {
     /// Whether `src` may reach `dst` (both `ns/name`) on a port; also the line that decided it.
     pub fn expected(&self, src: &str, dst: &str, protocol: Protocol, port: u16) -> (bool, Option<usize>) {
         let hit = self.rules.iter().rev().find(|r| {
-            r.from.matches(src)
-                && r.to.matches(dst)
-                && (r.ports.is_empty() || r.ports.contains(&(port, protocol)))
+            r.from.matches(src) && r.to.matches(dst) && (r.ports.is_empty() || r.ports.contains(&(port, protocol)))
         });
         match hit {
             Some(r) => (r.allow, Some(r.line)),
@@ -204,10 +211,8 @@ mod tests {
 
     #[test]
     fn later_lines_override() {
-        let e = Expectations::parse(
-            "default allow\n* -> x/a deny\nx/a -> x/a allow\n* -> */b 81/UDP deny # comment\n",
-        )
-        .unwrap();
+        let e = Expectations::parse("default allow\n* -> x/a deny\nx/a -> x/a allow\n* -> */b 81/UDP deny # comment\n")
+            .unwrap();
         assert!(!e.expected("y/b", "x/a", Protocol::Tcp, 80).0);
         assert!(e.expected("x/a", "x/a", Protocol::Tcp, 80).0);
         assert!(e.expected("x/a", "y/b", Protocol::Tcp, 81).0);

@@ -344,7 +344,11 @@ impl<'a> Compiler<'a> {
             by_namespace.entry(p.namespace.as_str()).or_default().push(p);
         }
         let mut namespace_labels = BTreeMap::new();
-        for ns in by_namespace.keys().copied().chain(snapshot.namespaces.keys().map(String::as_str)) {
+        for ns in by_namespace
+            .keys()
+            .copied()
+            .chain(snapshot.namespaces.keys().map(String::as_str))
+        {
             namespace_labels
                 .entry(ns)
                 .or_insert_with(|| snapshot.namespace_labels(ns));
@@ -376,10 +380,8 @@ impl<'a> Compiler<'a> {
             .collect();
 
         // Which policies select which local endpoints.
-        let mut selected: BTreeMap<ObjectRef, (Isolation, Isolation)> = local
-            .iter()
-            .map(|p| (p.id(), Default::default()))
-            .collect();
+        let mut selected: BTreeMap<ObjectRef, (Isolation, Isolation)> =
+            local.iter().map(|p| (p.id(), Default::default())).collect();
         let mut policies = Vec::with_capacity(snapshot.policies.len());
         let mut used_chains: BTreeSet<(ObjectRef, Direction)> = BTreeSet::new();
         for policy in snapshot.policies.values() {

@@ -162,11 +162,7 @@ impl Object {
             Object::Pod(p) => (Kind::Pod, p.namespace.clone(), p.name.clone()),
             Object::NetworkPolicy(p) => (Kind::NetworkPolicy, p.namespace.clone(), p.name.clone()),
         };
-        ObjectKey {
-            kind,
-            namespace,
-            name,
-        }
+        ObjectKey { kind, namespace, name }
     }
 }
 
@@ -206,7 +202,10 @@ impl Snapshot {
 pub enum Parsed {
     Object(Object),
     /// A kind the compiler does not read (Deployment, Service, ...).
-    Skipped { kind: String, name: String },
+    Skipped {
+        kind: String,
+        name: String,
+    },
 }
 
 // === impl Loader ===
@@ -233,7 +232,13 @@ impl Loader {
                 Ok(Value::Null) => {}
                 Ok(v) => self.add_value(source, &doc_name, &v),
                 Err(e) => {
-                    self.diag(Severity::Error, source, Some(doc_name), None, format!("invalid YAML: {e}"));
+                    self.diag(
+                        Severity::Error,
+                        source,
+                        Some(doc_name),
+                        None,
+                        format!("invalid YAML: {e}"),
+                    );
                     // The YAML stream cannot be resumed after a syntax error.
                     break;
                 }
@@ -247,7 +252,13 @@ impl Loader {
         let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
         if let (true, Some(items)) = (kind == "List" || kind.ends_with("List"), value.get("items")) {
             let Some(items) = items.as_array() else {
-                self.diag(Severity::Error, source, Some(doc_name.into()), Some("items".into()), "must be a list".into());
+                self.diag(
+                    Severity::Error,
+                    source,
+                    Some(doc_name.into()),
+                    Some("items".into()),
+                    "must be a list".into(),
+                );
                 return;
             };
             for (i, item) in items.iter().enumerate() {
@@ -264,11 +275,23 @@ impl Loader {
             Ok((Parsed::Object(obj), warnings)) => {
                 let key = obj.key();
                 for w in warnings {
-                    self.diag(Severity::Warning, source, Some(key.to_string()), Some(w.field), w.message);
+                    self.diag(
+                        Severity::Warning,
+                        source,
+                        Some(key.to_string()),
+                        Some(w.field),
+                        w.message,
+                    );
                 }
                 if let Some(first) = self.origins.get(&key) {
                     let msg = format!("duplicate {key} (first defined in {first}); this one is ignored");
-                    self.diag(Severity::Error, source, Some(key.to_string()), Some("metadata.name".into()), msg);
+                    self.diag(
+                        Severity::Error,
+                        source,
+                        Some(key.to_string()),
+                        Some("metadata.name".into()),
+                        msg,
+                    );
                     return;
                 }
                 self.origins.insert(key, source.to_string());
@@ -281,13 +304,26 @@ impl Loader {
             Err(e) => {
                 let object = describe(value).unwrap_or_else(|| doc_name.to_string());
                 let msg = format!("{}; object ignored", e.message);
-                self.diag(Severity::Error, source, Some(object), Some(e.field).filter(|f| !f.is_empty()), msg);
+                self.diag(
+                    Severity::Error,
+                    source,
+                    Some(object),
+                    Some(e.field).filter(|f| !f.is_empty()),
+                    msg,
+                );
             }
         }
     }
 
     /// Records a problem found outside the parser (an unreadable file, say).
-    pub fn diag(&mut self, severity: Severity, source: &str, object: Option<String>, field: Option<String>, message: String) {
+    pub fn diag(
+        &mut self,
+        severity: Severity,
+        source: &str,
+        object: Option<String>,
+        field: Option<String>,
+        message: String,
+    ) {
         self.diagnostics.push(Diagnostic {
             severity,
             source: source.to_string(),
@@ -323,7 +359,9 @@ fn describe(v: &Value) -> Option<String> {
 
 /// Parses one object. On success also returns warnings (fields that were adjusted).
 pub fn parse_object(v: &Value) -> Result<(Parsed, Vec<FieldError>), FieldError> {
-    let obj = v.as_object().ok_or_else(|| ferr("", "a Kubernetes object must be a mapping"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ferr("", "a Kubernetes object must be a mapping"))?;
     let kind_s = req_str(obj, "kind", "")?;
     let api_version = req_str(obj, "apiVersion", "")?;
     let Some(kind) = Kind::parse(kind_s) else {
@@ -343,7 +381,10 @@ pub fn parse_object(v: &Value) -> Result<(Parsed, Vec<FieldError>), FieldError> 
     if api_version != kind.api_version() {
         return Err(ferr(
             "apiVersion",
-            format!("unsupported apiVersion {api_version:?} for {kind} (expected {:?})", kind.api_version()),
+            format!(
+                "unsupported apiVersion {api_version:?} for {kind} (expected {:?})",
+                kind.api_version()
+            ),
         ));
     }
     let mut warnings = Vec::new();
@@ -382,7 +423,10 @@ impl Meta {
         };
         let generation = match m.get("generation") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_i64().ok_or_else(|| ferr("metadata.generation", "must be an integer"))?),
+            Some(v) => Some(
+                v.as_i64()
+                    .ok_or_else(|| ferr("metadata.generation", "must be an integer"))?,
+            ),
         };
         Ok(Meta {
             name: name.to_string(),
@@ -440,7 +484,9 @@ fn parse_pod(obj: &Map<String, Value>, meta: Meta) -> FResult<Pod> {
         node = opt_str(spec, "nodeName", "spec")?.map(str::to_string);
         host_network = match spec.get("hostNetwork") {
             None | Some(Value::Null) => false,
-            Some(v) => v.as_bool().ok_or_else(|| ferr("spec.hostNetwork", "must be true or false"))?,
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| ferr("spec.hostNetwork", "must be true or false"))?,
         };
         let mut names = BTreeSet::new();
         for (ci, c) in opt_list(spec, "containers", "spec")?.iter().enumerate() {
@@ -455,7 +501,10 @@ fn parse_pod(obj: &Map<String, Value>, meta: Meta) -> FResult<Pod> {
                 let name = opt_str(p, "name", &pf)?.map(str::to_string);
                 if let Some(n) = &name {
                     if !names.insert(n.clone()) {
-                        return Err(ferr(format!("{pf}.name"), format!("duplicate port name {n:?} in this pod")));
+                        return Err(ferr(
+                            format!("{pf}.name"),
+                            format!("duplicate port name {n:?} in this pod"),
+                        ));
                     }
                 }
                 ports.push(ContainerPort { name, port, protocol });
@@ -510,7 +559,10 @@ const REQUIREMENT_FIELDS: &[&str] = &["key", "operator", "values"];
 fn known_fields(m: &Map<String, Value>, allowed: &[&str], path: &str) -> FResult<()> {
     for k in m.keys() {
         if !allowed.contains(&k.as_str()) {
-            return Err(ferr(join(path, k), format!("unknown field {k:?} (expected one of: {})", allowed.join(", "))));
+            return Err(ferr(
+                join(path, k),
+                format!("unknown field {k:?} (expected one of: {})", allowed.join(", ")),
+            ));
         }
     }
     Ok(())
@@ -530,7 +582,12 @@ fn parse_policy(obj: &Map<String, Value>, meta: Meta, warnings: &mut Vec<FieldEr
         policy_types.push(match t.as_str() {
             Some("Ingress") => Direction::Ingress,
             Some("Egress") => Direction::Egress,
-            _ => return Err(ferr(f, format!("invalid policy type {t} (expected \"Ingress\" or \"Egress\")"))),
+            _ => {
+                return Err(ferr(
+                    f,
+                    format!("invalid policy type {t} (expected \"Ingress\" or \"Egress\")"),
+                ))
+            }
         });
     }
     if types.is_empty() {
@@ -603,7 +660,10 @@ fn peer(v: &Value, f: &str, warnings: &mut Vec<FieldError>) -> FResult<Peer> {
     match m.get("ipBlock").filter(|v| !v.is_null()) {
         Some(b) => {
             if pod_selector.is_some() || namespace_selector.is_some() {
-                return Err(ferr(f, "ipBlock cannot be combined with podSelector or namespaceSelector"));
+                return Err(ferr(
+                    f,
+                    "ipBlock cannot be combined with podSelector or namespaceSelector",
+                ));
             }
             Ok(Peer::IpBlock(ip_block(b, &format!("{f}.ipBlock"), warnings)?))
         }
@@ -660,11 +720,17 @@ fn port_spec(v: &Value, f: &str) -> FResult<PortSpec> {
         }
         Some(Value::String(s)) => {
             if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
-                return Err(ferr(pf, format!("{s:?} is a string: write the number without quotes, or use a port name")));
+                return Err(ferr(
+                    pf,
+                    format!("{s:?} is a string: write the number without quotes, or use a port name"),
+                ));
             }
             validate_port_name(s).map_err(|m| ferr(&pf, m))?;
             if end_port.is_some() {
-                return Err(ferr(format!("{f}.endPort"), format!("endPort cannot be used with the named port {s:?}")));
+                return Err(ferr(
+                    format!("{f}.endPort"),
+                    format!("endPort cannot be used with the named port {s:?}"),
+                ));
             }
             PortRef::Named(s.clone())
         }
@@ -672,7 +738,10 @@ fn port_spec(v: &Value, f: &str) -> FResult<PortSpec> {
             let first = port_number(Some(v), &pf)?.unwrap_or(0);
             let last = end_port.unwrap_or(first);
             if last < first {
-                return Err(ferr(format!("{f}.endPort"), format!("endPort {last} is below port {first}")));
+                return Err(ferr(
+                    format!("{f}.endPort"),
+                    format!("endPort {last} is below port {first}"),
+                ));
             }
             PortRef::Range { first, last }
         }
@@ -682,12 +751,18 @@ fn port_spec(v: &Value, f: &str) -> FResult<PortSpec> {
 
 /// IANA service name rules, as the API server validates named ports.
 fn validate_port_name(s: &str) -> Result<(), String> {
-    let ok_chars = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if s.is_empty() || s.len() > 15 || !ok_chars {
-        return Err(format!("invalid port name {s:?}: at most 15 lowercase letters, digits and '-'"));
+        return Err(format!(
+            "invalid port name {s:?}: at most 15 lowercase letters, digits and '-'"
+        ));
     }
     if !s.bytes().any(|b| b.is_ascii_lowercase()) || s.starts_with('-') || s.ends_with('-') || s.contains("--") {
-        return Err(format!("invalid port name {s:?}: needs a letter, no leading, trailing or double '-'"));
+        return Err(format!(
+            "invalid port name {s:?}: needs a letter, no leading, trailing or double '-'"
+        ));
     }
     Ok(())
 }
@@ -746,16 +821,22 @@ fn opt_selector(v: Option<&Value>, f: &str) -> FResult<Option<LabelSelector>> {
         };
         let mut values = Vec::new();
         for (vi, v) in opt_list(e, "values", &ef)?.iter().enumerate() {
-            let s = v
-                .as_str()
-                .ok_or_else(|| ferr(format!("{ef}.values[{vi}]"), "must be a string (quote numbers and booleans)"))?;
+            let s = v.as_str().ok_or_else(|| {
+                ferr(
+                    format!("{ef}.values[{vi}]"),
+                    "must be a string (quote numbers and booleans)",
+                )
+            })?;
             values.push(s.to_string());
         }
         values.sort();
         values.dedup();
         match (operator, values.is_empty()) {
             (Operator::In | Operator::NotIn, true) => {
-                return Err(ferr(format!("{ef}.values"), format!("operator {op} needs at least one value")))
+                return Err(ferr(
+                    format!("{ef}.values"),
+                    format!("operator {op} needs at least one value"),
+                ))
             }
             (Operator::Exists | Operator::DoesNotExist, false) => {
                 return Err(ferr(format!("{ef}.values"), format!("operator {op} takes no values")))
@@ -818,9 +899,12 @@ fn string_map(v: &Value, f: &str) -> FResult<Labels> {
     let m = v.as_object().ok_or_else(|| ferr(f, "must be a mapping of strings"))?;
     let mut out = Labels::new();
     for (k, v) in m {
-        let s = v
-            .as_str()
-            .ok_or_else(|| ferr(join(f, k), format!("must be a string, got {v} (quote numbers and booleans)")))?;
+        let s = v.as_str().ok_or_else(|| {
+            ferr(
+                join(f, k),
+                format!("must be a string, got {v} (quote numbers and booleans)"),
+            )
+        })?;
         out.insert(k.clone(), s.to_string());
     }
     Ok(out)
@@ -878,10 +962,7 @@ mod tests {
                 "  ingress:\n  - ports: [{port: 80, protocol: ICMP}]\n",
                 "spec.ingress[0].ports[0].protocol: unsupported protocol",
             ),
-            (
-                "  policyTypes: [ingress]\n",
-                "spec.policyTypes[0]: invalid policy type",
-            ),
+            ("  policyTypes: [ingress]\n", "spec.policyTypes[0]: invalid policy type"),
             (
                 "  ingress:\n  - from: [{}]\n",
                 "spec.ingress[0].from[0]: a peer must set at least one",
@@ -903,7 +984,9 @@ mod tests {
         );
         assert_eq!(snap.policies.len(), 1);
         assert!(snap.policies.contains_key(&ObjectRef::new("default", "good")));
-        assert!(diags.iter().any(|d| d.severity == Severity::Note && d.message.contains("Deployment")));
+        assert!(diags
+            .iter()
+            .any(|d| d.severity == Severity::Note && d.message.contains("Deployment")));
         assert_eq!(diags.iter().filter(|d| d.severity == Severity::Error).count(), 1);
     }
 
@@ -933,7 +1016,11 @@ mod tests {
         let (_, diags) = load("kind: [\n");
         assert!(diags[0].message.contains("invalid YAML"));
         let (_, diags) = load("apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: old}\nspec: {}\n");
-        assert!(diags[0].to_string().contains("apiVersion: unsupported apiVersion"), "{}", diags[0]);
+        assert!(
+            diags[0].to_string().contains("apiVersion: unsupported apiVersion"),
+            "{}",
+            diags[0]
+        );
     }
 
     #[test]

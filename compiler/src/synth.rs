@@ -118,8 +118,11 @@ fn peer(rng: &mut Rng, namespaces: usize) -> Peer {
             Peer::IpBlock(IpBlock { cidr, except })
         }
         2 => Peer::IpBlock(IpBlock {
-            cidr: Cidr::new(IpAddr::V6(Ipv6Addr::new(0xfd00, rng.below(8) as u16, 0, 0, 0, 0, 0, 0)), 48)
-                .expect("valid"),
+            cidr: Cidr::new(
+                IpAddr::V6(Ipv6Addr::new(0xfd00, rng.below(8) as u16, 0, 0, 0, 0, 0, 0)),
+                48,
+            )
+            .expect("valid"),
             except: vec![],
         }),
         3 | 4 => Peer::Pods {
@@ -183,7 +186,10 @@ pub fn cluster(shape: Shape, seed: u64) -> Snapshot {
     let nodes = shape.nodes.max(1);
     for i in 0..namespaces {
         let name = format!("ns-{i}");
-        let l = labels(&[("team", format!("team-{}", i / 5)), ("env", ["prod", "dev"][i % 2].into())]);
+        let l = labels(&[
+            ("team", format!("team-{}", i / 5)),
+            ("env", ["prod", "dev"][i % 2].into()),
+        ]);
         s.namespaces.insert(name.clone(), Namespace::new(name, l));
     }
     for i in 0..shape.pods {
@@ -200,7 +206,16 @@ pub fn cluster(shape: Shape, seed: u64) -> Snapshot {
         let v4 = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + ((node as u32) << 8) * 4 + host);
         let mut ips = vec![IpAddr::V4(v4)];
         if shape.dual_stack_every > 0 && i % shape.dual_stack_every == 0 {
-            ips.push(IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, node as u16, 0, 0, 0, 0, host as u16)));
+            ips.push(IpAddr::V6(Ipv6Addr::new(
+                0xfd00,
+                0x10,
+                node as u16,
+                0,
+                0,
+                0,
+                0,
+                host as u16,
+            )));
         }
         let mut ports = Vec::new();
         for (n, p, protocol) in PORT_NAMES {

@@ -20,7 +20,11 @@ struct Netns(String);
 impl Netns {
     fn new(tag: &str) -> Netns {
         let name = format!("pc-load-{}-{tag}", std::process::id());
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().unwrap().success();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "ip netns add {name}");
         Netns(name)
     }
@@ -82,7 +86,10 @@ fn skip_or_fail(reason: &str) {
 }
 
 fn load_and_check(ns: &Netns, label: &str, snap: &Snapshot, failures: &mut Vec<String>) -> usize {
-    let mut rendered = vec![(format!("{label} (all)"), nft::render(&compile(snap, &CompileOptions::default()), true))];
+    let mut rendered = vec![(
+        format!("{label} (all)"),
+        nft::render(&compile(snap, &CompileOptions::default()), true),
+    )];
     for (node, ir) in compile_all_nodes(snap, &CompileOptions::default()) {
         rendered.push((format!("{label} node {node}"), nft::render(&ir, true)));
     }
@@ -185,11 +192,21 @@ fn renderings_load_into_the_kernel() {
             nodes: 3,
             dual_stack_every: 3,
         };
-        loaded += load_and_check(&ns, &format!("synthetic seed {seed}"), &cluster(shape, seed), &mut failures);
+        loaded += load_and_check(
+            &ns,
+            &format!("synthetic seed {seed}"),
+            &cluster(shape, seed),
+            &mut failures,
+        );
     }
     // An empty cluster still yields a loadable table.
     loaded += load_and_check(&ns, "empty", &Snapshot::default(), &mut failures);
 
     eprintln!("loaded {loaded} rulesets into the kernel");
-    assert!(failures.is_empty(), "{} of {loaded} rulesets failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {loaded} rulesets failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

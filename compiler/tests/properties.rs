@@ -43,14 +43,25 @@ fn port_matches(spec: &PortSpec, target: Option<&Pod>, ip: IpAddr, proto: Protoc
         PortRef::All => true,
         PortRef::Range { first, last } => (*first..=*last).contains(&port),
         // Named ports resolve on the destination pod.
-        PortRef::Named(n) => target
-            .filter(|t| t.ips.contains(&ip))
-            .and_then(|t| t.named_port(n, proto))
-            == Some(port),
+        PortRef::Named(n) => {
+            target
+                .filter(|t| t.ips.contains(&ip))
+                .and_then(|t| t.named_port(n, proto))
+                == Some(port)
+        }
     }
 }
 
-fn side_allows(s: &Snapshot, pod: &Pod, d: Direction, peer_ip: IpAddr, dst: Option<&Pod>, dst_ip: IpAddr, proto: Protocol, port: u16) -> bool {
+fn side_allows(
+    s: &Snapshot,
+    pod: &Pod,
+    d: Direction,
+    peer_ip: IpAddr,
+    dst: Option<&Pod>,
+    dst_ip: IpAddr,
+    proto: Protocol,
+    port: u16,
+) -> bool {
     let policies: Vec<&NetworkPolicy> = s
         .policies
         .values()

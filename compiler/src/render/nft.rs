@@ -113,7 +113,10 @@ fn ip_kw(f: Family) -> &'static str {
 
 /// Quotes a comment for nft: no double quotes inside, at most 128 bytes.
 pub fn comment(s: &str) -> String {
-    let mut c: String = s.chars().map(|c| if c == '"' || c == '\\' { '\'' } else { c }).collect();
+    let mut c: String = s
+        .chars()
+        .map(|c| if c == '"' || c == '\\' { '\'' } else { c })
+        .collect();
     if c.len() > MAX_COMMENT {
         let mut end = MAX_COMMENT - 3;
         while !c.is_char_boundary(end) {
@@ -213,7 +216,11 @@ fn render_endpoint_chain(out: &mut String, ir: &Ir, ep: &Endpoint, d: Direction)
     }
     let iso = ep.isolation(d);
     for chain in &iso.chains {
-        let _ = writeln!(out, "\t\tjump {chain} comment {}", comment(&ir.chains[chain].policy.to_string()));
+        let _ = writeln!(
+            out,
+            "\t\tjump {chain} comment {}",
+            comment(&ir.chains[chain].policy.to_string())
+        );
     }
     let policies: Vec<String> = iso.policies.iter().map(|p| p.to_string()).collect();
     let _ = writeln!(
