@@ -52,6 +52,7 @@ fn port_matches(spec: &PortSpec, target: Option<&Pod>, ip: IpAddr, proto: Protoc
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn side_allows(
     s: &Snapshot,
     pod: &Pod,
