@@ -1,1 +1,246 @@
-fn main(){}
+//! `policyc`: render NetworkPolicies as nftables or iptables rules, explain one flow, and print the
+//! reachability matrix — offline, from YAML.
+
+mod explain;
+mod input;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use policyc_compiler::cidr::Family;
+use policyc_compiler::render::{iptables, nft};
+use policyc_compiler::{compile, compile_all_nodes, CompileOptions, Ir, Matrix, Protocol};
+
+use crate::explain::End;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "policyc",
+    version,
+    about = "Kubernetes NetworkPolicy compiler: see which rule decides every packet"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct Files {
+    /// Input: a file, a directory (read recursively for .yaml/.yml/.json) or - for stdin. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
+    files: Vec<PathBuf>,
+    /// Host-side interface name prefix of pod veths (Calico/Canal: cali).
+    #[arg(long, default_value = "cali", value_name = "PREFIX")]
+    interface_prefix: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Render the ruleset for one node, every node, or the whole cluster as one table.
+    Render {
+        #[command(flatten)]
+        input: Files,
+        /// Render the ruleset of this node (its pods' spec.nodeName).
+        #[arg(long, conflicts_with = "all_nodes")]
+        node: Option<String>,
+        /// Render one ruleset per node.
+        #[arg(long)]
+        all_nodes: bool,
+        #[arg(long, value_enum, default_value_t = Format::Nft)]
+        format: Format,
+        /// With --all-nodes: write one file per node into this directory instead of stdout.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+    /// Explain the verdict on one flow: which policies select each end and which rule decides.
+    /// Exit status: 0 allowed, 1 denied, 2 error.
+    Explain {
+        #[command(flatten)]
+        input: Files,
+        /// Source: NAMESPACE/POD or an IP address.
+        #[arg(long)]
+        from: End,
+        /// Destination: NAMESPACE/POD or an IP address.
+        #[arg(long)]
+        to: End,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "TCP", value_parser = parse_protocol)]
+        protocol: Protocol,
+        #[arg(short = 'o', long, value_enum, default_value_t = TextJson::Text)]
+        output: TextJson,
+    },
+    /// The reachability truth table among all pods for one port (rows: sources, columns: destinations).
+    Matrix {
+        #[command(flatten)]
+        input: Files,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "TCP", value_parser = parse_protocol)]
+        protocol: Protocol,
+        #[arg(short = 'o', long, value_enum, default_value_t = TableJson::Table)]
+        output: TableJson,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// One `table inet policyc`, for `nft -f`.
+    Nft,
+    /// iptables-restore input (IPv4); load the sets first (--format ipset).
+    Iptables,
+    /// ip6tables-restore input (IPv6).
+    Ip6tables,
+    /// ipset restore input: the sets the iptables rules use.
+    Ipset,
+    /// The canonical IR as JSON.
+    IrJson,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TextJson {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TableJson {
+    Table,
+    Json,
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    Protocol::parse(s).ok_or_else(|| format!("unknown protocol {s:?} (TCP, UDP or SCTP)"))
+}
+
+fn render_one(ir: &Ir, format: Format) -> Result<String> {
+    Ok(match format {
+        Format::Nft => nft::render(ir, true),
+        Format::Iptables => iptables::render_iptables(ir, Family::V4),
+        Format::Ip6tables => iptables::render_iptables(ir, Family::V6),
+        Format::Ipset => iptables::render_ipset(ir),
+        Format::IrJson => serde_json::to_string_pretty(ir)? + "\n",
+    })
+}
+
+fn extension(format: Format) -> &'static str {
+    match format {
+        Format::Nft => "nft",
+        Format::Iptables => "iptables",
+        Format::Ip6tables => "ip6tables",
+        Format::Ipset => "ipset",
+        Format::IrJson => "json",
+    }
+}
+
+/// Loads input and stops when nothing usable was read.
+fn load(files: &Files) -> Result<input::Input> {
+    let input = input::load(&files.files);
+    input.report(false);
+    if input.objects == 0 && input.has_errors() {
+        bail!("no valid objects in the input");
+    }
+    Ok(input)
+}
+
+fn options(files: &Files, node: Option<String>) -> CompileOptions {
+    CompileOptions {
+        node,
+        interface_prefix: files.interface_prefix.clone(),
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Render {
+            input,
+            node,
+            all_nodes,
+            format,
+            out_dir,
+        } => {
+            let loaded = load(&input)?;
+            let snapshot = &loaded.snapshot;
+            if !all_nodes {
+                if out_dir.is_some() {
+                    bail!("--out-dir needs --all-nodes");
+                }
+                if let Some(n) = &node {
+                    let known = policyc_compiler::Compiler::new(snapshot).nodes();
+                    if !known.contains(n) {
+                        let list: Vec<_> = known.into_iter().collect();
+                        bail!("node {n:?} hosts no pods in the input (nodes: {})", list.join(", "));
+                    }
+                }
+                let ir = compile(snapshot, &options(&input, node));
+                print!("{}", render_one(&ir, format)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let irs = compile_all_nodes(snapshot, &options(&input, None));
+            if irs.is_empty() {
+                bail!("no node hosts any pod in the input (pods need spec.nodeName)");
+            }
+            for (node, ir) in &irs {
+                let text = render_one(ir, format)?;
+                match &out_dir {
+                    Some(dir) => {
+                        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                        let path = dir.join(format!("{node}.{}", extension(format)));
+                        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+                        eprintln!("wrote {}", path.display());
+                    }
+                    None => print!("# === node {node} ===\n{text}"),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain {
+            input,
+            from,
+            to,
+            port,
+            protocol,
+            output,
+        } => {
+            let loaded = load(&input)?;
+            let ir = compile(&loaded.snapshot, &options(&input, None));
+            let e = explain::explain(&loaded.snapshot, &ir, &from, &to, protocol, port)?;
+            match output {
+                TextJson::Text => print!("{}", explain::to_text(&e, &ir)),
+                TextJson::Json => println!("{}", serde_json::to_string_pretty(&e)?),
+            }
+            Ok(if e.verdict.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Matrix {
+            input,
+            port,
+            protocol,
+            output,
+        } => {
+            let loaded = load(&input)?;
+            let ir = compile(&loaded.snapshot, &options(&input, None));
+            let m = Matrix::evaluate(&ir, protocol, port);
+            match output {
+                TableJson::Table => print!("{}", m.to_table()),
+                TableJson::Json => println!("{}", serde_json::to_string(&m)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

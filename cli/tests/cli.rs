@@ -1,0 +1,191 @@
+//! The `policyc` binary as users run it: exit codes, stderr diagnostics, output formats.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn policyc(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_policyc"))
+        .args(args)
+        .current_dir(repo())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const EXAMPLE: &str = "examples/three-tier";
+
+#[test]
+fn render_example_per_node_and_all_nodes() {
+    let out = policyc(&["render", "-f", EXAMPLE, "--node", "node-1"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let nft = text(&out.stdout);
+    assert!(nft.contains("table inet policyc {"));
+    assert!(nft.contains("comment \"shop/database ingress[0]\""));
+
+    let dir = std::env::temp_dir().join(format!("policyc-cli-{}", std::process::id()));
+    let out = policyc(
+        &[
+            "render",
+            "-f",
+            EXAMPLE,
+            "--all-nodes",
+            "--out-dir",
+            dir.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let node1 = std::fs::read_to_string(dir.join("node-1.nft")).unwrap();
+    assert_eq!(node1, nft, "--all-nodes writes the same ruleset as --node");
+    assert!(dir.join("node-2.nft").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let out = policyc(&["render", "-f", EXAMPLE, "--node", "node-9"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("node \"node-9\" hosts no pods"));
+}
+
+#[test]
+fn render_formats() {
+    for (format, needle) in [
+        ("iptables", "*filter"),
+        ("ip6tables", "*filter"),
+        ("ipset", "create "),
+        ("ir-json", "\"endpoints\""),
+    ] {
+        let out = policyc(&["render", "-f", EXAMPLE, "--format", format], None);
+        assert!(out.status.success(), "{format}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains(needle), "{format}");
+    }
+}
+
+#[test]
+fn bad_objects_are_reported_and_the_rest_rendered() {
+    let input = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: broken, namespace: shop}
+spec:
+  ingress:
+  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [192.168.0.0/16]}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: fine, namespace: shop}
+spec: {podSelector: {}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+";
+    let out = policyc(&["render", "-f", "-", "-f", EXAMPLE], Some(input));
+    assert!(out.status.success(), "warnings only: {}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("error: -: NetworkPolicy shop/broken: spec.ingress[0].from[0].ipBlock.except[0]: 192.168.0.0/16 must be a strict subset of cidr 10.0.0.0/8"),
+        "{err}"
+    );
+    assert!(err.contains("skipping apps/v1/Deployment web"), "{err}");
+    let nft = text(&out.stdout);
+    assert!(nft.contains("shop/fine"), "the valid policy is enforced");
+    assert!(!nft.contains("shop/broken"));
+
+    let out = policyc(&["render", "-f", "-"], Some("kind: [oops\n"));
+    assert_eq!(out.status.code(), Some(2), "nothing renderable");
+    assert!(text(&out.stderr).contains("error: -: document 1: invalid YAML"));
+
+    let out = policyc(&["render", "-f", "does/not/exist.yaml"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("does/not/exist.yaml: cannot read"));
+}
+
+#[test]
+fn explain_exit_codes_and_reasons() {
+    let base = ["explain", "-f", EXAMPLE, "--port", "5432"];
+    let mut args = base.to_vec();
+    args.extend(["--from", "shop/backend-6f5b4-klmno", "--to", "shop/database-0"]);
+    let out = policyc(&args, None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let t = text(&out.stdout);
+    assert!(t.contains("allowed by:  shop/database ingress[0]"), "{t}");
+    assert!(t.contains("verdict: ALLOWED"));
+
+    let mut args = base.to_vec();
+    args.extend([
+        "--from",
+        "shop/frontend-7c9d8-abcde",
+        "--to",
+        "shop/database-0",
+        "-o",
+        "json",
+    ]);
+    let out = policyc(&args, None);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["allowed"], false);
+    assert_eq!(v["egress"]["isolated"], true);
+    assert_eq!(v["egress"]["allowed_by"], serde_json::Value::Null);
+
+    // An external address: only the destination's ingress applies.
+    let out = policyc(
+        &[
+            "explain",
+            "-f",
+            EXAMPLE,
+            "--from",
+            "203.0.113.9",
+            "--to",
+            "shop/frontend-7c9d8-abcde",
+            "--port",
+            "8080",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("not a pod endpoint"));
+
+    let mut args = base.to_vec();
+    args.extend(["--from", "shop/nope", "--to", "shop/database-0"]);
+    let out = policyc(&args, None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("pod shop/nope not found"));
+}
+
+#[test]
+fn matrix_json_is_exact() {
+    let out = policyc(&["matrix", "-f", EXAMPLE, "--port", "9000", "-o", "json"], None);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let obj = v.as_object().unwrap();
+    assert_eq!(obj.keys().collect::<Vec<_>>(), ["allowed", "pods"]);
+    let pods: Vec<&str> = v["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let i = |name: &str| pods.iter().position(|p| *p == name).unwrap();
+    let allowed = |s: &str, d: &str| v["allowed"][i(s)][i(d)].as_bool().unwrap();
+    assert!(allowed("shop/frontend-7c9d8-abcde", "shop/backend-6f5b4-klmno"));
+    assert!(!allowed("shop/backend-6f5b4-klmno", "shop/frontend-7c9d8-abcde"));
+    assert!(allowed("shop/database-0", "shop/database-0"), "loopback");
+
+    let out = policyc(&["matrix", "-f", EXAMPLE, "--port", "9000"], None);
+    let table = text(&out.stdout);
+    assert!(table.starts_with("-\tkube-system/coredns"), "{table}");
+}
