@@ -1,0 +1,541 @@
+//! Encoding a [`Ruleset`] as one nf_tables netlink batch.
+//!
+//! Tables, chains, rules and most expressions come from the `nftnl` crate. What it does not
+//! cover is done here with raw `nftnl_sys` calls, and only here:
+//!
+//! * [`NlSet`]: named, anonymous and verdict-map sets with any flags, key type and length,
+//!   data type, `NFTA_SET_DESC_SIZE`, set ID and userdata (`nftnl::set::Set` fixes the key
+//!   type per Rust type and the flags);
+//! * set elements with interval-end flags, userdata and verdict data ([`ElemChunk`]);
+//! * `payload` into any register (concatenations load the port into register 9 or 2) and
+//!   `lookup` by set name and ID with an optional destination register (verdict maps).
+//!
+//! # Safety contract
+//!
+//! Every raw object is owned by exactly one Rust value that frees it on drop ([`NlSet`],
+//! [`ElemIter`]); objects handed to libnftnl with an "add" call (`nftnl_set_elem_add`,
+//! `nftnl_rule_add_expr` inside `nftnl::Rule::add_expr`) are owned by the container from then on
+//! and are never touched again. Allocation failures abort, as in `nftnl`. Pointers passed to
+//! setters are valid for the call and libnftnl copies what they point to (strings are
+//! NUL-terminated `CStr`s, data comes with its length). Messages are written through
+//! `nftnl::NlMsg::write`, whose caller (`nftnl::Batch`) guarantees a buffer of
+//! `nft_nlmsg_maxsize()` bytes; libnftnl never writes a set-element message larger than that (it
+//! ends a message before its element nest would exceed 64 KiB and continues in the next).
+#![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::ptr::NonNull;
+
+use nftnl::expr::{Bitwise, Cmp, Conntrack, Counter, Expression, Meta};
+use nftnl::nftnl_sys::{self as sys, libc};
+use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, NlMsg, Policy, ProtoFamily, Rule, Table};
+
+use super::plan::{
+    self, BaseHook, CmpOp, Elem, Expr, MetaKey, PayloadBase, Ruleset, SetDelta, SetRef, SetSpec, Verdict,
+};
+use super::DataplaneError;
+
+/// A finalized batch and, per message that the kernel acknowledges, what it was about.
+pub(crate) struct Encoded {
+    pub batch: FinalizedBatch,
+    /// One entry per message between the batch begin and end messages.
+    pub what: Vec<String>,
+}
+
+impl Encoded {
+    /// Bytes of the whole batch.
+    pub fn len(&self) -> usize {
+        self.batch.iter().map(<[u8]>::len).sum()
+    }
+
+    /// What the message with sequence number `seq` was about, if it is one of ours.
+    pub fn describe(&self, seq: u32) -> Option<&str> {
+        let seqs = self.batch.sequence_numbers();
+        // The batch begin and end messages take a sequence number too when the kernel
+        // acknowledges them (Linux 6.10 and later).
+        let first = if seqs.len() == self.what.len() + 2 {
+            seqs.start + 1
+        } else {
+            seqs.start
+        };
+        let i = seq.checked_sub(first)? as usize;
+        self.what.get(i).map(String::as_str)
+    }
+}
+
+/// Builds a batch, remembering what each message is about.
+struct Builder {
+    batch: Batch,
+    what: Vec<String>,
+}
+
+impl Builder {
+    fn new() -> Builder {
+        Builder {
+            batch: Batch::new(),
+            what: Vec::new(),
+        }
+    }
+
+    fn add<T: NlMsg>(&mut self, msg: &T, ty: MsgType, what: impl Into<String>) {
+        self.batch.add(msg, ty);
+        self.what.push(what.into());
+    }
+
+    fn finish(self) -> Encoded {
+        Encoded {
+            batch: self.batch.finalize(),
+            what: self.what,
+        }
+    }
+}
+
+fn cstring(s: &str) -> Result<CString, DataplaneError> {
+    CString::new(s).map_err(|_| DataplaneError::Unrepresentable(format!("name or comment with a NUL byte: {s:?}")))
+}
+
+/// `policyc_compiler::render::nft::TABLE`, as libnftnl wants it.
+const TABLE: &CStr = c"policyc";
+
+fn table() -> Table {
+    Table::new(TABLE, ProtoFamily::Inet)
+}
+
+/// `table inet policyc` + `delete table inet policyc`: removes the table whether or not it
+/// exists.
+fn add_delete_table(b: &mut Builder, t: &Table) {
+    b.add(t, MsgType::Add, "table");
+    b.add(t, MsgType::Del, "table deletion");
+}
+
+/// One batch that replaces the whole table with `rs`.
+pub(crate) fn encode_replace(rs: &Ruleset) -> Result<Encoded, DataplaneError> {
+    let mut b = Builder::new();
+    let t = table();
+    add_delete_table(&mut b, &t);
+    b.add(&t, MsgType::Add, "table");
+
+    let mut chains = Vec::with_capacity(rs.chains.len());
+    for spec in &rs.chains {
+        let mut c = Chain::new(cstring(&spec.name)?, &t);
+        if let Some(base) = spec.base {
+            let hook = match base.hook {
+                BaseHook::Forward => Hook::Forward,
+                BaseHook::Input => Hook::In,
+            };
+            c.set_hook(hook, base.priority);
+            c.set_type(ChainType::Filter);
+            c.set_policy(Policy::Accept);
+        }
+        b.add(&c, MsgType::Add, format!("chain {}", spec.name));
+        chains.push(c);
+    }
+
+    // nft numbers sets 1, 2, ... in the order it creates them; lookups name a set and give its
+    // ID, which the kernel uses to find a set created earlier in the same batch.
+    let mut next_id = 1u32;
+    let mut ids: HashMap<&str, u32> = HashMap::new();
+    for spec in &rs.sets {
+        let id = next_id;
+        next_id += 1;
+        ids.insert(&spec.name, id);
+        add_set(&mut b, spec, SetOp::Create(id), &spec.elements)?;
+    }
+
+    for (spec, chain) in rs.chains.iter().zip(&chains) {
+        for (i, r) in spec.rules.iter().enumerate() {
+            let anon = match &r.anon_set {
+                Some(set) => {
+                    let id = next_id;
+                    next_id += 1;
+                    add_set(&mut b, set, SetOp::Create(id), &set.elements)?;
+                    Some(id)
+                }
+                None => None,
+            };
+            let mut rule = Rule::new(chain);
+            for e in &r.exprs {
+                let set = match e {
+                    Expr::Lookup { set, .. } => Some(resolve(set, &ids, anon)?),
+                    _ => None,
+                };
+                rule.add_expr(&NlExpr { expr: e, set });
+            }
+            if let Some(c) = &r.comment {
+                rule.set_comment(cstring(c)?)
+                    .map_err(|e| DataplaneError::Unrepresentable(format!("comment {c:?}: {e}")))?;
+            }
+            b.add(&rule, MsgType::Add, format!("rule {} of chain {}", i + 1, spec.name));
+        }
+    }
+    Ok(b.finish())
+}
+
+/// Name and batch ID of the set a lookup refers to.
+fn resolve(set: &SetRef, ids: &HashMap<&str, u32>, anon: Option<u32>) -> Result<(CString, u32), DataplaneError> {
+    match set {
+        SetRef::Named(n) => {
+            let id = ids
+                .get(n.as_str())
+                .ok_or_else(|| DataplaneError::Unrepresentable(format!("lookup of unknown set {n}")))?;
+            Ok((cstring(n)?, *id))
+        }
+        SetRef::Anonymous => {
+            let id = anon.ok_or_else(|| DataplaneError::Unrepresentable("lookup of a missing anonymous set".into()))?;
+            Ok((c"__set%d".to_owned(), id))
+        }
+    }
+}
+
+/// One batch that deletes the table if it exists.
+pub(crate) fn encode_remove() -> Encoded {
+    let mut b = Builder::new();
+    add_delete_table(&mut b, &table());
+    b.finish()
+}
+
+/// One batch of element deletions, then additions.
+pub(crate) fn encode_elements(deltas: &[SetDelta]) -> Result<Encoded, DataplaneError> {
+    let mut b = Builder::new();
+    for d in deltas.iter().filter(|d| !d.remove.is_empty()) {
+        add_set(&mut b, &d.set, SetOp::DeleteElements, &d.remove)?;
+    }
+    for d in deltas.iter().filter(|d| !d.add.is_empty()) {
+        add_set(&mut b, &d.set, SetOp::AddElements, &d.add)?;
+    }
+    Ok(b.finish())
+}
+
+#[derive(Clone, Copy)]
+enum SetOp {
+    /// Create the set, with this batch-local ID, and its elements.
+    Create(u32),
+    /// Add elements to an existing set; an element that exists already is an error.
+    AddElements,
+    /// Delete elements from an existing set; an element that does not exist is an error.
+    DeleteElements,
+}
+
+/// Messages for a set and its elements.
+fn add_set(b: &mut Builder, spec: &SetSpec, op: SetOp, elements: &[Elem]) -> Result<(), DataplaneError> {
+    let id = match op {
+        SetOp::Create(id) => Some(id),
+        _ => None,
+    };
+    let mut set = NlSet::new(spec, id)?;
+    for e in elements {
+        set.add(e)?;
+    }
+    let label = if spec.name.starts_with("__set") {
+        "anonymous set".to_string()
+    } else {
+        format!("set {}", spec.name)
+    };
+    if id.is_some() {
+        b.add(&set, MsgType::Add, label.clone());
+    }
+    if elements.is_empty() {
+        return Ok(());
+    }
+    let (ty, excl, what) = match op {
+        SetOp::Create(_) => (MsgType::Add, false, "elements of"),
+        SetOp::AddElements => (MsgType::Add, true, "new elements of"),
+        SetOp::DeleteElements => (MsgType::Del, false, "deleted elements of"),
+    };
+    let iter = ElemIter::new(&set);
+    loop {
+        let chunk = ElemChunk {
+            iter: &iter,
+            more: Cell::new(false),
+            excl,
+        };
+        b.add(&chunk, ty, format!("{what} {label}"));
+        if !chunk.more.get() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// An `nftnl_set` with its elements.
+struct NlSet {
+    ptr: NonNull<sys::nftnl_set>,
+}
+
+fn alloc<T>(p: *mut T) -> NonNull<T> {
+    // libnftnl returns NULL only when malloc fails; do what `nftnl` and libstd do.
+    NonNull::new(p).unwrap_or_else(|| std::process::abort())
+}
+
+impl NlSet {
+    /// A set to create, with its batch-local `id`; without one, just what an element message
+    /// for an existing set needs (table and name).
+    fn new(spec: &SetSpec, id: Option<u32>) -> Result<NlSet, DataplaneError> {
+        let name = cstring(&spec.name)?;
+        // SAFETY: nftnl_set_alloc has no preconditions; `alloc` aborts on NULL.
+        let ptr = alloc(unsafe { sys::nftnl_set_alloc() });
+        let set = NlSet { ptr };
+        let s = set.ptr.as_ptr();
+        let u32_attr = |attr: u32, v: u32| {
+            // SAFETY: `s` is a live set owned by `set`; u32 attributes take no pointers.
+            unsafe { sys::nftnl_set_set_u32(s, attr as u16, v) };
+        };
+        u32_attr(sys::NFTNL_SET_FAMILY, u32::from(plan::NFPROTO_INET));
+        // SAFETY: `s` is live; both strings are NUL-terminated and copied by libnftnl.
+        unsafe {
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, TABLE.as_ptr());
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, name.as_ptr());
+        }
+        let Some(id) = id else {
+            return Ok(set);
+        };
+        u32_attr(sys::NFTNL_SET_ID, id);
+        u32_attr(sys::NFTNL_SET_FLAGS, spec.flags);
+        u32_attr(sys::NFTNL_SET_KEY_TYPE, spec.key.type_id());
+        u32_attr(sys::NFTNL_SET_KEY_LEN, spec.key.len());
+        if spec.verdict_map {
+            u32_attr(sys::NFTNL_SET_DATA_TYPE, plan::NFT_DATA_VERDICT);
+            u32_attr(sys::NFTNL_SET_DATA_LEN, 0);
+        }
+        if let Some(size) = spec.size {
+            u32_attr(sys::NFTNL_SET_DESC_SIZE, size);
+        }
+        if !spec.udata.is_empty() {
+            // SAFETY: `s` is live; the pointer and length describe `spec.udata`, which
+            // libnftnl copies.
+            let rc = unsafe {
+                sys::nftnl_set_set_data(
+                    s,
+                    sys::NFTNL_SET_USERDATA as u16,
+                    spec.udata.as_ptr().cast::<c_void>(),
+                    spec.udata.len() as u32,
+                )
+            };
+            if rc < 0 {
+                std::process::abort();
+            }
+        }
+        Ok(set)
+    }
+
+    /// Attaches an element; the set owns it from then on.
+    fn add(&mut self, e: &Elem) -> Result<(), DataplaneError> {
+        let chain = e.jump.as_deref().map(cstring).transpose()?;
+        // SAFETY: nftnl_set_elem_alloc has no preconditions; `alloc` aborts on NULL.
+        let elem = alloc(unsafe { sys::nftnl_set_elem_alloc() }).as_ptr();
+        // SAFETY: `elem` is live and not yet shared. Data pointers and lengths describe
+        // `e.key` / `e.udata`, strings are NUL-terminated; libnftnl copies all of them. Then
+        // `nftnl_set_elem_add` moves `elem` into the live set `self.ptr`, which frees it with
+        // itself; `elem` is not used after that.
+        unsafe {
+            sys::nftnl_set_elem_set(
+                elem,
+                sys::NFTNL_SET_ELEM_KEY as u16,
+                e.key.as_ptr().cast::<c_void>(),
+                e.key.len() as u32,
+            );
+            if e.flags != 0 {
+                sys::nftnl_set_elem_set_u32(elem, sys::NFTNL_SET_ELEM_FLAGS as u16, e.flags);
+            }
+            if let Some(chain) = &chain {
+                sys::nftnl_set_elem_set_u32(elem, sys::NFTNL_SET_ELEM_VERDICT as u16, libc::NFT_JUMP as u32);
+                sys::nftnl_set_elem_set_str(elem, sys::NFTNL_SET_ELEM_CHAIN as u16, chain.as_ptr());
+            }
+            if !e.udata.is_empty() {
+                sys::nftnl_set_elem_set(
+                    elem,
+                    sys::NFTNL_SET_ELEM_USERDATA as u16,
+                    e.udata.as_ptr().cast::<c_void>(),
+                    e.udata.len() as u32,
+                );
+            }
+            sys::nftnl_set_elem_add(self.ptr.as_ptr(), elem);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NlSet {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` is owned by this value and freed exactly once, with its elements.
+        unsafe { sys::nftnl_set_free(self.ptr.as_ptr()) };
+    }
+}
+
+// SAFETY: `write` builds one NEWSET message with nftnl_nlmsg_build_hdr and
+// nftnl_set_nlmsg_build_payload into `buf`, which the caller guarantees holds
+// nft_nlmsg_maxsize() bytes; a set message (names, a few u32s, userdata of at most 256 bytes) is
+// far smaller.
+unsafe impl NlMsg for NlSet {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, _ty: MsgType) {
+        // SAFETY: see the impl's contract; `self.ptr` is live.
+        unsafe {
+            let nlh = sys::nftnl_nlmsg_build_hdr(
+                buf.cast::<c_char>(),
+                libc::NFT_MSG_NEWSET as u16,
+                plan::NFPROTO_INET,
+                (libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16,
+                seq,
+            );
+            sys::nftnl_set_nlmsg_build_payload(nlh, self.ptr.as_ptr());
+        }
+    }
+}
+
+/// Iterator over a set's elements, for building element messages.
+struct ElemIter<'a> {
+    ptr: NonNull<sys::nftnl_set_elems_iter>,
+    _set: &'a NlSet,
+}
+
+impl<'a> ElemIter<'a> {
+    fn new(set: &'a NlSet) -> ElemIter<'a> {
+        ElemIter {
+            // SAFETY: `set.ptr` is live and outlives the iterator (borrowed for 'a).
+            ptr: alloc(unsafe { sys::nftnl_set_elems_iter_create(set.ptr.as_ptr()) }),
+            _set: set,
+        }
+    }
+}
+
+impl Drop for ElemIter<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` is owned by this value and destroyed exactly once, before the set.
+        unsafe { sys::nftnl_set_elems_iter_destroy(self.ptr.as_ptr()) };
+    }
+}
+
+/// One element message: as many of the remaining elements as fit.
+struct ElemChunk<'a> {
+    iter: &'a ElemIter<'a>,
+    /// Set by `write`: elements remain for another message.
+    more: Cell<bool>,
+    /// Adding an element that exists is an error (element updates must match the kernel).
+    excl: bool,
+}
+
+// SAFETY: `write` builds one NEWSETELEM / DELSETELEM message into `buf` (nft_nlmsg_maxsize()
+// bytes, guaranteed by the caller). nftnl_set_elems_nlmsg_build_payload_iter stops before the
+// element nest exceeds the 64 KiB netlink attribute limit, so the message fits.
+unsafe impl NlMsg for ElemChunk<'_> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, ty: MsgType) {
+        let (msg, flags) = match ty {
+            MsgType::Add if self.excl => (
+                libc::NFT_MSG_NEWSETELEM,
+                libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK,
+            ),
+            MsgType::Add => (libc::NFT_MSG_NEWSETELEM, libc::NLM_F_CREATE | libc::NLM_F_ACK),
+            MsgType::Del => (libc::NFT_MSG_DELSETELEM, libc::NLM_F_ACK),
+        };
+        // SAFETY: see the impl's contract; the iterator and its set are live.
+        let rc = unsafe {
+            let nlh =
+                sys::nftnl_nlmsg_build_hdr(buf.cast::<c_char>(), msg as u16, plan::NFPROTO_INET, flags as u16, seq);
+            sys::nftnl_set_elems_nlmsg_build_payload_iter(nlh, self.iter.ptr.as_ptr())
+        };
+        // 1: the message is full and elements remain; 0: done.
+        self.more.set(rc > 0);
+    }
+}
+
+/// A rule expression; `set` is the name and batch ID of the set a lookup refers to.
+struct NlExpr<'a> {
+    expr: &'a Expr,
+    set: Option<(CString, u32)>,
+}
+
+impl Expression for NlExpr<'_> {
+    fn to_expr(&self, rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        match self.expr {
+            Expr::Meta(k) => match k {
+                MetaKey::NfProto => Meta::NfProto,
+                MetaKey::L4Proto => Meta::L4Proto,
+                MetaKey::IifName => Meta::IifName,
+                MetaKey::OifName => Meta::OifName,
+            }
+            .to_expr(rule),
+            Expr::CtState => Conntrack::State.to_expr(rule),
+            Expr::Bitwise { mask, xor } => Bitwise::new(mask.as_slice(), xor.as_slice()).to_expr(rule),
+            Expr::Cmp { op, data } => {
+                let op = match op {
+                    CmpOp::Eq => nftnl::expr::CmpOp::Eq,
+                    CmpOp::Neq => nftnl::expr::CmpOp::Neq,
+                    CmpOp::Gte => nftnl::expr::CmpOp::Gte,
+                    CmpOp::Lte => nftnl::expr::CmpOp::Lte,
+                };
+                Cmp::new(op, data.as_slice()).to_expr(rule)
+            }
+            Expr::Counter => Counter.to_expr(rule),
+            Expr::Verdict(v) => match v {
+                Verdict::Accept => nftnl::expr::Verdict::Accept,
+                Verdict::Drop => nftnl::expr::Verdict::Drop,
+                Verdict::Jump(chain) => nftnl::expr::Verdict::Jump {
+                    // Chain names were checked when their chains were built.
+                    chain: CString::new(chain.as_str()).unwrap_or_default(),
+                },
+            }
+            .to_expr(rule),
+            Expr::Payload {
+                base,
+                offset,
+                len,
+                dreg,
+            } => payload(*base, *offset, *len, *dreg),
+            Expr::Lookup { verdict_map, .. } => {
+                let (name, id) = self.set.as_ref().expect("lookup with its set resolved");
+                lookup(name, *id, *verdict_map)
+            }
+        }
+    }
+}
+
+/// `payload load LEN @ BASE + OFFSET => reg DREG`.
+fn payload(base: PayloadBase, offset: u32, len: u32, dreg: u32) -> NonNull<sys::nftnl_expr> {
+    let base = match base {
+        PayloadBase::Network => libc::NFT_PAYLOAD_NETWORK_HEADER,
+        PayloadBase::Transport => libc::NFT_PAYLOAD_TRANSPORT_HEADER,
+    } as u32;
+    // SAFETY: nftnl_expr_alloc gets a NUL-terminated name; `alloc` aborts on NULL.
+    let e = alloc(unsafe { sys::nftnl_expr_alloc(c"payload".as_ptr()) });
+    // SAFETY: `e` is live and unshared; u32 attributes take no pointers. The caller
+    // (`Rule::add_expr`) takes ownership of `e`.
+    unsafe {
+        let p = e.as_ptr();
+        sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_PAYLOAD_DREG as u16, dreg);
+        sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_PAYLOAD_BASE as u16, base);
+        sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16, offset);
+        sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_PAYLOAD_LEN as u16, len);
+    }
+    e
+}
+
+/// `lookup reg 1 set NAME`, with `dreg 0` for a verdict map.
+fn lookup(name: &CString, id: u32, verdict_map: bool) -> NonNull<sys::nftnl_expr> {
+    // SAFETY: nftnl_expr_alloc gets a NUL-terminated name; `alloc` aborts on NULL.
+    let e = alloc(unsafe { sys::nftnl_expr_alloc(c"lookup".as_ptr()) });
+    // SAFETY: `e` is live and unshared; `name` is NUL-terminated and copied by libnftnl. The
+    // caller (`Rule::add_expr`) takes ownership of `e`.
+    unsafe {
+        let p = e.as_ptr();
+        sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LOOKUP_SREG as u16, libc::NFT_REG_1 as u32);
+        sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_LOOKUP_SET as u16, name.as_ptr());
+        sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, id);
+        if verdict_map {
+            sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LOOKUP_DREG as u16, libc::NFT_REG_VERDICT as u32);
+        }
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_name() {
+        assert_eq!(TABLE.to_str(), Ok(policyc_compiler::render::nft::TABLE));
+    }
+}

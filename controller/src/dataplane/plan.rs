@@ -1,0 +1,1056 @@
+//! The ruleset `render::nft::render(ir, true)` describes, as the nf_tables objects `nft -f`
+//! creates for it, in the order it creates them.
+//!
+//! Pure data, no I/O: [`Ruleset::from_ir`] mirrors the renderer statement by statement and
+//! lowers every statement the way nft 1.0.x lowers it (dependency matches such as
+//! `meta nfproto ipv4` before `ip saddr`, `cmp gte` + `cmp lte` for a port range, an anonymous
+//! set for `{ a, b }`), so that the kernel ends up holding the same objects whichever of the
+//! two loaded them. The encodings were taken from `nft --debug=netlink,mnl -f` on rendered
+//! rulesets; `nft list` output and `nft --debug=netlink list` (expressions, registers,
+//! element flags, userdata, handles) are compared in `tests/netlink.rs`.
+//!
+//! Creation order matters: handles, the kernel's `__setN` names of anonymous sets and the
+//! listing order all follow it. nft creates the table, then every chain (declaration order),
+//! then every named set and map, each followed by its elements, then the rules, each rule
+//! preceded by its anonymous set if it has one.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use policyc_compiler::cidr::{Family, IpRange};
+use policyc_compiler::ir::{AddrSet, Endpoint, Ir, PeerMatch, PolicyChain, PortMatch, PortRange, PortSet, SetKind};
+use policyc_compiler::model::{Direction, Protocol};
+use policyc_compiler::render::nft;
+
+use super::DataplaneError;
+
+// nf_tables constants (linux/netfilter/nf_tables.h, linux/netfilter.h).
+pub(crate) const NFPROTO_INET: u16 = 1;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+pub(crate) const NFT_SET_ANONYMOUS: u32 = 0x1;
+pub(crate) const NFT_SET_CONSTANT: u32 = 0x2;
+pub(crate) const NFT_SET_INTERVAL: u32 = 0x4;
+pub(crate) const NFT_SET_MAP: u32 = 0x8;
+pub(crate) const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
+/// `NFT_DATA_VERDICT`: the data type of a verdict map.
+pub(crate) const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
+/// `NF_IP_PRI_FILTER`, nft's `priority filter`.
+const PRIORITY_FILTER: i32 = 0;
+/// `IFNAMSIZ`: interface names are 16-byte NUL-padded keys.
+const IFNAMSIZ: usize = 16;
+/// Longest range of a non-interval set that is expanded into single elements.
+const MAX_EXPANDED_RANGE: u128 = 1 << 16;
+
+/// The whole table, as one replace batch creates it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Ruleset {
+    /// Every chain in declaration order, with its rules.
+    pub chains: Vec<ChainSpec>,
+    /// Named sets and maps in declaration order.
+    pub sets: Vec<SetSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ChainSpec {
+    pub name: String,
+    pub base: Option<BaseChain>,
+    pub rules: Vec<RuleSpec>,
+}
+
+/// Hook of a base chain: `type filter hook HOOK priority PRIORITY; policy accept;`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BaseChain {
+    pub hook: BaseHook,
+    pub priority: i32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BaseHook {
+    Forward,
+    Input,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RuleSpec {
+    pub exprs: Vec<Expr>,
+    pub comment: Option<String>,
+    /// The anonymous set `SetRef::Anonymous` refers to, created just before the rule.
+    pub anon_set: Option<SetSpec>,
+}
+
+/// One nf_tables expression, as nft emits it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Expr {
+    /// `meta load KEY => reg 1`
+    Meta(MetaKey),
+    /// `ct load state => reg 1`
+    CtState,
+    /// `bitwise reg 1 = ( reg 1 & MASK ) ^ XOR`
+    Bitwise { mask: Vec<u8>, xor: Vec<u8> },
+    /// `cmp OP reg 1 DATA`
+    Cmp { op: CmpOp, data: Vec<u8> },
+    /// `payload load LEN @ BASE + OFFSET => reg DREG`
+    Payload {
+        base: PayloadBase,
+        offset: u32,
+        len: u32,
+        dreg: u32,
+    },
+    /// `lookup reg 1 set SET`, or with `dreg 0` (the verdict register) for a verdict map.
+    Lookup { set: SetRef, verdict_map: bool },
+    /// `counter`
+    Counter,
+    /// `immediate reg 0 VERDICT`
+    Verdict(Verdict),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MetaKey {
+    NfProto,
+    L4Proto,
+    IifName,
+    OifName,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CmpOp {
+    Eq,
+    Neq,
+    Gte,
+    Lte,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PayloadBase {
+    Network,
+    Transport,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SetRef {
+    Named(String),
+    /// The rule's own anonymous set (`RuleSpec::anon_set`).
+    Anonymous,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Accept,
+    Drop,
+    Jump(String),
+}
+
+/// A named set, a map or an anonymous set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SetSpec {
+    /// `__set%d` for an anonymous set: the kernel picks the number.
+    pub name: String,
+    /// `NFT_SET_*` flags.
+    pub flags: u32,
+    pub key: KeyType,
+    /// Verdict map: `type KEY : verdict`.
+    pub verdict_map: bool,
+    /// `NFTA_SET_DESC_SIZE`, which nft sets on anonymous sets only.
+    pub size: Option<u32>,
+    /// `NFTA_SET_USERDATA`: key byte order, typeof information and comment, as nft writes them.
+    pub udata: Vec<u8>,
+    /// In the order nft sends them.
+    pub elements: Vec<Elem>,
+}
+
+/// Data type of a set key (nftables `datatype.h` ids).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyType {
+    Addr(Family),
+    InetService,
+    Ifname,
+    /// `ipv4_addr . inet_service` / `ipv6_addr . inet_service`.
+    AddrService(Family),
+}
+
+const TYPE_IPADDR: u32 = 7;
+const TYPE_IP6ADDR: u32 = 8;
+const TYPE_INET_SERVICE: u32 = 13;
+const TYPE_IFNAME: u32 = 41;
+/// nft's `concat_subtype_add`: each component shifts the id left by `TYPE_BITS`.
+const TYPE_BITS: u32 = 6;
+
+impl KeyType {
+    pub fn type_id(self) -> u32 {
+        match self {
+            KeyType::Addr(f) => addr_type_id(f),
+            KeyType::InetService => TYPE_INET_SERVICE,
+            KeyType::Ifname => TYPE_IFNAME,
+            KeyType::AddrService(f) => (addr_type_id(f) << TYPE_BITS) | TYPE_INET_SERVICE,
+        }
+    }
+
+    /// Key length in bytes; each concatenation component takes a multiple of 4 bytes.
+    pub fn len(self) -> u32 {
+        match self {
+            KeyType::Addr(f) => addr_len(f) as u32,
+            KeyType::InetService => 2,
+            KeyType::Ifname => IFNAMSIZ as u32,
+            KeyType::AddrService(f) => addr_len(f) as u32 + 4,
+        }
+    }
+}
+
+fn addr_type_id(f: Family) -> u32 {
+    match f {
+        Family::V4 => TYPE_IPADDR,
+        Family::V6 => TYPE_IP6ADDR,
+    }
+}
+
+fn addr_len(f: Family) -> usize {
+    match f {
+        Family::V4 => 4,
+        Family::V6 => 16,
+    }
+}
+
+/// One set element as sent to the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Elem {
+    pub key: Vec<u8>,
+    /// `NFT_SET_ELEM_INTERVAL_END` for the element closing an interval.
+    pub flags: u32,
+    /// `NFTA_SET_ELEM_USERDATA`: nft marks an interval that runs to the end of the key space.
+    pub udata: Vec<u8>,
+    /// Verdict-map data: `jump CHAIN`.
+    pub jump: Option<String>,
+}
+
+impl Elem {
+    fn key(key: Vec<u8>) -> Elem {
+        Elem {
+            key,
+            flags: 0,
+            udata: Vec::new(),
+            jump: None,
+        }
+    }
+}
+
+// === userdata (libnftnl udata.h TLVs: u8 type, u8 length, value; integers in host order) ===
+
+const UDATA_SET_KEYBYTEORDER: u8 = 0;
+const UDATA_SET_DATABYTEORDER: u8 = 1;
+const UDATA_SET_MERGE_ELEMENTS: u8 = 2;
+const UDATA_SET_KEY_TYPEOF: u8 = 3;
+const UDATA_SET_DATA_INTERVAL: u8 = 6;
+const UDATA_SET_COMMENT: u8 = 7;
+const UDATA_SET_TYPEOF_EXPR: u8 = 0;
+const UDATA_SET_TYPEOF_DATA: u8 = 1;
+const UDATA_SET_ELEM_FLAGS: u8 = 1;
+/// `NFTNL_SET_ELEM_F_INTERVAL_OPEN`
+const SET_ELEM_F_INTERVAL_OPEN: u32 = 1;
+/// nftables `enum byteorder`.
+const BYTEORDER_HOST_ENDIAN: u32 = 1;
+const BYTEORDER_BIG_ENDIAN: u32 = 2;
+/// nftables `enum expr_types`: EXPR_PAYLOAD, EXPR_CONCAT.
+const EXPR_PAYLOAD: u32 = 7;
+const EXPR_CONCAT: u32 = 13;
+/// nftables `enum proto_desc_id`.
+const PROTO_DESC_UDP: u32 = 6;
+const PROTO_DESC_TCP: u32 = 8;
+const PROTO_DESC_SCTP: u32 = 10;
+const PROTO_DESC_IP: u32 = 12;
+const PROTO_DESC_IP6: u32 = 13;
+/// Header field indexes in nft's protocol templates.
+const IPHDR_SADDR: u32 = 11;
+const IPHDR_DADDR: u32 = 12;
+const IP6HDR_SADDR: u32 = 8;
+const IP6HDR_DADDR: u32 = 9;
+const THDR_DPORT: u32 = 2;
+
+/// A userdata buffer being built.
+#[derive(Default)]
+pub(crate) struct Udata(Vec<u8>);
+
+impl Udata {
+    fn put(&mut self, ty: u8, value: &[u8]) -> &mut Self {
+        let len = u8::try_from(value.len()).expect("userdata attribute longer than 255 bytes");
+        self.0.push(ty);
+        self.0.push(len);
+        self.0.extend_from_slice(value);
+        self
+    }
+
+    fn put_u32(&mut self, ty: u8, v: u32) -> &mut Self {
+        self.put(ty, &v.to_ne_bytes())
+    }
+
+    fn put_strz(&mut self, ty: u8, s: &str) -> &mut Self {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        self.put(ty, &v)
+    }
+
+    fn nest(&mut self, ty: u8, f: impl FnOnce(&mut Udata)) -> &mut Self {
+        let mut inner = Udata::default();
+        f(&mut inner);
+        self.put(ty, &inner.0)
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// `typeof PAYLOAD`: the expression nft records so that it can print anonymous sets back.
+fn typeof_payload(u: &mut Udata, desc: u32, field: u32) {
+    u.nest(UDATA_SET_KEY_TYPEOF, |n| {
+        n.put_u32(UDATA_SET_TYPEOF_EXPR, EXPR_PAYLOAD);
+        n.nest(UDATA_SET_TYPEOF_DATA, |d| {
+            d.put_u32(0, desc);
+            d.put_u32(1, field);
+        });
+    });
+}
+
+// === building ===
+
+/// The comment text nft stores for `comment "..."` as the renderer writes it.
+fn comment(s: &str) -> String {
+    let quoted = nft::comment(s);
+    quoted[1..quoted.len() - 1].to_string()
+}
+
+fn set_name(base: &str, f: Family) -> String {
+    format!("{base}_{}", f.suffix())
+}
+
+fn addr_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// The low `width` bytes of `v`, big-endian.
+fn be_bytes(v: u128, width: usize) -> Vec<u8> {
+    v.to_be_bytes()[16 - width..].to_vec()
+}
+
+fn max_value(width: usize) -> u128 {
+    if width >= 16 {
+        u128::MAX
+    } else {
+        (1u128 << (8 * width)) - 1
+    }
+}
+
+/// Interval elements for sorted, non-overlapping inclusive ranges, as nft 1.0.x sends them: a
+/// closing element at 0 when the first range does not start there, then per range its start
+/// and the element closing it at `end + 1`; a range running to the end of the key space has
+/// no closing element and its start carries the "open interval" userdata flag.
+fn interval_elements(ranges: &[(u128, u128)], width: usize) -> Vec<Elem> {
+    let max = max_value(width);
+    let mut out = Vec::with_capacity(ranges.len() * 2 + 1);
+    if ranges.first().is_some_and(|r| r.0 != 0) {
+        out.push(Elem {
+            flags: NFT_SET_ELEM_INTERVAL_END,
+            ..Elem::key(be_bytes(0, width))
+        });
+    }
+    for &(start, end) in ranges {
+        let mut e = Elem::key(be_bytes(start, width));
+        if end == max {
+            let mut u = Udata::default();
+            u.put_u32(UDATA_SET_ELEM_FLAGS, SET_ELEM_F_INTERVAL_OPEN);
+            e.udata = u.into_bytes();
+            out.push(e);
+        } else {
+            out.push(e);
+            out.push(Elem {
+                flags: NFT_SET_ELEM_INTERVAL_END,
+                ..Elem::key(be_bytes(end + 1, width))
+            });
+        }
+    }
+    out
+}
+
+/// `NFTA_SET_DESC_SIZE` of an anonymous interval set: nft counts a start and an end per range
+/// (even the end it then leaves out) plus the leading closing element.
+fn interval_size(ranges: &[(u128, u128)]) -> u32 {
+    let leading = u32::from(ranges.first().is_some_and(|r| r.0 != 0));
+    leading + 2 * ranges.len() as u32
+}
+
+/// Sorts and merges overlapping or adjacent ranges (nft's automerge of anonymous sets).
+fn automerge(mut ranges: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
+    ranges.sort();
+    let mut out: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        if let Some(last) = out.last_mut() {
+            if r.0 <= last.1.saturating_add(1) {
+                last.1 = last.1.max(r.1);
+                continue;
+            }
+        }
+        out.push(r);
+    }
+    out
+}
+
+fn nfproto(f: Family) -> u8 {
+    match f {
+        Family::V4 => NFPROTO_IPV4,
+        Family::V6 => NFPROTO_IPV6,
+    }
+}
+
+/// `meta nfproto ipv4|ipv6`: the dependency nft adds in an inet table.
+fn nfproto_match(f: Family) -> [Expr; 2] {
+    [
+        Expr::Meta(MetaKey::NfProto),
+        Expr::Cmp {
+            op: CmpOp::Eq,
+            data: vec![nfproto(f)],
+        },
+    ]
+}
+
+/// `meta l4proto PROTO`.
+fn l4proto_match(p: Protocol) -> [Expr; 2] {
+    [
+        Expr::Meta(MetaKey::L4Proto),
+        Expr::Cmp {
+            op: CmpOp::Eq,
+            data: vec![p.number()],
+        },
+    ]
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Source,
+    Destination,
+}
+
+impl End {
+    fn of(d: Direction) -> End {
+        // Ingress matches where traffic comes from, egress where it goes.
+        match d {
+            Direction::Ingress => End::Source,
+            Direction::Egress => End::Destination,
+        }
+    }
+}
+
+/// `ip saddr` / `ip6 daddr` ... loaded into register 1.
+fn addr_payload(f: Family, end: End) -> Expr {
+    let offset = match (f, end) {
+        (Family::V4, End::Source) => 12,
+        (Family::V4, End::Destination) => 16,
+        (Family::V6, End::Source) => 8,
+        (Family::V6, End::Destination) => 24,
+    };
+    Expr::Payload {
+        base: PayloadBase::Network,
+        offset,
+        len: addr_len(f) as u32,
+        dreg: 1,
+    }
+}
+
+/// `th dport` (tcp, udp and sctp all keep it at offset 2) into the given register.
+fn dport_payload(dreg: u32) -> Expr {
+    Expr::Payload {
+        base: PayloadBase::Transport,
+        offset: 2,
+        len: 2,
+        dreg,
+    }
+}
+
+/// The register nft names for the 32-bit slot `slot` (0-based) of the register file: 128-bit
+/// aligned slots keep their legacy `NFT_REG_1..4` number, the others `NFT_REG32_xx`.
+fn register(slot: u32) -> u32 {
+    if slot % 4 == 0 {
+        1 + slot / 4
+    } else {
+        8 + slot
+    }
+}
+
+fn proto_desc(p: Protocol) -> u32 {
+    match p {
+        Protocol::Tcp => PROTO_DESC_TCP,
+        Protocol::Udp => PROTO_DESC_UDP,
+        Protocol::Sctp => PROTO_DESC_SCTP,
+    }
+}
+
+/// An anonymous constant set, as nft creates one for `{ a, b, ... }`.
+fn anon_set(key: KeyType, interval: bool, udata: Vec<u8>, elements: Vec<Elem>, size: u32) -> SetSpec {
+    let mut flags = NFT_SET_ANONYMOUS | NFT_SET_CONSTANT;
+    if interval {
+        flags |= NFT_SET_INTERVAL;
+    }
+    SetSpec {
+        name: "__set%d".into(),
+        flags,
+        key,
+        verdict_map: false,
+        size: Some(size),
+        udata,
+        elements,
+    }
+}
+
+impl Ruleset {
+    /// Lowers what `render::nft::render(ir, true)` describes.
+    pub fn from_ir(ir: &Ir) -> Result<Ruleset, DataplaneError> {
+        let mut sets = Vec::new();
+        for (name, set) in &ir.sets {
+            for f in &set.families {
+                sets.push(addr_set(name, set, *f)?);
+            }
+        }
+        for (name, set) in &ir.port_sets {
+            for f in [Family::V4, Family::V6] {
+                sets.push(port_set(name, set, f));
+            }
+        }
+        for d in [Direction::Ingress, Direction::Egress] {
+            sets.push(dispatch_map(ir, d));
+        }
+
+        let mut chains = base_chains();
+        for ep in &ir.endpoints {
+            for d in [Direction::Ingress, Direction::Egress] {
+                if ep.isolation(d).isolated() {
+                    chains.push(endpoint_chain(ir, ep, d)?);
+                }
+            }
+        }
+        for (name, chain) in &ir.chains {
+            chains.push(policy_chain(ir, name, chain)?);
+        }
+        Ok(Ruleset { chains, sets })
+    }
+
+    /// The ruleset with the elements of its named sets and maps left out: two rulesets with the
+    /// same skeleton differ only in what element updates can change.
+    pub fn skeleton(&self) -> Ruleset {
+        Ruleset {
+            chains: self.chains.clone(),
+            sets: self
+                .sets
+                .iter()
+                .map(|s| SetSpec {
+                    elements: Vec::new(),
+                    ..s.clone()
+                })
+                .collect(),
+        }
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.chains.iter().map(|c| c.rules.len()).sum()
+    }
+
+    pub fn element_count(&self) -> usize {
+        self.sets.iter().map(|s| s.elements.len()).sum::<usize>()
+            + self
+                .chains
+                .iter()
+                .flat_map(|c| &c.rules)
+                .filter_map(|r| r.anon_set.as_ref())
+                .map(|s| s.elements.len())
+                .sum::<usize>()
+    }
+
+    pub fn anon_set_count(&self) -> usize {
+        self.chains
+            .iter()
+            .flat_map(|c| &c.rules)
+            .filter(|r| r.anon_set.is_some())
+            .count()
+    }
+}
+
+/// Element changes of one named set or map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SetDelta {
+    pub set: SetSpec,
+    pub remove: Vec<Elem>,
+    pub add: Vec<Elem>,
+}
+
+/// Element changes that turn `old` into `new`, or `None` when anything but named set and map
+/// elements differs.
+pub(crate) fn element_deltas(old: &Ruleset, new: &Ruleset) -> Option<Vec<SetDelta>> {
+    if old.skeleton() != new.skeleton() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for (o, n) in old.sets.iter().zip(&new.sets) {
+        let before: BTreeSet<&Elem> = o.elements.iter().collect();
+        let after: BTreeSet<&Elem> = n.elements.iter().collect();
+        let remove: Vec<Elem> = o.elements.iter().filter(|e| !after.contains(e)).cloned().collect();
+        let add: Vec<Elem> = n.elements.iter().filter(|e| !before.contains(e)).cloned().collect();
+        if !remove.is_empty() || !add.is_empty() {
+            out.push(SetDelta {
+                set: SetSpec {
+                    elements: Vec::new(),
+                    ..n.clone()
+                },
+                remove,
+                add,
+            });
+        }
+    }
+    Some(out)
+}
+
+fn addr_set(name: &str, set: &AddrSet, f: Family) -> Result<SetSpec, DataplaneError> {
+    let width = addr_len(f);
+    let interval = set.kind == SetKind::IpBlock;
+    let members: Vec<&IpRange> = set.members_of(f).collect();
+    let elements = if interval {
+        let ranges: Vec<(u128, u128)> = members.iter().map(|r| (r.start, r.end)).collect();
+        interval_elements(&ranges, width)
+    } else {
+        // A set without `flags interval` holds single addresses; a range (adjacent pod
+        // addresses merged by the compiler) stands for each of its addresses.
+        let mut out = Vec::new();
+        for r in members {
+            if r.end - r.start >= MAX_EXPANDED_RANGE {
+                return Err(DataplaneError::Unrepresentable(format!(
+                    "set {}: range {r} in a set without intervals",
+                    set_name(name, f)
+                )));
+            }
+            out.extend((r.start..=r.end).map(|v| Elem::key(be_bytes(v, width))));
+        }
+        out
+    };
+    let mut u = Udata::default();
+    u.put_u32(UDATA_SET_KEYBYTEORDER, BYTEORDER_BIG_ENDIAN);
+    u.put_strz(UDATA_SET_COMMENT, &comment(&set.description));
+    Ok(SetSpec {
+        name: set_name(name, f),
+        flags: if interval { NFT_SET_INTERVAL } else { 0 },
+        key: KeyType::Addr(f),
+        verdict_map: false,
+        size: None,
+        udata: u.into_bytes(),
+        elements,
+    })
+}
+
+fn port_set(name: &str, set: &PortSet, f: Family) -> SetSpec {
+    let elements = set
+        .members
+        .iter()
+        .filter(|(ip, _)| Family::of(ip) == f)
+        .map(|(ip, port)| {
+            let mut key = addr_bytes(ip);
+            key.extend_from_slice(&port.to_be_bytes());
+            key.extend_from_slice(&[0, 0]);
+            Elem::key(key)
+        })
+        .collect();
+    let mut u = Udata::default();
+    // A concatenation has no single byte order; nft records 0 and a typeof of the concat.
+    u.put_u32(UDATA_SET_KEYBYTEORDER, 0);
+    u.nest(UDATA_SET_KEY_TYPEOF, |n| {
+        n.put_u32(UDATA_SET_TYPEOF_EXPR, EXPR_CONCAT);
+        n.nest(UDATA_SET_TYPEOF_DATA, |_| {});
+    });
+    u.put_strz(
+        UDATA_SET_COMMENT,
+        &comment(&format!("named port {}/{}", set.port_name, set.protocol)),
+    );
+    SetSpec {
+        name: set_name(name, f),
+        flags: 0,
+        key: KeyType::AddrService(f),
+        verdict_map: false,
+        size: None,
+        udata: u.into_bytes(),
+        elements,
+    }
+}
+
+fn ifname_key(name: &str) -> Vec<u8> {
+    let mut key = name.as_bytes().to_vec();
+    key.resize(IFNAMSIZ.max(key.len()), 0);
+    key
+}
+
+fn dispatch_map(ir: &Ir, d: Direction) -> SetSpec {
+    let elements = ir
+        .endpoints
+        .iter()
+        .filter(|ep| ep.isolation(d).isolated())
+        .map(|ep| Elem {
+            jump: Some(ep.chain_name(d)),
+            ..Elem::key(ifname_key(&ep.interface))
+        })
+        .collect();
+    let mut u = Udata::default();
+    u.put_u32(UDATA_SET_KEYBYTEORDER, BYTEORDER_HOST_ENDIAN);
+    u.put_u32(UDATA_SET_DATABYTEORDER, 0);
+    u.put_u32(UDATA_SET_DATA_INTERVAL, 0);
+    SetSpec {
+        name: format!("{}_dispatch", d.as_str()),
+        flags: NFT_SET_MAP,
+        key: KeyType::Ifname,
+        verdict_map: true,
+        size: None,
+        udata: u.into_bytes(),
+        elements,
+    }
+}
+
+fn rule(exprs: Vec<Expr>, comment: Option<String>) -> RuleSpec {
+    RuleSpec {
+        exprs,
+        comment,
+        anon_set: None,
+    }
+}
+
+/// `ct state established,related accept`
+fn established_accept() -> RuleSpec {
+    const ESTABLISHED: u32 = 2;
+    const RELATED: u32 = 4;
+    rule(
+        vec![
+            Expr::CtState,
+            Expr::Bitwise {
+                mask: (ESTABLISHED | RELATED).to_ne_bytes().to_vec(),
+                xor: 0u32.to_ne_bytes().to_vec(),
+            },
+            Expr::Cmp {
+                op: CmpOp::Neq,
+                data: 0u32.to_ne_bytes().to_vec(),
+            },
+            Expr::Verdict(Verdict::Accept),
+        ],
+        None,
+    )
+}
+
+/// `iifname vmap @MAP` / `oifname vmap @MAP`
+fn dispatch(key: MetaKey, map: &str) -> RuleSpec {
+    rule(
+        vec![
+            Expr::Meta(key),
+            Expr::Lookup {
+                set: SetRef::Named(map.into()),
+                verdict_map: true,
+            },
+        ],
+        None,
+    )
+}
+
+/// The renderer's `BASE_CHAINS`.
+fn base_chains() -> Vec<ChainSpec> {
+    let base = |name: &str, hook, priority, key, map: &str| ChainSpec {
+        name: name.into(),
+        base: Some(BaseChain { hook, priority }),
+        rules: vec![established_accept(), dispatch(key, map)],
+    };
+    vec![
+        base(
+            "forward_egress",
+            BaseHook::Forward,
+            PRIORITY_FILTER - 1,
+            MetaKey::IifName,
+            "egress_dispatch",
+        ),
+        base(
+            "forward_ingress",
+            BaseHook::Forward,
+            PRIORITY_FILTER,
+            MetaKey::OifName,
+            "ingress_dispatch",
+        ),
+        base(
+            "input_egress",
+            BaseHook::Input,
+            PRIORITY_FILTER - 1,
+            MetaKey::IifName,
+            "egress_dispatch",
+        ),
+    ]
+}
+
+fn endpoint_chain(ir: &Ir, ep: &Endpoint, d: Direction) -> Result<ChainSpec, DataplaneError> {
+    let end = End::of(d);
+    let mut rules = Vec::new();
+    for f in [Family::V4, Family::V6] {
+        let own: Vec<&IpAddr> = ep.ips.iter().filter(|ip| Family::of(ip) == f).collect();
+        if own.is_empty() {
+            continue;
+        }
+        let mut exprs = nfproto_match(f).to_vec();
+        exprs.push(addr_payload(f, end));
+        let mut r = rule(Vec::new(), Some(comment(&format!("{} to itself", ep.pod))));
+        if let [ip] = own[..] {
+            // nft turns a one-element set into a comparison.
+            exprs.push(Expr::Cmp {
+                op: CmpOp::Eq,
+                data: addr_bytes(ip),
+            });
+        } else {
+            let (desc, field) = match (f, end) {
+                (Family::V4, End::Source) => (PROTO_DESC_IP, IPHDR_SADDR),
+                (Family::V4, End::Destination) => (PROTO_DESC_IP, IPHDR_DADDR),
+                (Family::V6, End::Source) => (PROTO_DESC_IP6, IP6HDR_SADDR),
+                (Family::V6, End::Destination) => (PROTO_DESC_IP6, IP6HDR_DADDR),
+            };
+            let mut u = Udata::default();
+            u.put_u32(UDATA_SET_KEYBYTEORDER, BYTEORDER_BIG_ENDIAN);
+            typeof_payload(&mut u, desc, field);
+            let elements: Vec<Elem> = own.iter().map(|ip| Elem::key(addr_bytes(ip))).collect();
+            let size = elements.len() as u32;
+            r.anon_set = Some(anon_set(KeyType::Addr(f), false, u.into_bytes(), elements, size));
+            exprs.push(Expr::Lookup {
+                set: SetRef::Anonymous,
+                verdict_map: false,
+            });
+        }
+        exprs.push(Expr::Verdict(Verdict::Accept));
+        r.exprs = exprs;
+        rules.push(r);
+    }
+    let iso = ep.isolation(d);
+    for chain in &iso.chains {
+        let policy = ir
+            .chains
+            .get(chain)
+            .ok_or_else(|| {
+                DataplaneError::Unrepresentable(format!("endpoint {} jumps to unknown chain {chain}", ep.pod))
+            })?
+            .policy
+            .to_string();
+        rules.push(rule(
+            vec![Expr::Verdict(Verdict::Jump(chain.clone()))],
+            Some(comment(&policy)),
+        ));
+    }
+    let policies: Vec<String> = iso.policies.iter().map(|p| p.to_string()).collect();
+    rules.push(rule(
+        vec![Expr::Counter, Expr::Verdict(Verdict::Drop)],
+        Some(comment(&format!(
+            "{} {d} denied: selected by {}",
+            ep.pod,
+            policies.join(", ")
+        ))),
+    ));
+    Ok(ChainSpec {
+        name: ep.chain_name(d),
+        base: None,
+        rules,
+    })
+}
+
+/// The port part of a policy rule: per protocol, the expressions and the anonymous set they
+/// look up, if any.
+fn port_matches(m: &PortMatch, f: Family, nfproto_known: bool) -> Vec<(Vec<Expr>, Option<SetSpec>)> {
+    match m {
+        PortMatch::Any => vec![(Vec::new(), None)],
+        PortMatch::Named { set, protocol } => {
+            // `ip daddr . tcp dport @set`: address into register 1, port into the next 32-bit
+            // slot after it.
+            let mut exprs = Vec::new();
+            if !nfproto_known {
+                exprs.extend(nfproto_match(f));
+            }
+            exprs.extend(l4proto_match(*protocol));
+            exprs.push(addr_payload(f, End::Destination));
+            exprs.push(dport_payload(register(addr_len(f) as u32 / 4)));
+            exprs.push(Expr::Lookup {
+                set: SetRef::Named(set_name(set, f)),
+                verdict_map: false,
+            });
+            vec![(exprs, None)]
+        }
+        PortMatch::Ports(ranges) => {
+            let mut out = Vec::new();
+            for p in Protocol::ALL {
+                let rs: Vec<&PortRange> = ranges.iter().filter(|r| r.protocol == p).collect();
+                if rs.is_empty() {
+                    continue;
+                }
+                let mut exprs = l4proto_match(p).to_vec();
+                if rs.iter().any(|r| r.is_whole_protocol()) {
+                    out.push((exprs, None));
+                    continue;
+                }
+                exprs.push(dport_payload(1));
+                let mut anon = None;
+                if let [r] = rs[..] {
+                    if r.first == r.last {
+                        exprs.push(Expr::Cmp {
+                            op: CmpOp::Eq,
+                            data: r.first.to_be_bytes().to_vec(),
+                        });
+                    } else {
+                        exprs.push(Expr::Cmp {
+                            op: CmpOp::Gte,
+                            data: r.first.to_be_bytes().to_vec(),
+                        });
+                        exprs.push(Expr::Cmp {
+                            op: CmpOp::Lte,
+                            data: r.last.to_be_bytes().to_vec(),
+                        });
+                    }
+                } else {
+                    let interval = rs.iter().any(|r| r.first != r.last);
+                    let mut u = Udata::default();
+                    u.put_u32(UDATA_SET_KEYBYTEORDER, BYTEORDER_BIG_ENDIAN);
+                    let (elements, size) = if interval {
+                        u.put_u32(UDATA_SET_MERGE_ELEMENTS, 1);
+                        let ranges = automerge(rs.iter().map(|r| (r.first as u128, r.last as u128)).collect());
+                        (interval_elements(&ranges, 2), interval_size(&ranges))
+                    } else {
+                        let e: Vec<Elem> = rs.iter().map(|r| Elem::key(r.first.to_be_bytes().to_vec())).collect();
+                        let n = e.len() as u32;
+                        (e, n)
+                    };
+                    typeof_payload(&mut u, proto_desc(p), THDR_DPORT);
+                    anon = Some(anon_set(KeyType::InetService, interval, u.into_bytes(), elements, size));
+                    exprs.push(Expr::Lookup {
+                        set: SetRef::Anonymous,
+                        verdict_map: false,
+                    });
+                }
+                out.push((exprs, anon));
+            }
+            out
+        }
+    }
+}
+
+fn policy_chain(ir: &Ir, name: &str, chain: &PolicyChain) -> Result<ChainSpec, DataplaneError> {
+    let end = End::of(chain.direction);
+    let mut rules = Vec::new();
+    for r in &chain.rules {
+        let c = comment(&format!("{} {}[{}]", chain.policy, chain.direction, r.rule));
+        let families: Vec<Option<Family>> = match (&r.peer, &r.ports) {
+            (PeerMatch::Set(s), _) => ir
+                .sets
+                .get(s)
+                .ok_or_else(|| DataplaneError::Unrepresentable(format!("chain {name} uses unknown set {s}")))?
+                .families
+                .iter()
+                .map(|f| Some(*f))
+                .collect(),
+            (PeerMatch::Any, PortMatch::Named { .. }) => vec![Some(Family::V4), Some(Family::V6)],
+            (PeerMatch::Any, _) => vec![None],
+        };
+        for f in families {
+            let peer = match (&r.peer, f) {
+                (PeerMatch::Set(s), Some(f)) => {
+                    let mut e = nfproto_match(f).to_vec();
+                    e.push(addr_payload(f, end));
+                    e.push(Expr::Lookup {
+                        set: SetRef::Named(set_name(s, f)),
+                        verdict_map: false,
+                    });
+                    e
+                }
+                _ => Vec::new(),
+            };
+            let nfproto_known = !peer.is_empty();
+            for (ports, anon) in port_matches(&r.ports, f.unwrap_or(Family::V4), nfproto_known) {
+                let mut exprs = peer.clone();
+                exprs.extend(ports);
+                exprs.push(Expr::Counter);
+                exprs.push(Expr::Verdict(Verdict::Accept));
+                rules.push(RuleSpec {
+                    exprs,
+                    comment: Some(c.clone()),
+                    anon_set: anon,
+                });
+            }
+        }
+    }
+    Ok(ChainSpec {
+        name: name.to_string(),
+        base: None,
+        rules,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Userdata bytes captured from `nft --debug=mnl` (nftables 1.0.6).
+    #[test]
+    fn set_userdata_matches_nft() {
+        let mut u = Udata::default();
+        u.put_u32(UDATA_SET_KEYBYTEORDER, 0);
+        u.nest(UDATA_SET_KEY_TYPEOF, |n| {
+            n.put_u32(UDATA_SET_TYPEOF_EXPR, EXPR_CONCAT);
+            n.nest(UDATA_SET_TYPEOF_DATA, |_| {});
+        });
+        assert_eq!(
+            u.into_bytes(),
+            [0x00, 0x04, 0, 0, 0, 0, 0x03, 0x08, 0x00, 0x04, 0x0d, 0, 0, 0, 0x01, 0x00]
+        );
+
+        // `tcp dport { 443, 9000-9010 }`
+        let mut u = Udata::default();
+        u.put_u32(UDATA_SET_KEYBYTEORDER, BYTEORDER_BIG_ENDIAN);
+        u.put_u32(UDATA_SET_MERGE_ELEMENTS, 1);
+        typeof_payload(&mut u, PROTO_DESC_TCP, THDR_DPORT);
+        let expect: Vec<u8> = [
+            "00040200", "00000204", "01000000", "03140004", "07000000", "010c0004", "08000000", "01040200", "0000",
+        ]
+        .concat()
+        .as_bytes()
+        .chunks(2)
+        .map(|h| u8::from_str_radix(std::str::from_utf8(h).unwrap(), 16).unwrap())
+        .collect();
+        assert_eq!(u.into_bytes(), expect);
+    }
+
+    #[test]
+    fn intervals_like_nft() {
+        // tcp dport { 443, 9000-9010 }: leading end at 0, size 5.
+        let r = [(443, 443), (9000, 9010)];
+        let e = interval_elements(&r, 2);
+        let keys: Vec<(Vec<u8>, u32)> = e.iter().map(|e| (e.key.clone(), e.flags)).collect();
+        assert_eq!(
+            keys,
+            [
+                (vec![0, 0], 1),
+                (vec![0x01, 0xbb], 0),
+                (vec![0x01, 0xbc], 1),
+                (vec![0x23, 0x28], 0),
+                (vec![0x23, 0x33], 1)
+            ]
+        );
+        assert_eq!(interval_size(&r), 5);
+        // { 0-5, 65535 }: no leading end, open last interval, size 4.
+        let r = [(0, 5), (65535, 65535)];
+        let e = interval_elements(&r, 2);
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[2].udata, [1, 4, 1, 0, 0, 0]);
+        assert_eq!(interval_size(&r), 4);
+        assert_eq!(automerge(vec![(4, 9), (1, 3)]), [(1, 9)]);
+    }
+
+    #[test]
+    fn registers() {
+        assert_eq!(register(0), 1);
+        assert_eq!(register(1), 9);
+        assert_eq!(register(4), 2);
+        assert_eq!(KeyType::AddrService(Family::V4).type_id(), 0x1cd);
+        assert_eq!(KeyType::AddrService(Family::V6).type_id(), 0x20d);
+        assert_eq!(KeyType::AddrService(Family::V6).len(), 20);
+    }
+}

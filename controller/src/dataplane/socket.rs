@@ -1,0 +1,203 @@
+//! The netfilter netlink socket: opening it (in another network namespace if asked), sending a
+//! batch in one `sendmsg` and checking the kernel's answer to every message.
+
+use std::fs::File;
+use std::io;
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::sched::{setns, CloneFlags};
+use nix::sys::socket::{
+    bind, recv, sendmsg, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SetSockOpt, SockFlag,
+    SockProtocol, SockType,
+};
+
+use super::nl::Encoded;
+use super::DataplaneError;
+
+/// `NLMSG_ERROR`: an acknowledgement (error 0) or an error.
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_HDRLEN: usize = 16;
+/// Largest reply: an error quoting a whole 64 KiB request, plus headers.
+const RECV_BUF: usize = 256 * 1024;
+
+/// A bound `NETLINK_NETFILTER` socket. The network namespace is the one of the thread that
+/// created it, for its whole life.
+#[derive(Debug)]
+pub(crate) struct NlSocket {
+    fd: OwnedFd,
+}
+
+fn sock_err(op: &'static str) -> impl FnOnce(Errno) -> DataplaneError {
+    move |e| DataplaneError::Socket {
+        op,
+        source: io::Error::from(e),
+    }
+}
+
+impl NlSocket {
+    fn open_here() -> Result<NlSocket, DataplaneError> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkNetFilter,
+        )
+        .map_err(sock_err("socket"))?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(sock_err("bind"))?;
+        Ok(NlSocket { fd })
+    }
+
+    /// Opens a socket in the network namespace at `netns` (a file such as `/run/netns/NAME` or
+    /// `/proc/PID/ns/net`), or in the caller's when `None`. The namespace is entered by a
+    /// short-lived thread of its own, so no other thread ever changes namespace.
+    pub fn open(netns: Option<&Path>) -> Result<NlSocket, DataplaneError> {
+        let Some(path) = netns else {
+            return NlSocket::open_here();
+        };
+        let netns_err = |source| DataplaneError::Netns {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(netns_err)?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| netns_err(io::Error::from(e)))?;
+                NlSocket::open_here()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// Sets a socket buffer size beyond the system maximum (needs CAP_NET_ADMIN in the initial
+    /// user namespace), or as close to it as allowed.
+    fn buffer<F, P>(&self, force: F, plain: P, size: usize) -> Result<(), DataplaneError>
+    where
+        F: SetSockOpt<Val = usize>,
+        P: SetSockOpt<Val = usize>,
+    {
+        let size = size.min(i32::MAX as usize / 2);
+        match setsockopt(&self.fd, force, &size) {
+            Ok(()) => Ok(()),
+            Err(Errno::EPERM) => setsockopt(&self.fd, plain, &size).map_err(sock_err("setsockopt")),
+            Err(e) => Err(sock_err("setsockopt")(e)),
+        }
+    }
+
+    /// Sends the batch in one `sendmsg` (the kernel applies a batch only when its end message
+    /// arrives in the same write) and checks an answer came for every message. The kernel
+    /// processes the batch inside `sendmsg`, so all answers are queued when it returns.
+    pub fn transact(&self, enc: &Encoded) -> Result<(), DataplaneError> {
+        let pages: Vec<&[u8]> = enc.batch.iter().collect();
+        let total: usize = pages.iter().map(|p| p.len()).sum();
+        let expected = enc.batch.sequence_numbers();
+
+        // Room for the whole batch in one write, and for every answer: an acknowledgement per
+        // message, and an error quotes the message it rejects.
+        let sndbuf = (total + 64 * 1024).max(256 * 1024);
+        let rcvbuf = expected.len() * 1024 + total + 1024 * 1024;
+        self.buffer(sockopt::SndBufForce, sockopt::SndBuf, sndbuf)?;
+        self.buffer(sockopt::RcvBufForce, sockopt::RcvBuf, rcvbuf)?;
+
+        let iov: Vec<IoSlice<'_>> = pages.iter().map(|p| IoSlice::new(p)).collect();
+        let kernel = NetlinkAddr::new(0, 0);
+        let sent =
+            sendmsg(self.fd.as_raw_fd(), &iov, &[], MsgFlags::empty(), Some(&kernel)).map_err(sock_err("sendmsg"))?;
+        if sent != total {
+            return Err(DataplaneError::Socket {
+                op: "sendmsg",
+                source: io::Error::other(format!("sent {sent} of {total} bytes")),
+            });
+        }
+
+        let mut answered = vec![false; expected.len()];
+        let mut errors: Vec<(u32, i32)> = Vec::new();
+        let mut buf = vec![0u8; RECV_BUF];
+        loop {
+            let n = match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => n,
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => continue,
+                // Answers were dropped: whether the batch was applied is unknown.
+                Err(Errno::ENOBUFS) => return Err(sock_err("recv (answers lost, outcome unknown)")(Errno::ENOBUFS)),
+                Err(e) => return Err(sock_err("recv")(e)),
+            };
+            for (seq, err) in parse_answers(&buf[..n]) {
+                if let Some(i) = seq.checked_sub(expected.start).map(|i| i as usize) {
+                    if let Some(a) = answered.get_mut(i) {
+                        *a = true;
+                    }
+                }
+                if err != 0 {
+                    errors.push((seq, err));
+                }
+            }
+        }
+
+        if let Some(&(seq, err)) = errors.iter().min_by_key(|(seq, _)| *seq) {
+            let object = enc
+                .describe(seq)
+                .map(str::to_string)
+                .unwrap_or_else(|| "the batch".to_string());
+            return Err(DataplaneError::Rejected {
+                object,
+                errno: -err,
+                more_errors: errors.len() - 1,
+                source: io::Error::from_raw_os_error(-err),
+            });
+        }
+        let missing = answered.iter().filter(|a| !**a).count();
+        if missing > 0 {
+            return Err(DataplaneError::Unanswered {
+                missing,
+                messages: answered.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `(sequence number, error)` of every `NLMSG_ERROR` in a buffer of netlink messages; error 0 is
+/// an acknowledgement, otherwise a negative errno.
+fn parse_answers(mut buf: &[u8]) -> Vec<(u32, i32)> {
+    let mut out = Vec::new();
+    while buf.len() >= NLMSG_HDRLEN {
+        let u32_at = |b: &[u8], i: usize| u32::from_ne_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        let len = u32_at(buf, 0) as usize;
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            break;
+        }
+        let ty = u16::from_ne_bytes([buf[4], buf[5]]);
+        let seq = u32_at(buf, 8);
+        if ty == NLMSG_ERROR && len >= NLMSG_HDRLEN + 4 {
+            let err = i32::from_ne_bytes(buf[NLMSG_HDRLEN..NLMSG_HDRLEN + 4].try_into().expect("4 bytes"));
+            out.push((seq, err));
+        }
+        let next = len.next_multiple_of(4).min(buf.len());
+        buf = &buf[next..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers() {
+        let mut b = Vec::new();
+        for (seq, err) in [(5u32, 0i32), (6, -2)] {
+            b.extend_from_slice(&36u32.to_ne_bytes());
+            b.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+            b.extend_from_slice(&0u16.to_ne_bytes());
+            b.extend_from_slice(&seq.to_ne_bytes());
+            b.extend_from_slice(&0u32.to_ne_bytes());
+            b.extend_from_slice(&err.to_ne_bytes());
+            b.extend_from_slice(&[0; 16]);
+        }
+        assert_eq!(parse_answers(&b), [(5, 0), (6, -2)]);
+    }
+}

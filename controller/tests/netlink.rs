@@ -1,0 +1,749 @@
+//! The netlink writer against the text loader, in throwaway network namespaces (needs root,
+//! `ip` and `nft`).
+//!
+//! For each input, namespace A gets `render::nft::render(&ir, true)` through `nft -f -` and
+//! namespace B gets the IR through [`NetlinkWriter`]; then both must list the same:
+//!
+//! * `nft list table inet policyc` byte for byte;
+//! * `nft -a list table inet policyc` (object handles, which follow creation order);
+//! * `nft --debug=netlink list table inet policyc`: every rule's expressions and registers, its
+//!   userdata, every set element with flags and data. Only the order of elements within a set is
+//!   normalized: hash sets dump in an order that depends on a per-set random seed.
+//!
+//! Without root, `ip` or `nft` the tests print why and pass, unless `CI` is set: then they fail.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use policyc_compiler::cidr::IpRange;
+use policyc_compiler::ir::{compile, CompileOptions, Ir};
+use policyc_compiler::render::nft::render;
+use policyc_compiler::synth::{cluster, Shape};
+use policyc_compiler::{Loader, Severity};
+use policyc_controller::dataplane::{Dataplane, DataplaneError, NetlinkWriter};
+
+// === environment ===
+
+fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    let mut input = child.stdin.take().expect("piped stdin");
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).map_err(|e| format!("{cmd}: {e}"))?;
+    }
+    drop(input);
+    let out = child.wait_with_output().map_err(|e| format!("{cmd}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd} {}: {}\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Why these tests cannot run here, if they cannot.
+fn unavailable() -> Option<String> {
+    match run("id", &["-u"], None) {
+        Ok(uid) if uid.trim() == "0" => {}
+        Ok(uid) => return Some(format!("not root (uid {})", uid.trim())),
+        Err(e) => return Some(e),
+    }
+    if let Err(e) = run("nft", &["--version"], None) {
+        return Some(format!("nft unavailable: {e}"));
+    }
+    if let Err(e) = run("ip", &["netns", "list"], None) {
+        return Some(format!("ip netns unavailable: {e}"));
+    }
+    None
+}
+
+/// Whether to run; `false` after printing why not (outside CI).
+fn available(test: &str) -> bool {
+    static REASON: OnceLock<Option<String>> = OnceLock::new();
+    match REASON.get_or_init(unavailable) {
+        None => true,
+        Some(why) if std::env::var_os("CI").is_some() => panic!("{test}: cannot run under CI: {why}"),
+        Some(why) => {
+            // Straight to stderr: the test harness would swallow `eprintln!` of a passing test.
+            let _ = writeln!(std::io::stderr(), "netlink test {test} skipped: {why}");
+            false
+        }
+    }
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A network namespace, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(side: &str) -> Netns {
+        let name = format!(
+            "pc-nl-{}-{}-{side}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name], None).expect("ip netns add");
+        Netns { name }
+    }
+
+    /// A pair: A for the text loader, B for the writer.
+    fn pair() -> (Netns, Netns) {
+        (Netns::new("a"), Netns::new("b"))
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    fn writer(&self) -> NetlinkWriter {
+        NetlinkWriter::in_netns(self.path())
+    }
+
+    fn nft(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+        let mut full = vec!["netns", "exec", &self.name, "nft"];
+        full.extend_from_slice(args);
+        run("ip", &full, stdin)
+    }
+
+    fn load_text(&self, ir: &Ir) {
+        let text = render(ir, true);
+        if let Err(e) = self.nft(&["-f", "-"], Some(&text)) {
+            panic!("nft -f rejected the rendered ruleset: {e}\n{text}");
+        }
+    }
+
+    fn list(&self, extra: &[&str]) -> String {
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["list", "table", "inet", "policyc"]);
+        self.nft(&args, None).expect("nft list")
+    }
+
+    fn has_table(&self) -> bool {
+        self.nft(&["list", "tables"], None)
+            .expect("nft list tables")
+            .contains("inet policyc")
+    }
+
+    /// The three listings the two sides must agree on.
+    fn listings(&self) -> [String; 3] {
+        [
+            self.list(&[]),
+            self.list(&["-a"]),
+            sort_elements(&self.list(&["--debug=netlink"])),
+        ]
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name], None);
+    }
+}
+
+/// Sorts each run of `element` lines of a `--debug=netlink` listing.
+fn sort_elements(s: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let mut run: Vec<&str> = Vec::new();
+    for line in s.lines() {
+        if line.starts_with("\telement ") {
+            run.push(line);
+            continue;
+        }
+        run.sort();
+        out.append(&mut run);
+        out.push(line);
+    }
+    run.sort();
+    out.append(&mut run);
+    out.join("\n")
+}
+
+fn assert_same(a: &Netns, b: &Netns, what: &str) {
+    let (la, lb) = (a.listings(), b.listings());
+    for (i, kind) in ["nft list", "nft -a list", "nft --debug=netlink list"]
+        .iter()
+        .enumerate()
+    {
+        if la[i] != lb[i] {
+            let diff: Vec<String> = la[i]
+                .lines()
+                .zip(lb[i].lines())
+                .enumerate()
+                .filter(|(_, (x, y))| x != y)
+                .take(10)
+                .map(|(n, (x, y))| format!("line {}:\n  text:    {x}\n  netlink: {y}", n + 1))
+                .collect();
+            panic!(
+                "{what}: `{kind}` differs ({} vs {} lines)\n{}\n--- text-loaded ---\n{}\n--- netlink ---\n{}",
+                la[i].lines().count(),
+                lb[i].lines().count(),
+                diff.join("\n"),
+                la[i],
+                lb[i]
+            );
+        }
+    }
+}
+
+// === inputs ===
+
+fn ir_from_yaml(yaml: &str, node: Option<&str>) -> Ir {
+    let mut l = Loader::new();
+    l.add_text("test.yaml", yaml);
+    let (snapshot, diags) = l.finish();
+    let errors: Vec<_> = diags.iter().filter(|d| d.severity == Severity::Error).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let opts = CompileOptions {
+        node: node.map(str::to_string),
+        ..CompileOptions::default()
+    };
+    compile(&snapshot, &opts)
+}
+
+/// Text-loaded and netlink-written rulesets for `ir` list the same.
+fn check(name: &str, ir: &Ir) {
+    if !available(name) {
+        return;
+    }
+    let (a, b) = Netns::pair();
+    a.load_text(ir);
+    let stats = b.writer().replace(ir).expect("netlink replace");
+    assert!(stats.messages > 0);
+    assert_same(&a, &b, name);
+}
+
+const NAMESPACES: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod, labels: {env: prod}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: dev, labels: {env: dev}}
+";
+
+/// A running pod with container ports (`{name: .., containerPort: ..}` items).
+fn pod(ns: &str, name: &str, labels: &str, node: &str, ips: &[&str], ports: &str) -> String {
+    let ips: Vec<String> = ips.iter().map(|ip| format!("{{ip: \"{ip}\"}}")).collect();
+    format!(
+        "---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: c
+    ports: [{ports}]
+status:
+  phase: Running
+  podIPs: [{}]
+",
+        ips.join(", ")
+    )
+}
+
+fn policy(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+{spec}"
+    )
+}
+
+fn basic_pods() -> String {
+    [
+        NAMESPACES.to_string(),
+        pod(
+            "prod",
+            "web",
+            "app: web",
+            "n1",
+            &["10.0.0.5"],
+            "{name: http, containerPort: 8080}, {name: dns, containerPort: 53, protocol: UDP}, {name: sig, containerPort: 3868, protocol: SCTP}",
+        ),
+        pod("prod", "db", "app: db", "n1", &["10.0.0.9"], "{name: pg, containerPort: 5432}"),
+        // Next to web's address: selector sets hold single addresses, never merged ranges.
+        pod("prod", "cache", "app: cache", "n1", &["10.0.0.6"], ""),
+        pod("dev", "tool", "app: tool", "n2", &["10.0.1.7"], "{name: http, containerPort: 8081}"),
+    ]
+    .concat()
+}
+
+// === equivalence with the text loader ===
+
+#[test]
+fn empty_ruleset() {
+    check("empty_ruleset", &ir_from_yaml(NAMESPACES, None));
+}
+
+#[test]
+fn pods_without_policies() {
+    check("pods_without_policies", &ir_from_yaml(&basic_pods(), None));
+}
+
+#[test]
+fn default_deny() {
+    let yaml = basic_pods()
+        + &policy(
+            "prod",
+            "deny-all",
+            "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n",
+        );
+    check("default_deny", &ir_from_yaml(&yaml, None));
+}
+
+#[test]
+fn allow_from_selector() {
+    let yaml = basic_pods()
+        + &policy(
+            "prod",
+            "db-from-web",
+            "  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: web}}
+    - namespaceSelector: {matchLabels: {env: dev}}
+      podSelector: {matchExpressions: [{key: app, operator: In, values: [tool, web]}]}
+",
+        );
+    check("allow_from_selector", &ir_from_yaml(&yaml, None));
+}
+
+#[test]
+fn named_ports_all_protocols() {
+    let yaml = basic_pods()
+        + &policy(
+            "prod",
+            "named",
+            "  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - ports: [{port: http}, {port: dns, protocol: UDP}, {port: sig, protocol: SCTP}]
+  - from: [{namespaceSelector: {}}]
+    ports: [{port: pg}]
+  egress:
+  - ports: [{port: http}]
+",
+        );
+    check("named_ports_all_protocols", &ir_from_yaml(&yaml, None));
+}
+
+#[test]
+fn port_ranges() {
+    let yaml = basic_pods()
+        + &policy(
+            "prod",
+            "ranges",
+            "  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - ports:
+    - {port: 9000, endPort: 9010}
+    - {port: 443}
+    - {port: 80}
+    - {port: 1, endPort: 10, protocol: UDP}
+    - {port: 53, protocol: UDP}
+    - {port: 60000, endPort: 65535, protocol: UDP}
+    - {port: 5000, endPort: 5001, protocol: SCTP}
+  - ports: [{port: 22}]
+  - ports: [{port: 1, endPort: 65535, protocol: SCTP}]
+  - ports: [{protocol: TCP}, {port: 7, protocol: UDP}, {port: 9, protocol: UDP}]
+  egress:
+  - ports: [{port: 100, endPort: 200}, {port: 201, endPort: 300}]
+",
+        );
+    check("port_ranges", &ir_from_yaml(&yaml, None));
+}
+
+#[test]
+fn ip_blocks_with_excepts() {
+    let yaml = basic_pods()
+        + &policy(
+            "prod",
+            "blocks",
+            "  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from:
+    - ipBlock: {cidr: 192.168.0.0/16, except: [192.168.1.0/24, 192.168.7.7/32]}
+    - ipBlock: {cidr: \"2001:db8::/32\", except: [\"2001:db8:1::/48\"]}
+    - ipBlock: {cidr: 172.16.0.0/12}
+    ports: [{port: 443}, {port: 8000, endPort: 8100}]
+  egress:
+  - to:
+    - ipBlock: {cidr: 0.0.0.0/0, except: [10.0.0.0/8, 255.255.255.255/32]}
+    - ipBlock: {cidr: \"::/0\", except: [\"fd00::/8\"]}
+    - ipBlock: {cidr: 0.0.0.0/0, except: [0.0.0.0/8]}
+  - to:
+    - ipBlock: {cidr: \"::/0\"}
+    ports: [{port: http}]
+",
+        );
+    check("ip_blocks_with_excepts", &ir_from_yaml(&yaml, None));
+}
+
+#[test]
+fn dual_stack_pods() {
+    let yaml = [
+        NAMESPACES.to_string(),
+        pod(
+            "prod",
+            "web",
+            "app: web",
+            "n1",
+            &["10.0.0.5", "fd00::5"],
+            "{name: http, containerPort: 8080}",
+        ),
+        pod("prod", "db", "app: db", "n1", &["10.0.0.9", "fd00::9"], ""),
+        // Several addresses of one family: the hairpin rule needs an anonymous set.
+        pod(
+            "prod",
+            "multi",
+            "app: db",
+            "n1",
+            &["10.0.0.20", "10.0.0.22", "fd00::20", "fd00::22"],
+            "{name: http, containerPort: 8080}",
+        ),
+        pod("dev", "v6only", "app: tool", "n1", &["fd00::1:7"], ""),
+        policy(
+            "prod",
+            "web",
+            "  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: db}}}]
+    ports: [{port: http}, {port: 5432}]
+  - from: [{namespaceSelector: {}}]
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {env: dev}}}]
+",
+        ),
+        policy("dev", "deny", "  podSelector: {}\n  policyTypes: [Egress]\n"),
+    ]
+    .concat();
+    check("dual_stack_pods", &ir_from_yaml(&yaml, None));
+}
+
+#[test]
+fn multiple_policies_per_pod() {
+    let yaml = basic_pods()
+        + &policy("prod", "a-deny", "  podSelector: {}\n  policyTypes: [Ingress]\n")
+        + &policy(
+            "prod",
+            "b-web",
+            "  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {}}]
+    ports: [{port: 8080}]
+",
+        )
+        + &policy(
+            "prod",
+            "c-web-dns",
+            "  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {env: dev}}}]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: db}}}]
+    ports: [{port: 5432}]
+  - ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]
+",
+        )
+        + &policy(
+            "prod",
+            "d-comment-\"quotes\"",
+            "  podSelector: {matchLabels: {app: db}}\n  ingress: [{}]\n",
+        );
+    check("multiple_policies_per_pod", &ir_from_yaml(&yaml, None));
+}
+
+#[test]
+fn per_node_ir() {
+    let yaml = basic_pods()
+        + &policy(
+            "prod",
+            "all",
+            "  podSelector: {}
+  ingress:
+  - from: [{namespaceSelector: {}}]
+    ports: [{port: http}]
+",
+        );
+    check("per_node_ir", &ir_from_yaml(&yaml, Some("n1")));
+}
+
+fn large_ir() -> Ir {
+    let shape = Shape {
+        pods: 200,
+        namespaces: 8,
+        policies: 50,
+        nodes: 1,
+        dual_stack_every: 3,
+    };
+    compile(&cluster(shape, 7), &CompileOptions::default())
+}
+
+#[test]
+fn large_cluster() {
+    let ir = large_ir();
+    assert!(
+        ir.endpoints.len() >= 200 && ir.chains.len() >= 30,
+        "{} chains",
+        ir.chains.len()
+    );
+    if !available("large_cluster") {
+        return;
+    }
+    let (a, b) = Netns::pair();
+    a.load_text(&ir);
+    let stats = b.writer().replace(&ir).expect("netlink replace");
+    // Big enough to span several batch pages, which must still go out in one write.
+    assert!(stats.bytes > 256 * 1024, "{stats:?}");
+    assert_same(&a, &b, "large_cluster");
+}
+
+// === transactions ===
+
+#[test]
+fn replace_is_idempotent() {
+    if !available("replace_is_idempotent") {
+        return;
+    }
+    let yaml = basic_pods() + &policy("prod", "deny", "  podSelector: {}\n");
+    let ir = ir_from_yaml(&yaml, None);
+    let (a, b) = Netns::pair();
+    a.load_text(&ir);
+    a.load_text(&ir);
+    let mut w = b.writer();
+    let first = w.replace(&ir).expect("first replace");
+    let second = w.replace(&ir).expect("second replace");
+    assert_eq!(first, second);
+    assert_same(&a, &b, "replace twice");
+}
+
+#[test]
+fn replace_with_different_ir() {
+    if !available("replace_with_different_ir") {
+        return;
+    }
+    let ir1 = large_ir();
+    let yaml = basic_pods() + &policy("prod", "deny", "  podSelector: {}\n  policyTypes: [Egress]\n");
+    let ir2 = ir_from_yaml(&yaml, None);
+    let (a, b) = Netns::pair();
+    a.load_text(&ir1);
+    a.load_text(&ir2);
+    let mut w = b.writer();
+    w.replace(&ir1).expect("replace 1");
+    w.replace(&ir2).expect("replace 2");
+    assert_same(&a, &b, "replace with another IR");
+    assert!(!b.list(&[]).contains("np_"), "old policy chains must be gone");
+}
+
+/// Local endpoints on n1 fixed; pods elsewhere come and go, which changes set contents only.
+fn node_ir(remote_pods: &[(&str, &str, &str)]) -> Ir {
+    let mut yaml = basic_pods();
+    for (name, labels, ip) in remote_pods {
+        yaml += &pod("dev", name, labels, "n9", &[ip], "{name: http, containerPort: 9000}");
+    }
+    yaml += &policy(
+        "prod",
+        "web",
+        "  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {env: dev}}}]
+  - from: [{podSelector: {matchLabels: {app: db}}}]
+    ports: [{port: http}]
+  egress:
+  - to: [{namespaceSelector: {}, podSelector: {matchLabels: {app: api}}}]
+    ports: [{port: http}]
+  - to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.9.0.0/16]}}]
+",
+    );
+    ir_from_yaml(&yaml, Some("n1"))
+}
+
+#[test]
+fn element_only_update() {
+    if !available("element_only_update") {
+        return;
+    }
+    let ir1 = node_ir(&[("a1", "app: api", "10.0.3.1"), ("a2", "app: api", "fd00::3:2")]);
+    let ir2 = node_ir(&[
+        ("a2", "app: api", "fd00::3:2"),
+        ("a3", "app: api", "10.0.3.3"),
+        ("a4", "app: x", "10.0.3.9"),
+    ]);
+    let (a, b) = Netns::pair();
+    a.load_text(&ir2);
+    let mut w = b.writer();
+    w.replace(&ir1).expect("replace");
+    let stats = w
+        .update_elements(&ir1, &ir2)
+        .expect("element update")
+        .expect("same structure");
+    assert!(stats.elements_added > 0 && stats.elements_removed > 0, "{stats:?}");
+    assert_eq!(stats.chains + stats.rules, 0);
+    assert_same(&a, &b, "element update");
+
+    // Nothing changed: nothing sent.
+    let none = w.update_elements(&ir2, &ir2).expect("no-op").expect("same structure");
+    assert_eq!(none.messages, 0);
+
+    // A new local endpoint adds chains: not an element update.
+    let yaml = basic_pods() + &pod("prod", "new", "app: web", "n1", &["10.0.0.40"], "");
+    let ir3 = ir_from_yaml(&yaml, Some("n1"));
+    assert!(w.update_elements(&ir2, &ir3).expect("structure check").is_none());
+    // Still as before.
+    assert_same(&a, &b, "after refused update");
+
+    // Stale `old`: the kernel does not hold these elements, so nothing changes.
+    let err = w.update_elements(&ir1, &ir2).expect_err("stale old ruleset");
+    assert!(err.errno().is_some(), "{err}");
+    assert_same(&a, &b, "after failed update");
+
+    // apply() falls back to a full replace.
+    w.apply(Some(&ir1), &ir3).expect("apply");
+    let (c, _) = Netns::pair();
+    c.load_text(&ir3);
+    assert_eq!(c.list(&[]), b.list(&[]));
+}
+
+#[test]
+fn element_update_large() {
+    let shape = Shape {
+        pods: 200,
+        namespaces: 8,
+        policies: 50,
+        nodes: 2,
+        dual_stack_every: 3,
+    };
+    let before = cluster(shape, 11);
+    // Pods on the other node go away or get new addresses.
+    let mut after = before.clone();
+    let remote: Vec<_> = after
+        .pods
+        .values()
+        .filter(|p| p.node.as_deref() == Some("node-1"))
+        .map(|p| p.id())
+        .collect();
+    for (i, id) in remote.iter().enumerate() {
+        match i % 3 {
+            0 => {
+                after.pods.remove(id);
+            }
+            1 => {
+                let pod = after.pods.get_mut(id).expect("pod");
+                pod.ips = vec![format!("10.200.{}.{}", i / 200, i % 200 + 1).parse().expect("ip")];
+            }
+            _ => {}
+        }
+    }
+    let opts = CompileOptions {
+        node: Some("node-0".into()),
+        ..CompileOptions::default()
+    };
+    let (ir1, ir2) = (compile(&before, &opts), compile(&after, &opts));
+    if !available("element_update_large") {
+        return;
+    }
+    let (a, b) = Netns::pair();
+    a.load_text(&ir2);
+    let mut w = b.writer();
+    w.replace(&ir1).expect("replace");
+    let stats = w.update_elements(&ir1, &ir2).expect("update").expect("same structure");
+    assert!(stats.elements_removed > 20 && stats.elements_added > 20, "{stats:?}");
+    assert_same(&a, &b, "large element update");
+}
+
+#[test]
+fn rejected_batch_changes_nothing() {
+    if !available("rejected_batch_changes_nothing") {
+        return;
+    }
+    let spec = "  podSelector: {}
+  ingress:
+  - from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.1.0/24]}}]
+";
+    let good = ir_from_yaml(&(basic_pods() + &policy("prod", "blocks", spec)), None);
+    let (a, b) = Netns::pair();
+    a.load_text(&good);
+    let mut w = b.writer();
+    w.replace(&good).expect("replace");
+    // Overlapping intervals, which the compiler never produces: the kernel refuses them.
+    let mut bad = good.clone();
+    let (name, set) = bad.sets.iter_mut().next().expect("the ipBlock set");
+    let name = name.clone();
+    let first = set.members[0];
+    set.members.insert(
+        1,
+        IpRange {
+            start: first.start + 1,
+            ..first
+        },
+    );
+    let err = w.replace(&bad).expect_err("kernel must reject");
+    let cause = std::error::Error::source(&err)
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    eprintln!("rejected as expected: {err}: {cause}");
+    match &err {
+        DataplaneError::Rejected { object, errno, .. } => {
+            assert_eq!(object, &format!("elements of set {name}_v4"), "{err}");
+            assert!(*errno > 0);
+        }
+        e => panic!("unexpected error {e}"),
+    }
+    assert_same(&a, &b, "after rejected replace");
+}
+
+#[test]
+fn remove_table() {
+    if !available("remove_table") {
+        return;
+    }
+    let ir = ir_from_yaml(&(basic_pods() + &policy("prod", "deny", "  podSelector: {}\n")), None);
+    let (_, b) = Netns::pair();
+    let mut w = b.writer();
+    w.remove().expect("remove without a table");
+    w.replace(&ir).expect("replace");
+    assert!(b.has_table());
+    w.remove().expect("remove");
+    assert!(!b.has_table());
+    w.remove().expect("remove twice");
+}
+
+#[test]
+fn other_namespace_only() {
+    if !available("other_namespace_only") {
+        return;
+    }
+    // The test's own namespace: its policyc table (normally none) must stay as it is.
+    let host = || run("nft", &["list", "table", "inet", "policyc"], None).map_err(|_| "no table");
+    let before = host();
+    let ir = ir_from_yaml(&(basic_pods() + &policy("prod", "deny", "  podSelector: {}\n")), None);
+    let (_, b) = Netns::pair();
+    b.writer().replace(&ir).expect("replace");
+    assert!(b.has_table());
+    assert_eq!(before, host(), "the test's own namespace must not change");
+    let missing = NetlinkWriter::in_netns("/run/netns/pc-nl-does-not-exist").replace(&ir);
+    assert!(matches!(missing, Err(DataplaneError::Netns { .. })), "{missing:?}");
+}
