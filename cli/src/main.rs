@@ -53,6 +53,10 @@ enum Command {
         /// With --all-nodes: write one file per node into this directory instead of stdout.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
+        /// Drop traffic of pod interfaces the ruleset does not know (pods created after rendering),
+        /// as the agent does by default.
+        #[arg(long)]
+        fail_closed: bool,
     },
     /// Explain the verdict on one flow: which policies select each end and which rule decides.
     /// Exit status: 0 allowed, 1 denied, 2 error.
@@ -149,6 +153,7 @@ fn options(files: &Files, node: Option<String>) -> CompileOptions {
     CompileOptions {
         node,
         interface_prefix: files.interface_prefix.clone(),
+        fail_closed: false,
     }
 }
 
@@ -160,8 +165,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             all_nodes,
             format,
             out_dir,
+            fail_closed,
         } => {
             let loaded = load(&input)?;
+            let options = |node| CompileOptions {
+                fail_closed,
+                ..options(&input, node)
+            };
             let snapshot = &loaded.snapshot;
             if !all_nodes {
                 if out_dir.is_some() {
@@ -174,11 +184,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         bail!("node {n:?} hosts no pods in the input (nodes: {})", list.join(", "));
                     }
                 }
-                let ir = compile(snapshot, &options(&input, node));
+                let ir = compile(snapshot, &options(node));
                 print!("{}", render_one(&ir, format)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            let irs = compile_all_nodes(snapshot, &options(&input, None));
+            let irs = compile_all_nodes(snapshot, &options(None));
             if irs.is_empty() {
                 bail!("no node hosts any pod in the input (pods need spec.nodeName)");
             }

@@ -28,6 +28,9 @@ pub struct CompileOptions {
     pub node: Option<String>,
     /// Prefix of host-side pod interface names (Calico, and so Canal, uses `cali`).
     pub interface_prefix: String,
+    /// Drop traffic of pod interfaces (by prefix) that the ruleset does not know yet: a new pod is
+    /// denied until a sync includes it, rather than allowed.
+    pub fail_closed: bool,
 }
 
 impl Default for CompileOptions {
@@ -35,6 +38,7 @@ impl Default for CompileOptions {
         Self {
             node: None,
             interface_prefix: "cali".into(),
+            fail_closed: false,
         }
     }
 }
@@ -44,6 +48,8 @@ impl Default for CompileOptions {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Ir {
     pub node: Option<String>,
+    /// With fail-closed, the interface prefix whose unknown interfaces are dropped.
+    pub fail_closed: Option<String>,
     pub endpoints: Vec<Endpoint>,
     pub chains: BTreeMap<String, PolicyChain>,
     pub sets: BTreeMap<String, AddrSet>,
@@ -412,6 +418,7 @@ impl<'a> Compiler<'a> {
 
         let mut ir = Ir {
             node: opts.node.clone(),
+            fail_closed: opts.fail_closed.then(|| opts.interface_prefix.clone()),
             endpoints: Vec::with_capacity(local.len()),
             chains: BTreeMap::new(),
             sets: BTreeMap::new(),

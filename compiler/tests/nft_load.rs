@@ -86,11 +86,21 @@ fn skip_or_fail(reason: &str) {
 }
 
 fn load_and_check(ns: &Netns, label: &str, snap: &Snapshot, failures: &mut Vec<String>) -> usize {
-    let mut rendered = vec![(
-        format!("{label} (all)"),
-        nft::render(&compile(snap, &CompileOptions::default()), true),
-    )];
-    for (node, ir) in compile_all_nodes(snap, &CompileOptions::default()) {
+    let fail_closed = CompileOptions {
+        fail_closed: true,
+        ..CompileOptions::default()
+    };
+    let mut rendered = vec![
+        (
+            format!("{label} (all)"),
+            nft::render(&compile(snap, &CompileOptions::default()), true),
+        ),
+        (
+            format!("{label} (all, fail closed)"),
+            nft::render(&compile(snap, &fail_closed), true),
+        ),
+    ];
+    for (node, ir) in compile_all_nodes(snap, &fail_closed) {
         rendered.push((format!("{label} node {node}"), nft::render(&ir, true)));
     }
     let n = rendered.len();

@@ -1,4 +1,17 @@
-//! policyc's node agent library: keeps the kernel's nftables ruleset in line with the compiled
-//! policy IR.
+//! policyc's node agent: keeps the kernel's nftables ruleset equal to what the cluster's policies
+//! say, on one node.
+//!
+//! ```text
+//!  kube watchers ─► index ─► agent (debounce, compile, apply) ─► dataplane (nftnl, one batch)
+//!                                   ├─► conntrack (cut flows now denied)
+//!                                   ├─► status (NodePolicyStatus)
+//!                                   └─► metrics + health (HTTP)
+//! ```
 
+pub mod agent;
+pub mod conntrack;
 pub mod dataplane;
+pub mod http;
+pub mod index;
+pub mod metrics;
+pub mod status;

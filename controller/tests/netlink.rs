@@ -747,3 +747,25 @@ fn other_namespace_only() {
     let missing = NetlinkWriter::in_netns("/run/netns/pc-nl-does-not-exist").replace(&ir);
     assert!(matches!(missing, Err(DataplaneError::Netns { .. })), "{missing:?}");
 }
+
+#[test]
+fn fail_closed_ruleset() {
+    if !available("fail_closed_ruleset") {
+        return;
+    }
+    let mut snap_yaml = basic_pods();
+    snap_yaml.push_str(&policy("prod", "deny", "  podSelector: {}\n  policyTypes: [Ingress]\n"));
+    let mut loader = policyc_compiler::Loader::new();
+    loader.add_text("test", &snap_yaml);
+    let (snap, diags) = loader.finish();
+    assert!(diags.is_empty(), "{diags:?}");
+    let ir = compile(
+        &snap,
+        &CompileOptions {
+            fail_closed: true,
+            ..CompileOptions::default()
+        },
+    );
+    assert!(ir.fail_closed.is_some());
+    check("fail_closed", &ir);
+}

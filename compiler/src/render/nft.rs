@@ -61,7 +61,7 @@ pub fn render(ir: &Ir, replace: bool) -> String {
     for d in [Direction::Ingress, Direction::Egress] {
         render_dispatch(&mut out, ir, d);
     }
-    out.push_str(BASE_CHAINS);
+    render_base_chains(&mut out, ir);
     for ep in &ir.endpoints {
         for d in [Direction::Ingress, Direction::Egress] {
             if ep.isolation(d).isolated() {
@@ -76,22 +76,27 @@ pub fn render(ir: &Ir, replace: bool) -> String {
     out
 }
 
-const BASE_CHAINS: &str = "\tchain forward_egress {
-\t\ttype filter hook forward priority filter - 1; policy accept;
-\t\tct state established,related accept
-\t\tiifname vmap @egress_dispatch
-\t}
-\tchain forward_ingress {
-\t\ttype filter hook forward priority filter; policy accept;
-\t\tct state established,related accept
-\t\toifname vmap @ingress_dispatch
-\t}
-\tchain input_egress {
-\t\ttype filter hook input priority filter - 1; policy accept;
-\t\tct state established,related accept
-\t\tiifname vmap @egress_dispatch
-\t}
-";
+/// The three base chains; with fail-closed, unknown pod interfaces are dropped after dispatch.
+fn render_base_chains(out: &mut String, ir: &Ir) {
+    for (name, hook, priority, key, map) in [
+        ("forward_egress", "forward", "filter - 1", "iifname", "egress_dispatch"),
+        ("forward_ingress", "forward", "filter", "oifname", "ingress_dispatch"),
+        ("input_egress", "input", "filter - 1", "iifname", "egress_dispatch"),
+    ] {
+        let _ = writeln!(out, "\tchain {name} {{");
+        let _ = writeln!(out, "\t\ttype filter hook {hook} priority {priority}; policy accept;");
+        out.push_str("\t\tct state established,related accept\n");
+        let _ = writeln!(out, "\t\t{key} vmap @{map}");
+        if let Some(prefix) = &ir.fail_closed {
+            let _ = writeln!(
+                out,
+                "\t\t{key} \"{prefix}*\" counter drop comment {}",
+                comment(&format!("{prefix}* interface not programmed yet: fail closed"))
+            );
+        }
+        out.push_str("\t}\n");
+    }
+}
 
 fn set_name(base: &str, f: Family) -> String {
     format!("{base}_{}", f.suffix())
@@ -176,11 +181,15 @@ fn render_port_set(out: &mut String, name: &str, set: &PortSet, f: Family) {
 fn render_dispatch(out: &mut String, ir: &Ir, d: Direction) {
     let _ = writeln!(out, "\tmap {}_dispatch {{", d.as_str());
     out.push_str("\t\ttype ifname : verdict\n");
+    // Every local pod: isolated ones jump to their chain, the others are accepted here (the
+    // other direction's chain still runs), so that only unknown interfaces fall through.
     let elems: Vec<String> = ir
         .endpoints
         .iter()
-        .filter(|ep| ep.isolation(d).isolated())
-        .map(|ep| format!("\"{}\" : jump {}", ep.interface, ep.chain_name(d)))
+        .map(|ep| match ep.isolation(d).isolated() {
+            true => format!("\"{}\" : jump {}", ep.interface, ep.chain_name(d)),
+            false => format!("\"{}\" : accept", ep.interface),
+        })
         .collect();
     if !elems.is_empty() {
         out.push_str("\t\telements = { ");

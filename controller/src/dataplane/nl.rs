@@ -343,6 +343,8 @@ impl NlSet {
             if let Some(chain) = &chain {
                 sys::nftnl_set_elem_set_u32(elem, sys::NFTNL_SET_ELEM_VERDICT as u16, libc::NFT_JUMP as u32);
                 sys::nftnl_set_elem_set_str(elem, sys::NFTNL_SET_ELEM_CHAIN as u16, chain.as_ptr());
+            } else if e.accept {
+                sys::nftnl_set_elem_set_u32(elem, sys::NFTNL_SET_ELEM_VERDICT as u16, libc::NF_ACCEPT as u32);
             }
             if !e.udata.is_empty() {
                 sys::nftnl_set_elem_set(

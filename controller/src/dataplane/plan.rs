@@ -221,6 +221,8 @@ pub(crate) struct Elem {
     pub udata: Vec<u8>,
     /// Verdict-map data: `jump CHAIN`.
     pub jump: Option<String>,
+    /// Verdict-map data: `accept`.
+    pub accept: bool,
 }
 
 impl Elem {
@@ -230,6 +232,7 @@ impl Elem {
             flags: 0,
             udata: Vec::new(),
             jump: None,
+            accept: false,
         }
     }
 }
@@ -521,7 +524,7 @@ impl Ruleset {
             sets.push(dispatch_map(ir, d));
         }
 
-        let mut chains = base_chains();
+        let mut chains = base_chains(ir);
         for ep in &ir.endpoints {
             for d in [Direction::Ingress, Direction::Egress] {
                 if ep.isolation(d).isolated() {
@@ -689,10 +692,13 @@ fn dispatch_map(ir: &Ir, d: Direction) -> SetSpec {
     let elements = ir
         .endpoints
         .iter()
-        .filter(|ep| ep.isolation(d).isolated())
-        .map(|ep| Elem {
-            jump: Some(ep.chain_name(d)),
-            ..Elem::key(ifname_key(&ep.interface))
+        .map(|ep| {
+            let isolated = ep.isolation(d).isolated();
+            Elem {
+                jump: isolated.then(|| ep.chain_name(d)),
+                accept: !isolated,
+                ..Elem::key(ifname_key(&ep.interface))
+            }
         })
         .collect();
     let mut u = Udata::default();
@@ -753,12 +759,30 @@ fn dispatch(key: MetaKey, map: &str) -> RuleSpec {
     )
 }
 
-/// The renderer's `BASE_CHAINS`.
-fn base_chains() -> Vec<ChainSpec> {
-    let base = |name: &str, hook, priority, key, map: &str| ChainSpec {
-        name: name.into(),
-        base: Some(BaseChain { hook, priority }),
-        rules: vec![established_accept(), dispatch(key, map)],
+/// The renderer's base chains.
+fn base_chains(ir: &Ir) -> Vec<ChainSpec> {
+    let base = |name: &str, hook, priority, key, map: &str| {
+        let mut rules = vec![established_accept(), dispatch(key, map)];
+        if let Some(prefix) = &ir.fail_closed {
+            // `iifname "cali*"`: a prefix comparison of the name's bytes, without the NUL.
+            rules.push(rule(
+                vec![
+                    Expr::Meta(key),
+                    Expr::Cmp {
+                        op: CmpOp::Eq,
+                        data: prefix.as_bytes().to_vec(),
+                    },
+                    Expr::Counter,
+                    Expr::Verdict(Verdict::Drop),
+                ],
+                Some(comment(&format!("{prefix}* interface not programmed yet: fail closed"))),
+            ));
+        }
+        ChainSpec {
+            name: name.into(),
+            base: Some(BaseChain { hook, priority }),
+            rules,
+        }
     };
     vec![
         base(

@@ -1,0 +1,268 @@
+//! The agent's runtime: watchers feed the index, a debounced loop compiles this node's ruleset
+//! and applies it, then cuts denied flows and reports status.
+//!
+//! ```text
+//!  watch Pods ──────┐
+//!  watch Namespaces ┼─► Index (one writer) ─version─► sync loop: debounce → compile(node) → hash
+//!  watch NetPols ───┘                                   │ unchanged: nothing
+//!                                                       │ changed: writer.apply (elements or replace)
+//!                                                       ├─► conntrack: cut flows now denied
+//!                                                       ├─► metrics
+//!                                                       └─► NodePolicyStatus (server-side apply)
+//! ```
+//!
+//! Never leak: nothing is flushed at start or exit; the ruleset in the kernel is replaced only by a
+//! complete new one in one transaction, and only once every kind has been listed (a partial view
+//! would drop policies that merely have not arrived yet). A failed watch keeps the last ruleset
+//! and reconnects with backoff; a failed apply keeps the previous ruleset and retries.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt as _;
+use kube::{Api, Client};
+use policyc_compiler::load::Kind;
+use policyc_compiler::render::nft;
+use policyc_compiler::{compile, CompileOptions, Ir};
+use sha2::Digest as _;
+use tokio::sync::watch;
+
+use crate::dataplane::{Dataplane, NetlinkWriter};
+use crate::index::Index;
+use crate::metrics::{ApplyLabels, ErrorKind, Metrics};
+use crate::status::StatusWriter;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_name: String,
+    /// Quiet time after a change before syncing, so bursts become one transaction.
+    pub debounce: Duration,
+    pub interface_prefix: String,
+    /// Drop traffic of pod interfaces that are not programmed yet.
+    pub fail_closed: bool,
+    /// Program this network namespace instead of the agent's own (the lab runs one agent per
+    /// node namespace).
+    pub netns: Option<PathBuf>,
+    /// Delete conntrack entries of flows a policy change no longer allows.
+    pub cut_conntrack: bool,
+    /// Write the NodePolicyStatus object.
+    pub report_status: bool,
+}
+
+/// State shared with the HTTP endpoints.
+#[derive(Debug)]
+pub struct Shared {
+    pub index: RwLock<Index>,
+    pub metrics: Metrics,
+    /// Set after the first complete ruleset reached the kernel.
+    pub ready: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(metrics: Metrics) -> Arc<Shared> {
+        Arc::new(Shared {
+            index: RwLock::new(Index::new()),
+            metrics,
+            ready: AtomicBool::new(false),
+        })
+    }
+}
+
+/// Runs until the process is stopped.
+pub async fn run(client: Client, cfg: Config, shared: Arc<Shared>) {
+    let (tx, rx) = watch::channel(0u64);
+    tokio::spawn(watch_kind(
+        Api::<Namespace>::all(client.clone()),
+        Kind::Namespace,
+        shared.clone(),
+        tx.clone(),
+    ));
+    tokio::spawn(watch_kind(
+        Api::<Pod>::all(client.clone()),
+        Kind::Pod,
+        shared.clone(),
+        tx.clone(),
+    ));
+    tokio::spawn(watch_kind(
+        Api::<NetworkPolicy>::all(client.clone()),
+        Kind::NetworkPolicy,
+        shared.clone(),
+        tx,
+    ));
+    let status = cfg.report_status.then(|| StatusWriter::new(client, &cfg.node_name));
+    sync_loop(cfg, shared, rx, status).await;
+}
+
+async fn watch_kind<K>(api: Api<K>, kind: Kind, shared: Arc<Shared>, tx: watch::Sender<u64>)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize + Send + 'static,
+{
+    let config = watcher::Config::default().page_size(500);
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    while let Some(event) = stream.next().await {
+        let value = |o: &K| serde_json::to_value(o).unwrap_or_default();
+        let mut ix = shared.index.write().expect("index lock");
+        let changed = match event {
+            Ok(Event::Init) => {
+                ix.relist_start(kind);
+                false
+            }
+            Ok(Event::InitApply(o)) => ix.apply(kind, value(&o)),
+            Ok(Event::InitDone) => {
+                tracing::info!(kind = %kind, "listed");
+                ix.relist_done(kind)
+            }
+            Ok(Event::Apply(o)) => ix.apply(kind, value(&o)),
+            Ok(Event::Delete(o)) => ix.delete(kind, &value(&o)),
+            Err(e) => {
+                tracing::warn!(kind = %kind, "watch failed, keeping the current ruleset and retrying: {e}");
+                shared.metrics.error(ErrorKind::Watch);
+                false
+            }
+        };
+        if changed {
+            tx.send_replace(ix.version());
+        }
+    }
+}
+
+/// What was last applied.
+struct Applied {
+    ir: Ir,
+    hash: String,
+}
+
+async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64>, status: Option<StatusWriter>) {
+    let opts = CompileOptions {
+        node: Some(cfg.node_name.clone()),
+        interface_prefix: cfg.interface_prefix.clone(),
+        fail_closed: cfg.fail_closed,
+    };
+    let mut writer = match &cfg.netns {
+        Some(ns) => NetlinkWriter::in_netns(ns),
+        None => NetlinkWriter::new(),
+    };
+    let mut applied: Option<Applied> = None;
+    let mut retry: Option<Duration> = None;
+    let mut status = status;
+    loop {
+        // A change, a retry after a failure, or a periodic status heartbeat.
+        let wait = retry.unwrap_or(Duration::from_secs(60));
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+        tokio::time::sleep(cfg.debounce).await;
+        rx.mark_unchanged();
+        let started = Instant::now();
+        let (snapshot, invalid) = {
+            let ix = shared.index.read().expect("index lock");
+            if !ix.ready() {
+                continue;
+            }
+            (ix.snapshot().clone(), ix.invalid().cloned().collect::<Vec<_>>())
+        };
+        let m = &shared.metrics;
+        let ir = compile(&snapshot, &opts);
+        let hash = hex(&sha2::Sha256::digest(nft::render(&ir, true).as_bytes()));
+        let stats = ir.stats();
+        m.policies.set(snapshot.policies.len() as i64);
+        m.invalid_objects.set(invalid.len() as i64);
+        let mut apply_error = None;
+        if applied.as_ref().is_some_and(|a| a.hash == hash) {
+            m.applies.get_or_create(&ApplyLabels { mode: "unchanged" }).inc();
+        } else {
+            let current = applied.take();
+            let t = Instant::now();
+            let (w, current, ir_back, result) = tokio::task::spawn_blocking(move || {
+                let r = writer.apply(current.as_ref().map(|a| &a.ir), &ir);
+                (writer, current, ir, r)
+            })
+            .await
+            .expect("apply task");
+            writer = w;
+            m.apply_duration.observe(t.elapsed().as_secs_f64());
+            match result {
+                Ok(s) => {
+                    let mode = if s.chains > 0 { "replace" } else { "elements" };
+                    m.applies.get_or_create(&ApplyLabels { mode }).inc();
+                    tracing::info!(
+                        mode,
+                        rules = stats.rules,
+                        set_elements = stats.set_elements,
+                        endpoints = stats.endpoints,
+                        elapsed_ms = t.elapsed().as_secs_f64() * 1e3,
+                        "ruleset applied"
+                    );
+                    if cfg.cut_conntrack && current.is_some() {
+                        let (ir2, ns) = (ir_back.clone(), cfg.netns.clone());
+                        match tokio::task::spawn_blocking(move || crate::conntrack::cut_denied(&ir2, ns.as_deref()))
+                            .await
+                        {
+                            Ok(Ok(n)) => {
+                                if n > 0 {
+                                    tracing::info!(deleted = n, "cut flows no longer allowed");
+                                }
+                                m.conntrack_deleted.inc_by(n as u64);
+                            }
+                            Ok(Err(e)) => {
+                                tracing::warn!("conntrack: {e}");
+                                m.error(ErrorKind::Conntrack);
+                            }
+                            Err(e) => {
+                                tracing::warn!("conntrack task: {e}");
+                                m.error(ErrorKind::Conntrack);
+                            }
+                        }
+                    }
+                    applied = Some(Applied {
+                        ir: ir_back,
+                        hash: hash.clone(),
+                    });
+                    retry = None;
+                }
+                Err(e) => {
+                    tracing::error!("kernel rejected the ruleset; the previous one stays: {e}");
+                    m.error(ErrorKind::Apply);
+                    apply_error = Some(e.to_string());
+                    // Without a known kernel state, the next attempt is a full replace.
+                    applied = None;
+                    let _ = current;
+                    retry = Some(retry.map_or(Duration::from_millis(500), |d| (d * 2).min(Duration::from_secs(30))));
+                }
+            }
+        }
+        if apply_error.is_none() {
+            m.rules.set(stats.rules as i64);
+            m.sets.set(stats.sets as i64);
+            m.set_elements.set(stats.set_elements as i64);
+            m.endpoints.set(stats.endpoints as i64);
+            m.last_sync.set(unix_now());
+            m.sync_duration.observe(started.elapsed().as_secs_f64());
+            shared.ready.store(true, Ordering::Release);
+        }
+        if let (Some(sw), Some(a)) = (status.as_mut(), applied.as_ref()) {
+            if let Err(e) = sw.publish(&a.ir, &a.hash, &invalid, apply_error.as_deref()).await {
+                tracing::warn!("writing NodePolicyStatus: {e}");
+                m.error(ErrorKind::Status);
+            }
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

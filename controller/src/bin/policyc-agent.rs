@@ -1,0 +1,85 @@
+//! `policyc-agent`: the DaemonSet process. Watches Pods, Namespaces and NetworkPolicies and keeps
+//! this node's nftables ruleset equal to what they say.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use policyc_controller::agent::{self, Config, Shared};
+use policyc_controller::metrics::Metrics;
+
+#[derive(Debug, Parser)]
+#[command(name = "policyc-agent", version, about)]
+struct Args {
+    /// The node this agent enforces policy on.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Quiet time after a change before syncing, in milliseconds.
+    #[arg(long, default_value_t = 30)]
+    debounce_ms: u64,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:9108")]
+    metrics_addr: SocketAddr,
+    /// Deny traffic of pod interfaces not programmed yet (new pods), until the first sync that
+    /// includes them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    fail_closed: bool,
+    /// Host-side interface name prefix of pod veths (Calico/Canal: cali).
+    #[arg(long, default_value = "cali")]
+    interface_prefix: String,
+    /// Program the ruleset of this network namespace (e.g. /run/netns/NAME) instead of the agent's own.
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// Do not delete conntrack entries of flows that a policy change denies.
+    #[arg(long)]
+    no_conntrack: bool,
+    /// Do not write the NodePolicyStatus object.
+    #[arg(long)]
+    no_status: bool,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter, e.g. info or policyc_controller=debug.
+    #[arg(long, env = "POLICYC_LOG", default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).context("--log-level")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let shared = Shared::new(Metrics::new(args.netns.clone()));
+    policyc_controller::http::serve(args.metrics_addr, shared.clone()).context("metrics server")?;
+    let client = kube::Client::try_default().await.context("kube client")?;
+    let cfg = Config {
+        node_name: args.node_name,
+        debounce: Duration::from_millis(args.debounce_ms),
+        interface_prefix: args.interface_prefix,
+        fail_closed: args.fail_closed,
+        netns: args.netns,
+        cut_conntrack: !args.no_conntrack,
+        report_status: !args.no_status,
+    };
+    tracing::info!(node = %cfg.node_name, "starting; the ruleset in the kernel stays until a complete new one replaces it");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = agent::run(client, cfg, shared) => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; leaving the ruleset in place"),
+        _ = term.recv() => tracing::info!("terminated; leaving the ruleset in place"),
+    }
+    Ok(())
+}

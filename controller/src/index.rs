@@ -1,0 +1,265 @@
+//! The cluster-state index: the only writer of the agent's view of the cluster.
+//!
+//! ```text
+//!  watcher(Pod) ────────┐
+//!  watcher(Namespace) ──┼─► Event ─► Index::{apply, delete, reset} ─► Snapshot + invalid objects
+//!  watcher(NetworkPolicy)┘                     │
+//!                                              └─► version (tokio watch) ─► sync loop reads a snapshot
+//! ```
+//!
+//! Objects are validated by the compiler's own parser (`load::parse_object`), the same path the
+//! offline CLI uses, so the agent and `policyc render` agree on what is valid. An invalid object is
+//! recorded and skipped; every other object stays enforced.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use policyc_compiler::load::{parse_object, Kind, ObjectKey, Parsed};
+use policyc_compiler::model::Snapshot;
+use serde_json::Value;
+
+/// An object the index rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidObject {
+    pub key: ObjectKey,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+/// The agent's view of the cluster.
+#[derive(Debug, Default)]
+pub struct Index {
+    snapshot: Snapshot,
+    invalid: BTreeMap<ObjectKey, InvalidObject>,
+    /// Kinds whose initial list has completed at least once.
+    listed: BTreeSet<Kind>,
+    /// Objects of a kind being relisted (between `Init` and `InitDone`).
+    relisting: BTreeMap<Kind, Vec<Value>>,
+    version: u64,
+}
+
+/// The kinds the agent watches.
+pub const WATCHED: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
+
+fn key_of(kind: Kind, v: &Value) -> Option<ObjectKey> {
+    let meta = v.get("metadata")?;
+    let name = meta.get("name")?.as_str()?.to_string();
+    let namespace = if kind.namespaced() {
+        meta.get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string()
+    } else {
+        String::new()
+    };
+    Some(ObjectKey { kind, namespace, name })
+}
+
+impl Index {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bumped on every change that can affect the ruleset.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Objects skipped as invalid, sorted.
+    pub fn invalid(&self) -> impl Iterator<Item = &InvalidObject> {
+        self.invalid.values()
+    }
+
+    /// Whether every watched kind has been listed once: before that, the snapshot is partial and
+    /// must not be enforced (it would drop policies that simply have not arrived yet).
+    pub fn ready(&self) -> bool {
+        WATCHED.iter().all(|k| self.listed.contains(k))
+    }
+
+    /// An object was added or changed. Returns whether the snapshot changed.
+    pub fn apply(&mut self, kind: Kind, mut v: Value) -> bool {
+        // Objects from watch streams may lack apiVersion/kind; the parser needs them.
+        if let Some(m) = v.as_object_mut() {
+            m.entry("apiVersion").or_insert_with(|| kind.api_version().into());
+            m.entry("kind").or_insert_with(|| kind.as_str().into());
+        }
+        if let Some(buf) = self.relisting.get_mut(&kind) {
+            buf.push(v);
+            return false;
+        }
+        self.apply_now(kind, &v)
+    }
+
+    fn apply_now(&mut self, kind: Kind, v: &Value) -> bool {
+        let Some(key) = key_of(kind, v) else {
+            return false;
+        };
+        match parse_object(v) {
+            Ok((Parsed::Object(obj), _warnings)) => {
+                self.invalid.remove(&key);
+                let changed = !self.same_as_stored(&obj);
+                if changed {
+                    self.snapshot.upsert(obj);
+                    self.version += 1;
+                }
+                changed
+            }
+            Ok((Parsed::Skipped { .. }, _)) => false,
+            Err(e) => {
+                tracing::warn!(object = %key, field = %e.field, "invalid object skipped: {}", e.message);
+                self.invalid.insert(
+                    key.clone(),
+                    InvalidObject {
+                        key: key.clone(),
+                        field: (!e.field.is_empty()).then_some(e.field),
+                        message: e.message,
+                    },
+                );
+                // A previously valid version is no longer what the cluster says: stop enforcing it.
+                self.snapshot.remove(&key);
+                self.version += 1;
+                true
+            }
+        }
+    }
+
+    fn same_as_stored(&self, obj: &policyc_compiler::load::Object) -> bool {
+        use policyc_compiler::load::Object;
+        use policyc_compiler::model::ObjectRef;
+        match obj {
+            Object::Namespace(n) => self.snapshot.namespaces.get(&n.name) == Some(n),
+            Object::Node(n) => self.snapshot.nodes.get(&n.name) == Some(n),
+            Object::Pod(p) => self.snapshot.pods.get(&ObjectRef::new(&p.namespace, &p.name)) == Some(p),
+            Object::NetworkPolicy(p) => self.snapshot.policies.get(&ObjectRef::new(&p.namespace, &p.name)) == Some(p),
+        }
+    }
+
+    /// An object was deleted. Returns whether the snapshot changed.
+    pub fn delete(&mut self, kind: Kind, v: &Value) -> bool {
+        let Some(key) = key_of(kind, v) else {
+            return false;
+        };
+        let was_invalid = self.invalid.remove(&key).is_some();
+        let removed = self.snapshot.remove(&key);
+        if removed || was_invalid {
+            self.version += 1;
+        }
+        removed || was_invalid
+    }
+
+    /// A relist of `kind` starts: objects are buffered until [`Index::relist_done`].
+    pub fn relist_start(&mut self, kind: Kind) {
+        self.relisting.insert(kind, Vec::new());
+    }
+
+    /// A relist of `kind` completed: the buffered objects replace every object of that kind.
+    pub fn relist_done(&mut self, kind: Kind) -> bool {
+        let objects = self.relisting.remove(&kind).unwrap_or_default();
+        self.reset(kind, objects)
+    }
+
+    /// Replaces every object of `kind` with `objects`.
+    pub fn reset(&mut self, kind: Kind, objects: Vec<Value>) -> bool {
+        let before = self.version;
+        let keys: BTreeSet<ObjectKey> = objects.iter().filter_map(|v| key_of(kind, v)).collect();
+        let stale: Vec<ObjectKey> = self.keys(kind).into_iter().filter(|k| !keys.contains(k)).collect();
+        for k in stale {
+            if self.snapshot.remove(&k) {
+                self.version += 1;
+            }
+        }
+        let stale_invalid: Vec<ObjectKey> = self
+            .invalid
+            .keys()
+            .filter(|k| k.kind == kind && !keys.contains(k))
+            .cloned()
+            .collect();
+        for k in stale_invalid {
+            self.invalid.remove(&k);
+            self.version += 1;
+        }
+        for v in objects {
+            self.apply_now(kind, &v);
+        }
+        if self.listed.insert(kind) {
+            self.version += 1;
+        }
+        self.version != before
+    }
+
+    fn keys(&self, kind: Kind) -> Vec<ObjectKey> {
+        let s = &self.snapshot;
+        let k = |namespace: &str, name: &str| ObjectKey {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        match kind {
+            Kind::Namespace => s.namespaces.keys().map(|n| k("", n)).collect(),
+            Kind::Node => s.nodes.keys().map(|n| k("", n)).collect(),
+            Kind::Pod => s.pods.keys().map(|r| k(&r.namespace, &r.name)).collect(),
+            Kind::NetworkPolicy => s.policies.keys().map(|r| k(&r.namespace, &r.name)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy(name: &str, cidr: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": "x", "generation": 1},
+               "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": cidr}}]}]}})
+    }
+
+    #[test]
+    fn invalid_objects_are_skipped_and_reported() {
+        let mut ix = Index::new();
+        assert!(ix.apply(Kind::NetworkPolicy, policy("good", "10.0.0.0/8")));
+        assert!(ix.apply(Kind::NetworkPolicy, policy("bad", "10.0.0.0/99")));
+        assert_eq!(ix.snapshot().policies.len(), 1);
+        let bad: Vec<_> = ix.invalid().collect();
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].key.to_string(), "NetworkPolicy x/bad");
+        assert_eq!(bad[0].field.as_deref(), Some("spec.ingress[0].from[0].ipBlock.cidr"));
+        // Fixing it brings it back and clears the error.
+        assert!(ix.apply(Kind::NetworkPolicy, policy("bad", "10.0.0.0/9")));
+        assert_eq!(ix.snapshot().policies.len(), 2);
+        assert_eq!(ix.invalid().count(), 0);
+    }
+
+    #[test]
+    fn unchanged_objects_do_not_bump_the_version() {
+        let mut ix = Index::new();
+        ix.apply(Kind::NetworkPolicy, policy("p", "10.0.0.0/8"));
+        let v = ix.version();
+        // A status-only or resourceVersion-only update changes nothing we enforce.
+        let mut again = policy("p", "10.0.0.0/8");
+        again["metadata"]["resourceVersion"] = json!("42");
+        assert!(!ix.apply(Kind::NetworkPolicy, again));
+        assert_eq!(ix.version(), v);
+    }
+
+    #[test]
+    fn relist_replaces_and_readiness_needs_every_kind() {
+        let mut ix = Index::new();
+        ix.apply(Kind::NetworkPolicy, policy("old", "10.0.0.0/8"));
+        assert!(!ix.ready());
+        ix.relist_start(Kind::NetworkPolicy);
+        ix.apply(Kind::NetworkPolicy, policy("new", "10.0.0.0/8"));
+        assert_eq!(ix.snapshot().policies.len(), 1, "buffered until the relist completes");
+        assert!(ix.relist_done(Kind::NetworkPolicy));
+        let names: Vec<_> = ix.snapshot().policies.keys().map(|k| k.name.clone()).collect();
+        assert_eq!(names, ["new"]);
+        ix.reset(Kind::Namespace, vec![]);
+        assert!(!ix.ready());
+        ix.reset(Kind::Pod, vec![]);
+        assert!(ix.ready());
+        assert!(ix.delete(Kind::NetworkPolicy, &policy("new", "")));
+        assert!(ix.snapshot().policies.is_empty());
+    }
+}

@@ -1,0 +1,361 @@
+//! Prometheus metrics (OpenMetrics text via `prometheus-client`).
+//!
+//! Gauges and histograms are updated by the sync loop. Packet counters come from the kernel: every
+//! accept rule and every final drop in the ruleset carries a counter and a comment naming the
+//! policy rule or the pod, and each scrape reads them (`nft -j list table inet policyc`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: ErrorKind,
+}
+
+/// What failed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum ErrorKind {
+    /// An object was invalid and skipped.
+    InvalidObject,
+    /// A watch stream failed (it reconnects with backoff).
+    Watch,
+    /// The kernel rejected a ruleset; the previous one stays.
+    Apply,
+    /// Writing the NodePolicyStatus failed.
+    Status,
+    /// Cutting conntrack entries failed.
+    Conntrack,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApplyLabels {
+    /// `replace` (whole table), `elements` (set members only) or `unchanged` (nothing sent).
+    pub mode: &'static str,
+}
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub sync_duration: Histogram,
+    pub apply_duration: Histogram,
+    pub applies: Family<ApplyLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub rules: Gauge,
+    pub sets: Gauge,
+    pub set_elements: Gauge,
+    pub endpoints: Gauge,
+    pub policies: Gauge,
+    pub invalid_objects: Gauge,
+    pub last_sync: Gauge<f64, AtomicU64>,
+    pub conntrack_deleted: Counter,
+    pub kernel: Arc<KernelCounters>,
+}
+
+impl Metrics {
+    pub fn new(netns: Option<PathBuf>) -> Metrics {
+        let mut registry = Registry::with_prefix("policyc");
+        let sync_duration = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
+        let apply_duration = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
+        let m = Metrics {
+            sync_duration,
+            apply_duration,
+            applies: Family::default(),
+            errors: Family::default(),
+            rules: Gauge::default(),
+            sets: Gauge::default(),
+            set_elements: Gauge::default(),
+            endpoints: Gauge::default(),
+            policies: Gauge::default(),
+            invalid_objects: Gauge::default(),
+            last_sync: Gauge::default(),
+            conntrack_deleted: Counter::default(),
+            kernel: Arc::new(KernelCounters::new(netns)),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "sync_duration_seconds",
+            "Time from a cluster change (after debounce) to the kernel holding the new ruleset",
+            m.sync_duration.clone(),
+        );
+        registry.register(
+            "apply_duration_seconds",
+            "Time of one netlink transaction",
+            m.apply_duration.clone(),
+        );
+        registry.register("applies", "Syncs by what was sent to the kernel", m.applies.clone());
+        registry.register("errors", "Errors by kind", m.errors.clone());
+        registry.register("rules", "Rules in this node's ruleset", m.rules.clone());
+        registry.register("sets", "Named sets in this node's ruleset", m.sets.clone());
+        registry.register("set_elements", "Elements over all sets", m.set_elements.clone());
+        registry.register(
+            "endpoints",
+            "Pods on this node under policy enforcement",
+            m.endpoints.clone(),
+        );
+        registry.register("policies", "Valid NetworkPolicies in the cluster", m.policies.clone());
+        registry.register(
+            "invalid_objects",
+            "Objects skipped as invalid",
+            m.invalid_objects.clone(),
+        );
+        registry.register(
+            "last_successful_sync_timestamp_seconds",
+            "Unix time when the kernel last matched the cluster's policies",
+            m.last_sync.clone(),
+        );
+        registry.register(
+            "conntrack_deleted",
+            "Conntrack entries deleted because a policy change no longer allows their flow",
+            m.conntrack_deleted.clone(),
+        );
+        registry.register_collector(Box::new(m.kernel.clone()));
+        Metrics { registry, ..m }
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors.get_or_create(&ErrorLabels { kind }).inc();
+    }
+
+    /// The OpenMetrics text of every metric, with fresh kernel counters.
+    pub fn encode(&self) -> String {
+        self.kernel.refresh();
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+// === Kernel counters ===
+
+/// Counters the kernel keeps for one policy rule, or for one pod's final drop.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounter {
+    pub namespace: String,
+    /// Policy name (accept rules) or pod name (drops).
+    pub name: String,
+    pub direction: String,
+    /// Index of the rule in the policy, for accept rules.
+    pub rule: Option<usize>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyRuleLabels {
+    namespace: String,
+    policy: String,
+    direction: String,
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PodLabels {
+    namespace: String,
+    pod: String,
+    direction: String,
+}
+
+/// Reads the ruleset's counters on each scrape.
+#[derive(Debug)]
+pub struct KernelCounters {
+    netns: Option<PathBuf>,
+    last: Mutex<Vec<RuleCounter>>,
+}
+
+impl KernelCounters {
+    fn new(netns: Option<PathBuf>) -> Self {
+        Self {
+            netns,
+            last: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn refresh(&self) {
+        match read_counters(self.netns.as_deref()) {
+            Ok(c) => *self.last.lock().expect("not poisoned") = c,
+            Err(e) => tracing::debug!("reading nft counters: {e}"),
+        }
+    }
+}
+
+impl prometheus_client::collector::Collector for KernelCounters {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters = self.last.lock().expect("not poisoned").clone();
+        let (rules, drops): (Vec<_>, Vec<_>) = counters.into_iter().partition(|c| c.rule.is_some());
+        for (name, help, bytes) in [
+            (
+                "policy_rule_packets",
+                "Packets accepted by a policy rule (kernel counter)",
+                false,
+            ),
+            (
+                "policy_rule_bytes",
+                "Bytes accepted by a policy rule (kernel counter)",
+                true,
+            ),
+        ] {
+            let mut fam =
+                encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+            for c in &rules {
+                let labels = PolicyRuleLabels {
+                    namespace: c.namespace.clone(),
+                    policy: c.name.clone(),
+                    direction: c.direction.clone(),
+                    rule: c.rule.unwrap_or_default().to_string(),
+                };
+                ConstCounter::new(if bytes { c.bytes } else { c.packets }).encode(fam.encode_family(&labels)?)?;
+            }
+        }
+        let mut fam = encoder.encode_descriptor(
+            "denied_packets",
+            "Packets dropped because no rule allowed them, per isolated pod and direction",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for c in &drops {
+            let labels = PodLabels {
+                namespace: c.namespace.clone(),
+                pod: c.name.clone(),
+                direction: c.direction.clone(),
+            };
+            ConstCounter::new(c.packets).encode(fam.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `nft -j list table inet policyc` (in `netns` when given) and sums the counters per
+/// policy rule and per pod drop, by the comments the renderer writes.
+pub fn read_counters(netns: Option<&Path>) -> Result<Vec<RuleCounter>, String> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg("nft");
+            c
+        }
+        None => Command::new("nft"),
+    };
+    let out = cmd
+        .args(["-j", "list", "table", "inet", policyc_compiler::render::nft::TABLE])
+        .output()
+        .map_err(|e| format!("running nft: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    Ok(parse_counters(&v))
+}
+
+/// Extracts counters from `nft -j` output.
+pub fn parse_counters(v: &serde_json::Value) -> Vec<RuleCounter> {
+    /// (namespace, policy or pod, direction, rule index) → (packets, bytes)
+    type Key = (String, String, String, Option<usize>);
+    let mut sums: std::collections::BTreeMap<Key, (u64, u64)> = Default::default();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let Some(rule) = item.get("rule") else { continue };
+        let (Some(chain), Some(comment)) = (rule["chain"].as_str(), rule["comment"].as_str()) else {
+            continue;
+        };
+        let Some(counter) = rule["expr"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|e| e.get("counter"))
+        else {
+            continue;
+        };
+        let (packets, bytes) = (
+            counter["packets"].as_u64().unwrap_or(0),
+            counter["bytes"].as_u64().unwrap_or(0),
+        );
+        let key = if chain.starts_with("np_") {
+            // "ns/policy ingress[3]"
+            let Some((id, rest)) = comment.split_once(' ') else {
+                continue;
+            };
+            let Some((direction, idx)) = rest.trim_end_matches(']').split_once('[') else {
+                continue;
+            };
+            let Some((ns, name)) = id.split_once('/') else { continue };
+            (
+                ns.to_string(),
+                name.to_string(),
+                direction.to_string(),
+                idx.parse().ok(),
+            )
+        } else if chain.starts_with("ep_") && comment.contains(" denied") {
+            // "ns/pod ingress denied: selected by ..."
+            let mut words = comment.split(' ');
+            let (Some(id), Some(direction)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Some((ns, name)) = id.split_once('/') else { continue };
+            (ns.to_string(), name.to_string(), direction.to_string(), None)
+        } else {
+            continue;
+        };
+        let e = sums.entry(key).or_default();
+        e.0 += packets;
+        e.1 += bytes;
+    }
+    sums.into_iter()
+        .map(|((namespace, name, direction, rule), (packets, bytes))| RuleCounter {
+            namespace,
+            name,
+            direction,
+            rule,
+            packets,
+            bytes,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_from_nft_json() {
+        let v = serde_json::json!({"nftables": [
+            {"metainfo": {}},
+            {"rule": {"chain": "np_abc_in", "comment": "x/allow ingress[1]", "expr": [{"counter": {"packets": 3, "bytes": 180}}, {"accept": null}]}},
+            {"rule": {"chain": "np_abc_in", "comment": "x/allow ingress[1]", "expr": [{"counter": {"packets": 2, "bytes": 120}}, {"accept": null}]}},
+            {"rule": {"chain": "ep_def_in", "comment": "x/a ingress denied: selected by x/allow", "expr": [{"counter": {"packets": 7, "bytes": 420}}, {"drop": null}]}},
+            {"rule": {"chain": "ep_def_in", "comment": "x/a to itself", "expr": [{"accept": null}]}}
+        ]});
+        let c = parse_counters(&v);
+        assert_eq!(c.len(), 2);
+        let rule = c.iter().find(|c| c.rule == Some(1)).unwrap();
+        assert_eq!((rule.name.as_str(), rule.packets, rule.bytes), ("allow", 5, 300));
+        let drop = c.iter().find(|c| c.rule.is_none()).unwrap();
+        assert_eq!(
+            (drop.name.as_str(), drop.direction.as_str(), drop.packets),
+            ("a", "ingress", 7)
+        );
+    }
+
+    #[test]
+    fn encodes_openmetrics() {
+        let m = Metrics::new(Some("/nonexistent/netns".into()));
+        m.error(ErrorKind::Apply);
+        m.rules.set(12);
+        let text = m.encode();
+        assert!(text.contains("policyc_errors_total{kind=\"Apply\"} 1"), "{text}");
+        assert!(text.contains("policyc_rules 12"), "{text}");
+        assert!(
+            text.contains("# TYPE policyc_sync_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,237 @@
+//! The node's `NodePolicyStatus`: what the kernel enforces, for `policyc status` and `policyc wait`.
+
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use policyc_compiler::Ir;
+use policyc_crds::{Condition, EnforcedPolicy, NodePolicyStatus, NodePolicyStatusStatus, ObjectError};
+use serde_json::json;
+
+use crate::index::InvalidObject;
+
+const MANAGER: &str = "policyc-agent";
+
+/// Writes one node's status object with server-side apply, only when its content changes (plus a
+/// heartbeat of `lastSyncTime` at most once a minute).
+#[derive(Debug)]
+pub struct StatusWriter {
+    api: Api<NodePolicyStatus>,
+    node: String,
+    created: bool,
+    last: Option<NodePolicyStatusStatus>,
+    last_write: Option<std::time::Instant>,
+}
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
+}
+
+impl StatusWriter {
+    pub fn new(client: Client, node: &str) -> Self {
+        Self {
+            api: Api::all(client),
+            node: node.to_string(),
+            created: false,
+            last: None,
+            last_write: None,
+        }
+    }
+
+    /// The status for an applied IR.
+    pub fn status(ir: &Ir, hash: &str, invalid: &[InvalidObject], apply_error: Option<&str>) -> NodePolicyStatusStatus {
+        let policies: Vec<EnforcedPolicy> = ir
+            .policies
+            .iter()
+            .filter(|p| p.selected_endpoints > 0)
+            .map(|p| EnforcedPolicy {
+                namespace: p.policy.namespace.clone(),
+                name: p.policy.name.clone(),
+                generation: p.generation,
+                endpoints: p.selected_endpoints as i64,
+            })
+            .collect();
+        let stats = ir.stats();
+        let errors: Vec<ObjectError> = invalid
+            .iter()
+            .map(|i| ObjectError {
+                object: i.key.to_string(),
+                field: i.field.clone(),
+                message: i.message.clone(),
+            })
+            .collect();
+        let cond = |t: &str, ok: bool, reason: &str, message: String| Condition {
+            type_: t.into(),
+            status: if ok { "True" } else { "False" }.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: String::new(),
+        };
+        let degraded = !errors.is_empty() || apply_error.is_some();
+        let degraded_msg = match apply_error {
+            Some(e) => format!("the kernel rejected the newest ruleset, the previous one stays: {e}"),
+            None if !errors.is_empty() => format!("{} invalid object(s) skipped", errors.len()),
+            None => String::new(),
+        };
+        NodePolicyStatusStatus {
+            policy_count: policies.len() as i64,
+            policies,
+            ruleset_hash: Some(hash.to_string()),
+            endpoints: stats.endpoints as i64,
+            rules: stats.rules as i64,
+            sets: stats.sets as i64,
+            set_elements: stats.set_elements as i64,
+            last_sync_time: None,
+            errors,
+            conditions: vec![
+                cond(
+                    "Ready",
+                    apply_error.is_none(),
+                    if apply_error.is_none() { "Synced" } else { "ApplyFailed" },
+                    String::new(),
+                ),
+                cond(
+                    "Degraded",
+                    degraded,
+                    if degraded { "Degraded" } else { "AsExpected" },
+                    degraded_msg,
+                ),
+            ],
+        }
+    }
+
+    pub async fn publish(
+        &mut self,
+        ir: &Ir,
+        hash: &str,
+        invalid: &[InvalidObject],
+        apply_error: Option<&str>,
+    ) -> Result<(), kube::Error> {
+        let mut status = Self::status(ir, hash, invalid, apply_error);
+        let unchanged = self.last.as_ref().is_some_and(|l| {
+            let mut a = l.clone();
+            a.last_sync_time = None;
+            for c in &mut a.conditions {
+                c.last_transition_time.clear();
+            }
+            a == status
+        });
+        let fresh = self
+            .last_write
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(60));
+        if unchanged && fresh {
+            return Ok(());
+        }
+        // Keep transition times of conditions whose status did not change.
+        let t = now();
+        for c in &mut status.conditions {
+            let prev = self
+                .last
+                .as_ref()
+                .and_then(|l| l.conditions.iter().find(|p| p.type_ == c.type_));
+            c.last_transition_time = match prev {
+                Some(p) if p.status == c.status => p.last_transition_time.clone(),
+                _ => t.clone(),
+            };
+        }
+        status.last_sync_time = Some(t);
+        let pp = PatchParams::apply(MANAGER).force();
+        if !self.created {
+            let obj = json!({
+                "apiVersion": "policyc.dev/v1alpha1",
+                "kind": "NodePolicyStatus",
+                "metadata": {"name": self.node},
+                "spec": {"nodeName": self.node},
+            });
+            self.api.patch(&self.node, &pp, &Patch::Apply(&obj)).await?;
+            self.created = true;
+        }
+        let obj = json!({
+            "apiVersion": "policyc.dev/v1alpha1",
+            "kind": "NodePolicyStatus",
+            "status": status,
+        });
+        self.api.patch_status(&self.node, &pp, &Patch::Apply(&obj)).await?;
+        self.last = Some(status);
+        self.last_write = Some(std::time::Instant::now());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use policyc_compiler::{compile, CompileOptions, Loader};
+
+    fn ir() -> Ir {
+        let mut l = Loader::new();
+        l.add_text(
+            "t",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\n\
+             spec: {nodeName: n1}\nstatus: {phase: Running, podIP: 10.0.0.1}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x, generation: 4}\n\
+             spec: {podSelector: {}}\n",
+        );
+        let (snap, _) = l.finish();
+        compile(
+            &snap,
+            &CompileOptions {
+                node: Some("n1".into()),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// The writer creates the object with server-side apply, then applies the status subresource,
+    /// and on an identical second sync sends nothing.
+    #[tokio::test]
+    async fn publishes_with_server_side_apply_once() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(mock, "default");
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let (req, send) = handle.next_request().await.expect("request");
+                let (parts, body) = req.into_parts();
+                let body = body.collect_bytes().await.unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                seen.push((parts.method.to_string(), parts.uri.to_string(), v.clone()));
+                let reply = serde_json::json!({
+                    "apiVersion": "policyc.dev/v1alpha1", "kind": "NodePolicyStatus",
+                    "metadata": {"name": "n1"}, "spec": {"nodeName": "n1"}
+                });
+                send.send_response(
+                    Response::builder()
+                        .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                        .unwrap(),
+                );
+            }
+            seen
+        });
+        let mut w = StatusWriter::new(client, "n1");
+        let ir = ir();
+        w.publish(&ir, "abc", &[], None).await.unwrap();
+        w.publish(&ir, "abc", &[], None).await.unwrap();
+        let seen = server.await.unwrap();
+        assert_eq!(seen[0].0, "PATCH");
+        assert!(
+            seen[0]
+                .1
+                .starts_with("/apis/policyc.dev/v1alpha1/nodepolicystatuses/n1?&force=true&fieldManager=policyc-agent")
+                || seen[0].1.contains("fieldManager=policyc-agent"),
+            "{}",
+            seen[0].1
+        );
+        assert_eq!(seen[0].2["spec"]["nodeName"], "n1");
+        assert!(seen[1].1.contains("/nodepolicystatuses/n1/status"), "{}", seen[1].1);
+        let status = &seen[1].2["status"];
+        assert_eq!(status["policies"][0]["name"], "deny");
+        assert_eq!(status["policies"][0]["generation"], 4);
+        assert_eq!(status["rulesetHash"], "abc");
+        assert_eq!(status["conditions"][0]["type"], "Ready");
+        assert_eq!(status["conditions"][0]["status"], "True");
+    }
+}
