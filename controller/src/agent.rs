@@ -33,7 +33,7 @@ use policyc_compiler::{compile, CompileOptions, Ir};
 use sha2::Digest as _;
 use tokio::sync::watch;
 
-use crate::dataplane::{Dataplane, NetlinkWriter};
+use crate::dataplane::{Dataplane, IptablesRestore, NetlinkWriter};
 use crate::index::Index;
 use crate::metrics::{ApplyLabels, ErrorKind, Metrics};
 use crate::status::StatusWriter;
@@ -53,6 +53,16 @@ pub struct Config {
     pub cut_conntrack: bool,
     /// Write the NodePolicyStatus object.
     pub report_status: bool,
+    pub backend: Backend,
+}
+
+/// How rules reach the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// One nftables table, programmed over netlink in one transaction.
+    Nftables,
+    /// ipsets and iptables chains, loaded with the restore tools.
+    Iptables,
 }
 
 /// State shared with the HTTP endpoints.
@@ -144,9 +154,10 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
         interface_prefix: cfg.interface_prefix.clone(),
         fail_closed: cfg.fail_closed,
     };
-    let mut writer = match &cfg.netns {
-        Some(ns) => NetlinkWriter::in_netns(ns),
-        None => NetlinkWriter::new(),
+    let mut writer: Box<dyn Dataplane + Send> = match (cfg.backend, &cfg.netns) {
+        (Backend::Nftables, Some(ns)) => Box::new(NetlinkWriter::in_netns(ns)),
+        (Backend::Nftables, None) => Box::new(NetlinkWriter::new()),
+        (Backend::Iptables, ns) => Box::new(IptablesRestore::new(ns.clone())),
     };
     let mut applied: Option<Applied> = None;
     let mut retry: Option<Duration> = None;

@@ -38,11 +38,20 @@ struct Args {
     /// Do not write the NodePolicyStatus object.
     #[arg(long)]
     no_status: bool,
+    /// How rules reach the kernel: one nftables table over netlink, or iptables + ipset.
+    #[arg(long, value_enum, default_value_t = BackendArg::Nftables)]
+    backend: BackendArg,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Log filter, e.g. info or policyc_controller=debug.
     #[arg(long, env = "POLICYC_LOG", default_value = "info")]
     log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    Nftables,
+    Iptables,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -73,6 +82,10 @@ async fn main() -> anyhow::Result<()> {
         netns: args.netns,
         cut_conntrack: !args.no_conntrack,
         report_status: !args.no_status,
+        backend: match args.backend {
+            BackendArg::Nftables => agent::Backend::Nftables,
+            BackendArg::Iptables => agent::Backend::Iptables,
+        },
     };
     tracing::info!(node = %cfg.node_name, "starting; the ruleset in the kernel stays until a complete new one replaces it");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -30,9 +30,12 @@
 //! contract and every unsafe block carries a `SAFETY` comment. Everything else here is safe Rust:
 //! the socket goes through `nix`, and answers are parsed from bytes.
 
+mod iptables;
 mod nl;
 mod plan;
 mod socket;
+
+pub use self::iptables::IptablesRestore;
 
 use std::io;
 use std::path::{Path, PathBuf};
