@@ -123,19 +123,87 @@ pub fn crd_yaml() -> String {
     out
 }
 
+/// Where `crdgen` writes the CRDs: the crate's copy and the chart's.
+pub const CRD_PATHS: [&str; 2] = ["crds/yaml/crds.yaml", "charts/policyc/crds/crds.yaml"];
+
+/// The chart's values table (Markdown), from the `# -- description` comments in `values.yaml`
+/// (the helm-docs convention): one row per documented key, with its default.
+pub fn values_table(values_yaml: &str) -> String {
+    let tree: serde_yaml::Value = serde_yaml::from_str(values_yaml).unwrap_or(serde_yaml::Value::Null);
+    let mut out = String::from("| Key | Default | Description |\n|---|---|---|\n");
+    let mut path: Vec<(usize, String)> = Vec::new();
+    let mut doc: Option<String> = None;
+    for line in values_yaml.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if let Some(d) = trimmed.strip_prefix("# --") {
+            doc = Some(d.trim().to_string());
+            continue;
+        }
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+            continue;
+        }
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        while path.last().is_some_and(|(i, _)| *i >= indent) {
+            path.pop();
+        }
+        path.push((indent, key.to_string()));
+        if let Some(d) = doc.take() {
+            let keys: Vec<&str> = path.iter().map(|(_, k)| k.as_str()).collect();
+            let mut v = &tree;
+            for k in &keys {
+                v = &v[*k];
+            }
+            let default = serde_json::to_string(v).unwrap_or_default();
+            out.push_str(&format!("| `{}` | `{}` | {} |\n", keys.join("."), default, d));
+        }
+    }
+    out
+}
+
+/// Replaces the text between the values-table markers of a README.
+pub fn with_values_table(readme: &str, table: &str) -> Option<String> {
+    const BEGIN: &str = "<!-- values-table:begin -->\n";
+    const END: &str = "<!-- values-table:end -->";
+    let start = readme.find(BEGIN)? + BEGIN.len();
+    let end = readme.find(END)?;
+    Some(format!("{}{}{}", &readme[..start], table, &readme[end..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// CI fails when the committed YAML drifts from the types: regenerate with
     /// `cargo run -p policyc-crds --bin crdgen`.
+    fn repo(path: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    }
+
     #[test]
     fn committed_crds_match_types() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/yaml/crds.yaml");
-        let committed = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(
-            committed == crd_yaml(),
-            "{path} is out of date: run `cargo run -p policyc-crds --bin crdgen`"
+        for path in CRD_PATHS {
+            let committed = std::fs::read_to_string(repo(path)).unwrap_or_default();
+            assert!(
+                committed == crd_yaml(),
+                "{path} is out of date: run `cargo run -p policyc-crds --bin crdgen`"
+            );
+        }
+    }
+
+    #[test]
+    fn chart_values_table_is_current() {
+        let values = std::fs::read_to_string(repo("charts/policyc/values.yaml")).unwrap();
+        let readme = std::fs::read_to_string(repo("charts/policyc/README.md")).unwrap();
+        let table = values_table(&values);
+        assert!(table.contains("| `backend` | `\"nftables\"` |"), "{table}");
+        assert!(table.contains("| `serviceMonitor.enabled` | `false` |"), "{table}");
+        assert_eq!(
+            with_values_table(&readme, &table).as_deref(),
+            Some(readme.as_str()),
+            "charts/policyc/README.md values table is out of date: run `cargo run -p policyc-crds --bin crdgen`"
         );
     }
 

@@ -1,19 +1,29 @@
-//! Writes the CRDs policyc owns: to `crds/yaml/crds.yaml` (and every extra path given), or to
-//! stdout with `-`.
+//! Regenerates what is derived from code: the CRDs policyc owns (into `crds/yaml/` and the chart)
+//! and the chart README's values table (from `values.yaml`). `crdgen -` prints the CRDs instead.
+
+use std::path::Path;
 
 fn main() -> std::io::Result<()> {
     let yaml = policyc_crds::crd_yaml();
-    let mut targets: Vec<String> = std::env::args().skip(1).collect();
-    if targets.is_empty() {
-        targets.push(concat!(env!("CARGO_MANIFEST_DIR"), "/yaml/crds.yaml").to_string());
+    if std::env::args().nth(1).as_deref() == Some("-") {
+        print!("{yaml}");
+        return Ok(());
     }
-    for t in targets {
-        if t == "-" {
-            print!("{yaml}");
-        } else {
-            std::fs::write(&t, &yaml)?;
-            eprintln!("wrote {t}");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for p in policyc_crds::CRD_PATHS {
+        std::fs::write(repo.join(p), &yaml)?;
+        eprintln!("wrote {p}");
+    }
+    let values = std::fs::read_to_string(repo.join("charts/policyc/values.yaml"))?;
+    let readme_path = repo.join("charts/policyc/README.md");
+    let readme = std::fs::read_to_string(&readme_path)?;
+    let table = policyc_crds::values_table(&values);
+    match policyc_crds::with_values_table(&readme, &table) {
+        Some(new) => {
+            std::fs::write(&readme_path, new)?;
+            eprintln!("wrote charts/policyc/README.md values table");
         }
+        None => eprintln!("charts/policyc/README.md has no values-table markers"),
     }
     Ok(())
 }
