@@ -2,11 +2,12 @@
 # The whole test suite, runnable on a fresh Debian bookworm machine as root: installs what is
 # missing (Debian packages), then checks formatting and lints and runs every test tier:
 # unit and table tests, golden outputs, property tests, the upstream NetworkPolicy scenarios,
-# CLI tests, and the kernel tests (rulesets loaded into throwaway network namespaces).
+# CLI tests, the kernel tests (rulesets loaded into throwaway network namespaces), and the agent
+# and Helm chart against a real kube-apiserver.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(nftables iproute2 iptables ipset conntrack iperf3 libnftnl-dev libmnl-dev pkg-config)
+packages=(nftables iproute2 iptables ipset conntrack util-linux iputils-ping iperf3 libnftnl-dev libmnl-dev pkg-config)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,6 +21,12 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# A real kube-apiserver (with embedded etcd), kubectl and helm, built from their Go modules, for
+# the agent and chart tests. Rebuilt only when their sources change.
+export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
+echo "== e2e tools: kube-apiserver, kubectl, helm"
+bash e2e/apiserver/build.sh
 
 echo "== cargo fmt"
 cargo fmt --all -- --check

@@ -1,0 +1,238 @@
+//! `policyc-agent` against a real kube-apiserver (kube-lab: the k8s.io/kubernetes apiserver with
+//! embedded etcd, built by `e2e/apiserver/build.sh`), programming a throwaway network namespace.
+//!
+//! Asserts on what the systems did: the rules the kernel holds (`nft list` in the namespace), the
+//! objects the API server stored (NodePolicyStatus), and the agent's metrics — through policy
+//! create, update and delete, `kill -9` and restart of the agent, and an API server outage.
+//! Needs root and the built binaries; skipped with the reason otherwise, except under CI.
+
+use std::io::{Read as _, Write as _};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod support;
+
+use support::{repo, skip, ApiServer};
+
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+impl Netns {
+    fn ruleset(&self) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0, "nft", "list", "table", "inet", "policyc"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(api: &ApiServer, ns: &Netns, port: u16) -> Agent {
+    Agent(
+        Command::new(env!("CARGO_BIN_EXE_policyc-agent"))
+            .args(["--node-name", "n1", "--debounce-ms", "20", "--metrics-addr"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--netns")
+            .arg(format!("/run/netns/{}", ns.0))
+            .env("KUBECONFIG", &api.kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, text))
+}
+
+fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+const POD: &str = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "NAME", "namespace": "x", "labels": {"app": "NAME"}},
+  "spec": {"nodeName": "NODE", "containers": [{"name": "c", "image": "none", "ports": [{"name": "http", "containerPort": 8080}]}]}}"#;
+
+fn policy(generation_marker: &str, port: u16) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: web, namespace: x, annotations: {{step: {generation_marker}}}}}\n\
+         spec:\n  podSelector: {{matchLabels: {{app: a}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: b}}}}}}]\n    ports: [{{port: {port}}}]\n"
+    )
+}
+
+fn status_generation(api: &ApiServer) -> Option<i64> {
+    let out = Command::new(repo().join("e2e/bin/kubectl"))
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .args(["get", "nodepolicystatus", "n1", "-o", "json"])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["status"]["policies"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == "web")
+        .and_then(|p| p["generation"].as_i64())
+}
+
+#[test]
+fn agent_enforces_what_the_apiserver_says() {
+    if !support::is_root() && skip("needs root") {
+        return;
+    }
+    let Some(api) = ApiServer::start("agent") else { return };
+    api.kubectl(
+        &["apply", "-f", repo().join("crds/yaml/crds.yaml").to_str().unwrap()],
+        None,
+    );
+    api.kubectl(
+        &[
+            "wait",
+            "--for",
+            "condition=established",
+            "crd/nodepolicystatuses.policyc.dev",
+        ],
+        None,
+    );
+    api.kubectl(&["create", "namespace", "x"], None);
+    for (name, node, ip) in [
+        ("a", "n1", "10.244.1.5"),
+        ("b", "n1", "10.244.1.6"),
+        ("c", "n2", "10.244.2.7"),
+    ] {
+        api.kubectl(
+            &["apply", "-f", "-"],
+            Some(&POD.replace("NAME", name).replace("NODE", node)),
+        );
+        let patch = format!(r#"{{"status": {{"phase": "Running", "podIP": "{ip}", "podIPs": [{{"ip": "{ip}"}}]}}}}"#);
+        api.kubectl(
+            &[
+                "-n",
+                "x",
+                "patch",
+                "pod",
+                name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &patch,
+            ],
+            None,
+        );
+    }
+
+    let ns = Netns(format!("pc-agent-{}", std::process::id()));
+    assert!(Command::new("ip")
+        .args(["netns", "add", &ns.0])
+        .status()
+        .unwrap()
+        .success());
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let mut agent = start_agent(&api, &ns, port);
+    eventually("/readyz", Duration::from_secs(60), || {
+        http_get(port, "/readyz").is_some_and(|(c, _)| c == 200)
+    });
+    assert_eq!(http_get(port, "/healthz").map(|(c, _)| c), Some(200));
+    let rules = ns.ruleset();
+    assert!(rules.contains("map ingress_dispatch"), "{rules}");
+    assert!(
+        rules.contains("cali* interface not programmed yet"),
+        "fail closed by default: {rules}"
+    );
+
+    // Policy create -> kernel, and the status reports its generation.
+    let t = Instant::now();
+    api.kubectl(&["apply", "-f", "-"], Some(&policy("one", 8080)));
+    eventually("policy in the kernel", Duration::from_secs(30), || {
+        ns.ruleset().contains("x/web ingress[0]")
+    });
+    let create_to_kernel = t.elapsed();
+    eventually("status generation 1", Duration::from_secs(30), || {
+        status_generation(&api) == Some(1)
+    });
+    let rules = ns.ruleset();
+    assert!(rules.contains("tcp dport 8080"), "{rules}");
+    assert!(
+        rules.contains("10.244.1.6"),
+        "pod b's address in the selector set: {rules}"
+    );
+
+    // Update: generation 2 reaches the kernel and the status.
+    api.kubectl(&["apply", "-f", "-"], Some(&policy("two", 9090)));
+    eventually("updated rule", Duration::from_secs(30), || {
+        ns.ruleset().contains("tcp dport 9090")
+    });
+    eventually("status generation 2", Duration::from_secs(30), || {
+        status_generation(&api) == Some(2)
+    });
+
+    // kill -9: the ruleset stays; a new agent takes over with the same ruleset.
+    let before = ns.ruleset();
+    let _ = agent.0.kill();
+    let _ = agent.0.wait();
+    assert!(ns.ruleset().contains("tcp dport 9090"), "ruleset survives the agent");
+    agent = start_agent(&api, &ns, port);
+    eventually("/readyz after restart", Duration::from_secs(60), || {
+        http_get(port, "/readyz").is_some_and(|(c, _)| c == 200)
+    });
+    let strip = |s: &str| {
+        s.lines()
+            .map(|l| l.split(" counter packets").next().unwrap_or(l).to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        strip(&ns.ruleset()),
+        strip(&before),
+        "restart reproduces the same ruleset"
+    );
+
+    // Metrics.
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    for m in [
+        "policyc_rules ",
+        "policyc_endpoints 2",
+        "policyc_policies 1",
+        "policyc_sync_duration_seconds_bucket",
+        "policyc_policy_rule_packets_total{",
+    ] {
+        assert!(metrics.contains(m), "{m} missing from\n{metrics}");
+    }
+
+    // API server outage: the ruleset stays and the agent stays healthy.
+    drop(api);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        ns.ruleset().contains("tcp dport 9090"),
+        "ruleset stays during an API server outage"
+    );
+    assert_eq!(http_get(port, "/healthz").map(|(c, _)| c), Some(200));
+    eprintln!("policy create -> kernel: {create_to_kernel:?} (debounce 20 ms, kubectl and polling included)");
+    drop(agent);
+}

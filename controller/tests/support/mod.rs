@@ -1,0 +1,108 @@
+//! Test support: a real kube-apiserver (kube-lab) and the kubectl / helm built beside it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Prints why a test is skipped; fails instead under CI, which must run everything.
+pub fn skip(reason: &str) -> bool {
+    assert!(std::env::var_os("CI").is_none(), "cannot run under CI: {reason}");
+    eprintln!("skipping: {reason}");
+    true
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+pub struct ApiServer {
+    child: Child,
+    pub kubeconfig: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl ApiServer {
+    /// Starts kube-lab in a fresh directory; `None` (after printing why) when it is not built.
+    pub fn start(tag: &str) -> Option<ApiServer> {
+        let bin = repo().join("e2e/bin/kube-lab");
+        if !bin.exists() {
+            skip("e2e/bin/kube-lab not built (bash e2e/apiserver/build.sh)");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("policyc-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = Command::new(bin)
+            .args(["serve", "--dir", dir.to_str().unwrap(), "--exit-on-stdin-eof"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(k) = line.strip_prefix("READY ") {
+                    let _ = tx.send(PathBuf::from(k));
+                }
+            }
+        });
+        let kubeconfig = rx.recv_timeout(Duration::from_secs(180)).expect("kube-lab READY");
+        Some(ApiServer { child, kubeconfig, dir })
+    }
+
+    /// Runs a tool from e2e/bin with this server's kubeconfig; panics on failure.
+    pub fn tool(&self, tool: &str, args: &[&str], stdin: Option<&str>) -> String {
+        let (ok, out, err) = self.try_tool(tool, args, stdin);
+        assert!(ok, "{tool} {args:?}: {err}");
+        out
+    }
+
+    /// Runs a tool from e2e/bin; returns success, stdout and stderr.
+    pub fn try_tool(&self, tool: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        let mut child = Command::new(repo().join("e2e/bin").join(tool))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.unwrap_or("").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        self.tool("kubectl", args, stdin)
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
