@@ -769,3 +769,32 @@ fn fail_closed_ruleset() {
     assert!(ir.fail_closed.is_some());
     check("fail_closed", &ir);
 }
+
+/// A pod selected by many policies gets a drop comment cut to the longest comment both nft and
+/// the writer accept. See: the lab benchmark's 1,000-policy ruleset failing over netlink.
+#[test]
+fn longest_comments_load() {
+    if !available("longest_comments_load") {
+        return;
+    }
+    let mut yaml = basic_pods();
+    for i in 0..40 {
+        yaml.push_str(&policy(
+            "prod",
+            &format!("a-rather-long-policy-name-number-{i:02}"),
+            "  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: [{ports: [{port: 80}]}]\n",
+        ));
+    }
+    let ir = ir_from_yaml(&yaml, None);
+    let text = policyc_compiler::render::nft::render(&ir, true);
+    let longest = text
+        .lines()
+        .filter_map(|l| l.split_once("comment \"").map(|(_, c)| c.len() - 1))
+        .max()
+        .unwrap();
+    assert!(
+        longest >= 120,
+        "the test must reach the comment limit, longest is {longest}"
+    );
+    check("longest_comments", &ir);
+}

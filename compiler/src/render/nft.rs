@@ -24,8 +24,9 @@ use crate::model::{Direction, Protocol};
 /// Name of the table policyc owns.
 pub const TABLE: &str = "policyc";
 
-/// nftables rejects longer comments.
-const MAX_COMMENT: usize = 128;
+/// nft accepts 128 bytes, but libnftnl's userdata buffer (what the netlink writer builds with)
+/// holds 125: stay within both.
+const MAX_COMMENT: usize = 125;
 
 /// Renders the IR as an nft script that creates (or, with `replace`, atomically replaces) the
 /// table. With `replace`, the script first adds an empty table and deletes it, so that loading it
