@@ -1,8 +1,10 @@
 //! `policyc`: render NetworkPolicies as nftables or iptables rules, explain one flow, and print the
 //! reachability matrix — offline, from YAML.
 
+mod cluster;
 mod explain;
 mod input;
+mod lab;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,6 +89,60 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = TableJson::Table)]
         output: TableJson,
     },
+    /// Build the network-namespace lab (one namespace per node and pod, VXLAN overlay), load
+    /// every node's rules, and print the truth table seen with real packets (as `matrix` does).
+    Probe(lab::ProbeArgs),
+    /// Check the rules with real packets in the lab: packets vs the IR's verdicts (and
+    /// expectations, or a multi-step scenario), cell by cell, naming the rule behind every
+    /// disagreement. Exit status: 0 all agree, 1 a disagreement, 2 error.
+    Verify(lab::VerifyArgs),
+    /// The lab itself: remove leftovers, measure the dataplane.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
+    /// What each node's agent enforces (its NodePolicyStatus), and per policy the nodes that
+    /// enforce its current generation.
+    Status {
+        /// Kubeconfig; default: KUBECONFIG, ~/.kube/config, or in-cluster.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        #[arg(short = 'o', long, value_enum, default_value_t = TextJson::Text)]
+        output: TextJson,
+    },
+    /// Wait until the policies in the files are enforced: every node hosting a pod a policy
+    /// selects reports the policy's current generation. Exit status: 0 enforced, 1 timed out.
+    Wait {
+        /// What to wait for: `enforced`.
+        #[arg(long = "for", value_parser = ["enforced"], default_value = "enforced")]
+        condition: String,
+        /// NetworkPolicy manifests (the objects are read back from the cluster by name).
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// How long to wait, e.g. 30s, 2m.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (e.g. 30s, 2m)"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "" | "s" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration {s:?} (e.g. 30s, 2m)")),
+    }
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -242,6 +298,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Probe(args) => lab::probe(args),
+        Command::Verify(args) => lab::verify(args),
+        Command::Lab(cmd) => lab::lab(cmd),
+        Command::Status { kubeconfig, output } => {
+            block_on(cluster::status(kubeconfig.as_deref(), output == TextJson::Json))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wait {
+            condition: _,
+            files,
+            timeout,
+            kubeconfig,
+        } => match block_on(cluster::wait_enforced(kubeconfig.as_deref(), &files, timeout)) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) if e.to_string().starts_with("timed out") => {
+                eprintln!("error: {e:#}");
+                Ok(ExitCode::from(1))
+            }
+            Err(e) => Err(e),
+        },
     }
 }
 

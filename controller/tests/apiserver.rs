@@ -56,6 +56,17 @@ fn start_agent(api: &ApiServer, ns: &Netns, port: u16) -> Agent {
     )
 }
 
+/// The `policyc` CLI, built beside the agent by `cargo test --workspace`.
+fn policyc_bin() -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(env!("CARGO_BIN_EXE_policyc-agent")).with_file_name("policyc");
+    if p.exists() {
+        Some(p)
+    } else {
+        skip("policyc binary not built beside policyc-agent (cargo test --workspace builds it)");
+        None
+    }
+}
+
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -184,8 +195,34 @@ fn agent_enforces_what_the_apiserver_says() {
         "pod b's address in the selector set: {rules}"
     );
 
-    // Update: generation 2 reaches the kernel and the status.
-    api.kubectl(&["apply", "-f", "-"], Some(&policy("two", 9090)));
+    // Update: generation 2 reaches the kernel and the status; `policyc wait --for=enforced`
+    // returns once it does, and `policyc status` shows it.
+    let file = api.dir.join("policy.yaml");
+    std::fs::write(&file, policy("two", 9090)).unwrap();
+    api.kubectl(&["apply", "-f", file.to_str().unwrap()], None);
+    if let Some(policyc) = policyc_bin() {
+        let out = Command::new(&policyc)
+            .args(["wait", "--for=enforced", "--timeout", "30s", "-f"])
+            .arg(&file)
+            .env("KUBECONFIG", &api.kubeconfig)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "policyc wait: {err}");
+        assert!(err.contains("x/web (generation 2) enforced on n1"), "{err}");
+        assert!(
+            ns.ruleset().contains("tcp dport 9090"),
+            "wait returned before the kernel had it"
+        );
+        let out = Command::new(&policyc)
+            .arg("status")
+            .env("KUBECONFIG", &api.kubeconfig)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("x/web") && text.contains("n1 (enforced)"), "{text}");
+    }
     eventually("updated rule", Duration::from_secs(30), || {
         ns.ruleset().contains("tcp dport 9090")
     });

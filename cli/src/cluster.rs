@@ -1,0 +1,207 @@
+//! Commands that talk to a cluster: `policyc status` and `policyc wait --for=enforced`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use policyc_compiler::load::{parse_object, Parsed};
+use policyc_compiler::model::Snapshot;
+use policyc_compiler::ObjectRef;
+use policyc_crds::NodePolicyStatus;
+
+/// A client from `--kubeconfig`, or the usual inference (KUBECONFIG, ~/.kube/config, in-cluster).
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc =
+                kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await.context("no cluster configuration found")?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Reads the cluster's namespaces, pods and policies into a snapshot (invalid objects skipped).
+async fn snapshot(client: &Client) -> Result<Snapshot> {
+    let mut s = Snapshot::default();
+    let lp = ListParams::default();
+    let mut add = |v: serde_json::Value| {
+        if let Ok((Parsed::Object(o), _)) = parse_object(&v) {
+            s.upsert(o);
+        }
+    };
+    for o in Api::<Namespace>::all(client.clone()).list(&lp).await? {
+        add(serde_json::to_value(o)?);
+    }
+    for o in Api::<Pod>::all(client.clone()).list(&lp).await? {
+        add(serde_json::to_value(o)?);
+    }
+    for o in Api::<NetworkPolicy>::all(client.clone()).list(&lp).await? {
+        add(serde_json::to_value(o)?);
+    }
+    Ok(s)
+}
+
+/// For each policy: the nodes hosting a pod it selects.
+fn nodes_by_policy(s: &Snapshot) -> BTreeMap<ObjectRef, BTreeSet<String>> {
+    s.policies
+        .values()
+        .map(|p| {
+            let nodes = s
+                .endpoints()
+                .filter(|pod| p.selects(pod))
+                .filter_map(|pod| pod.node.clone())
+                .collect();
+            (p.id(), nodes)
+        })
+        .collect()
+}
+
+/// Generation each node reports for each policy.
+fn reported(statuses: &[NodePolicyStatus]) -> BTreeMap<(ObjectRef, String), Option<i64>> {
+    let mut out = BTreeMap::new();
+    for nps in statuses {
+        for p in nps.status.iter().flat_map(|s| &s.policies) {
+            out.insert(
+                (ObjectRef::new(&p.namespace, &p.name), nps.spec.node_name.clone()),
+                p.generation,
+            );
+        }
+    }
+    out
+}
+
+// === status ===
+
+pub async fn status(kubeconfig: Option<&Path>, output_json: bool) -> Result<()> {
+    let client = client(kubeconfig).await?;
+    let statuses = Api::<NodePolicyStatus>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing NodePolicyStatus (is the policyc CRD installed?)")?
+        .items;
+    let snap = snapshot(&client).await?;
+    if output_json {
+        println!("{}", serde_json::to_string_pretty(&statuses)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<6} {:>8} {:>9} {:>6} {:>6}  LAST SYNC",
+        "NODE", "READY", "POLICIES", "ENDPOINTS", "RULES", "ERRORS"
+    );
+    for nps in &statuses {
+        let st = nps.status.clone().unwrap_or_default();
+        let ready = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map_or("Unknown", |c| c.status.as_str());
+        println!(
+            "{:<20} {:<6} {:>8} {:>9} {:>6} {:>6}  {}",
+            nps.spec.node_name,
+            ready,
+            st.policy_count,
+            st.endpoints,
+            st.rules,
+            st.errors.len(),
+            st.last_sync_time.as_deref().unwrap_or("-")
+        );
+        for e in &st.errors {
+            println!(
+                "    error: {}: {}: {}",
+                e.object,
+                e.field.as_deref().unwrap_or("-"),
+                e.message
+            );
+        }
+    }
+    println!();
+    let reports = reported(&statuses);
+    println!("{:<40} {:>10}  NODES", "POLICY", "GENERATION");
+    for (id, nodes) in nodes_by_policy(&snap) {
+        let generation = snap.policies[&id].generation;
+        let cells: Vec<String> = nodes
+            .iter()
+            .map(|n| match reports.get(&(id.clone(), n.clone())) {
+                Some(g) if *g >= generation => format!("{n} (enforced)"),
+                Some(g) => format!("{n} (at generation {})", g.map_or("-".into(), |g| g.to_string())),
+                None => format!("{n} (pending)"),
+            })
+            .collect();
+        let gen = generation.map_or("-".into(), |g| g.to_string());
+        let nodes = if cells.is_empty() {
+            "(selects no pods)".to_string()
+        } else {
+            cells.join(", ")
+        };
+        println!("{:<40} {:>10}  {}", id.to_string(), gen, nodes);
+    }
+    Ok(())
+}
+
+// === wait ===
+
+/// Waits until every node hosting a pod selected by each policy in `files` reports (at least) the
+/// policy's current generation. Returns an error naming the lagging nodes on timeout.
+pub async fn wait_enforced(kubeconfig: Option<&Path>, files: &[PathBuf], timeout: Duration) -> Result<()> {
+    let input = crate::input::load(files);
+    input.report(true);
+    let wanted: Vec<ObjectRef> = input.snapshot.policies.keys().cloned().collect();
+    if wanted.is_empty() {
+        bail!("no NetworkPolicy in the input");
+    }
+    let client = client(kubeconfig).await?;
+    let deadline = Instant::now() + timeout;
+    let mut lagging: Vec<String>;
+    loop {
+        let snap = snapshot(&client).await?;
+        let statuses = match Api::<NodePolicyStatus>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(l) => l.items,
+            Err(e) => bail!("listing NodePolicyStatus (is the policyc CRD installed?): {e}"),
+        };
+        let reports = reported(&statuses);
+        let by_policy = nodes_by_policy(&snap);
+        lagging = Vec::new();
+        for id in &wanted {
+            let Some(policy) = snap.policies.get(id) else {
+                lagging.push(format!("{id}: not in the cluster (or invalid)"));
+                continue;
+            };
+            for node in by_policy.get(id).into_iter().flatten() {
+                match reports.get(&(id.clone(), node.clone())) {
+                    Some(g) if *g >= policy.generation => {}
+                    Some(g) => lagging.push(format!(
+                        "{id}: node {node} enforces generation {}, want {}",
+                        g.map_or("-".into(), |g| g.to_string()),
+                        policy.generation.map_or("-".into(), |g| g.to_string())
+                    )),
+                    None => lagging.push(format!("{id}: node {node} does not report it yet")),
+                }
+            }
+        }
+        if lagging.is_empty() {
+            for id in &wanted {
+                let nodes: Vec<String> = by_policy.get(id).into_iter().flatten().cloned().collect();
+                let gen = snap.policies[id].generation.map_or("-".into(), |g| g.to_string());
+                match nodes.is_empty() {
+                    true => eprintln!("{id} (generation {gen}) selects no pods: nothing to enforce"),
+                    false => eprintln!("{id} (generation {gen}) enforced on {}", nodes.join(", ")),
+                }
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {:?}:\n  {}", timeout, lagging.join("\n  "));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,244 @@
+//! `policyc probe`, `policyc verify` and `policyc lab …`: the network-namespace lab, where the
+//! rules are loaded on every node and checked with real packets.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use policyc_compiler::expect::Expectations;
+use policyc_compiler::{Protocol, Snapshot};
+use policyc_lab::verify::{self, Check, Report, StepResult, VerifyOptions};
+use policyc_lab::{bench, cleanup, Lab, LabOptions};
+
+use crate::{Files, TableJson};
+
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    #[command(flatten)]
+    input: Files,
+    #[arg(long)]
+    port: u16,
+    #[arg(long, default_value = "TCP", value_parser = crate::parse_protocol)]
+    protocol: Protocol,
+    #[arg(short = 'o', long, value_enum, default_value_t = TableJson::Table)]
+    output: TableJson,
+    /// How long a probe waits for an answer before the packet counts as dropped.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    timeout: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Junit,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Input: a file, a directory or - for stdin. Repeatable; optional with --scenario.
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
+    files: Vec<PathBuf>,
+    /// Host-side interface name prefix of pod veths (Calico/Canal: cali).
+    #[arg(long, default_value = "cali", value_name = "PREFIX")]
+    interface_prefix: String,
+    /// Expected reachability (`FROM -> TO [PORT/PROTO,...] allow|deny` lines, or a truth table).
+    #[arg(long, value_name = "FILE", conflicts_with = "scenario")]
+    expect: Option<PathBuf>,
+    /// Ports to probe: `all` (every containerPort of the pods) or a list like 80/TCP,53/UDP.
+    #[arg(long, default_value = "all", value_name = "PORTS", conflicts_with = "scenario")]
+    ports: String,
+    /// A multi-step scenario: each step's changes are applied, the nodes reloaded, and the ports
+    /// of its `expect` blocks checked.
+    #[arg(long, value_name = "FILE")]
+    scenario: Option<PathBuf>,
+    #[arg(short = 'o', long, value_enum, default_value_t = ReportFormat::Text)]
+    output: ReportFormat,
+    /// How long a probe waits for an answer before the packet counts as dropped.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    timeout: u64,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum LabCommand {
+    /// Remove what lab runs left behind (network namespaces named pclab-*) whose process is gone.
+    Down {
+        /// Also remove the namespaces of labs that are still running.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Measure TCP throughput and UDP packet rate between two pods on two nodes: no rules, then
+    /// 10/100/1000 policies selecting the pair, with the nft and the iptables rendering.
+    Bench {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+        /// Runs per figure; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Policy counts to measure (besides no rules at all).
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+        policies: Vec<usize>,
+        /// Skip the iptables rendering.
+        #[arg(long)]
+        nft_only: bool,
+        #[arg(short = 'o', long, value_enum, default_value_t = crate::TextJson::Text)]
+        output: crate::TextJson,
+    },
+}
+
+fn lab_options(timeout: u64, interface_prefix: &str) -> Result<LabOptions> {
+    if timeout == 0 {
+        bail!("--timeout must be at least 1 ms");
+    }
+    Ok(LabOptions {
+        timeout: Duration::from_millis(timeout),
+        interface_prefix: interface_prefix.to_string(),
+    })
+}
+
+pub fn probe(args: ProbeArgs) -> Result<ExitCode> {
+    let loaded = crate::load(&args.input)?;
+    let opts = lab_options(args.timeout, &args.input.interface_prefix)?;
+    let lab = Lab::new(&loaded.snapshot, opts)?;
+    eprintln!(
+        "lab {}: {} nodes, {} pods; probing {}/{}",
+        lab.prefix(),
+        lab.topology().nodes.len(),
+        lab.topology().pods.len(),
+        args.port,
+        args.protocol
+    );
+    let m = lab.probe_matrix(args.protocol, args.port).matrix();
+    lab.teardown()?;
+    match args.output {
+        TableJson::Table => print!("{}", m.to_table()),
+        TableJson::Json => println!("{}", serde_json::to_string(&m)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_optional(files: &[PathBuf], interface_prefix: &str) -> Result<Snapshot> {
+    if files.is_empty() {
+        return Ok(Snapshot::default());
+    }
+    let f = Files {
+        files: files.to_vec(),
+        interface_prefix: interface_prefix.to_string(),
+    };
+    Ok(crate::load(&f)?.snapshot)
+}
+
+pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
+    let opts = lab_options(args.timeout, &args.interface_prefix)?;
+    let vopts = VerifyOptions::default();
+    let base = load_optional(&args.files, &args.interface_prefix)?;
+    let report = match &args.scenario {
+        Some(path) => {
+            let (scenario, initial) = verify::load_scenario(path, base)?;
+            let mut lab = Lab::new(&initial, opts.clone())?;
+            let steps = verify::run_scenario(&mut lab, &scenario, &initial, &vopts);
+            let report = Report {
+                name: format!("scenario {}", scenario.name),
+                lab: lab.prefix().to_string(),
+                timeout_ms: args.timeout,
+                steps,
+            };
+            lab.teardown()?;
+            report
+        }
+        None => {
+            if args.files.is_empty() {
+                bail!("give the cluster with -f (or a --scenario)");
+            }
+            let expectations = match &args.expect {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                    Some(Expectations::parse(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?)
+                }
+                None => None,
+            };
+            let ports = if args.ports == "all" {
+                let v = verify::container_ports(&base);
+                if v.is_empty() {
+                    bail!("the pods declare no containerPort: give --ports, e.g. --ports 80/TCP");
+                }
+                v
+            } else {
+                verify::parse_ports(&args.ports)?
+            };
+            let lab = Lab::new(&base, opts)?;
+            let checks: Vec<Check<'_>> = ports
+                .iter()
+                .map(|&(port, protocol)| Check {
+                    port,
+                    protocol,
+                    expectations: expectations.as_ref(),
+                })
+                .collect();
+            let ports = verify::check(&lab, &checks, &vopts);
+            let names: Vec<String> = args.files.iter().map(|f| f.display().to_string()).collect();
+            let report = Report {
+                name: names.join(" "),
+                lab: lab.prefix().to_string(),
+                timeout_ms: args.timeout,
+                steps: vec![StepResult {
+                    name: "input".into(),
+                    ports,
+                    error: None,
+                }],
+            };
+            lab.teardown()?;
+            report
+        }
+    };
+    match args.output {
+        ReportFormat::Text => print!("{}", report.to_text()),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        ReportFormat::Junit => print!("{}", report.to_junit()),
+    }
+    Ok(ExitCode::from(report.exit_code()))
+}
+
+pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
+    match cmd {
+        LabCommand::Down { all } => {
+            let removed = cleanup::down(all)?;
+            if removed.is_empty() {
+                eprintln!("no lab namespaces left behind");
+            }
+            for n in removed {
+                println!("removed netns {n}");
+            }
+            let live = cleanup::live_namespaces();
+            if !live.is_empty() {
+                eprintln!(
+                    "kept {} namespaces of running labs (--all removes them too)",
+                    live.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Bench {
+            seconds,
+            repeat,
+            policies,
+            nft_only,
+            output,
+        } => {
+            let opts = bench::BenchOptions {
+                seconds,
+                repeat,
+                policy_counts: policies,
+                iptables: !nft_only,
+            };
+            let result = bench::run(&opts, &mut |line| eprintln!("{line}"))?;
+            match output {
+                crate::TextJson::Text => print!("{}", result.to_table()),
+                crate::TextJson::Json => println!("{}", serde_json::to_string_pretty(&result)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
