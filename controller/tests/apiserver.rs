@@ -41,14 +41,14 @@ impl Drop for Agent {
     }
 }
 
-fn start_agent(api: &ApiServer, ns: &Netns, port: u16) -> Agent {
+fn start_agent(kubeconfig: &std::path::Path, ns: &Netns, port: u16) -> Agent {
     Agent(
         Command::new(env!("CARGO_BIN_EXE_policyc-agent"))
             .args(["--node-name", "n1", "--debounce-ms", "20", "--metrics-addr"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--netns")
             .arg(format!("/run/netns/{}", ns.0))
-            .env("KUBECONFIG", &api.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -132,6 +132,43 @@ fn agent_enforces_what_the_apiserver_says() {
         ],
         None,
     );
+    // The agent runs as the chart's ServiceAccount with exactly the chart's RBAC: a client
+    // certificate for that user name is what RBAC's ServiceAccount subjects match.
+    let rbac = api.tool(
+        "helm",
+        &[
+            "template",
+            "policyc",
+            repo().join("charts/policyc").to_str().unwrap(),
+            "-n",
+            "kube-system",
+            "--show-only",
+            "templates/rbac.yaml",
+        ],
+        None,
+    );
+    api.kubectl(&["apply", "-f", "-"], Some(&rbac));
+    // KUBECONFIG is a colon-separated list: write the file under a name without colons.
+    let agent_kubeconfig = api.dir.join("agent.kubeconfig");
+    let out = Command::new(repo().join("e2e/bin/kube-lab"))
+        .args([
+            "kubeconfig",
+            "--dir",
+            api.dir.to_str().unwrap(),
+            "--user",
+            "system:serviceaccount:kube-system:policyc",
+        ])
+        .args([
+            "--group",
+            "system:serviceaccounts",
+            "--group",
+            "system:authenticated",
+            "--out",
+        ])
+        .arg(&agent_kubeconfig)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     api.kubectl(&["create", "namespace", "x"], None);
     for (name, node, ip) in [
         ("a", "n1", "10.244.1.5"),
@@ -166,7 +203,7 @@ fn agent_enforces_what_the_apiserver_says() {
         .unwrap()
         .success());
     let port = 20000 + (std::process::id() % 20000) as u16;
-    let mut agent = start_agent(&api, &ns, port);
+    let mut agent = start_agent(&agent_kubeconfig, &ns, port);
     eventually("/readyz", Duration::from_secs(60), || {
         http_get(port, "/readyz").is_some_and(|(c, _)| c == 200)
     });
@@ -235,7 +272,7 @@ fn agent_enforces_what_the_apiserver_says() {
     let _ = agent.0.kill();
     let _ = agent.0.wait();
     assert!(ns.ruleset().contains("tcp dport 9090"), "ruleset survives the agent");
-    agent = start_agent(&api, &ns, port);
+    agent = start_agent(&agent_kubeconfig, &ns, port);
     eventually("/readyz after restart", Duration::from_secs(60), || {
         http_get(port, "/readyz").is_some_and(|(c, _)| c == 200)
     });

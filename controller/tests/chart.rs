@@ -144,6 +144,8 @@ fn chart_installs_with_least_privilege() {
         ("delete", "pods", "no"),
         ("get", "secrets", "no"),
         ("update", "nodes", "no"),
+        ("list", "nodepolicystatuses.policyc.dev", "no"),
+        ("update", "nodepolicystatuses.policyc.dev", "no"),
     ] {
         let (_, out, _) = api.try_tool("kubectl", &["auth", "can-i", verb, resource, "--as", sa], None);
         assert_eq!(out.trim(), want, "can {sa} {verb} {resource}?");
