@@ -126,23 +126,7 @@ pub fn chain_name(ir_chain: &str) -> String {
 /// Quotes a comment for iptables-restore: no quotes, backslashes or line breaks inside, at most
 /// 255 bytes.
 pub fn comment(s: &str) -> String {
-    let mut c: String = s
-        .chars()
-        .map(|c| match c {
-            '"' | '\\' => '\'',
-            c if c.is_control() => ' ',
-            c => c,
-        })
-        .collect();
-    if c.len() > MAX_COMMENT {
-        let mut end = MAX_COMMENT - 3;
-        while !c.is_char_boundary(end) {
-            end -= 1;
-        }
-        c.truncate(end);
-        c.push_str("...");
-    }
-    format!("\"{c}\"")
+    format!("\"{}\"", super::sanitize_comment(s, MAX_COMMENT))
 }
 
 fn scope(ir: &Ir) -> String {

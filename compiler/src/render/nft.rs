@@ -117,21 +117,9 @@ fn ip_kw(f: Family) -> &'static str {
     }
 }
 
-/// Quotes a comment for nft: no double quotes inside, at most 128 bytes.
+/// Quotes a comment for nft (see [`MAX_COMMENT`]).
 pub fn comment(s: &str) -> String {
-    let mut c: String = s
-        .chars()
-        .map(|c| if c == '"' || c == '\\' { '\'' } else { c })
-        .collect();
-    if c.len() > MAX_COMMENT {
-        let mut end = MAX_COMMENT - 3;
-        while !c.is_char_boundary(end) {
-            end -= 1;
-        }
-        c.truncate(end);
-        c.push_str("...");
-    }
-    format!("\"{c}\"")
+    format!("\"{}\"", super::sanitize_comment(s, MAX_COMMENT))
 }
 
 fn write_elements(out: &mut String, elems: &[String]) {
