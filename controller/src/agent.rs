@@ -116,7 +116,11 @@ where
     let config = watcher::Config::default().page_size(500);
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     while let Some(event) = stream.next().await {
-        let value = |o: &K| serde_json::to_value(o).unwrap_or_default();
+        let value = |o: &K| {
+            let mut o = o.clone();
+            o.meta_mut().managed_fields = None;
+            serde_json::to_value(&o).unwrap_or_default()
+        };
         let mut ix = shared.index.write().expect("index lock");
         let changed = match event {
             Ok(Event::Init) => {
@@ -172,18 +176,21 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
         tokio::time::sleep(cfg.debounce).await;
         rx.mark_unchanged();
         let started = Instant::now();
-        let (snapshot, invalid) = {
+        let (ir, policy_count, invalid) = {
             let ix = shared.index.read().expect("index lock");
             if !ix.ready() {
                 continue;
             }
-            (ix.snapshot().clone(), ix.invalid().cloned().collect::<Vec<_>>())
+            (
+                compile(ix.snapshot(), &opts),
+                ix.snapshot().policies.len(),
+                ix.invalid().cloned().collect::<Vec<_>>(),
+            )
         };
         let m = &shared.metrics;
-        let ir = compile(&snapshot, &opts);
         let hash = hex(&sha2::Sha256::digest(nft::render(&ir, true).as_bytes()));
         let stats = ir.stats();
-        m.policies.set(snapshot.policies.len() as i64);
+        m.policies.set(policy_count as i64);
         m.invalid_objects.set(invalid.len() as i64);
         let mut apply_error = None;
         if applied.as_ref().is_some_and(|a| a.hash == hash) {
@@ -239,7 +246,7 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
                     retry = None;
                 }
                 Err(e) => {
-                    tracing::error!("kernel rejected the ruleset; the previous one stays: {e}");
+                    tracing::error!("applying the ruleset failed; the previous one stays: {e}");
                     m.error(ErrorKind::Apply);
                     apply_error = Some(e.to_string());
                     // Without a known kernel state, the next attempt is a full replace.

@@ -33,8 +33,16 @@ pub struct Index {
     /// Kinds whose initial list has completed at least once.
     listed: BTreeSet<Kind>,
     /// Objects of a kind being relisted (between `Init` and `InitDone`).
-    relisting: BTreeMap<Kind, Vec<Value>>,
+    relisting: BTreeMap<Kind, Vec<(ObjectKey, Staged)>>,
     version: u64,
+}
+
+/// An object parsed during a relist, applied when the relist completes.
+#[derive(Debug)]
+enum Staged {
+    Valid(policyc_compiler::load::Object),
+    Invalid(InvalidObject),
+    Skipped,
 }
 
 /// The kinds the agent watches.
@@ -86,19 +94,34 @@ impl Index {
             m.entry("apiVersion").or_insert_with(|| kind.api_version().into());
             m.entry("kind").or_insert_with(|| kind.as_str().into());
         }
-        if let Some(buf) = self.relisting.get_mut(&kind) {
-            buf.push(v);
-            return false;
-        }
-        self.apply_now(kind, &v)
-    }
-
-    fn apply_now(&mut self, kind: Kind, v: &Value) -> bool {
-        let Some(key) = key_of(kind, v) else {
+        let Some(staged) = Self::stage(kind, &v) else {
             return false;
         };
-        match parse_object(v) {
-            Ok((Parsed::Object(obj), _warnings)) => {
+        drop(v);
+        if let Some(buf) = self.relisting.get_mut(&kind) {
+            buf.push(staged);
+            return false;
+        }
+        self.commit(staged)
+    }
+
+    fn stage(kind: Kind, v: &Value) -> Option<(ObjectKey, Staged)> {
+        let key = key_of(kind, v)?;
+        let staged = match parse_object(v) {
+            Ok((Parsed::Object(obj), _warnings)) => Staged::Valid(obj),
+            Ok((Parsed::Skipped { .. }, _)) => Staged::Skipped,
+            Err(e) => Staged::Invalid(InvalidObject {
+                key: key.clone(),
+                field: (!e.field.is_empty()).then_some(e.field),
+                message: e.message,
+            }),
+        };
+        Some((key, staged))
+    }
+
+    fn commit(&mut self, (key, staged): (ObjectKey, Staged)) -> bool {
+        match staged {
+            Staged::Valid(obj) => {
                 self.invalid.remove(&key);
                 let changed = !self.same_as_stored(&obj);
                 if changed {
@@ -107,17 +130,10 @@ impl Index {
                 }
                 changed
             }
-            Ok((Parsed::Skipped { .. }, _)) => false,
-            Err(e) => {
-                tracing::warn!(object = %key, field = %e.field, "invalid object skipped: {}", e.message);
-                self.invalid.insert(
-                    key.clone(),
-                    InvalidObject {
-                        key: key.clone(),
-                        field: (!e.field.is_empty()).then_some(e.field),
-                        message: e.message,
-                    },
-                );
+            Staged::Skipped => false,
+            Staged::Invalid(i) => {
+                tracing::warn!(object = %key, field = ?i.field, "invalid object skipped: {}", i.message);
+                self.invalid.insert(key.clone(), i);
                 // A previously valid version is no longer what the cluster says: stop enforcing it.
                 self.snapshot.remove(&key);
                 self.version += 1;
@@ -158,13 +174,18 @@ impl Index {
     /// A relist of `kind` completed: the buffered objects replace every object of that kind.
     pub fn relist_done(&mut self, kind: Kind) -> bool {
         let objects = self.relisting.remove(&kind).unwrap_or_default();
-        self.reset(kind, objects)
+        self.reset_staged(kind, objects)
     }
 
     /// Replaces every object of `kind` with `objects`.
     pub fn reset(&mut self, kind: Kind, objects: Vec<Value>) -> bool {
+        let staged = objects.iter().filter_map(|v| Self::stage(kind, v)).collect();
+        self.reset_staged(kind, staged)
+    }
+
+    fn reset_staged(&mut self, kind: Kind, objects: Vec<(ObjectKey, Staged)>) -> bool {
         let before = self.version;
-        let keys: BTreeSet<ObjectKey> = objects.iter().filter_map(|v| key_of(kind, v)).collect();
+        let keys: BTreeSet<ObjectKey> = objects.iter().map(|(k, _)| k.clone()).collect();
         let stale: Vec<ObjectKey> = self.keys(kind).into_iter().filter(|k| !keys.contains(k)).collect();
         for k in stale {
             if self.snapshot.remove(&k) {
@@ -181,8 +202,8 @@ impl Index {
             self.invalid.remove(&k);
             self.version += 1;
         }
-        for v in objects {
-            self.apply_now(kind, &v);
+        for staged in objects {
+            self.commit(staged);
         }
         if self.listed.insert(kind) {
             self.version += 1;

@@ -246,7 +246,14 @@ pub fn read_counters(netns: Option<&Path>) -> Result<Vec<RuleCounter>, String> {
         None => Command::new("nft"),
     };
     let out = cmd
-        .args(["-j", "list", "table", "inet", policyc_compiler::render::nft::TABLE])
+        .args([
+            "-t",
+            "-j",
+            "list",
+            "table",
+            "inet",
+            policyc_compiler::render::nft::TABLE,
+        ])
         .output()
         .map_err(|e| format!("running nft: {e}"))?;
     if !out.status.success() {
