@@ -29,7 +29,7 @@
 //!    would lag printing ~20,000 elements per replace) and the memory after them.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -208,23 +208,13 @@ fn start_agent(
     })
 }
 
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(120))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, text))
-}
-
 fn ready(port: u16) -> bool {
-    http_get(port, "/readyz").is_some_and(|(c, _)| c == 200)
+    support::http_get(port, Duration::from_secs(120), "/readyz").is_some_and(|(c, _)| c == 200)
 }
 
 /// `name value` lines of an OpenMetrics text, labels included in the name.
 fn metrics(port: u16) -> anyhow::Result<BTreeMap<String, f64>> {
-    let (code, text) = http_get(port, "/metrics").context("GET /metrics")?;
+    let (code, text) = support::http_get(port, Duration::from_secs(120), "/metrics").context("GET /metrics")?;
     if code != 200 {
         bail!("/metrics answered {code}");
     }

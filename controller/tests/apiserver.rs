@@ -6,7 +6,6 @@
 //! create, update and delete, `kill -9` and restart of the agent, and an API server outage.
 //! Needs root and the built binaries; skipped with the reason otherwise, except under CI.
 
-use std::io::{Read as _, Write as _};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -65,16 +64,6 @@ fn policyc_bin() -> Option<std::path::PathBuf> {
         skip("policyc binary not built beside policyc-agent (cargo test --workspace builds it)");
         None
     }
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, text))
 }
 
 fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
@@ -205,9 +194,12 @@ fn agent_enforces_what_the_apiserver_says() {
     let port = 20000 + (std::process::id() % 20000) as u16;
     let mut agent = start_agent(&agent_kubeconfig, &ns, port);
     eventually("/readyz", Duration::from_secs(60), || {
-        http_get(port, "/readyz").is_some_and(|(c, _)| c == 200)
+        support::http_get(port, Duration::from_secs(5), "/readyz").is_some_and(|(c, _)| c == 200)
     });
-    assert_eq!(http_get(port, "/healthz").map(|(c, _)| c), Some(200));
+    assert_eq!(
+        support::http_get(port, Duration::from_secs(5), "/healthz").map(|(c, _)| c),
+        Some(200)
+    );
     let rules = ns.ruleset();
     assert!(rules.contains("map ingress_dispatch"), "{rules}");
     assert!(
@@ -274,7 +266,7 @@ fn agent_enforces_what_the_apiserver_says() {
     assert!(ns.ruleset().contains("tcp dport 9090"), "ruleset survives the agent");
     agent = start_agent(&agent_kubeconfig, &ns, port);
     eventually("/readyz after restart", Duration::from_secs(60), || {
-        http_get(port, "/readyz").is_some_and(|(c, _)| c == 200)
+        support::http_get(port, Duration::from_secs(5), "/readyz").is_some_and(|(c, _)| c == 200)
     });
     let strip = |s: &str| {
         s.lines()
@@ -288,7 +280,7 @@ fn agent_enforces_what_the_apiserver_says() {
     );
 
     // Metrics.
-    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    let (_, metrics) = support::http_get(port, Duration::from_secs(5), "/metrics").unwrap();
     for m in [
         "policyc_rules ",
         "policyc_endpoints 2",
@@ -306,7 +298,10 @@ fn agent_enforces_what_the_apiserver_says() {
         ns.ruleset().contains("tcp dport 9090"),
         "ruleset stays during an API server outage"
     );
-    assert_eq!(http_get(port, "/healthz").map(|(c, _)| c), Some(200));
+    assert_eq!(
+        support::http_get(port, Duration::from_secs(5), "/healthz").map(|(c, _)| c),
+        Some(200)
+    );
     eprintln!("policy create -> kernel: {create_to_kernel:?} (debounce 20 ms, kubectl and polling included)");
     drop(agent);
 }

@@ -106,3 +106,15 @@ impl Drop for ApiServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `GET path` on 127.0.0.1:`port` (the agent's HTTP endpoints): status code and whole response.
+pub fn http_get(port: u16, timeout: Duration, path: &str) -> Option<(u16, String)> {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, text))
+}
