@@ -4,9 +4,9 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use anyhow::{anyhow, bail, Result};
-use policyc_compiler::eval::{flow_addresses, SideVerdict};
+use policyc_compiler::eval::{flow_addresses, AdminMatch, DecidedBy, SideVerdict};
 use policyc_compiler::ir::Endpoint;
-use policyc_compiler::model::Pod;
+use policyc_compiler::model::{AdminAction, AdminRef, Pod};
 use policyc_compiler::{Direction, Evaluator, Flow, Ir, ObjectRef, Snapshot, Verdict};
 use serde::Serialize;
 
@@ -152,41 +152,125 @@ fn side_text(out: &mut String, s: &SideVerdict, ir: &Ir) {
         return;
     };
     let _ = writeln!(out, "{what} {ep}: {word}");
+    let _ = writeln!(out, "  tier walk: {}", tier_walk(s));
+    let names = |v: &[AdminRef]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
+    if !s.admin_policies.is_empty() {
+        let _ = writeln!(out, "  Admin tier, in order: {}", names(&s.admin_policies));
+        match &s.admin {
+            Some(m) => admin_match_text(out, m),
+            None => {
+                let _ = writeln!(out, "    no Admin rule matches this flow");
+            }
+        }
+        if s.decided_by == DecidedBy::Admin {
+            return;
+        }
+    }
     if !s.isolated {
+        let _ = writeln!(out, "  no NetworkPolicy selects {ep} for {}: not isolated", s.direction);
+    } else {
+        let names: Vec<String> = s.policies.iter().map(|p| p.to_string()).collect();
         let _ = writeln!(
             out,
-            "  no policy selects {ep} for {}: not isolated, all {} traffic allowed",
-            s.direction, s.direction
+            "  NetworkPolicies selecting it for {}: {}",
+            s.direction,
+            names.join(", ")
         );
+        let ep_chain = ir
+            .endpoints
+            .iter()
+            .find(|e| &e.pod == ep)
+            .map(|e| e.chain_name(s.direction))
+            .unwrap_or_default();
+        match &s.allowed_by {
+            Some(r) => {
+                let _ = writeln!(out, "  allowed by:  {r}");
+                let _ = writeln!(
+                    out,
+                    "               nft chain {} (comment \"{} {}[{}]\")",
+                    r.chain, r.policy, r.direction, r.rule
+                );
+            }
+            None if s.allowed => {
+                let _ = writeln!(out, "  a pod may always reach itself");
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  no rule of these policies allows this flow: dropped by the final rule of nft chain {ep_chain}"
+                );
+            }
+        }
         return;
     }
-    let names: Vec<String> = s.policies.iter().map(|p| p.to_string()).collect();
-    let _ = writeln!(out, "  selected for {} by: {}", s.direction, names.join(", "));
-    let ep_chain = ir
-        .endpoints
-        .iter()
-        .find(|e| &e.pod == ep)
-        .map(|e| e.chain_name(s.direction))
-        .unwrap_or_default();
-    match &s.allowed_by {
-        Some(r) => {
-            let _ = writeln!(out, "  allowed by:  {r}");
-            let _ = writeln!(
-                out,
-                "               nft chain {} (comment \"{} {}[{}]\")",
-                r.chain, r.policy, r.direction, r.rule
-            );
-        }
-        None if s.allowed => {
-            let _ = writeln!(out, "  a pod may always reach itself");
-        }
-        None => {
-            let _ = writeln!(
-                out,
-                "  no rule of these policies allows this flow: dropped by the final rule of nft chain {ep_chain}"
-            );
+    if !s.baseline_policies.is_empty() {
+        let _ = writeln!(out, "  Baseline tier, in order: {}", names(&s.baseline_policies));
+        match &s.baseline {
+            Some(m) => admin_match_text(out, m),
+            None => {
+                let _ = writeln!(out, "    no Baseline rule matches this flow");
+            }
         }
     }
+    if s.decided_by == DecidedBy::Default {
+        let _ = writeln!(
+            out,
+            "  nothing decides: all {} traffic allowed (Kubernetes default)",
+            s.direction
+        );
+    }
+}
+
+fn admin_match_text(out: &mut String, m: &AdminMatch) {
+    let _ = writeln!(
+        out,
+        "    first match: {} (priority {}) -> {}",
+        m.rule, m.priority, m.action
+    );
+    let _ = writeln!(out, "                 {}, {}", m.peer, m.ports);
+    let _ = writeln!(out, "                 nft chain {}", m.chain);
+}
+
+/// One line: each tier consulted and what it did, e.g.
+/// `Admin cnp/x ingress[0] Pass -> NetworkPolicy x/deny denies`.
+pub fn tier_walk(s: &SideVerdict) -> String {
+    let mut steps = Vec::new();
+    if s.decided_by == DecidedBy::Loopback {
+        return "a pod reaching itself: allowed".into();
+    }
+    let verb = |a: AdminAction| match a {
+        AdminAction::Accept => "accepts",
+        AdminAction::Deny => "denies",
+        AdminAction::Pass => "passes",
+    };
+    if let Some(m) = &s.admin {
+        steps.push(format!("Admin {} {}", m.rule, verb(m.action)));
+    } else if !s.admin_policies.is_empty() {
+        steps.push("Admin: no match".into());
+    }
+    if s.decided_by == DecidedBy::Admin {
+        return steps.join(" -> ");
+    }
+    if s.isolated {
+        match &s.allowed_by {
+            Some(r) => steps.push(format!("NetworkPolicy {} allows", r.policy)),
+            None => {
+                let names: Vec<String> = s.policies.iter().map(|p| p.to_string()).collect();
+                steps.push(format!("NetworkPolicy {} denies", names.join(", ")));
+            }
+        }
+        return steps.join(" -> ");
+    }
+    steps.push("NetworkPolicy: none".into());
+    if let Some(m) = &s.baseline {
+        steps.push(format!("Baseline {} {}", m.rule, verb(m.action)));
+    } else if !s.baseline_policies.is_empty() {
+        steps.push("Baseline: no match".into());
+    }
+    if s.decided_by == DecidedBy::Default {
+        steps.push("default allows".into());
+    }
+    steps.join(" -> ")
 }
 
 pub fn to_text(e: &Explanation, ir: &Ir) -> String {

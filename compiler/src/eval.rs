@@ -38,12 +38,64 @@ pub struct SideVerdict {
     /// The pod whose policies are judged; `None` when the address is not an endpoint of the IR
     /// (outside the cluster, a hostNetwork pod, or a pod on another node).
     pub endpoint: Option<ObjectRef>,
+    /// Whether NetworkPolicies isolate the endpoint in this direction.
     pub isolated: bool,
-    /// Policies selecting the endpoint for this direction.
+    /// NetworkPolicies selecting the endpoint for this direction.
     pub policies: Vec<ObjectRef>,
-    /// The first rule that allowed the flow, in ruleset order.
+    /// The first NetworkPolicy rule that allowed the flow, in ruleset order.
     pub allowed_by: Option<RuleRef>,
+    /// Admin-tier policies selecting the endpoint for this direction, in evaluation order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub admin_policies: Vec<AdminRef>,
+    /// The first Admin-tier rule matching the flow (Accept, Deny or Pass).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminMatch>,
+    /// Baseline-tier policies selecting the endpoint for this direction, in evaluation order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub baseline_policies: Vec<AdminRef>,
+    /// The first Baseline-tier rule matching the flow, when the Baseline tier was reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<AdminMatch>,
+    /// The tier whose decision stands.
+    pub decided_by: DecidedBy,
     pub allowed: bool,
+}
+
+/// Which step of the tier walk decided a direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecidedBy {
+    /// A pod reaching itself: never blocked.
+    Loopback,
+    /// An Admin-tier rule accepted or denied.
+    Admin,
+    /// NetworkPolicies isolate the endpoint: one of their rules allowed, or none did.
+    NetworkPolicy,
+    /// A Baseline-tier rule accepted or denied.
+    Baseline,
+    /// Nothing applied (or everything passed): allowed, as Kubernetes does by default.
+    Default,
+}
+
+/// An admin rule that matched a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AdminMatch {
+    pub policy: AdminRef,
+    pub tier: Tier,
+    pub priority: i32,
+    /// `cnp/x ingress[0] "name"`.
+    pub rule: String,
+    pub action: AdminAction,
+    /// Chain holding its counter in the nft ruleset.
+    pub chain: String,
+    pub peer: String,
+    pub ports: String,
+}
+
+impl std::fmt::Display for AdminMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} ({}, {})", self.rule, self.action, self.peer, self.ports)
+    }
 }
 
 /// A rule of a policy, as the ruleset's comments name it.
@@ -82,6 +134,8 @@ impl std::fmt::Display for RuleRef {
 pub struct Evaluator<'a> {
     ir: &'a Ir,
     by_ip: BTreeMap<IpAddr, usize>,
+    /// Admin rule chains of each policy and direction, in rule order.
+    admin_rules: BTreeMap<(&'a AdminRef, Direction), Vec<&'a str>>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -92,7 +146,21 @@ impl<'a> Evaluator<'a> {
                 by_ip.entry(*ip).or_insert(i);
             }
         }
-        Self { ir, by_ip }
+        let mut admin_rules: BTreeMap<(&AdminRef, Direction), Vec<(usize, &str)>> = BTreeMap::new();
+        for (chain, r) in &ir.admin_rules {
+            admin_rules
+                .entry((&r.policy, r.direction))
+                .or_default()
+                .push((r.rule, chain.as_str()));
+        }
+        let admin_rules = admin_rules
+            .into_iter()
+            .map(|(k, mut v)| {
+                v.sort();
+                (k, v.into_iter().map(|(_, c)| c).collect())
+            })
+            .collect();
+        Self { ir, by_ip, admin_rules }
     }
 
     pub fn endpoint(&self, ip: &IpAddr) -> Option<&'a Endpoint> {
@@ -121,23 +189,116 @@ impl<'a> Evaluator<'a> {
                 isolated: false,
                 policies: Vec::new(),
                 allowed_by: None,
+                admin_policies: Vec::new(),
+                admin: None,
+                baseline_policies: Vec::new(),
+                baseline: None,
+                decided_by: DecidedBy::Default,
                 allowed: true,
             };
         };
         let iso = ep.isolation(d);
-        let allowed_by = if iso.isolated() && !loopback {
-            self.first_match(d, iso, flow)
-        } else {
-            None
-        };
-        SideVerdict {
+        let mut v = SideVerdict {
             direction: d,
             endpoint: Some(ep.pod.clone()),
             isolated: iso.isolated(),
             policies: iso.policies.clone(),
-            allowed: !iso.isolated() || loopback || allowed_by.is_some(),
-            allowed_by,
+            allowed_by: None,
+            admin_policies: iso.admin.clone(),
+            admin: None,
+            baseline_policies: iso.baseline.clone(),
+            baseline: None,
+            decided_by: DecidedBy::Default,
+            allowed: true,
+        };
+        if loopback {
+            v.decided_by = DecidedBy::Loopback;
+            return v;
         }
+        // Admin tier: the first matching rule decides, unless it passes.
+        v.admin = self.first_admin_match(d, &iso.admin, flow);
+        if let Some(m) = &v.admin {
+            if m.action != AdminAction::Pass {
+                v.decided_by = DecidedBy::Admin;
+                v.allowed = m.action == AdminAction::Accept;
+                return v;
+            }
+        }
+        // NetworkPolicy tier: isolation decides for good.
+        if iso.isolated() {
+            v.allowed_by = self.first_match(d, iso, flow);
+            v.decided_by = DecidedBy::NetworkPolicy;
+            v.allowed = v.allowed_by.is_some();
+            return v;
+        }
+        // Baseline tier, then the default.
+        v.baseline = self.first_admin_match(d, &iso.baseline, flow);
+        if let Some(m) = &v.baseline {
+            if m.action != AdminAction::Pass {
+                v.decided_by = DecidedBy::Baseline;
+                v.allowed = m.action == AdminAction::Accept;
+            }
+        }
+        v
+    }
+
+    /// The first rule of `policies` (in order) matching the flow.
+    fn first_admin_match(&self, d: Direction, policies: &[AdminRef], flow: &Flow) -> Option<AdminMatch> {
+        let peer_ip = match d {
+            Direction::Ingress => flow.src,
+            Direction::Egress => flow.dst,
+        };
+        for p in policies {
+            for chain in self.admin_rules.get(&(p, d)).into_iter().flatten() {
+                let r = &self.ir.admin_rules[*chain];
+                let peer_ok = r.peers.iter().any(|pm| match pm {
+                    PeerMatch::Any => true,
+                    PeerMatch::Set(s) => self.ir.tier_sets[s].contains(&peer_ip),
+                });
+                if peer_ok && r.ports.iter().any(|pm| self.ports_match(pm, flow)) {
+                    return Some(AdminMatch {
+                        policy: r.policy.clone(),
+                        tier: r.tier,
+                        priority: r.priority,
+                        rule: r.label(),
+                        action: r.action,
+                        chain: chain.to_string(),
+                        peer: describe_admin_peers(self.ir, &r.peers),
+                        ports: {
+                            // Admin named ports carry no protocol: one entry per name.
+                            let mut v: Vec<String> = Vec::new();
+                            for p in &r.ports {
+                                let d = match p {
+                                    PortMatch::Named { set, .. } => {
+                                        format!("named port {}", self.ir.port_sets[set].port_name)
+                                    }
+                                    p => describe_ports(self.ir, p),
+                                };
+                                if !v.contains(&d) {
+                                    v.push(d);
+                                }
+                            }
+                            v.join(", ")
+                        },
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// The admin rule the ruleset's tier table picks for a flow (what the kernel does), for
+    /// checking the tables against the rule-by-rule walk.
+    pub fn table_decision(&self, table: &TierTable, d: Direction, flow: &Flow) -> Option<&'a AdminRuleIr> {
+        let peer_ip = match d {
+            Direction::Ingress => flow.src,
+            Direction::Egress => flow.dst,
+        };
+        let chain = match table.lookup(&peer_ip)? {
+            Target::Rule(c) => c.as_str(),
+            Target::Class(c) => self.ir.port_classes[c].lookup(flow.protocol, flow.port)?,
+        };
+        self.ir.admin_rules.get(chain)
     }
 
     fn first_match(&self, d: Direction, iso: &Isolation, flow: &Flow) -> Option<RuleRef> {
@@ -184,6 +345,20 @@ pub fn describe_peer(ir: &Ir, p: &PeerMatch) -> String {
         PeerMatch::Any => "anywhere".into(),
         PeerMatch::Set(s) => ir.sets[s].description.clone(),
     }
+}
+
+pub fn describe_admin_peers(ir: &Ir, peers: &[PeerMatch]) -> String {
+    if peers.is_empty() {
+        return "nothing".into();
+    }
+    let v: Vec<String> = peers
+        .iter()
+        .map(|p| match p {
+            PeerMatch::Any => "anywhere".to_string(),
+            PeerMatch::Set(s) => ir.tier_sets[s].description.clone(),
+        })
+        .collect();
+    v.join(" or ")
 }
 
 pub fn describe_ports(ir: &Ir, p: &PortMatch) -> String {

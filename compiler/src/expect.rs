@@ -2,7 +2,8 @@
 //! files hold them.
 //!
 //! ```text
-//! # later lines override earlier ones; cells start as allowed unless `default deny` is given
+//! # later lines override earlier ones; cells start as allowed unless `default deny` is given,
+//! # and with `default unchecked` only the cells some line covers are checked
 //! default deny
 //! x/* -> x/*            allow          # every port and protocol
 //! *   -> x/a  80/TCP    deny
@@ -17,7 +18,8 @@ use crate::model::Protocol;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expectations {
-    default: bool,
+    /// `None`: cells no line covers are not checked.
+    default: Option<bool>,
     rules: Vec<ExpectRule>,
 }
 
@@ -78,7 +80,7 @@ impl Expectations {
     /// Everything allowed (or denied), no exceptions.
     pub fn all(allow: bool) -> Self {
         Self {
-            default: allow,
+            default: Some(allow),
             rules: Vec::new(),
         }
     }
@@ -90,7 +92,7 @@ impl Expectations {
         {
             return Self::parse_table(text);
         }
-        let mut default = true;
+        let mut default = Some(true);
         let mut rules = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
@@ -101,9 +103,14 @@ impl Expectations {
             let words: Vec<&str> = content.split_whitespace().collect();
             if words[0] == "default" {
                 default = match words.get(1..) {
-                    Some(["allow"]) => true,
-                    Some(["deny"]) => false,
-                    _ => return Err(format!("line {line}: expected `default allow` or `default deny`")),
+                    Some(["allow"]) => Some(true),
+                    Some(["deny"]) => Some(false),
+                    Some(["unchecked"]) => None,
+                    _ => {
+                        return Err(format!(
+                            "line {line}: expected `default allow`, `default deny` or `default unchecked`"
+                        ))
+                    }
                 };
                 continue;
             }
@@ -171,21 +178,36 @@ impl Expectations {
                 });
             }
         }
-        Ok(Expectations { default: true, rules })
+        Ok(Expectations {
+            default: Some(true),
+            rules,
+        })
     }
 
-    /// Whether `src` may reach `dst` (both `ns/name`) on a port; also the line that decided it.
-    pub fn expected(&self, src: &str, dst: &str, protocol: Protocol, port: u16) -> (bool, Option<usize>) {
+    /// Whether `src` may reach `dst` (both `ns/name`) on a port, and the line that says so
+    /// (`None` for the default); `None` when the cell is unchecked.
+    pub fn check(&self, src: &str, dst: &str, protocol: Protocol, port: u16) -> Option<(bool, Option<usize>)> {
         let hit = self.rules.iter().rev().find(|r| {
             r.from.matches(src) && r.to.matches(dst) && (r.ports.is_empty() || r.ports.contains(&(port, protocol)))
         });
         match hit {
-            Some(r) => (r.allow, Some(r.line)),
-            None => (self.default, None),
+            Some(r) => Some((r.allow, Some(r.line))),
+            None => self.default.map(|d| (d, None)),
         }
     }
 
-    /// The expected truth table among `pods` for one port.
+    /// Whether `src` may reach `dst` (both `ns/name`) on a port; also the line that decided it.
+    /// An unchecked cell reads as allowed: use [`Expectations::check`] to tell.
+    pub fn expected(&self, src: &str, dst: &str, protocol: Protocol, port: u16) -> (bool, Option<usize>) {
+        self.check(src, dst, protocol, port).unwrap_or((true, None))
+    }
+
+    /// Whether every cell is checked (no `default unchecked`).
+    pub fn complete(&self) -> bool {
+        self.default.is_some()
+    }
+
+    /// The expected truth table among `pods` for one port (unchecked cells read as allowed).
     pub fn matrix(&self, pods: &[String], protocol: Protocol, port: u16) -> Matrix {
         Matrix {
             pods: pods.to_vec(),
@@ -219,6 +241,15 @@ mod tests {
         assert!(!e.expected("x/a", "y/b", Protocol::Udp, 81).0);
         assert!(Expectations::parse("x/a -> y 80 allow").is_err());
         assert!(Expectations::parse("x/a -> y/b 80/ICMP allow").is_err());
+    }
+
+    #[test]
+    fn unchecked_default() {
+        let e = Expectations::parse("default unchecked\nx/a -> y/b 80/TCP deny\n").unwrap();
+        assert!(!e.complete());
+        assert_eq!(e.check("x/a", "y/b", Protocol::Tcp, 80), Some((false, Some(2))));
+        assert_eq!(e.check("x/a", "y/b", Protocol::Tcp, 81), None);
+        assert_eq!(e.check("y/b", "x/a", Protocol::Tcp, 80), None);
     }
 
     #[test]

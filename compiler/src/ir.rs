@@ -20,6 +20,8 @@ use sha1::Digest as _;
 
 use crate::cidr::{self, Family, IpRange};
 use crate::model::*;
+use crate::tiers::{admin_rule_chain_name, flatten, FlattenCtx};
+pub use crate::tiers::{AdminRuleIr, PortClass, PortOutcome, Target, TierTable};
 
 /// What to compile for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,7 +47,7 @@ impl Default for CompileOptions {
 
 // === IR types ===
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Ir {
     pub node: Option<String>,
     /// With fail-closed, the interface prefix whose unknown interfaces are dropped.
@@ -56,6 +58,26 @@ pub struct Ir {
     pub port_sets: BTreeMap<String, PortSet>,
     /// Every valid policy in the snapshot, with how many of this IR's endpoints it selects.
     pub policies: Vec<PolicyInfo>,
+    /// Every valid admin policy, with how many of this IR's endpoints it selects.
+    pub admin_policies: Vec<AdminPolicyInfo>,
+    /// Admin rules the tier tables can reach, by chain name (`ar_*`).
+    pub admin_rules: BTreeMap<String, AdminRuleIr>,
+    /// First-match decision tables of the Admin and Baseline tiers (`adm_*`, `bl_*`).
+    pub tier_tables: BTreeMap<String, TierTable>,
+    /// Port decisions the tier tables refer to (`pc_*`).
+    pub port_classes: BTreeMap<String, PortClass>,
+    /// Peer address sets of admin rules (explain and evaluation use them; the ruleset holds
+    /// their addresses in the tier tables instead).
+    pub tier_sets: BTreeMap<String, AddrSet>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AdminPolicyInfo {
+    pub policy: AdminRef,
+    pub generation: Option<i64>,
+    pub tier: Tier,
+    pub priority: i32,
+    pub selected_endpoints: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -92,18 +114,38 @@ impl Endpoint {
     }
 }
 
-/// Which policies select an endpoint for one direction. Empty = not isolated: all traffic allowed.
+/// What decides an endpoint's traffic in one direction: the Admin tier, then NetworkPolicies
+/// (which isolate the pod), then the Baseline tier, then the default (allow).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Isolation {
-    /// Policies selecting the endpoint for this direction, sorted by namespace/name.
+    /// NetworkPolicies selecting the endpoint for this direction, sorted by namespace/name.
     pub policies: Vec<ObjectRef>,
     /// Chains (in `Ir::chains`) to consult, in policy order; policies without rules have none.
     pub chains: Vec<String>,
+    /// Admin-tier policies with rules for this direction selecting the endpoint, in evaluation
+    /// order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub admin: Vec<AdminRef>,
+    /// Their decision table (`Ir::tier_tables`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_table: Option<String>,
+    /// Baseline-tier policies with rules for this direction selecting the endpoint, in
+    /// evaluation order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub baseline: Vec<AdminRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_table: Option<String>,
 }
 
 impl Isolation {
+    /// Whether NetworkPolicies isolate the endpoint (everything they do not allow is dropped).
     pub fn isolated(&self) -> bool {
         !self.policies.is_empty()
+    }
+
+    /// Whether any policy of any tier applies: the endpoint needs its own chain.
+    pub fn enforced(&self) -> bool {
+        self.isolated() || self.admin_table.is_some() || self.baseline_table.is_some()
     }
 }
 
@@ -240,21 +282,32 @@ pub struct IrStats {
 impl Ir {
     pub fn stats(&self) -> IrStats {
         let mut rules: usize = self.chains.values().map(|c| c.rules.len()).sum();
+        rules += self.admin_rules.len() + self.tier_tables.len() * 2;
+        rules += self.port_classes.len() * 4;
         for ep in &self.endpoints {
             for d in [Direction::Ingress, Direction::Egress] {
                 let iso = ep.isolation(d);
                 if iso.isolated() {
                     rules += iso.chains.len() + 1;
                 }
+                rules += usize::from(iso.admin_table.is_some()) + usize::from(iso.baseline_table.is_some());
             }
         }
+        let table_elements: usize = self.tier_tables.values().map(|t| t.v4.len() + t.v6.len()).sum();
+        let class_elements: usize = self
+            .port_classes
+            .values()
+            .map(|c| c.tcp.len() + c.udp.len() + c.sctp.len())
+            .sum();
         IrStats {
             endpoints: self.endpoints.len(),
-            policy_chains: self.chains.len(),
+            policy_chains: self.chains.len() + self.admin_rules.len(),
             rules,
-            sets: self.sets.len() + self.port_sets.len(),
+            sets: self.sets.len() + self.port_sets.len() + self.tier_tables.len() + self.port_classes.len(),
             set_elements: self.sets.values().map(|s| s.members.len()).sum::<usize>()
-                + self.port_sets.values().map(|s| s.members.len()).sum::<usize>(),
+                + self.port_sets.values().map(|s| s.members.len()).sum::<usize>()
+                + table_elements
+                + class_elements,
         }
     }
 }
@@ -299,6 +352,10 @@ enum SetKey {
         pods: Option<LabelSelector>,
     },
     Block(IpBlock),
+    /// Addresses of the nodes a selector matches.
+    Nodes(LabelSelector),
+    /// CIDRs of an admin rule's `networks` peer.
+    Networks(Vec<cidr::Cidr>),
 }
 
 impl SetKey {
@@ -306,6 +363,8 @@ impl SetKey {
         match self {
             SetKey::Pods { .. } => format!("sel_{}", short_hash(&format!("{self:?}"))),
             SetKey::Block(b) => format!("cidr_{}", short_hash(&format!("{b:?}"))),
+            SetKey::Nodes(_) => format!("node_{}", short_hash(&format!("{self:?}"))),
+            SetKey::Networks(_) => format!("net_{}", short_hash(&format!("{self:?}"))),
         }
     }
 
@@ -324,6 +383,12 @@ impl SetKey {
                 }
             }
             SetKey::Block(b) => b.to_string(),
+            SetKey::Nodes(s) if s.is_empty() => "all nodes".to_string(),
+            SetKey::Nodes(s) => format!("nodes {s}"),
+            SetKey::Networks(c) => {
+                let v: Vec<String> = c.iter().map(|c| c.to_string()).collect();
+                format!("networks {}", v.join(","))
+            }
         }
     }
 }
@@ -341,6 +406,21 @@ pub struct Compiler<'a> {
     port_set_names: BTreeMap<(String, Protocol), String>,
     port_sets: BTreeMap<String, PortSet>,
     chains: BTreeMap<(ObjectRef, Direction), PolicyChain>,
+    /// Compiled admin rules of each (policy, direction): chain names and rules, in order.
+    admin_rules: BTreeMap<(AdminRef, Direction), Vec<(String, AdminRuleIr)>>,
+    /// Tier tables by what determines them.
+    tables: BTreeMap<TableKey, (String, TierTable)>,
+    port_classes: BTreeMap<String, PortClass>,
+}
+
+/// What a tier table depends on: the ordered policies, and for ingress named ports the
+/// endpoint's own addresses.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct TableKey {
+    tier: Tier,
+    direction: Direction,
+    policies: Vec<AdminRef>,
+    dst_ips: Option<Vec<IpAddr>>,
 }
 
 impl<'a> Compiler<'a> {
@@ -368,6 +448,9 @@ impl<'a> Compiler<'a> {
             port_set_names: BTreeMap::new(),
             port_sets: BTreeMap::new(),
             chains: BTreeMap::new(),
+            admin_rules: BTreeMap::new(),
+            tables: BTreeMap::new(),
+            port_classes: BTreeMap::new(),
         }
     }
 
@@ -416,6 +499,28 @@ impl<'a> Compiler<'a> {
             });
         }
 
+        // Admin policies, in evaluation order.
+        let mut admin: Vec<&AdminPolicy> = snapshot.admin_policies.values().collect();
+        admin.sort_by(|a, b| (a.tier, a.order_key()).cmp(&(b.tier, b.order_key())));
+        let mut admin_policies = Vec::with_capacity(admin.len());
+        for policy in &admin {
+            let count = local
+                .iter()
+                .filter(|p| {
+                    policy
+                        .subject
+                        .matches(&self.namespace_labels[p.namespace.as_str()], &p.labels)
+                })
+                .count();
+            admin_policies.push(AdminPolicyInfo {
+                policy: policy.id(),
+                generation: policy.generation,
+                tier: policy.tier,
+                priority: policy.priority,
+                selected_endpoints: count,
+            });
+        }
+
         let mut ir = Ir {
             node: opts.node.clone(),
             fail_closed: opts.fail_closed.then(|| opts.interface_prefix.clone()),
@@ -424,10 +529,46 @@ impl<'a> Compiler<'a> {
             sets: BTreeMap::new(),
             port_sets: BTreeMap::new(),
             policies,
+            admin_policies,
+            admin_rules: BTreeMap::new(),
+            tier_tables: BTreeMap::new(),
+            port_classes: BTreeMap::new(),
+            tier_sets: BTreeMap::new(),
         };
         for pod in &local {
             let id = pod.id();
-            let (ingress, egress) = selected.remove(&id).expect("local endpoint");
+            let (mut ingress, mut egress) = selected.remove(&id).expect("local endpoint");
+            if !admin.is_empty() {
+                let ns_labels = &self.namespace_labels[pod.namespace.as_str()];
+                let subject_of: Vec<&AdminPolicy> = admin
+                    .iter()
+                    .copied()
+                    .filter(|p| p.subject.matches(ns_labels, &pod.labels))
+                    .collect();
+                for (d, iso) in [(Direction::Ingress, &mut ingress), (Direction::Egress, &mut egress)] {
+                    for tier in [Tier::Admin, Tier::Baseline] {
+                        let policies: Vec<AdminRef> = subject_of
+                            .iter()
+                            .filter(|p| p.tier == tier && !p.rules(d).is_empty())
+                            .map(|p| p.id())
+                            .collect();
+                        if policies.is_empty() {
+                            continue;
+                        }
+                        let table = self.tier_table(&mut ir, tier, d, &policies, pod);
+                        match tier {
+                            Tier::Admin => {
+                                iso.admin = policies;
+                                iso.admin_table = Some(table);
+                            }
+                            Tier::Baseline => {
+                                iso.baseline = policies;
+                                iso.baseline_table = Some(table);
+                            }
+                        }
+                    }
+                }
+            }
             ir.endpoints.push(Endpoint {
                 interface: interface_name(&opts.interface_prefix, &id),
                 pod: id,
@@ -457,6 +598,162 @@ impl<'a> Compiler<'a> {
         ir
     }
 
+    /// The compiled rules of one admin policy and direction (cached: identical on every node).
+    fn admin_rules(&mut self, pid: &AdminRef, d: Direction) -> Vec<(String, AdminRuleIr)> {
+        if let Some(r) = self.admin_rules.get(&(pid.clone(), d)) {
+            return r.clone();
+        }
+        let policy = &self.snapshot.admin_policies[pid];
+        let mut out = Vec::new();
+        for (index, rule) in policy.rules(d).iter().enumerate() {
+            let mut peers: Vec<PeerMatch> = Vec::new();
+            for p in &rule.peers {
+                let key = match p {
+                    AdminPeer::Everything => {
+                        peers.push(PeerMatch::Any);
+                        continue;
+                    }
+                    AdminPeer::Nothing => continue,
+                    AdminPeer::Namespaces(ns) => SetKey::Pods {
+                        namespaces: NamespaceScope::Selector(ns.clone()),
+                        pods: None,
+                    },
+                    AdminPeer::Pods {
+                        namespace_selector,
+                        pod_selector,
+                    } => SetKey::Pods {
+                        namespaces: NamespaceScope::Selector(namespace_selector.clone()),
+                        pods: Some(pod_selector.clone()).filter(|s| !s.is_empty()),
+                    },
+                    AdminPeer::Nodes(s) => SetKey::Nodes(s.clone()),
+                    AdminPeer::Networks(c) => SetKey::Networks(c.clone()),
+                };
+                peers.push(PeerMatch::Set(self.set_for(key)));
+            }
+            peers.sort();
+            peers.dedup();
+            let ports = self.port_matches(&rule.ports);
+            out.push((
+                admin_rule_chain_name(pid, d, index),
+                AdminRuleIr {
+                    policy: pid.clone(),
+                    tier: policy.tier,
+                    priority: policy.priority,
+                    direction: d,
+                    rule: index,
+                    name: rule.name.clone(),
+                    action: rule.action,
+                    peers,
+                    ports,
+                },
+            ));
+        }
+        self.admin_rules.insert((pid.clone(), d), out.clone());
+        out
+    }
+
+    /// The decision table of one tier for an endpoint, added to `ir` with everything it uses;
+    /// returns its name.
+    fn tier_table(&mut self, ir: &mut Ir, tier: Tier, d: Direction, policies: &[AdminRef], pod: &Pod) -> String {
+        let mut rules: Vec<(String, AdminRuleIr)> = Vec::new();
+        for pid in policies {
+            rules.extend(self.admin_rules(pid, d));
+        }
+        let named = rules
+            .iter()
+            .any(|(_, r)| r.ports.iter().any(|p| matches!(p, PortMatch::Named { .. })));
+        let key = TableKey {
+            tier,
+            direction: d,
+            policies: policies.to_vec(),
+            dst_ips: (named && d == Direction::Ingress).then(|| pod.ips.clone()),
+        };
+        if !self.tables.contains_key(&key) {
+            let refs: Vec<(&str, &AdminRuleIr)> = rules.iter().map(|(n, r)| (n.as_str(), r)).collect();
+            let ctx = FlattenCtx {
+                sets: &self.sets,
+                port_sets: &self.port_sets,
+                dst_ips: key.dst_ips.as_deref(),
+            };
+            let mut classes = BTreeMap::new();
+            let table = TierTable {
+                tier,
+                direction: d,
+                v4: flatten(&refs, &ctx, Family::V4, &mut classes),
+                v6: flatten(&refs, &ctx, Family::V6, &mut classes),
+            };
+            let name = format!(
+                "{}_{}_{}",
+                tier.prefix(),
+                short_hash(&format!("{:?}{:?}", table.v4, table.v6)),
+                d.suffix()
+            );
+            self.port_classes.extend(classes);
+            self.tables.insert(key.clone(), (name, table));
+        }
+        let (name, table) = &self.tables[&key];
+        if !ir.tier_tables.contains_key(name) {
+            for (_, target) in table.v4.iter().chain(&table.v6) {
+                if let Target::Class(c) = target {
+                    ir.port_classes
+                        .entry(c.clone())
+                        .or_insert_with(|| self.port_classes[c].clone());
+                }
+            }
+            ir.tier_tables.insert(name.clone(), table.clone());
+        }
+        for (chain, r) in rules {
+            for p in &r.peers {
+                if let PeerMatch::Set(s) = p {
+                    ir.tier_sets.entry(s.clone()).or_insert_with(|| self.sets[s].clone());
+                }
+            }
+            for p in &r.ports {
+                if let PortMatch::Named { set, .. } = p {
+                    ir.port_sets
+                        .entry(set.clone())
+                        .or_insert_with(|| self.port_sets[set].clone());
+                }
+            }
+            ir.admin_rules.entry(chain).or_insert(r);
+        }
+        name.clone()
+    }
+
+    /// Port matches of a rule: named ports one by one, numbers and ranges merged; no ports =
+    /// `Any`.
+    fn port_matches(&mut self, specs: &[PortSpec]) -> Vec<PortMatch> {
+        let mut ports: Vec<PortMatch> = Vec::new();
+        let mut numeric: Vec<PortRange> = Vec::new();
+        for spec in specs {
+            match &spec.port {
+                PortRef::All => numeric.push(PortRange {
+                    protocol: spec.protocol,
+                    first: 0,
+                    last: u16::MAX,
+                }),
+                PortRef::Range { first, last } => numeric.push(PortRange {
+                    protocol: spec.protocol,
+                    first: *first,
+                    last: *last,
+                }),
+                PortRef::Named(name) => ports.push(PortMatch::Named {
+                    set: self.port_set(name, spec.protocol),
+                    protocol: spec.protocol,
+                }),
+            }
+        }
+        if !numeric.is_empty() {
+            ports.push(PortMatch::Ports(merge_ports(numeric)));
+        }
+        if specs.is_empty() {
+            ports.push(PortMatch::Any);
+        }
+        ports.sort();
+        ports.dedup();
+        ports
+    }
+
     /// The chain of one policy and direction (cached: identical on every node).
     fn chain(&mut self, pid: &ObjectRef, d: Direction) -> PolicyChain {
         if let Some(c) = self.chains.get(&(pid.clone(), d)) {
@@ -477,34 +774,7 @@ impl<'a> Compiler<'a> {
                 v.dedup();
                 v
             };
-            let mut ports: Vec<PortMatch> = Vec::new();
-            let mut numeric: Vec<PortRange> = Vec::new();
-            for spec in &rule.ports {
-                match &spec.port {
-                    PortRef::All => numeric.push(PortRange {
-                        protocol: spec.protocol,
-                        first: 0,
-                        last: u16::MAX,
-                    }),
-                    PortRef::Range { first, last } => numeric.push(PortRange {
-                        protocol: spec.protocol,
-                        first: *first,
-                        last: *last,
-                    }),
-                    PortRef::Named(name) => ports.push(PortMatch::Named {
-                        set: self.port_set(name, spec.protocol),
-                        protocol: spec.protocol,
-                    }),
-                }
-            }
-            if !numeric.is_empty() {
-                ports.push(PortMatch::Ports(merge_ports(numeric)));
-            }
-            if rule.ports.is_empty() {
-                ports.push(PortMatch::Any);
-            }
-            ports.sort();
-            ports.dedup();
+            let ports = self.port_matches(&rule.ports);
             for peer in &peers {
                 for pm in &ports {
                     rules.push(IrRule {
@@ -525,7 +795,7 @@ impl<'a> Compiler<'a> {
     }
 
     fn peer_set(&mut self, policy_ns: &str, peer: &Peer) -> String {
-        let key = match peer {
+        let key: SetKey = match peer {
             Peer::IpBlock(b) => SetKey::Block(b.clone()),
             Peer::Pods {
                 namespace_selector,
@@ -539,6 +809,11 @@ impl<'a> Compiler<'a> {
                 pods: pod_selector.clone().filter(|s| !s.is_empty()),
             },
         };
+        self.set_for(key)
+    }
+
+    /// The name of the set for a key, building the set on first use.
+    fn set_for(&mut self, key: SetKey) -> String {
         if let Some(name) = self.set_names.get(&key) {
             return name.clone();
         }
@@ -557,6 +832,34 @@ impl<'a> Compiler<'a> {
                 families: vec![b.cidr.family()],
                 members: cidr::subtract(&b.cidr, &b.except),
             },
+            SetKey::Networks(cidrs) => {
+                let mut families: Vec<Family> = cidrs.iter().map(|c| c.family()).collect();
+                families.sort();
+                families.dedup();
+                AddrSet {
+                    kind: SetKind::IpBlock,
+                    description: key.description(),
+                    families,
+                    members: cidr::normalize(cidrs.iter().map(|c| c.range()).collect()),
+                }
+            }
+            SetKey::Nodes(sel) => {
+                let mut members: Vec<IpRange> = self
+                    .snapshot
+                    .nodes
+                    .values()
+                    .filter(|n| sel.matches(&n.labels))
+                    .flat_map(|n| n.addresses.iter().map(|ip| IpRange::single(*ip)))
+                    .collect();
+                members.sort();
+                members.dedup();
+                AddrSet {
+                    kind: SetKind::Selector,
+                    description: key.description(),
+                    families: vec![Family::V4, Family::V6],
+                    members,
+                }
+            }
             SetKey::Pods { namespaces, pods } => {
                 let namespaces: Vec<&str> = match namespaces {
                     NamespaceScope::Named(n) => vec![n.as_str()],

@@ -18,6 +18,7 @@ pub mod model;
 pub mod render;
 pub mod scenario;
 pub mod synth;
+pub mod tiers;
 
 pub use eval::{Evaluator, Flow, Matrix, Verdict};
 pub use ir::{compile, compile_all_nodes, CompileOptions, Compiler, Ir};

@@ -3,11 +3,17 @@
 //! ```text
 //!  Snapshot
 //!   ├── namespaces   name → Namespace { labels }
-//!   ├── nodes        name → Node { internal IPs, pod CIDRs }
+//!   ├── nodes        name → Node { labels, addresses, pod CIDRs }
 //!   ├── pods         ns/name → Pod { labels, node, hostNetwork, phase, IPs, container ports }
-//!   └── policies     ns/name → NetworkPolicy { podSelector, types, ingress[], egress[] }
-//!                                             rule = peers (OR) × ports (OR)
+//!   ├── policies     ns/name → NetworkPolicy { podSelector, types, ingress[], egress[] }
+//!   │                                         rule = peers (OR) × ports (OR)
+//!   └── admin_policies  kind/name → AdminPolicy { tier, priority, subject, ingress[], egress[] }
+//!                                   rule = action (Accept | Deny | Pass) × peers (OR) × ports (OR)
 //! ```
+//!
+//! Admin policies come from ClusterNetworkPolicy (`policy.networking.k8s.io/v1alpha2`, tier Admin
+//! or Baseline) and from AdminNetworkPolicy / BaselineAdminNetworkPolicy (`v1alpha1`, whose
+//! `Allow` is `Accept` here).
 //!
 //! Everything here is already validated by [`crate::load`]: selectors have known operators, CIDRs parse,
 //! ports are in range. The compiler never has to reject anything.
@@ -55,6 +61,7 @@ pub struct Snapshot {
     pub nodes: BTreeMap<String, Node>,
     pub pods: BTreeMap<ObjectRef, Pod>,
     pub policies: BTreeMap<ObjectRef, NetworkPolicy>,
+    pub admin_policies: BTreeMap<AdminRef, AdminPolicy>,
 }
 
 impl Snapshot {
@@ -96,7 +103,10 @@ impl Namespace {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
     pub name: String,
+    pub labels: Labels,
     pub internal_ips: Vec<IpAddr>,
+    /// Every IP address in `status.addresses` (what a `nodes` peer of an admin policy matches).
+    pub addresses: Vec<IpAddr>,
     pub pod_cidrs: Vec<Cidr>,
 }
 
@@ -388,6 +398,206 @@ impl NetworkPolicy {
     /// Whether this policy selects `pod` (same namespace, podSelector matches).
     pub fn selects(&self, pod: &Pod) -> bool {
         pod.namespace == self.namespace && self.pod_selector.matches(&pod.labels)
+    }
+}
+
+// === Admin tiers ===
+
+/// The API an admin policy comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum AdminKind {
+    ClusterNetworkPolicy,
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
+}
+
+impl AdminKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminKind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            AdminKind::AdminNetworkPolicy => "AdminNetworkPolicy",
+            AdminKind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
+        }
+    }
+
+    /// kubectl's short name (`kubectl get cnp`).
+    pub fn short(self) -> &'static str {
+        match self {
+            AdminKind::ClusterNetworkPolicy => "cnp",
+            AdminKind::AdminNetworkPolicy => "anp",
+            AdminKind::BaselineAdminNetworkPolicy => "banp",
+        }
+    }
+}
+
+impl fmt::Display for AdminKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity of a (cluster-scoped) admin policy. Shown as `cnp/NAME`, `anp/NAME`, `banp/NAME`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct AdminRef {
+    pub kind: AdminKind,
+    pub name: String,
+}
+
+impl AdminRef {
+    pub fn new(kind: AdminKind, name: impl Into<String>) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for AdminRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.short(), self.name)
+    }
+}
+
+/// Admin tiers around NetworkPolicy: Admin first, then NetworkPolicy, then Baseline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Tier {
+    Admin,
+    Baseline,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Admin => "Admin",
+            Tier::Baseline => "Baseline",
+        }
+    }
+
+    /// Short prefix of chain and set names.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Tier::Admin => "adm",
+            Tier::Baseline => "bl",
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an admin rule does with the traffic it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum AdminAction {
+    /// Allowed; no later rule of any tier is consulted for this direction.
+    Accept,
+    /// Dropped; no later rule of any tier is consulted.
+    Deny,
+    /// The rest of this tier is skipped; evaluation goes on in the next tier.
+    Pass,
+}
+
+impl AdminAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminAction::Accept => "Accept",
+            AdminAction::Deny => "Deny",
+            AdminAction::Pass => "Pass",
+        }
+    }
+}
+
+impl fmt::Display for AdminAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The pods an admin policy applies to (never hostNetwork pods).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AdminSubject {
+    /// Every pod of the namespaces the selector matches.
+    Namespaces(LabelSelector),
+    /// Pods matching `pod_selector` in namespaces matching `namespace_selector`.
+    Pods {
+        namespace_selector: LabelSelector,
+        pod_selector: LabelSelector,
+    },
+}
+
+impl AdminSubject {
+    pub fn matches(&self, namespace_labels: &Labels, pod_labels: &Labels) -> bool {
+        match self {
+            AdminSubject::Namespaces(ns) => ns.matches(namespace_labels),
+            AdminSubject::Pods {
+                namespace_selector,
+                pod_selector,
+            } => namespace_selector.matches(namespace_labels) && pod_selector.matches(pod_labels),
+        }
+    }
+}
+
+/// One element of an admin rule's `from` / `to`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AdminPeer {
+    /// Every pod of the selected namespaces.
+    Namespaces(LabelSelector),
+    Pods {
+        namespace_selector: LabelSelector,
+        pod_selector: LabelSelector,
+    },
+    /// The addresses (`status.addresses`) of the selected nodes.
+    Nodes(LabelSelector),
+    /// CIDRs, matched against any address (pod addresses included).
+    Networks(Vec<Cidr>),
+    /// Every address: what a Deny or Pass rule with a peer this implementation cannot read
+    /// becomes (the API's "fail closed").
+    Everything,
+    /// No address: domain names (which policyc does not resolve) and, in Accept rules, peers it
+    /// cannot read.
+    Nothing,
+}
+
+/// One ingress or egress rule of an admin policy. Empty `ports` = every port and protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminRule {
+    pub name: Option<String>,
+    pub action: AdminAction,
+    pub peers: Vec<AdminPeer>,
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminPolicy {
+    pub kind: AdminKind,
+    pub name: String,
+    pub generation: Option<i64>,
+    pub tier: Tier,
+    /// 0..=1000; lower is evaluated first within the tier.
+    pub priority: i32,
+    pub subject: AdminSubject,
+    pub ingress: Vec<AdminRule>,
+    pub egress: Vec<AdminRule>,
+}
+
+impl AdminPolicy {
+    pub fn id(&self) -> AdminRef {
+        AdminRef::new(self.kind, &self.name)
+    }
+
+    pub fn rules(&self, direction: Direction) -> &[AdminRule] {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+
+    /// Evaluation order within a tier: priority, then (for equal priorities, which the API
+    /// leaves to the implementation) ClusterNetworkPolicy before the v1alpha1 kinds, then name.
+    pub fn order_key(&self) -> (i32, AdminKind, &str) {
+        (self.priority, self.kind, &self.name)
     }
 }
 

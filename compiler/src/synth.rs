@@ -266,7 +266,242 @@ pub fn cluster(shape: Shape, seed: u64) -> Snapshot {
     s
 }
 
+/// Adds `count` random admin policies: ClusterNetworkPolicies of both tiers, some
+/// AdminNetworkPolicies and one BaselineAdminNetworkPolicy, with every peer and port kind the
+/// APIs have and few distinct priorities (so that ties occur).
+pub fn add_admin_policies(s: &mut Snapshot, count: usize, seed: u64) {
+    let mut rng = Rng::new(seed ^ 0xad);
+    let namespaces = s.namespaces.len().max(1);
+    for i in 0..count {
+        let kind = match (i, rng.below(10)) {
+            (0, _) if count > 2 => AdminKind::BaselineAdminNetworkPolicy,
+            (_, 0..=2) => AdminKind::AdminNetworkPolicy,
+            _ => AdminKind::ClusterNetworkPolicy,
+        };
+        let tier = match kind {
+            AdminKind::BaselineAdminNetworkPolicy => Tier::Baseline,
+            AdminKind::AdminNetworkPolicy => Tier::Admin,
+            AdminKind::ClusterNetworkPolicy if rng.chance(30) => Tier::Baseline,
+            AdminKind::ClusterNetworkPolicy => Tier::Admin,
+        };
+        let actions: &[AdminAction] = match kind {
+            AdminKind::BaselineAdminNetworkPolicy => &[AdminAction::Accept, AdminAction::Deny],
+            _ => &[AdminAction::Accept, AdminAction::Deny, AdminAction::Pass],
+        };
+        let team = |rng: &mut Rng| LabelSelector {
+            match_labels: labels(&[("team", format!("team-{}", rng.below(namespaces.div_ceil(5).max(1))))]),
+            ..Default::default()
+        };
+        let subject = match rng.below(3) {
+            0 => AdminSubject::Namespaces(LabelSelector::default()),
+            1 => AdminSubject::Namespaces(team(&mut rng)),
+            _ => AdminSubject::Pods {
+                namespace_selector: if rng.chance(50) {
+                    team(&mut rng)
+                } else {
+                    LabelSelector::default()
+                },
+                pod_selector: pod_selector(&mut rng),
+            },
+        };
+        let rules = |rng: &mut Rng, d: Direction| -> Vec<AdminRule> {
+            (0..rng.below(4))
+                .map(|r| {
+                    let peers: Vec<AdminPeer> = (0..1 + rng.below(2))
+                        .map(|_| match (rng.below(6), d) {
+                            (0, _) => AdminPeer::Namespaces(team(rng)),
+                            (1, _) => AdminPeer::Namespaces(LabelSelector::default()),
+                            (2, Direction::Egress) => {
+                                let a = rng.below(4) as u8;
+                                let cidr = if rng.chance(50) {
+                                    Cidr::new(IpAddr::V4(Ipv4Addr::new(10, 128, a, 0)), 22 + a % 4)
+                                } else {
+                                    Cidr::new(IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, a as u16, 0, 0, 0, 0, 0)), 64)
+                                };
+                                AdminPeer::Networks(vec![cidr.expect("valid")])
+                            }
+                            _ => AdminPeer::Pods {
+                                namespace_selector: if rng.chance(50) {
+                                    team(rng)
+                                } else {
+                                    LabelSelector::default()
+                                },
+                                pod_selector: pod_selector(rng),
+                            },
+                        })
+                        .collect();
+                    // Networks and nodes have no named ports: the API rejects them together.
+                    let named_ok = !peers
+                        .iter()
+                        .any(|p| matches!(p, AdminPeer::Networks(_) | AdminPeer::Nodes(_)));
+                    let mut ports = Vec::new();
+                    for _ in 0..rng.below(3) {
+                        match rng.below(4) {
+                            0 if named_ok => {
+                                let (name, _, _) = PORT_NAMES[rng.below(PORT_NAMES.len())];
+                                if ports.iter().any(|p: &PortSpec| p.port == PortRef::Named(name.into())) {
+                                    continue;
+                                }
+                                for protocol in Protocol::ALL {
+                                    ports.push(PortSpec {
+                                        protocol,
+                                        port: PortRef::Named(name.into()),
+                                    });
+                                }
+                            }
+                            1 => ports.push(PortSpec {
+                                protocol: Protocol::ALL[rng.below(3)],
+                                port: PortRef::Range {
+                                    first: 8080,
+                                    last: 9090,
+                                },
+                            }),
+                            _ => {
+                                let p = [80, 53, 8080, 5432, 3868][rng.below(5)];
+                                ports.push(PortSpec {
+                                    protocol: Protocol::ALL[rng.below(3)],
+                                    port: PortRef::Range { first: p, last: p },
+                                });
+                            }
+                        }
+                    }
+                    AdminRule {
+                        name: rng.chance(70).then(|| format!("rule-{r}")),
+                        action: actions[rng.below(actions.len())],
+                        peers,
+                        ports,
+                    }
+                })
+                .collect()
+        };
+        let ingress = rules(&mut rng, Direction::Ingress);
+        let egress = rules(&mut rng, Direction::Egress);
+        let p = AdminPolicy {
+            kind,
+            name: match kind {
+                AdminKind::BaselineAdminNetworkPolicy => "default".into(),
+                _ => format!("admin-{i}"),
+            },
+            generation: Some(1),
+            tier,
+            priority: match kind {
+                AdminKind::BaselineAdminNetworkPolicy => 1000,
+                _ => rng.below(5) as i32 * 10,
+            },
+            subject,
+            ingress,
+            egress,
+        };
+        s.admin_policies.insert(p.id(), p);
+    }
+}
+
 // === Back to manifests ===
+
+fn admin_json(p: &AdminPolicy) -> serde_json::Value {
+    use serde_json::json;
+    let v1 = p.kind != AdminKind::ClusterNetworkPolicy;
+    let subject = match &p.subject {
+        AdminSubject::Namespaces(s) => json!({"namespaces": selector_json(s)}),
+        AdminSubject::Pods {
+            namespace_selector,
+            pod_selector,
+        } => {
+            json!({"pods": {"namespaceSelector": selector_json(namespace_selector), "podSelector": selector_json(pod_selector)}})
+        }
+    };
+    let rule = |r: &AdminRule, peers_key: &str| {
+        let peers: Vec<serde_json::Value> = r
+            .peers
+            .iter()
+            .map(|peer| match peer {
+                AdminPeer::Namespaces(s) => json!({"namespaces": selector_json(s)}),
+                AdminPeer::Pods {
+                    namespace_selector,
+                    pod_selector,
+                } => json!({"pods": {"namespaceSelector": selector_json(namespace_selector), "podSelector": selector_json(pod_selector)}}),
+                AdminPeer::Nodes(s) => json!({"nodes": selector_json(s)}),
+                AdminPeer::Networks(c) => json!({"networks": c.iter().map(|c| c.to_string()).collect::<Vec<_>>()}),
+                AdminPeer::Everything | AdminPeer::Nothing => json!({}),
+            })
+            .collect();
+        let mut ports: Vec<serde_json::Value> = Vec::new();
+        let mut named_seen: Vec<&str> = Vec::new();
+        for spec in &r.ports {
+            let proto = spec.protocol.as_str();
+            let v = match (&spec.port, v1) {
+                (PortRef::Named(n), _) if named_seen.contains(&n.as_str()) => continue,
+                (PortRef::Named(n), true) => {
+                    named_seen.push(n);
+                    json!({ "namedPort": n })
+                }
+                (PortRef::Named(n), false) => {
+                    named_seen.push(n);
+                    json!({ "destinationNamedPort": n })
+                }
+                (PortRef::Range { first, last }, true) if first == last => {
+                    json!({"portNumber": {"protocol": proto, "port": first}})
+                }
+                (PortRef::Range { first, last }, true) => {
+                    json!({"portRange": {"protocol": proto, "start": first, "end": last}})
+                }
+                (PortRef::Range { first, last }, false) if first == last => {
+                    json!({ proto.to_ascii_lowercase(): {"destinationPort": {"number": first}} })
+                }
+                (PortRef::Range { first, last }, false) => {
+                    json!({ proto.to_ascii_lowercase(): {"destinationPort": {"range": {"start": first, "end": last}}} })
+                }
+                (PortRef::All, _) => continue,
+            };
+            ports.push(v);
+        }
+        let action = match (r.action, v1) {
+            (AdminAction::Accept, true) => "Allow",
+            (a, _) => a.as_str(),
+        };
+        let mut m = serde_json::Map::new();
+        if let Some(n) = &r.name {
+            m.insert("name".into(), json!(n));
+        }
+        m.insert("action".into(), json!(action));
+        m.insert(peers_key.into(), json!(peers));
+        if !ports.is_empty() {
+            m.insert((if v1 { "ports" } else { "protocols" }).into(), json!(ports));
+        }
+        serde_json::Value::Object(m)
+    };
+    let mut spec = serde_json::Map::new();
+    match p.kind {
+        AdminKind::ClusterNetworkPolicy => {
+            spec.insert("tier".into(), json!(p.tier.as_str()));
+            spec.insert("priority".into(), json!(p.priority));
+        }
+        AdminKind::AdminNetworkPolicy => {
+            spec.insert("priority".into(), json!(p.priority));
+        }
+        AdminKind::BaselineAdminNetworkPolicy => {}
+    }
+    spec.insert("subject".into(), subject);
+    if !p.ingress.is_empty() {
+        spec.insert(
+            "ingress".into(),
+            json!(p.ingress.iter().map(|r| rule(r, "from")).collect::<Vec<_>>()),
+        );
+    }
+    if !p.egress.is_empty() {
+        spec.insert(
+            "egress".into(),
+            json!(p.egress.iter().map(|r| rule(r, "to")).collect::<Vec<_>>()),
+        );
+    }
+    let api = if v1 {
+        "policy.networking.k8s.io/v1alpha1"
+    } else {
+        "policy.networking.k8s.io/v1alpha2"
+    };
+    json!({"apiVersion": api, "kind": p.kind.as_str(),
+        "metadata": {"name": p.name, "generation": p.generation}, "spec": spec})
+}
 
 fn selector_json(s: &LabelSelector) -> serde_json::Value {
     let exprs: Vec<serde_json::Value> = s
@@ -356,6 +591,9 @@ pub fn to_objects(s: &Snapshot) -> Vec<serde_json::Value> {
             "spec": {"podSelector": selector_json(&p.pod_selector), "policyTypes": types,
                 "ingress": p.ingress.iter().map(|r| rule_json(r, "from")).collect::<Vec<_>>(),
                 "egress": p.egress.iter().map(|r| rule_json(r, "to")).collect::<Vec<_>>()}}));
+    }
+    for p in s.admin_policies.values() {
+        out.push(admin_json(p));
     }
     out
 }

@@ -18,7 +18,7 @@ use policyc_compiler::cidr::Family;
 use policyc_compiler::ir::Ir;
 use policyc_compiler::model::Protocol;
 use policyc_compiler::render::iptables::{self as ipt, render_ipset, render_iptables, render_iptables_hooks};
-use policyc_compiler::synth::{cluster, Shape};
+use policyc_compiler::synth::{add_admin_policies, cluster, Shape};
 use policyc_compiler::{compile, compile_all_nodes, CompileOptions, Evaluator, Flow, Loader, Snapshot};
 
 // === Environment ===
@@ -511,7 +511,11 @@ fn larger_inputs_load() {
             nodes: 2,
             dual_stack_every: 3,
         };
-        snapshots.push((format!("synthetic seed {seed}"), cluster(shape, seed)));
+        let mut snap = cluster(shape, seed);
+        if seed == 2 {
+            add_admin_policies(&mut snap, 12, seed);
+        }
+        snapshots.push((format!("synthetic seed {seed}"), snap));
     }
     snapshots.push(("empty".into(), Snapshot::default()));
     let (mut rulesets, mut rules, mut members) = (0, 0, 0);

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use policyc_compiler::render::nft;
 use policyc_compiler::scenario::{apply_object, Scenario};
-use policyc_compiler::synth::{cluster, Shape};
+use policyc_compiler::synth::{add_admin_policies, cluster, Shape};
 use policyc_compiler::{compile, compile_all_nodes, CompileOptions, Loader, Snapshot};
 
 /// A network namespace deleted on drop.
@@ -202,12 +202,12 @@ fn renderings_load_into_the_kernel() {
             nodes: 3,
             dual_stack_every: 3,
         };
-        loaded += load_and_check(
-            &ns,
-            &format!("synthetic seed {seed}"),
-            &cluster(shape, seed),
-            &mut failures,
-        );
+        // Half of them with admin tiers (ClusterNetworkPolicy, AdminNetworkPolicy, Baseline).
+        let mut snap = cluster(shape, seed);
+        if seed % 2 == 0 {
+            add_admin_policies(&mut snap, 12, seed);
+        }
+        loaded += load_and_check(&ns, &format!("synthetic seed {seed}"), &snap, &mut failures);
     }
     // An empty cluster still yields a loadable table.
     loaded += load_and_check(&ns, "empty", &Snapshot::default(), &mut failures);

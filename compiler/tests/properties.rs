@@ -3,13 +3,16 @@
 //!   NetworkPolicy API reference (no sets, no chains: selectors and rules walked per flow);
 //! - output is deterministic and independent of document order;
 //! - a policy with no ingress rules denies all ingress to the pods it selects (but loopback);
-//! - per-node compilation agrees with the whole-cluster one.
+//! - per-node compilation agrees with the whole-cluster one;
+//! - with admin policies, the IR decides every flow as a reference walk of the tiers (Admin by
+//!   priority, first matching rule, Accept/Deny/Pass; NetworkPolicy; Baseline; default allow),
+//!   and the ruleset's decision tables pick the same rule as that walk.
 
 use std::net::IpAddr;
 
 use policyc_compiler::model::*;
 use policyc_compiler::render::nft;
-use policyc_compiler::synth::{cluster, to_objects, Rng, Shape};
+use policyc_compiler::synth::{add_admin_policies, cluster, to_objects, Rng, Shape};
 use policyc_compiler::{compile, compile_all_nodes, CompileOptions, Evaluator, Flow, Loader};
 use proptest::prelude::*;
 
@@ -83,8 +86,90 @@ fn reference(s: &Snapshot, src: &Pod, src_ip: IpAddr, dst: &Pod, dst_ip: IpAddr,
     if src.id() == dst.id() {
         return true;
     }
-    side_allows(s, src, Direction::Egress, dst_ip, Some(dst), dst_ip, proto, port)
-        && side_allows(s, dst, Direction::Ingress, src_ip, Some(dst), dst_ip, proto, port)
+    tiered_side_allows(s, src, Direction::Egress, dst_ip, Some(dst), dst_ip, proto, port)
+        && tiered_side_allows(s, dst, Direction::Ingress, src_ip, Some(dst), dst_ip, proto, port)
+}
+
+fn admin_peer_matches(s: &Snapshot, peer: &AdminPeer, ip: IpAddr) -> bool {
+    let pods = |ns: &LabelSelector, pods: Option<&LabelSelector>| {
+        s.endpoints()
+            .filter(|p| p.ips.contains(&ip))
+            .any(|p| ns.matches(&ns_labels(s, &p.namespace)) && pods.is_none_or(|sel| sel.matches(&p.labels)))
+    };
+    match peer {
+        AdminPeer::Namespaces(ns) => pods(ns, None),
+        AdminPeer::Pods {
+            namespace_selector,
+            pod_selector,
+        } => pods(namespace_selector, Some(pod_selector)),
+        AdminPeer::Nodes(sel) => s
+            .nodes
+            .values()
+            .any(|n| sel.matches(&n.labels) && n.addresses.contains(&ip)),
+        AdminPeer::Networks(cidrs) => cidrs.iter().any(|c| c.contains(&ip)),
+        AdminPeer::Everything => true,
+        AdminPeer::Nothing => false,
+    }
+}
+
+/// The first rule of a tier matching the flow, walking policies by priority as the API says.
+#[allow(clippy::too_many_arguments)]
+fn tier_decision(
+    s: &Snapshot,
+    pod: &Pod,
+    d: Direction,
+    tier: Tier,
+    peer_ip: IpAddr,
+    dst: Option<&Pod>,
+    dst_ip: IpAddr,
+    proto: Protocol,
+    port: u16,
+) -> Option<(AdminRef, usize, AdminAction)> {
+    let mut policies: Vec<&AdminPolicy> = s
+        .admin_policies
+        .values()
+        .filter(|p| p.tier == tier && p.subject.matches(&ns_labels(s, &pod.namespace), &pod.labels))
+        .collect();
+    policies.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    for p in policies {
+        for (i, r) in p.rules(d).iter().enumerate() {
+            if r.peers.iter().any(|peer| admin_peer_matches(s, peer, peer_ip))
+                && (r.ports.is_empty() || r.ports.iter().any(|spec| port_matches(spec, dst, dst_ip, proto, port)))
+            {
+                return Some((p.id(), i, r.action));
+            }
+        }
+    }
+    None
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tiered_side_allows(
+    s: &Snapshot,
+    pod: &Pod,
+    d: Direction,
+    peer_ip: IpAddr,
+    dst: Option<&Pod>,
+    dst_ip: IpAddr,
+    proto: Protocol,
+    port: u16,
+) -> bool {
+    match tier_decision(s, pod, d, Tier::Admin, peer_ip, dst, dst_ip, proto, port) {
+        Some((_, _, AdminAction::Accept)) => return true,
+        Some((_, _, AdminAction::Deny)) => return false,
+        _ => {}
+    }
+    let isolated = s
+        .policies
+        .values()
+        .any(|p| p.applies_to(d) && p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels));
+    if isolated {
+        return side_allows(s, pod, d, peer_ip, dst, dst_ip, proto, port);
+    }
+    !matches!(
+        tier_decision(s, pod, d, Tier::Baseline, peer_ip, dst, dst_ip, proto, port),
+        Some((_, _, AdminAction::Deny))
+    )
 }
 
 fn small_shape(rng: &mut Rng) -> Shape {
@@ -114,6 +199,43 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
 
     #[test]
+    fn admin_tiers_match_reference_semantics(seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let mut snap = cluster(small_shape(&mut rng), seed);
+        add_admin_policies(&mut snap, 1 + rng.below(12), seed);
+        let ir = compile(&snap, &CompileOptions::default());
+        let ev = Evaluator::new(&ir);
+        let pods: Vec<&Pod> = snap.endpoints().collect();
+        for _ in 0..400 {
+            let src = pods[rng.below(pods.len())];
+            let dst = pods[rng.below(pods.len())];
+            let (proto, port) = PORTS[rng.below(PORTS.len())];
+            for (s_ip, d_ip) in src.ips.iter().flat_map(|a| dst.ips.iter().map(move |b| (*a, *b))) {
+                if s_ip.is_ipv4() != d_ip.is_ipv4() {
+                    continue;
+                }
+                let flow = Flow { src: s_ip, dst: d_ip, protocol: proto, port };
+                let want = reference(&snap, src, s_ip, dst, d_ip, proto, port);
+                let v = ev.evaluate(&flow);
+                prop_assert_eq!(v.allowed, want, "{} ({}) -> {} ({}) {}/{}: {:#?}", src.id(), s_ip, dst.id(), d_ip, port, proto, v);
+                if v.loopback {
+                    continue;
+                }
+                // The kernel's lookup tables pick the rule the walk picks.
+                for (pod, d, peer_ip) in [(src, Direction::Egress, d_ip), (dst, Direction::Ingress, s_ip)] {
+                    let iso = ev.endpoint(&pod.ips[0]).expect("endpoint").isolation(d);
+                    for (tier, table) in [(Tier::Admin, &iso.admin_table), (Tier::Baseline, &iso.baseline_table)] {
+                        let walked = tier_decision(&snap, pod, d, tier, peer_ip, Some(dst), d_ip, proto, port);
+                        let looked_up = table.as_ref().and_then(|t| ev.table_decision(&ir.tier_tables[t], d, &flow));
+                        let looked_up = looked_up.map(|r| (r.policy.clone(), r.rule, r.action));
+                        prop_assert_eq!(looked_up, walked, "{} {} {} tier, {} -> {} {}/{}", pod.id(), d, tier, s_ip, d_ip, port, proto);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn ir_matches_reference_semantics(seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
         let snap = cluster(small_shape(&mut rng), seed);
@@ -138,7 +260,8 @@ proptest! {
     #[test]
     fn document_order_does_not_matter(seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
-        let snap = cluster(small_shape(&mut rng), seed);
+        let mut snap = cluster(small_shape(&mut rng), seed);
+        add_admin_policies(&mut snap, rng.below(6), seed);
         let mut docs = to_objects(&snap);
         let render = |docs: &[serde_json::Value]| {
             let mut l = Loader::new();

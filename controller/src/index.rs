@@ -150,6 +150,7 @@ impl Index {
             Object::Node(n) => self.snapshot.nodes.get(&n.name) == Some(n),
             Object::Pod(p) => self.snapshot.pods.get(&ObjectRef::new(&p.namespace, &p.name)) == Some(p),
             Object::NetworkPolicy(p) => self.snapshot.policies.get(&ObjectRef::new(&p.namespace, &p.name)) == Some(p),
+            Object::AdminPolicy(p) => self.snapshot.admin_policies.get(&p.id()) == Some(p),
         }
     }
 
@@ -223,6 +224,12 @@ impl Index {
             Kind::Node => s.nodes.keys().map(|n| k("", n)).collect(),
             Kind::Pod => s.pods.keys().map(|r| k(&r.namespace, &r.name)).collect(),
             Kind::NetworkPolicy => s.policies.keys().map(|r| k(&r.namespace, &r.name)).collect(),
+            Kind::ClusterNetworkPolicy | Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy => s
+                .admin_policies
+                .keys()
+                .filter(|r| Some(r.kind) == kind.admin())
+                .map(|r| k("", &r.name))
+                .collect(),
         }
     }
 }

@@ -10,6 +10,10 @@
 //!   userdata, every set element with flags and data. Only the order of elements within a set is
 //!   normalized: hash sets dump in an order that depends on a per-set random seed.
 //!
+//! Inputs cover NetworkPolicies and the admin tiers (ClusterNetworkPolicy, AdminNetworkPolicy,
+//! BaselineAdminNetworkPolicy: interval verdict maps of addresses and ports, `goto` and `return`
+//! verdicts), from YAML here and in `tests/tiers/`, and from the synthetic cluster generator.
+//!
 //! Without root, `ip` or `nft` the tests print why and pass, unless `CI` is set: then they fail.
 
 use std::io::Write as _;
@@ -20,7 +24,7 @@ use std::sync::OnceLock;
 use policyc_compiler::cidr::IpRange;
 use policyc_compiler::ir::{compile, CompileOptions, Ir};
 use policyc_compiler::render::nft::render;
-use policyc_compiler::synth::{cluster, Shape};
+use policyc_compiler::synth::{add_admin_policies, cluster, Shape};
 use policyc_compiler::{Loader, Severity};
 use policyc_controller::dataplane::{Dataplane, DataplaneError, NetlinkWriter};
 
@@ -201,16 +205,20 @@ fn assert_same(a: &Netns, b: &Netns, what: &str) {
 // === inputs ===
 
 fn ir_from_yaml(yaml: &str, node: Option<&str>) -> Ir {
+    let opts = CompileOptions {
+        node: node.map(str::to_string),
+        ..CompileOptions::default()
+    };
+    ir_with_options(yaml, &opts)
+}
+
+fn ir_with_options(yaml: &str, opts: &CompileOptions) -> Ir {
     let mut l = Loader::new();
     l.add_text("test.yaml", yaml);
     let (snapshot, diags) = l.finish();
     let errors: Vec<_> = diags.iter().filter(|d| d.severity == Severity::Error).collect();
     assert!(errors.is_empty(), "{errors:?}");
-    let opts = CompileOptions {
-        node: node.map(str::to_string),
-        ..CompileOptions::default()
-    };
-    compile(&snapshot, &opts)
+    compile(&snapshot, opts)
 }
 
 /// Text-loaded and netlink-written rulesets for `ir` list the same.
@@ -797,4 +805,275 @@ fn longest_comments_load() {
         "the test must reach the comment limit, longest is {longest}"
     );
     check("longest_comments", &ir);
+}
+
+// === admin tiers ===
+
+/// The ClusterNetworkPolicy example: Admin tier with Pass, a named port and a Deny, a Baseline
+/// tier; a tier table with adjacent single addresses going to different port classes.
+const CNP_EXAMPLE: &str = include_str!("tiers/cnp_example.yaml");
+/// Both families; CIDRs running to the end of the address space; adjacent ranges with
+/// different verdicts; port maps ending at 65535 or starting above 0; Admin and Baseline egress.
+const DUAL_STACK_OPEN: &str = include_str!("tiers/dual_stack_open.yaml");
+/// Baseline tier next to a NetworkPolicy, AdminNetworkPolicy / BaselineAdminNetworkPolicy.
+const BASELINE_FAIL_CLOSED: &str = include_str!("tiers/baseline_fail_closed.yaml");
+
+/// `ir` has admin tiers: tier tables, port classes, admin rules.
+fn assert_tiers(ir: &Ir) {
+    assert!(
+        !ir.tier_tables.is_empty() && !ir.port_classes.is_empty() && !ir.admin_rules.is_empty(),
+        "the input must exercise admin tiers"
+    );
+}
+
+#[test]
+fn admin_tiers_example() {
+    let ir = ir_from_yaml(CNP_EXAMPLE, Some("n1"));
+    assert_tiers(&ir);
+    let text = render(&ir, true);
+    for construct in [
+        "flags interval",
+        ": goto pc_",
+        ": goto ar_",
+        "counter return comment",
+        "meta l4proto sctp return",
+        "\t\tgoto ar_",
+        "jump bl_",
+    ] {
+        assert!(text.contains(construct), "{construct} missing from\n{text}");
+    }
+    check("admin_tiers_example", &ir);
+}
+
+#[test]
+fn admin_tiers_dual_stack_open_intervals() {
+    let ir = ir_from_yaml(DUAL_STACK_OPEN, Some("n1"));
+    assert_tiers(&ir);
+    let text = render(&ir, true);
+    for construct in [
+        "type ipv6_addr : verdict",
+        // Open intervals in both families, and a port range running to 65535.
+        "-255.255.255.255 : goto",
+        "-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff : goto",
+        "-65535 : goto",
+        // Adjacent ranges with different verdicts.
+        "10.1.0.5-10.1.0.9 : goto ar_",
+        "ip6 daddr vmap @",
+        "jump bl_",
+    ] {
+        assert!(text.contains(construct), "{construct} missing from\n{text}");
+    }
+    check("admin_tiers_dual_stack_open_intervals", &ir);
+    // Every endpoint everywhere (pods of both nodes).
+    check("admin_tiers_dual_stack_all_nodes", &ir_from_yaml(DUAL_STACK_OPEN, None));
+}
+
+#[test]
+fn baseline_tier_fail_closed() {
+    let ir = ir_with_options(
+        BASELINE_FAIL_CLOSED,
+        &CompileOptions {
+            node: Some("n1".into()),
+            fail_closed: true,
+            ..CompileOptions::default()
+        },
+    );
+    assert_tiers(&ir);
+    assert!(ir.fail_closed.is_some());
+    let text = render(&ir, true);
+    for construct in ["jump bl_", "jump adm_", "jump np_", "counter drop comment", ": accept"] {
+        assert!(text.contains(construct), "{construct} missing from\n{text}");
+    }
+    check("baseline_tier_fail_closed", &ir);
+}
+
+/// Random admin policies of every kind over a synthetic cluster, per node and for all
+/// endpoints: many tier tables and port classes, node and network peers, named ports.
+#[test]
+fn admin_tiers_synthetic() {
+    let shape = Shape {
+        pods: 120,
+        namespaces: 8,
+        policies: 30,
+        nodes: 3,
+        dual_stack_every: 3,
+    };
+    for seed in [3, 17] {
+        let mut snap = cluster(shape, seed);
+        add_admin_policies(&mut snap, 12, seed);
+        for node in [Some("node-0".to_string()), None] {
+            let ir = compile(
+                &snap,
+                &CompileOptions {
+                    node: node.clone(),
+                    ..CompileOptions::default()
+                },
+            );
+            assert_tiers(&ir);
+            check(&format!("admin_tiers_synthetic seed {seed} node {node:?}"), &ir);
+        }
+    }
+}
+
+/// Admin and Baseline tiers whose peers are the pods of namespace x; a NetworkPolicy in y whose
+/// peers are pods `app=extra` of y. `pods` are remote pods: `(name, namespace, ip)`.
+fn tiers_with_remote_pods(pods: &[(&str, &str, &str)]) -> Ir {
+    let mut yaml = "apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {team: x}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: y, labels: {env: dev}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: n1}
+status: {phase: Running, podIP: 10.0.1.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: y, labels: {app: b}}
+spec: {nodeName: n1}
+status: {phase: Running, podIP: 10.0.1.11}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-extra, namespace: y}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: extra}}}]}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: team-x}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {}}
+  ingress:
+  - name: no-ssh-from-x
+    action: Deny
+    from: [{namespaces: {matchLabels: {team: x}}}]
+    protocols: [{tcp: {destinationPort: {number: 22}}}]
+  - name: x-passes
+    action: Pass
+    from: [{namespaces: {matchLabels: {team: x}}}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: floor}
+spec:
+  tier: Baseline
+  priority: 1
+  subject: {namespaces: {}}
+  ingress:
+  - name: x-denied
+    action: Deny
+    from: [{namespaces: {matchLabels: {team: x}}}]
+"
+    .to_string();
+    for (name, ns, ip) in pods {
+        yaml += &format!(
+            "---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {ns}, labels: {{app: extra}}}}
+spec: {{nodeName: n9}}
+status: {{phase: Running, podIP: {ip}}}
+"
+        );
+    }
+    ir_from_yaml(&yaml, Some("n1"))
+}
+
+/// Named sets changing under admin tiers that stay as they are: an element update. A tier
+/// table changing (its name follows its contents) is a structural change: a full replace.
+#[test]
+fn element_update_with_admin_tiers() {
+    // A pod of x moves: the tier tables change (and so do their names).
+    let ir1 = tiers_with_remote_pods(&[("mover", "x", "10.0.1.12")]);
+    let ir2 = tiers_with_remote_pods(&[("mover", "x", "10.0.7.1")]);
+    assert_tiers(&ir1);
+    assert_ne!(ir1.tier_tables, ir2.tier_tables);
+    // A pod of y, outside every admin peer, joins the NetworkPolicy's set only.
+    let ir3 = tiers_with_remote_pods(&[("mover", "x", "10.0.7.1"), ("extra", "y", "10.0.9.9")]);
+    assert_eq!(
+        ir2.tier_tables, ir3.tier_tables,
+        "a pod outside every admin peer must not change the tier tables"
+    );
+    assert_ne!(ir2.sets, ir3.sets);
+    if !available("element_update_with_admin_tiers") {
+        return;
+    }
+    // The text side loads what the writer replaced, so that table handles agree.
+    let (a, b) = Netns::pair();
+    let mut w = b.writer();
+    w.replace(&ir1).expect("replace");
+    assert!(
+        w.update_elements(&ir1, &ir2).expect("structure check").is_none(),
+        "tier tables changed: not an element update"
+    );
+    w.apply(Some(&ir1), &ir2).expect("apply");
+    a.load_text(&ir1);
+    a.load_text(&ir2);
+    assert_same(&a, &b, "tier tables changed");
+
+    let stats = w
+        .update_elements(&ir2, &ir3)
+        .expect("element update")
+        .expect("same structure");
+    assert!(stats.elements_added > 0 && stats.chains + stats.rules == 0, "{stats:?}");
+    let c = Netns::new("c");
+    c.load_text(&ir1);
+    c.load_text(&ir3);
+    assert_same(&c, &b, "element update next to tier tables");
+}
+
+/// Element updates never touch interval verdict maps: a changed map, even under the same name,
+/// is a full replace.
+#[test]
+fn changed_tier_map_is_structural() {
+    let ir1 = ir_from_yaml(DUAL_STACK_OPEN, Some("n1"));
+    let mut ir2 = ir1.clone();
+    // Split a range in two with different verdicts, keeping the table's name.
+    let (_, table) = ir2
+        .tier_tables
+        .iter_mut()
+        .find(|(_, t)| t.v4.len() > 2)
+        .expect("a table with several v4 ranges");
+    let (first, target) = table.v4[0].clone();
+    let other = table
+        .v4
+        .iter()
+        .map(|(_, t)| t.clone())
+        .find(|t| *t != target)
+        .expect("a second target");
+    let mid = first.start + (first.end - first.start) / 2;
+    table.v4[0].0.end = mid;
+    table.v4.insert(
+        1,
+        (
+            IpRange {
+                start: mid + 1,
+                ..first
+            },
+            other,
+        ),
+    );
+    if !available("changed_tier_map_is_structural") {
+        return;
+    }
+    let (a, b) = Netns::pair();
+    let mut w = b.writer();
+    w.replace(&ir1).expect("replace");
+    assert!(
+        w.update_elements(&ir1, &ir2).expect("structure check").is_none(),
+        "a changed interval verdict map is not an element update"
+    );
+    w.apply(Some(&ir1), &ir2).expect("apply");
+    a.load_text(&ir1);
+    a.load_text(&ir2);
+    assert_same(&a, &b, "changed tier map");
 }

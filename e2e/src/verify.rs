@@ -189,7 +189,10 @@ pub fn check(lab: &Lab, checks: &[Check<'_>], opts: &VerifyOptions) -> Vec<PortR
                 let got = packets.allowed[i][j];
                 // The IR's endpoints are the lab's pods, in the same order.
                 let want_ir = ir_matrix.get(src, dst).unwrap_or(false);
-                let want = expected.as_ref().map(|e| e.allowed[i][j]);
+                let want = c
+                    .expectations
+                    .and_then(|e| e.check(src, dst, c.protocol, c.port))
+                    .map(|(w, _)| w);
                 if got == want_ir && want.is_none_or(|w| w == got) {
                     continue;
                 }

@@ -13,8 +13,16 @@
 //!  │                    DROP (counted, comment "ns/pod ingress denied: selected by …")
 //!  ├── PC-NP-<pol>-*    one rule per peer × port match, comment "ns/name ingress[i]",
 //!  │                    goto PC-ALLOWED
-//!  └── PC-ALLOWED       set mark bit (then back to the PC-EP chain that called the policy)
+//!  ├── PC-ALLOWED       set mark bit (then back to the PC-EP chain that called the policy)
+//!  ├── PC-ADM-*, PC-BL-* an Admin / Baseline tier for one ordered list of admin policies: their
+//!  │                    rules in evaluation order, each peer × port match → goto PC-AR-<rule>
+//!  └── PC-AR-<rule>     Accept: set mark bit; Deny: DROP; Pass: RETURN (comment "cnp/x ingress[i]")
 //! ```
+//!
+//! The endpoint chain jumps to its Admin tier chain first and RETURNs if the mark bit is set
+//! (accepted); a Pass or no match falls through to the NetworkPolicy jumps, and when no
+//! NetworkPolicy isolates the pod, to the Baseline tier chain. Unlike the nft ruleset, whose
+//! tier tables cost a constant number of lookups, the iptables tiers walk their rules in order.
 //!
 //! In iptables an `ACCEPT` in a called chain ends the whole built-in chain, so policyc never
 //! accepts: a flow it allows RETURNs from `POLICYC-FORWARD` / `POLICYC-INPUT` and the rest of the
@@ -53,7 +61,7 @@ use std::fmt::Write as _;
 
 use crate::cidr::{self, Cidr, Family, IpRange};
 use crate::ir::*;
-use crate::model::{Direction, Protocol};
+use crate::model::{AdminAction, AdminRef, Direction, Protocol, Tier};
 
 /// The chain the hook in `FORWARD` jumps to.
 pub const CHAIN_FORWARD: &str = "POLICYC-FORWARD";
@@ -209,7 +217,11 @@ pub fn render_ipset(ir: &Ir) -> String {
             ir.port_sets.len()
         ),
     );
-    for (name, set) in &ir.sets {
+    for (name, set) in ir
+        .sets
+        .iter()
+        .chain(ir.tier_sets.iter().filter(|(n, _)| !ir.sets.contains_key(*n)))
+    {
         for f in &set.families {
             let (kind, members): (&str, Vec<String>) = match set.kind {
                 SetKind::Selector => (
@@ -252,7 +264,7 @@ pub fn render_ipset(ir: &Ir) -> String {
 /// Names of every set [`render_ipset`] creates for this IR, sorted.
 pub fn ipset_names(ir: &Ir) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for (name, set) in &ir.sets {
+    for (name, set) in ir.sets.iter().chain(&ir.tier_sets) {
         for f in &set.families {
             names.insert(ipset_name(name, *f));
         }
@@ -303,13 +315,43 @@ fn chains(ir: &Ir) -> Vec<String> {
         .collect();
     for ep in &ir.endpoints {
         for d in [Direction::Ingress, Direction::Egress] {
-            if ep.isolation(d).isolated() {
+            if ep.isolation(d).enforced() {
                 v.push(chain_name(&ep.chain_name(d)));
             }
         }
     }
     v.extend(ir.chains.keys().map(|n| chain_name(n)));
+    v.extend(tier_chains(ir).into_keys());
+    v.extend(ir.admin_rules.keys().map(|n| chain_name(n)));
     v
+}
+
+/// The tier chain of an ordered list of admin policies for one direction.
+fn tier_chain_name(tier: Tier, d: Direction, policies: &[AdminRef]) -> String {
+    let key: Vec<String> = policies.iter().map(|p| p.to_string()).collect();
+    chain_name(&format!(
+        "{}_{}_{}",
+        tier.prefix(),
+        short_hash(&key.join(",")),
+        d.suffix()
+    ))
+}
+
+/// Every tier chain the endpoints use: name → (tier, direction, policies in order).
+fn tier_chains(ir: &Ir) -> std::collections::BTreeMap<String, (Tier, Direction, Vec<AdminRef>)> {
+    let mut out = std::collections::BTreeMap::new();
+    for ep in &ir.endpoints {
+        for d in [Direction::Ingress, Direction::Egress] {
+            let iso = ep.isolation(d);
+            for (tier, policies) in [(Tier::Admin, &iso.admin), (Tier::Baseline, &iso.baseline)] {
+                if !policies.is_empty() {
+                    out.entry(tier_chain_name(tier, d, policies))
+                        .or_insert_with(|| (tier, d, policies.clone()));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The `filter` table for one family as `iptables-restore --noflush` (V4) or
@@ -350,7 +392,7 @@ pub fn render_iptables(ir: &Ir, family: Family) -> String {
         (Direction::Egress, CHAIN_EGRESS, "-i"),
         (Direction::Ingress, CHAIN_INGRESS, "-o"),
     ] {
-        for ep in ir.endpoints.iter().filter(|ep| ep.isolation(d).isolated()) {
+        for ep in ir.endpoints.iter().filter(|ep| ep.isolation(d).enforced()) {
             let _ = writeln!(
                 out,
                 "-A {chain} {flag} {} -m comment --comment {} -g {}",
@@ -367,13 +409,31 @@ pub fn render_iptables(ir: &Ir, family: Family) -> String {
 
     for ep in &ir.endpoints {
         for d in [Direction::Ingress, Direction::Egress] {
-            if ep.isolation(d).isolated() {
+            if ep.isolation(d).enforced() {
                 render_endpoint_chain(&mut out, ep, d, family, &clear);
             }
         }
     }
     for (name, chain) in &ir.chains {
         render_policy_chain(&mut out, ir, name, chain, family);
+    }
+    for (name, (_, d, policies)) in tier_chains(ir) {
+        render_tier_chain(&mut out, ir, &name, d, &policies, family);
+    }
+    for (name, rule) in &ir.admin_rules {
+        let cname = chain_name(name);
+        let c = comment(&format!(
+            "{} tier: {}: {}",
+            rule.tier,
+            rule.comment_label(),
+            rule.action
+        ));
+        let verdict = match rule.action {
+            AdminAction::Accept => format!("-j MARK --set-xmark {MARK_ALLOWED:#x}/{MARK_ALLOWED:#x}"),
+            AdminAction::Deny => "-j DROP".to_string(),
+            AdminAction::Pass => "-j RETURN".to_string(),
+        };
+        let _ = writeln!(out, "-A {cname} -m comment --comment {c} {verdict}");
     }
     out.push_str("COMMIT\n");
     out
@@ -396,19 +456,63 @@ fn render_endpoint_chain(out: &mut String, ep: &Endpoint, d: Direction, f: Famil
         );
     }
     let iso = ep.isolation(d);
-    for chain in &iso.chains {
-        let _ = writeln!(out, "-A {name} -j {}", chain_name(chain));
+    let mark_return = format!("-A {name} -m mark --mark {MARK_ALLOWED:#x}/{MARK_ALLOWED:#x} -j RETURN");
+    if !iso.admin.is_empty() {
+        let _ = writeln!(out, "-A {name} -j {}", tier_chain_name(Tier::Admin, d, &iso.admin));
+        let _ = writeln!(out, "{mark_return}");
+    }
+    if iso.isolated() {
+        for chain in &iso.chains {
+            let _ = writeln!(out, "-A {name} -j {}", chain_name(chain));
+            let _ = writeln!(out, "{mark_return}");
+        }
+        let policies: Vec<String> = iso.policies.iter().map(|p| p.to_string()).collect();
         let _ = writeln!(
             out,
-            "-A {name} -m mark --mark {MARK_ALLOWED:#x}/{MARK_ALLOWED:#x} -j RETURN"
+            "-A {name} -m comment --comment {} -j DROP",
+            comment(&format!("{} {d} denied: selected by {}", ep.pod, policies.join(", ")))
+        );
+    } else if !iso.baseline.is_empty() {
+        let _ = writeln!(
+            out,
+            "-A {name} -j {}",
+            tier_chain_name(Tier::Baseline, d, &iso.baseline)
         );
     }
-    let policies: Vec<String> = iso.policies.iter().map(|p| p.to_string()).collect();
-    let _ = writeln!(
-        out,
-        "-A {name} -m comment --comment {} -j DROP",
-        comment(&format!("{} {d} denied: selected by {}", ep.pod, policies.join(", ")))
-    );
+}
+
+/// A tier's rules for one ordered list of admin policies: each peer × port match of each rule,
+/// in evaluation order, goes to the rule's chain.
+fn render_tier_chain(out: &mut String, ir: &Ir, name: &str, d: Direction, policies: &[AdminRef], f: Family) {
+    let other_end = match d {
+        Direction::Ingress => "src",
+        Direction::Egress => "dst",
+    };
+    let mut rules: Vec<(&String, &AdminRuleIr)> = ir
+        .admin_rules
+        .iter()
+        .filter(|(_, r)| r.direction == d && policies.contains(&r.policy))
+        .collect();
+    rules.sort_by_key(|(_, r)| (policies.iter().position(|p| *p == r.policy), r.rule));
+    for (rule_chain, r) in rules {
+        for peer in &r.peers {
+            let peer = match peer {
+                PeerMatch::Any => String::new(),
+                PeerMatch::Set(s) => {
+                    if !ir.tier_sets[s].families.contains(&f) {
+                        continue;
+                    }
+                    format!("-m set --match-set {} {other_end} ", ipset_name(s, f))
+                }
+            };
+            for pm in &r.ports {
+                for ports in port_matches(pm, f) {
+                    let (proto, rest) = split_protocol(&ports);
+                    let _ = writeln!(out, "-A {name} {proto}{peer}{rest}-g {}", chain_name(rule_chain));
+                }
+            }
+        }
+    }
 }
 
 /// `-m multiport --dports` items, at most 15 ports (a range counts as two) per list.

@@ -7,9 +7,17 @@
 //!  ├── base chains forward_egress  (forward, filter - 1): ct established → accept; iifname vmap
 //!  │               forward_ingress (forward, filter):     ct established → accept; oifname vmap
 //!  │               input_egress    (input,   filter - 1): pod → its own node, egress policy too
-//!  ├── ep_<pod>_*  loopback accept; jump np_* of each selecting policy; counter drop
-//!  └── np_<pol>_*  one accept rule per peer × port match, counter + comment "ns/name ingress[i]"
+//!  ├── ep_<pod>_*  loopback accept; jump adm_* (Admin tier); jump np_* of each selecting
+//!  │               NetworkPolicy + counter drop, or else jump bl_* (Baseline tier)
+//!  ├── np_<pol>_*  one accept rule per peer × port match, counter + comment "ns/name ingress[i]"
+//!  ├── adm_*, bl_* a tier table: `ip saddr vmap @adm_*_v4` (peer address → goto ar_* or pc_*)
+//!  ├── pc_*        a port class: `tcp dport vmap @pc_*_tcp` ... (port → goto ar_*)
+//!  └── ar_*        one admin rule: counter accept | drop | return (Pass), comment "cnp/x ingress[i]"
 //! ```
+//!
+//! Admin tiers cost a fixed number of lookups per packet however many rules they have: see
+//! [`crate::tiers`]. Falling off a tier table (no rule matches, or Pass) returns to the endpoint
+//! chain, which goes on with the next tier.
 //!
 //! An accept in one base chain does not skip the other, and a drop is final: a flow needs both
 //! the source's egress and the destination's ingress. Interfaces not in a dispatch map (pods not
@@ -19,7 +27,7 @@ use std::fmt::Write as _;
 
 use crate::cidr::Family;
 use crate::ir::*;
-use crate::model::{Direction, Protocol};
+use crate::model::{AdminAction, Direction, Protocol};
 
 /// Name of the table policyc owns.
 pub const TABLE: &str = "policyc";
@@ -59,13 +67,23 @@ pub fn render(ir: &Ir, replace: bool) -> String {
             render_port_set(&mut out, name, set, f);
         }
     }
+    for (name, table) in &ir.tier_tables {
+        for f in [Family::V4, Family::V6] {
+            render_table_map(&mut out, name, table, f);
+        }
+    }
+    for (name, class) in &ir.port_classes {
+        for p in Protocol::ALL {
+            render_class_map(&mut out, name, class, p);
+        }
+    }
     for d in [Direction::Ingress, Direction::Egress] {
         render_dispatch(&mut out, ir, d);
     }
     render_base_chains(&mut out, ir);
     for ep in &ir.endpoints {
         for d in [Direction::Ingress, Direction::Egress] {
-            if ep.isolation(d).isolated() {
+            if ep.isolation(d).enforced() {
                 render_endpoint_chain(&mut out, ir, ep, d);
             }
         }
@@ -73,8 +91,133 @@ pub fn render(ir: &Ir, replace: bool) -> String {
     for (name, chain) in &ir.chains {
         render_policy_chain(&mut out, ir, name, chain);
     }
+    for (name, table) in &ir.tier_tables {
+        render_table_chain(&mut out, name, table);
+    }
+    for (name, class) in &ir.port_classes {
+        render_class_chain(&mut out, name, class);
+    }
+    for (name, rule) in &ir.admin_rules {
+        render_admin_rule(&mut out, name, rule);
+    }
     out.push_str("}\n");
     out
+}
+
+/// Name of a tier table's map for one family, or a port class's map for one protocol.
+pub fn table_map_name(table: &str, f: Family) -> String {
+    set_name(table, f)
+}
+
+pub fn class_map_name(class: &str, p: Protocol) -> String {
+    format!("{class}_{}", l4(p))
+}
+
+fn verdict_elements(out: &mut String, elems: &[String]) {
+    if elems.is_empty() {
+        return;
+    }
+    out.push_str("\t\telements = { ");
+    out.push_str(&elems.join(",\n\t\t\t     "));
+    out.push_str(" }\n");
+}
+
+fn render_table_map(out: &mut String, name: &str, table: &TierTable, f: Family) {
+    let entries = table.entries(f);
+    if entries.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\tmap {} {{", table_map_name(name, f));
+    let _ = writeln!(out, "\t\ttype {} : verdict", addr_type(f));
+    out.push_str("\t\tflags interval\n");
+    let _ = writeln!(
+        out,
+        "\t\tcomment {}",
+        comment(&format!(
+            "{} tier {}: peer address -> rule",
+            table.tier, table.direction
+        ))
+    );
+    let elems: Vec<String> = entries
+        .iter()
+        .map(|(r, t)| format!("{r} : goto {}", t.chain()))
+        .collect();
+    verdict_elements(out, &elems);
+    out.push_str("\t}\n");
+}
+
+fn render_class_map(out: &mut String, name: &str, class: &PortClass, p: Protocol) {
+    let entries = class.protocol(p);
+    if entries.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\tmap {} {{", class_map_name(name, p));
+    out.push_str("\t\ttype inet_service : verdict\n");
+    out.push_str("\t\tflags interval\n");
+    let elems: Vec<String> = entries
+        .iter()
+        .map(|o| {
+            if o.first == o.last {
+                format!("{} : goto {}", o.first, o.rule)
+            } else {
+                format!("{}-{} : goto {}", o.first, o.last, o.rule)
+            }
+        })
+        .collect();
+    verdict_elements(out, &elems);
+    out.push_str("\t}\n");
+}
+
+fn render_table_chain(out: &mut String, name: &str, table: &TierTable) {
+    let _ = writeln!(out, "\tchain {name} {{");
+    let peer = match table.direction {
+        Direction::Ingress => "saddr",
+        Direction::Egress => "daddr",
+    };
+    for f in [Family::V4, Family::V6] {
+        if !table.entries(f).is_empty() {
+            let _ = writeln!(out, "\t\t{} {peer} vmap @{}", ip_kw(f), table_map_name(name, f));
+        }
+    }
+    out.push_str("\t}\n");
+}
+
+/// A port class: each protocol's map; other protocols go to the rule without ports, if any,
+/// after TCP, UDP and SCTP packets no port entry matched have returned.
+fn render_class_chain(out: &mut String, name: &str, class: &PortClass) {
+    let _ = writeln!(out, "\tchain {name} {{");
+    for p in Protocol::ALL {
+        if !class.protocol(p).is_empty() {
+            let _ = writeln!(out, "\t\t{} dport vmap @{}", l4(p), class_map_name(name, p));
+        }
+    }
+    if let Some(rule) = &class.other {
+        for p in Protocol::ALL {
+            let _ = writeln!(out, "\t\tmeta l4proto {} return", l4(p));
+        }
+        let _ = writeln!(out, "\t\tgoto {rule}");
+    }
+    out.push_str("\t}\n");
+}
+
+fn render_admin_rule(out: &mut String, name: &str, rule: &AdminRuleIr) {
+    let verdict = match rule.action {
+        AdminAction::Accept => "accept",
+        AdminAction::Deny => "drop",
+        AdminAction::Pass => "return",
+    };
+    let _ = writeln!(out, "\tchain {name} {{");
+    let _ = writeln!(
+        out,
+        "\t\tcounter {verdict} comment {}",
+        comment(&format!(
+            "{} tier: {}: {}",
+            rule.tier,
+            rule.comment_label(),
+            rule.action
+        ))
+    );
+    out.push_str("\t}\n");
 }
 
 /// The three base chains; with fail-closed, unknown pod interfaces are dropped after dispatch.
@@ -175,7 +318,7 @@ fn render_dispatch(out: &mut String, ir: &Ir, d: Direction) {
     let elems: Vec<String> = ir
         .endpoints
         .iter()
-        .map(|ep| match ep.isolation(d).isolated() {
+        .map(|ep| match ep.isolation(d).enforced() {
             true => format!("\"{}\" : jump {}", ep.interface, ep.chain_name(d)),
             false => format!("\"{}\" : accept", ep.interface),
         })
@@ -213,19 +356,36 @@ fn render_endpoint_chain(out: &mut String, ir: &Ir, ep: &Endpoint, d: Direction)
         }
     }
     let iso = ep.isolation(d);
-    for chain in &iso.chains {
+    if let Some(table) = &iso.admin_table {
+        let names: Vec<String> = iso.admin.iter().map(|p| p.to_string()).collect();
         let _ = writeln!(
             out,
-            "\t\tjump {chain} comment {}",
-            comment(&ir.chains[chain].policy.to_string())
+            "\t\tjump {table} comment {}",
+            comment(&format!("Admin tier: {}", names.join(", ")))
         );
     }
-    let policies: Vec<String> = iso.policies.iter().map(|p| p.to_string()).collect();
-    let _ = writeln!(
-        out,
-        "\t\tcounter drop comment {}",
-        comment(&format!("{} {d} denied: selected by {}", ep.pod, policies.join(", ")))
-    );
+    if iso.isolated() {
+        for chain in &iso.chains {
+            let _ = writeln!(
+                out,
+                "\t\tjump {chain} comment {}",
+                comment(&ir.chains[chain].policy.to_string())
+            );
+        }
+        let policies: Vec<String> = iso.policies.iter().map(|p| p.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "\t\tcounter drop comment {}",
+            comment(&format!("{} {d} denied: selected by {}", ep.pod, policies.join(", ")))
+        );
+    } else if let Some(table) = &iso.baseline_table {
+        let names: Vec<String> = iso.baseline.iter().map(|p| p.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "\t\tjump {table} comment {}",
+            comment(&format!("Baseline tier: {}", names.join(", ")))
+        );
+    }
     out.push_str("\t}\n");
 }
 

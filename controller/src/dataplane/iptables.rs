@@ -103,15 +103,6 @@ impl Dataplane for IptablesRestore {
     }
 
     fn remove(&mut self) -> Result<(), DataplaneError> {
-        let empty = Ir {
-            node: None,
-            fail_closed: None,
-            endpoints: Vec::new(),
-            chains: Default::default(),
-            sets: Default::default(),
-            port_sets: Default::default(),
-            policies: Vec::new(),
-        };
-        self.replace(&empty).map(|_| ())
+        self.replace(&Ir::default()).map(|_| ())
     }
 }

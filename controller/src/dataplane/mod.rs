@@ -18,6 +18,8 @@
 //!   old ruleset in place.
 //! * [`Dataplane::update_elements`] sends only set and map element deletions and additions when
 //!   two IRs differ in nothing else (the usual case when pods come and go), also as one batch.
+//!   Interval sets and maps (ipBlock sets, the admin tiers' verdict maps) are never updated
+//!   element by element: a change in them takes a replace (see `plan::element_deltas`).
 //! * [`Dataplane::remove`] deletes the table.
 //!
 //! The kernel acknowledges every message; an error names the first rejected object and the
@@ -123,9 +125,9 @@ pub trait Dataplane {
 
     /// Atomically turns the ruleset for `old` (which the kernel must hold) into the one for `new`
     /// by adding and deleting set and map elements only. Returns `Ok(None)`, sending nothing,
-    /// when the two differ in anything else (chains, rules, sets themselves): use
-    /// [`Dataplane::replace`] then. Fails, changing nothing, when the kernel's elements are not
-    /// those of `old`.
+    /// when the two differ in anything else (chains, rules, sets themselves, elements of an
+    /// interval set or map): use [`Dataplane::replace`] then. Fails, changing nothing, when the
+    /// kernel's elements are not those of `old`.
     fn update_elements(&mut self, old: &Ir, new: &Ir) -> Result<Option<ApplyStats>, DataplaneError>;
 
     /// Deletes the ruleset; succeeds when there is none.

@@ -6,7 +6,8 @@
 //! * [`NlSet`]: named, anonymous and verdict-map sets with any flags, key type and length,
 //!   data type, `NFTA_SET_DESC_SIZE`, set ID and userdata (`nftnl::set::Set` fixes the key
 //!   type per Rust type and the flags);
-//! * set elements with interval-end flags, userdata and verdict data ([`ElemChunk`]);
+//! * set elements with interval-end flags, userdata and verdict data (`accept`, `drop`,
+//!   `return`, `jump CHAIN`, `goto CHAIN`), as interval verdict maps need them ([`ElemChunk`]);
 //! * `payload` into any register (concatenations load the port into register 9 or 2) and
 //!   `lookup` by set name and ID with an optional destination register (verdict maps).
 //!
@@ -323,7 +324,14 @@ impl NlSet {
 
     /// Attaches an element; the set owns it from then on.
     fn add(&mut self, e: &Elem) -> Result<(), DataplaneError> {
-        let chain = e.jump.as_deref().map(cstring).transpose()?;
+        let (code, chain) = match &e.verdict {
+            None => (None, None),
+            Some(Verdict::Accept) => (Some(libc::NF_ACCEPT), None),
+            Some(Verdict::Drop) => (Some(libc::NF_DROP), None),
+            Some(Verdict::Return) => (Some(libc::NFT_RETURN), None),
+            Some(Verdict::Jump(c)) => (Some(libc::NFT_JUMP), Some(cstring(c)?)),
+            Some(Verdict::Goto(c)) => (Some(libc::NFT_GOTO), Some(cstring(c)?)),
+        };
         // SAFETY: nftnl_set_elem_alloc has no preconditions; `alloc` aborts on NULL.
         let elem = alloc(unsafe { sys::nftnl_set_elem_alloc() }).as_ptr();
         // SAFETY: `elem` is live and not yet shared. Data pointers and lengths describe
@@ -340,11 +348,12 @@ impl NlSet {
             if e.flags != 0 {
                 sys::nftnl_set_elem_set_u32(elem, sys::NFTNL_SET_ELEM_FLAGS as u16, e.flags);
             }
+            // The verdict code is an i32 (NFT_GOTO is -4) sent as its 32 bits.
+            if let Some(code) = code {
+                sys::nftnl_set_elem_set_u32(elem, sys::NFTNL_SET_ELEM_VERDICT as u16, code as u32);
+            }
             if let Some(chain) = &chain {
-                sys::nftnl_set_elem_set_u32(elem, sys::NFTNL_SET_ELEM_VERDICT as u16, libc::NFT_JUMP as u32);
                 sys::nftnl_set_elem_set_str(elem, sys::NFTNL_SET_ELEM_CHAIN as u16, chain.as_ptr());
-            } else if e.accept {
-                sys::nftnl_set_elem_set_u32(elem, sys::NFTNL_SET_ELEM_VERDICT as u16, libc::NF_ACCEPT as u32);
             }
             if !e.udata.is_empty() {
                 sys::nftnl_set_elem_set(
@@ -474,8 +483,12 @@ impl Expression for NlExpr<'_> {
             Expr::Verdict(v) => match v {
                 Verdict::Accept => nftnl::expr::Verdict::Accept,
                 Verdict::Drop => nftnl::expr::Verdict::Drop,
+                Verdict::Return => nftnl::expr::Verdict::Return,
+                // Chain names were checked when their chains were built.
                 Verdict::Jump(chain) => nftnl::expr::Verdict::Jump {
-                    // Chain names were checked when their chains were built.
+                    chain: CString::new(chain.as_str()).unwrap_or_default(),
+                },
+                Verdict::Goto(chain) => nftnl::expr::Verdict::Goto {
                     chain: CString::new(chain.as_str()).unwrap_or_default(),
                 },
             }

@@ -13,13 +13,22 @@
 //! listing order all follow it. nft creates the table, then every chain (declaration order),
 //! then every named set and map, each followed by its elements, then the rules, each rule
 //! preceded by its anonymous set if it has one.
+//!
+//! Admin tiers add interval verdict maps (`adm_*`/`bl_*` by peer address, `pc_*` by port) whose
+//! elements nft sends as for an interval set, with the verdict (`goto ar_*` / `goto pc_*`) on
+//! each start element: adjacent ranges give the closing element of one range and the start of
+//! the next at the same key, and a range running to the end of the key space has no closing
+//! element but the "open interval" userdata flag on its start.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use policyc_compiler::cidr::{Family, IpRange};
-use policyc_compiler::ir::{AddrSet, Endpoint, Ir, PeerMatch, PolicyChain, PortMatch, PortRange, PortSet, SetKind};
-use policyc_compiler::model::{Direction, Protocol};
+use policyc_compiler::ir::{
+    AddrSet, AdminRuleIr, Endpoint, Ir, PeerMatch, PolicyChain, PortClass, PortMatch, PortRange, PortSet, SetKind,
+    TierTable,
+};
+use policyc_compiler::model::{AdminAction, Direction, Protocol};
 use policyc_compiler::render::nft;
 
 use super::DataplaneError;
@@ -134,11 +143,14 @@ pub(crate) enum SetRef {
     Anonymous,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A verdict, of a rule (`immediate reg 0`) or as the data of a verdict-map element.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Verdict {
     Accept,
     Drop,
+    Return,
     Jump(String),
+    Goto(String),
 }
 
 /// A named set, a map or an anonymous set.
@@ -219,10 +231,9 @@ pub(crate) struct Elem {
     pub flags: u32,
     /// `NFTA_SET_ELEM_USERDATA`: nft marks an interval that runs to the end of the key space.
     pub udata: Vec<u8>,
-    /// Verdict-map data: `jump CHAIN`.
-    pub jump: Option<String>,
-    /// Verdict-map data: `accept`.
-    pub accept: bool,
+    /// Verdict-map data (`NFTA_SET_ELEM_DATA`), on every element of a verdict map except the
+    /// ones closing an interval.
+    pub verdict: Option<Verdict>,
 }
 
 impl Elem {
@@ -231,8 +242,7 @@ impl Elem {
             key,
             flags: 0,
             udata: Vec::new(),
-            jump: None,
-            accept: false,
+            verdict: None,
         }
     }
 }
@@ -351,16 +361,27 @@ fn max_value(width: usize) -> u128 {
 /// and the element closing it at `end + 1`; a range running to the end of the key space has
 /// no closing element and its start carries the "open interval" userdata flag.
 fn interval_elements(ranges: &[(u128, u128)], width: usize) -> Vec<Elem> {
+    interval_map_elements(ranges.iter().map(|&(start, end)| (start, end, None)), width)
+}
+
+/// [`interval_elements`] of a map: each start element carries its range's verdict, closing
+/// elements carry none. Adjacent ranges are not merged (their verdicts differ): the element
+/// closing one range and the start of the next share a key, closing element first.
+fn interval_map_elements(ranges: impl IntoIterator<Item = (u128, u128, Option<Verdict>)>, width: usize) -> Vec<Elem> {
     let max = max_value(width);
-    let mut out = Vec::with_capacity(ranges.len() * 2 + 1);
-    if ranges.first().is_some_and(|r| r.0 != 0) {
+    let mut ranges = ranges.into_iter().peekable();
+    let mut out = Vec::with_capacity(ranges.size_hint().0 * 2 + 1);
+    if ranges.peek().is_some_and(|r| r.0 != 0) {
         out.push(Elem {
             flags: NFT_SET_ELEM_INTERVAL_END,
             ..Elem::key(be_bytes(0, width))
         });
     }
-    for &(start, end) in ranges {
-        let mut e = Elem::key(be_bytes(start, width));
+    for (start, end, verdict) in ranges {
+        let mut e = Elem {
+            verdict,
+            ..Elem::key(be_bytes(start, width))
+        };
         if end == max {
             let mut u = Udata::default();
             u.put_u32(UDATA_SET_ELEM_FLAGS, SET_ELEM_F_INTERVAL_OPEN);
@@ -520,6 +541,16 @@ impl Ruleset {
                 sets.push(port_set(name, set, f));
             }
         }
+        for (name, table) in &ir.tier_tables {
+            for f in [Family::V4, Family::V6] {
+                sets.extend(table_map(name, table, f));
+            }
+        }
+        for (name, class) in &ir.port_classes {
+            for p in Protocol::ALL {
+                sets.extend(class_map(name, class, p));
+            }
+        }
         for d in [Direction::Ingress, Direction::Egress] {
             sets.push(dispatch_map(ir, d));
         }
@@ -527,13 +558,22 @@ impl Ruleset {
         let mut chains = base_chains(ir);
         for ep in &ir.endpoints {
             for d in [Direction::Ingress, Direction::Egress] {
-                if ep.isolation(d).isolated() {
+                if ep.isolation(d).enforced() {
                     chains.push(endpoint_chain(ir, ep, d)?);
                 }
             }
         }
         for (name, chain) in &ir.chains {
             chains.push(policy_chain(ir, name, chain)?);
+        }
+        for (name, table) in &ir.tier_tables {
+            chains.push(table_chain(name, table));
+        }
+        for (name, class) in &ir.port_classes {
+            chains.push(class_chain(name, class));
+        }
+        for (name, rule) in &ir.admin_rules {
+            chains.push(admin_rule_chain(name, rule));
         }
         Ok(Ruleset { chains, sets })
     }
@@ -586,10 +626,25 @@ pub(crate) struct SetDelta {
     pub add: Vec<Elem>,
 }
 
-/// Element changes that turn `old` into `new`, or `None` when anything but named set and map
-/// elements differs.
+/// Element changes that turn `old` into `new`, or `None` when anything but the elements of
+/// named sets and maps without intervals differs.
+///
+/// A change in an interval set or map (`cidr_*`, the tier maps `adm_*`, `bl_*`, `pc_*`) is
+/// structural: the kernel checks every interval element it adds against the elements already
+/// there, one at a time, so a delta that splits a range or moves a boundary between adjacent
+/// ranges (the closing element of one range and the start of the next share a key) is refused as
+/// overlapping (`EEXIST`) although the resulting map is valid. Those sets are named after their
+/// contents, so a change renames them anyway and this costs no element update in practice.
 pub(crate) fn element_deltas(old: &Ruleset, new: &Ruleset) -> Option<Vec<SetDelta>> {
     if old.skeleton() != new.skeleton() {
+        return None;
+    }
+    let interval_changed = old
+        .sets
+        .iter()
+        .zip(&new.sets)
+        .any(|(o, n)| o.flags & NFT_SET_INTERVAL != 0 && o.elements != n.elements);
+    if interval_changed {
         return None;
     }
     let mut out = Vec::new();
@@ -692,13 +747,12 @@ fn dispatch_map(ir: &Ir, d: Direction) -> SetSpec {
     let elements = ir
         .endpoints
         .iter()
-        .map(|ep| {
-            let isolated = ep.isolation(d).isolated();
-            Elem {
-                jump: isolated.then(|| ep.chain_name(d)),
-                accept: !isolated,
-                ..Elem::key(ifname_key(&ep.interface))
-            }
+        .map(|ep| Elem {
+            verdict: Some(match ep.isolation(d).enforced() {
+                true => Verdict::Jump(ep.chain_name(d)),
+                false => Verdict::Accept,
+            }),
+            ..Elem::key(ifname_key(&ep.interface))
         })
         .collect();
     let mut u = Udata::default();
@@ -849,29 +903,49 @@ fn endpoint_chain(ir: &Ir, ep: &Endpoint, d: Direction) -> Result<ChainSpec, Dat
         rules.push(r);
     }
     let iso = ep.isolation(d);
-    for chain in &iso.chains {
-        let policy = ir
-            .chains
-            .get(chain)
-            .ok_or_else(|| {
-                DataplaneError::Unrepresentable(format!("endpoint {} jumps to unknown chain {chain}", ep.pod))
-            })?
-            .policy
-            .to_string();
-        rules.push(rule(
-            vec![Expr::Verdict(Verdict::Jump(chain.clone()))],
-            Some(comment(&policy)),
-        ));
+    let tier_jump = |table: &str, tier: &str, policies: &[_]| -> Result<RuleSpec, DataplaneError> {
+        if !ir.tier_tables.contains_key(table) {
+            return Err(DataplaneError::Unrepresentable(format!(
+                "endpoint {} jumps to unknown tier table {table}",
+                ep.pod
+            )));
+        }
+        let names: Vec<String> = policies.iter().map(ToString::to_string).collect();
+        Ok(rule(
+            vec![Expr::Verdict(Verdict::Jump(table.to_string()))],
+            Some(comment(&format!("{tier} tier: {}", names.join(", ")))),
+        ))
+    };
+    if let Some(table) = &iso.admin_table {
+        rules.push(tier_jump(table, "Admin", &iso.admin)?);
     }
-    let policies: Vec<String> = iso.policies.iter().map(|p| p.to_string()).collect();
-    rules.push(rule(
-        vec![Expr::Counter, Expr::Verdict(Verdict::Drop)],
-        Some(comment(&format!(
-            "{} {d} denied: selected by {}",
-            ep.pod,
-            policies.join(", ")
-        ))),
-    ));
+    if iso.isolated() {
+        for chain in &iso.chains {
+            let policy = ir
+                .chains
+                .get(chain)
+                .ok_or_else(|| {
+                    DataplaneError::Unrepresentable(format!("endpoint {} jumps to unknown chain {chain}", ep.pod))
+                })?
+                .policy
+                .to_string();
+            rules.push(rule(
+                vec![Expr::Verdict(Verdict::Jump(chain.clone()))],
+                Some(comment(&policy)),
+            ));
+        }
+        let policies: Vec<String> = iso.policies.iter().map(|p| p.to_string()).collect();
+        rules.push(rule(
+            vec![Expr::Counter, Expr::Verdict(Verdict::Drop)],
+            Some(comment(&format!(
+                "{} {d} denied: selected by {}",
+                ep.pod,
+                policies.join(", ")
+            ))),
+        ));
+    } else if let Some(table) = &iso.baseline_table {
+        rules.push(tier_jump(table, "Baseline", &iso.baseline)?);
+    }
     Ok(ChainSpec {
         name: ep.chain_name(d),
         base: None,
@@ -1008,6 +1082,144 @@ fn policy_chain(ir: &Ir, name: &str, chain: &PolicyChain) -> Result<ChainSpec, D
     })
 }
 
+// === admin tiers ===
+
+/// Userdata of an interval verdict map: key byte order (big endian: addresses and ports), data
+/// byte order and data interval (both 0 for verdicts), then the comment, if any.
+fn verdict_map_udata(comment_text: Option<&str>) -> Vec<u8> {
+    let mut u = Udata::default();
+    u.put_u32(UDATA_SET_KEYBYTEORDER, BYTEORDER_BIG_ENDIAN);
+    u.put_u32(UDATA_SET_DATABYTEORDER, 0);
+    u.put_u32(UDATA_SET_DATA_INTERVAL, 0);
+    if let Some(c) = comment_text {
+        u.put_strz(UDATA_SET_COMMENT, &comment(c));
+    }
+    u.into_bytes()
+}
+
+/// `map adm_*_v4 { type ipv4_addr : verdict; flags interval; comment ...; elements = { RANGE :
+/// goto CHAIN, ... } }`; none for a family without entries.
+fn table_map(name: &str, table: &TierTable, f: Family) -> Option<SetSpec> {
+    let entries = table.entries(f);
+    if entries.is_empty() {
+        return None;
+    }
+    let ranges = entries
+        .iter()
+        .map(|(r, t)| (r.start, r.end, Some(Verdict::Goto(t.chain().to_string()))));
+    Some(SetSpec {
+        name: nft::table_map_name(name, f),
+        flags: NFT_SET_INTERVAL | NFT_SET_MAP,
+        key: KeyType::Addr(f),
+        verdict_map: true,
+        size: None,
+        udata: verdict_map_udata(Some(&format!(
+            "{} tier {}: peer address -> rule",
+            table.tier, table.direction
+        ))),
+        elements: interval_map_elements(ranges, addr_len(f)),
+    })
+}
+
+/// `map pc_*_tcp { type inet_service : verdict; flags interval; elements = { PORTS : goto ar_*,
+/// ... } }` (no comment); none for a protocol without entries.
+fn class_map(name: &str, class: &PortClass, p: Protocol) -> Option<SetSpec> {
+    let entries = class.protocol(p);
+    if entries.is_empty() {
+        return None;
+    }
+    let ranges = entries
+        .iter()
+        .map(|o| (o.first as u128, o.last as u128, Some(Verdict::Goto(o.rule.clone()))));
+    Some(SetSpec {
+        name: nft::class_map_name(name, p),
+        flags: NFT_SET_INTERVAL | NFT_SET_MAP,
+        key: KeyType::InetService,
+        verdict_map: true,
+        size: None,
+        udata: verdict_map_udata(None),
+        elements: interval_map_elements(ranges, 2),
+    })
+}
+
+/// A tier table's chain: `ip saddr vmap @adm_*_v4`, `ip6 saddr vmap @adm_*_v6` (`daddr` for
+/// egress), for the families it has entries of.
+fn table_chain(name: &str, table: &TierTable) -> ChainSpec {
+    let end = End::of(table.direction);
+    let mut rules = Vec::new();
+    for f in [Family::V4, Family::V6] {
+        if table.entries(f).is_empty() {
+            continue;
+        }
+        let mut exprs = nfproto_match(f).to_vec();
+        exprs.push(addr_payload(f, end));
+        exprs.push(Expr::Lookup {
+            set: SetRef::Named(nft::table_map_name(name, f)),
+            verdict_map: true,
+        });
+        rules.push(rule(exprs, None));
+    }
+    ChainSpec {
+        name: name.to_string(),
+        base: None,
+        rules,
+    }
+}
+
+/// A port class's chain: `tcp dport vmap @pc_*_tcp` per protocol with entries; with a rule for
+/// other protocols, `meta l4proto tcp return` (udp, sctp) and `goto ar_*`.
+fn class_chain(name: &str, class: &PortClass) -> ChainSpec {
+    let mut rules = Vec::new();
+    for p in Protocol::ALL {
+        if class.protocol(p).is_empty() {
+            continue;
+        }
+        // `tcp dport`: nft adds the `meta l4proto tcp` dependency.
+        let mut exprs = l4proto_match(p).to_vec();
+        exprs.push(dport_payload(1));
+        exprs.push(Expr::Lookup {
+            set: SetRef::Named(nft::class_map_name(name, p)),
+            verdict_map: true,
+        });
+        rules.push(rule(exprs, None));
+    }
+    if let Some(other) = &class.other {
+        for p in Protocol::ALL {
+            let mut exprs = l4proto_match(p).to_vec();
+            exprs.push(Expr::Verdict(Verdict::Return));
+            rules.push(rule(exprs, None));
+        }
+        rules.push(rule(vec![Expr::Verdict(Verdict::Goto(other.clone()))], None));
+    }
+    ChainSpec {
+        name: name.to_string(),
+        base: None,
+        rules,
+    }
+}
+
+/// An admin rule's chain: `counter accept|drop|return comment "..."`.
+fn admin_rule_chain(name: &str, r: &AdminRuleIr) -> ChainSpec {
+    let verdict = match r.action {
+        AdminAction::Accept => Verdict::Accept,
+        AdminAction::Deny => Verdict::Drop,
+        AdminAction::Pass => Verdict::Return,
+    };
+    ChainSpec {
+        name: name.to_string(),
+        base: None,
+        rules: vec![rule(
+            vec![Expr::Counter, Expr::Verdict(verdict)],
+            Some(comment(&format!(
+                "{} tier: {}: {}",
+                r.tier,
+                r.comment_label(),
+                r.action
+            ))),
+        )],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1066,6 +1278,135 @@ mod tests {
         assert_eq!(e[2].udata, [1, 4, 1, 0, 0, 0]);
         assert_eq!(interval_size(&r), 4);
         assert_eq!(automerge(vec![(4, 9), (1, 3)]), [(1, 9)]);
+    }
+
+    fn hex(s: &[&str]) -> Vec<u8> {
+        s.concat()
+            .as_bytes()
+            .chunks(2)
+            .map(|h| u8::from_str_radix(std::str::from_utf8(h).unwrap(), 16).unwrap())
+            .collect()
+    }
+
+    /// Set userdata of interval verdict maps, captured from `nft --debug=mnl` (nftables 1.0.6).
+    #[test]
+    fn verdict_map_userdata_matches_nft() {
+        // `map p_tcp { type inet_service : verdict; flags interval; ... }`
+        assert_eq!(
+            verdict_map_udata(None),
+            hex(&["00040200", "00000104", "00000000", "06040000", "0000"])
+        );
+        // With `comment "Admin tier egress: peer address -> rule"`.
+        let mut want = hex(&["00040200", "00000104", "00000000", "06040000", "00000728"]);
+        want.extend_from_slice(b"Admin tier egress: peer address -> rule\0");
+        assert_eq!(verdict_map_udata(Some("Admin tier egress: peer address -> rule")), want);
+    }
+
+    /// `{ 10.0.1.10 : goto c1, 10.0.1.11 : goto c2, 10.1.0.5-10.1.0.9 : goto c1,
+    /// 11.0.0.0/8 : goto c2, 200.0.0.0-255.255.255.255 : goto c1 }` as nft 1.0.6 sends it.
+    #[test]
+    fn interval_map_like_nft() {
+        let ip = |s: &str| u32::from(s.parse::<std::net::Ipv4Addr>().unwrap()) as u128;
+        let goto = |c: &str| Some(Verdict::Goto(c.into()));
+        let ranges = [
+            (ip("10.0.1.10"), ip("10.0.1.10"), goto("c1")),
+            (ip("10.0.1.11"), ip("10.0.1.11"), goto("c2")),
+            (ip("10.1.0.5"), ip("10.1.0.9"), goto("c1")),
+            (ip("11.0.0.0"), ip("11.255.255.255"), goto("c2")),
+            (ip("200.0.0.0"), ip("255.255.255.255"), goto("c1")),
+        ];
+        let got: Vec<(String, u32, Option<Verdict>, bool)> = interval_map_elements(ranges, 4)
+            .into_iter()
+            .map(|e| {
+                let key: [u8; 4] = e.key.try_into().unwrap();
+                (
+                    std::net::Ipv4Addr::from(key).to_string(),
+                    e.flags,
+                    e.verdict,
+                    !e.udata.is_empty(),
+                )
+            })
+            .collect();
+        let end = |k: &str| (k.to_string(), NFT_SET_ELEM_INTERVAL_END, None, false);
+        let start = |k: &str, c: &str| (k.to_string(), 0, goto(c), false);
+        assert_eq!(
+            got,
+            [
+                end("0.0.0.0"),
+                start("10.0.1.10", "c1"),
+                // Adjacent ranges: the end of one and the start of the next share the key.
+                end("10.0.1.11"),
+                start("10.0.1.11", "c2"),
+                end("10.0.1.12"),
+                start("10.1.0.5", "c1"),
+                end("10.1.0.10"),
+                start("11.0.0.0", "c2"),
+                end("12.0.0.0"),
+                // Open interval: no end, userdata flag.
+                ("200.0.0.0".to_string(), 0, goto("c1"), true),
+            ]
+        );
+
+        // `{ 0-79 : goto c1, 80 : goto c2, 81-65535 : goto c1 }`: no leading end at 0.
+        let ports = interval_map_elements([(0, 79, goto("c1")), (80, 80, goto("c2")), (81, 65535, goto("c1"))], 2);
+        let keys: Vec<(Vec<u8>, u32)> = ports.iter().map(|e| (e.key.clone(), e.flags)).collect();
+        assert_eq!(
+            keys,
+            [
+                (vec![0, 0], 0),
+                (vec![0, 80], 1),
+                (vec![0, 80], 0),
+                (vec![0, 81], 1),
+                (vec![0, 81], 0)
+            ]
+        );
+        assert_eq!(ports[4].udata, [1, 4, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn interval_changes_are_structural() {
+        let map = |elements| SetSpec {
+            name: "adm_x_in_v4".into(),
+            flags: NFT_SET_INTERVAL | NFT_SET_MAP,
+            key: KeyType::Addr(Family::V4),
+            verdict_map: true,
+            size: None,
+            udata: verdict_map_udata(None),
+            elements,
+        };
+        let dispatch = |elements| SetSpec {
+            name: "ingress_dispatch".into(),
+            flags: NFT_SET_MAP,
+            key: KeyType::Ifname,
+            verdict_map: true,
+            size: None,
+            udata: Vec::new(),
+            elements,
+        };
+        let goto = |c: &str| Some(Verdict::Goto(c.into()));
+        let rs = |ranges: Vec<(u128, u128, Option<Verdict>)>, ifaces: &[&str]| Ruleset {
+            chains: Vec::new(),
+            sets: vec![
+                map(interval_map_elements(ranges, 4)),
+                dispatch(
+                    ifaces
+                        .iter()
+                        .map(|i| Elem {
+                            verdict: Some(Verdict::Accept),
+                            ..Elem::key(ifname_key(i))
+                        })
+                        .collect(),
+                ),
+            ],
+        };
+        let old = rs(vec![(10, 20, goto("a"))], &["cali1"]);
+        // Only the dispatch map changes: an element update.
+        let deltas = element_deltas(&old, &rs(vec![(10, 20, goto("a"))], &["cali1", "cali2"])).unwrap();
+        assert_eq!(deltas.len(), 1);
+        assert_eq!(deltas[0].set.name, "ingress_dispatch");
+        // A range split with another verdict, or a verdict changed: structural.
+        assert!(element_deltas(&old, &rs(vec![(10, 15, goto("a")), (16, 20, goto("b"))], &["cali1"])).is_none());
+        assert!(element_deltas(&old, &rs(vec![(10, 20, goto("b"))], &["cali1"])).is_none());
     }
 
     #[test]
