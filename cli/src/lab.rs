@@ -83,6 +83,10 @@ pub enum LabCommand {
         /// Skip the iptables rendering.
         #[arg(long)]
         nft_only: bool,
+        /// Instead of NetworkPolicies, N admin rules decide: N Admin-tier ClusterNetworkPolicies
+        /// selecting the pair, the one accepting the benchmark's ports evaluated last.
+        #[arg(long)]
+        admin: bool,
         #[arg(short = 'o', long, value_enum, default_value_t = crate::TextJson::Text)]
         output: crate::TextJson,
     },
@@ -225,6 +229,7 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
             repeat,
             policies,
             nft_only,
+            admin,
             output,
         } => {
             let opts = bench::BenchOptions {
@@ -232,6 +237,7 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
                 repeat,
                 policy_counts: policies,
                 iptables: !nft_only,
+                admin,
             };
             let result = bench::run(&opts, &mut |line| eprintln!("{line}"))?;
             match output {

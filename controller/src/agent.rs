@@ -4,7 +4,8 @@
 //! ```text
 //!  watch Pods ──────┐
 //!  watch Namespaces ┼─► Index (one writer) ─version─► sync loop: debounce → compile(node) → hash
-//!  watch NetPols ───┘                                   │ unchanged: nothing
+//!  watch NetPols ───┤                                   │ unchanged: nothing
+//!  watch admin kinds┘ (those the API server serves)     │
 //!                                                       │ changed: writer.apply (elements or replace)
 //!                                                       ├─► conntrack: cut flows now denied
 //!                                                       ├─► metrics
@@ -103,10 +104,90 @@ pub async fn run(client: Client, cfg: Config, shared: Arc<Shared>) {
         Api::<NetworkPolicy>::all(client.clone()),
         Kind::NetworkPolicy,
         shared.clone(),
-        tx,
+        tx.clone(),
     ));
+    shared.index.write().expect("index lock").begin_discovery();
+    tokio::spawn(watch_admin_kinds(client.clone(), shared.clone(), tx));
     let status = cfg.report_status.then(|| StatusWriter::new(client, &cfg.node_name));
     sync_loop(cfg, shared, rx, status).await;
+}
+
+/// API group of the admin policy kinds.
+const ADMIN_GROUP: &str = "policy.networking.k8s.io";
+
+/// The admin policy kinds: version and plural of each.
+const ADMIN_KINDS: [(Kind, &str, &str); 3] = [
+    (Kind::ClusterNetworkPolicy, "v1alpha2", "clusternetworkpolicies"),
+    (Kind::AdminNetworkPolicy, "v1alpha1", "adminnetworkpolicies"),
+    (
+        Kind::BaselineAdminNetworkPolicy,
+        "v1alpha1",
+        "baselineadminnetworkpolicies",
+    ),
+];
+
+/// Which admin policy kinds the API server serves (their CRDs are installed).
+async fn served_admin_kinds(client: &Client) -> Result<Vec<Kind>, kube::Error> {
+    let mut served = Vec::new();
+    for version in ["v1alpha1", "v1alpha2"] {
+        let resources = match client
+            .list_api_group_resources(&format!("{ADMIN_GROUP}/{version}"))
+            .await
+        {
+            Ok(list) => list.resources,
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(e) => return Err(e),
+        };
+        for (kind, v, plural) in ADMIN_KINDS {
+            if v == version && resources.iter().any(|r| r.name == plural) {
+                served.push(kind);
+            }
+        }
+    }
+    Ok(served)
+}
+
+/// Watches the admin policy kinds the API server serves. The first answer decides which kinds the
+/// first ruleset waits for (never enforce an Admin tier half-listed); kinds whose CRDs appear later
+/// are watched from then on.
+async fn watch_admin_kinds(client: Client, shared: Arc<Shared>, tx: watch::Sender<u64>) {
+    let mut watching: Vec<Kind> = Vec::new();
+    let mut first = true;
+    loop {
+        match served_admin_kinds(&client).await {
+            Ok(kinds) => {
+                let new: Vec<Kind> = kinds.into_iter().filter(|k| !watching.contains(k)).collect();
+                if first {
+                    tracing::info!(kinds = ?new, "admin policy kinds served");
+                    shared.index.write().expect("index lock").discovered(&new);
+                    tx.send_modify(|_| {});
+                    first = false;
+                }
+                for kind in new {
+                    let (_, version, plural) = ADMIN_KINDS.iter().find(|(k, ..)| *k == kind).expect("admin kind");
+                    let gvk = kube::api::GroupVersionKind::gvk(ADMIN_GROUP, version, kind.as_str());
+                    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, plural);
+                    tracing::info!(kind = %kind, "watching");
+                    tokio::spawn(watch_kind(
+                        Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource),
+                        kind,
+                        shared.clone(),
+                        tx.clone(),
+                    ));
+                    watching.push(kind);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("discovering admin policy kinds: {e}");
+                shared.metrics.error(ErrorKind::Watch);
+            }
+        }
+        if watching.len() == ADMIN_KINDS.len() {
+            return;
+        }
+        let pause = if first { 2 } else { 30 };
+        tokio::time::sleep(Duration::from_secs(pause)).await;
+    }
 }
 
 async fn watch_kind<K>(api: Api<K>, kind: Kind, shared: Arc<Shared>, tx: watch::Sender<u64>)
@@ -183,7 +264,7 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
             }
             (
                 compile(ix.snapshot(), &opts),
-                ix.snapshot().policies.len(),
+                ix.snapshot().policies.len() + ix.snapshot().admin_policies.len(),
                 ix.invalid().cloned().collect::<Vec<_>>(),
             )
         };

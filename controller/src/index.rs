@@ -34,6 +34,9 @@ pub struct Index {
     listed: BTreeSet<Kind>,
     /// Objects of a kind being relisted (between `Init` and `InitDone`).
     relisting: BTreeMap<Kind, Vec<(ObjectKey, Staged)>>,
+    /// Optional kinds (admin policies) to list before the first ruleset; `None` while the agent
+    /// has not yet learnt which the API server serves.
+    expected: Option<Vec<Kind>>,
     version: u64,
 }
 
@@ -64,7 +67,10 @@ fn key_of(kind: Kind, v: &Value) -> Option<ObjectKey> {
 
 impl Index {
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            expected: Some(Vec::new()),
+            ..Self::default()
+        }
     }
 
     /// Bumped on every change that can affect the ruleset.
@@ -85,6 +91,21 @@ impl Index {
     /// must not be enforced (it would drop policies that simply have not arrived yet).
     pub fn ready(&self) -> bool {
         WATCHED.iter().all(|k| self.listed.contains(k))
+            && self
+                .expected
+                .as_ref()
+                .is_some_and(|ks| ks.iter().all(|k| self.listed.contains(k)))
+    }
+
+    /// The agent is finding out which optional kinds the API server serves: not ready until
+    /// [`Index::discovered`].
+    pub fn begin_discovery(&mut self) {
+        self.expected = None;
+    }
+
+    /// The optional kinds the API server serves, which must be listed before the first ruleset.
+    pub fn discovered(&mut self, kinds: &[Kind]) {
+        self.expected = Some(kinds.to_vec());
     }
 
     /// An object was added or changed. Returns whether the snapshot changed.
@@ -289,5 +310,33 @@ mod tests {
         assert!(ix.ready());
         assert!(ix.delete(Kind::NetworkPolicy, &policy("new", "")));
         assert!(ix.snapshot().policies.is_empty());
+    }
+
+    #[test]
+    fn waits_for_the_admin_kinds_the_server_serves() {
+        let mut ix = Index::new();
+        for k in WATCHED {
+            ix.relist_start(k);
+            ix.relist_done(k);
+        }
+        assert!(ix.ready(), "no optional kinds expected");
+        ix.begin_discovery();
+        assert!(!ix.ready(), "not ready before discovery answers");
+        ix.discovered(&[Kind::ClusterNetworkPolicy]);
+        assert!(!ix.ready(), "ClusterNetworkPolicies not listed yet");
+        ix.relist_start(Kind::ClusterNetworkPolicy);
+        let cnp = serde_json::json!({
+            "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "deny"},
+            "spec": {"tier": "Admin", "priority": 1, "subject": {"namespaces": {}},
+                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}
+        });
+        assert!(
+            !ix.apply(Kind::ClusterNetworkPolicy, cnp),
+            "buffered until the list completes"
+        );
+        assert!(ix.relist_done(Kind::ClusterNetworkPolicy));
+        assert!(ix.ready());
+        assert_eq!(ix.snapshot().admin_policies.len(), 1);
     }
 }

@@ -9,6 +9,10 @@
 //! | UDP packet rate | `iperf3 -u -b 0 -l 64` | per-packet cost (received packets per second) |
 //! | new connections | connect/accept/close loop | per-connection cost: the first packet walks the chains |
 //!
+//! With `admin`, the N policies are Admin-tier ClusterNetworkPolicies instead, each with a Deny
+//! rule for its own port and the last (highest priority number) accepting the benchmark's ports:
+//! the nft ruleset decides by lookups in the tier tables, the iptables one walks the rules.
+//!
 //! Each runs with no ruleset at all, then with the nft ruleset (loaded over netlink) and the
 //! iptables rendering (ipset + iptables-restore) for every policy count; figures are reported as
 //! ratios to the no-ruleset run, each the median of several runs (2-core machines are noisy).
@@ -36,6 +40,8 @@ pub struct BenchOptions {
     pub iptables: bool,
     /// Runs per figure; the median is reported.
     pub repeat: usize,
+    /// Admin-tier ClusterNetworkPolicies instead of NetworkPolicies.
+    pub admin: bool,
 }
 
 impl Default for BenchOptions {
@@ -45,6 +51,7 @@ impl Default for BenchOptions {
             policy_counts: vec![10, 100, 1000],
             iptables: true,
             repeat: 3,
+            admin: false,
         }
     }
 }
@@ -136,10 +143,71 @@ spec:
     out
 }
 
-fn snapshot(policies: usize) -> Result<Snapshot, Error> {
+/// `n` Admin-tier ClusterNetworkPolicies selecting both pods: policy i denies port 10000+i both
+/// ways; the last (priority n-1) accepts the benchmark's ports.
+fn admin_policies_yaml(n: usize) -> String {
+    let mut out = String::new();
+    for i in 0..n {
+        let last = i + 1 == n;
+        let (action, protocols) = if last {
+            (
+                "Accept",
+                format!(
+                    "[{{tcp: {{destinationPort: {{number: {IPERF_PORT}}}}}}}, {{udp: {{destinationPort: {{number: {IPERF_PORT}}}}}}}, {{tcp: {{destinationPort: {{number: {CONNECT_PORT}}}}}}}]"
+                ),
+            )
+        } else {
+            (
+                "Deny",
+                format!("[{{tcp: {{destinationPort: {{number: {}}}}}}}]", 10_000 + i),
+            )
+        };
+        let _ = write!(
+            out,
+            "---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {{name: p-{i:05}}}
+spec:
+  tier: Admin
+  priority: {}
+  subject: {{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{bench: pair}}}}}}}}
+  ingress:
+  - action: {action}
+    from: [{{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: client}}}}}}}}]
+    protocols: {protocols}
+  egress:
+  - action: {action}
+    to: [{{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: server}}}}}}}}]
+    protocols: {protocols}
+",
+            i.min(1000)
+        );
+    }
+    // Everything else between the pair is denied, so the accept rule is what lets them talk.
+    out.push_str(
+        "---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: zz-deny-rest}
+spec:
+  tier: Baseline
+  priority: 0
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {bench: pair}}}}
+  ingress:
+  - action: Deny
+    from: [{namespaces: {}}]
+",
+    );
+    out
+}
+
+fn snapshot(policies: usize, admin: bool) -> Result<Snapshot, Error> {
     let mut l = Loader::new();
     l.add_text("bench", &base_yaml());
-    if policies > 0 {
+    if policies > 0 && admin {
+        l.add_text("bench-policies", &admin_policies_yaml(policies));
+    } else if policies > 0 {
         l.add_text("bench-policies", &policies_yaml(policies));
     }
     let (s, diags) = l.finish();
@@ -246,7 +314,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(String)) -> Result<Benc
     }
     let server = ObjectRef::new("bench", "server");
     let client = ObjectRef::new("bench", "client");
-    let mut lab = Lab::new(&snapshot(0)?, LabOptions::default())?;
+    let mut lab = Lab::new(&snapshot(0, false)?, LabOptions::default())?;
     progress(format!(
         "lab {}: bench/server on node-1, bench/client on node-2",
         lab.prefix()
@@ -289,7 +357,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(String)) -> Result<Benc
 
     let mut rows: Vec<BenchRow> = Vec::new();
     for (backend, n) in configs {
-        lab.update_topology(&snapshot(n)?)?;
+        lab.update_topology(&snapshot(n, opts.admin)?)?;
         match backend {
             "none" => lab.clear_rules()?,
             "iptables" => lab.load_iptables()?,
