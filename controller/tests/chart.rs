@@ -1,7 +1,8 @@
 //! The Helm chart as users install it: real helm (built from its Go module) against a real
 //! kube-apiserver. Lint, template with several value sets, server-side dry-run, install, assert
 //! what the API server stored (RBAC, DaemonSet, CRD established), check the agent's permissions
-//! with `kubectl auth can-i`, uninstall and check what remains.
+//! with `kubectl auth can-i`, uninstall and check what remains. The admin policy CRDs are rendered
+//! only when asked for (`adminPolicies.installCRDs`) and outlive the release.
 
 mod support;
 
@@ -10,6 +11,25 @@ use support::{repo, skip, ApiServer};
 
 fn chart() -> String {
     repo().join("charts/policyc").to_str().unwrap().to_string()
+}
+
+const ADMIN_CRDS: [&str; 3] = [
+    "adminnetworkpolicies.policy.networking.k8s.io",
+    "baselineadminnetworkpolicies.policy.networking.k8s.io",
+    "clusternetworkpolicies.policy.networking.k8s.io",
+];
+
+/// The names of the CustomResourceDefinitions in rendered manifests, with their resource policy.
+fn crds_of(manifests: &str) -> Vec<(String, Value)> {
+    manifests
+        .split("\n---")
+        .filter_map(|doc| serde_yaml::from_str::<Value>(doc).ok())
+        .filter(|v| v["kind"] == "CustomResourceDefinition")
+        .map(|v| {
+            let policy = v["metadata"]["annotations"]["helm.sh/resource-policy"].clone();
+            (v["metadata"]["name"].as_str().unwrap().to_string(), policy)
+        })
+        .collect()
 }
 
 fn daemonset_of(manifests: &str) -> Value {
@@ -30,8 +50,10 @@ fn chart_installs_with_least_privilege() {
     let Some(api) = ApiServer::start("chart") else { return };
     let chart = chart();
 
-    let lint = api.tool("helm", &["lint", &chart, "--strict"], None);
-    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+    for set in ["adminPolicies.installCRDs=false", "adminPolicies.installCRDs=true"] {
+        let lint = api.tool("helm", &["lint", &chart, "--strict", "--set", set], None);
+        assert!(lint.contains("0 chart(s) failed"), "{set}: {lint}");
+    }
 
     // Value sets: defaults, the iptables backend with a ServiceMonitor, and an invalid backend.
     let defaults = api.tool(
@@ -50,8 +72,19 @@ fn chart_installs_with_least_privilege() {
         args.contains(&"--backend=nftables") && args.contains(&"--fail-closed=true"),
         "{args:?}"
     );
-    assert!(defaults.contains("kind: CustomResourceDefinition"));
+    let names: Vec<String> = crds_of(&defaults).into_iter().map(|(name, _)| name).collect();
+    assert_eq!(names, ["nodepolicystatuses.policyc.dev"], "the admin CRDs are opt-in");
     assert!(!defaults.contains("kind: ServiceMonitor"));
+
+    // adminPolicies.installCRDs renders the three admin CRDs, kept when the release goes.
+    let with_admin = api.tool(
+        "helm",
+        &["template", "policyc", &chart, "--set", "adminPolicies.installCRDs=true"],
+        None,
+    );
+    let keep = Value::String("keep".into());
+    let want: Vec<(String, Value)> = ADMIN_CRDS.iter().map(|n| (n.to_string(), keep.clone())).collect();
+    assert_eq!(crds_of(&with_admin), want);
 
     let custom = api.tool(
         "helm",
@@ -96,17 +129,28 @@ fn chart_installs_with_least_privilege() {
     // Server-side dry run of the rendered manifests (CRDs first, as Helm installs them).
     api.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&defaults));
 
-    // Install and read back what the API server stored.
-    api.tool("helm", &["install", "policyc", &chart, "-n", "kube-system"], None);
-    api.kubectl(
+    // Install (with the admin CRDs) and read back what the API server stored.
+    api.tool(
+        "helm",
         &[
-            "wait",
-            "--for",
-            "condition=established",
-            "crd/nodepolicystatuses.policyc.dev",
+            "install",
+            "policyc",
+            &chart,
+            "-n",
+            "kube-system",
+            "--set",
+            "adminPolicies.installCRDs=true",
         ],
         None,
     );
+    let mut wait = vec![
+        "wait".to_string(),
+        "--for".into(),
+        "condition=established".into(),
+        "crd/nodepolicystatuses.policyc.dev".into(),
+    ];
+    wait.extend(ADMIN_CRDS.iter().map(|n| format!("crd/{n}")));
+    api.kubectl(&wait.iter().map(String::as_str).collect::<Vec<_>>(), None);
     let ds: Value = serde_json::from_str(&api.kubectl(
         &["-n", "kube-system", "get", "daemonset", "policyc", "-o", "json"],
         None,
@@ -132,12 +176,17 @@ fn chart_installs_with_least_privilege() {
     let role: Value =
         serde_json::from_str(&api.kubectl(&["get", "clusterrole", "policyc", "-o", "json"], None)).unwrap();
     let rules = role["rules"].as_array().unwrap();
-    assert_eq!(rules.len(), 4, "{rules:?}");
+    assert_eq!(rules.len(), 5, "{rules:?}");
     let sa = "system:serviceaccount:kube-system:policyc";
     for (verb, resource, want) in [
         ("watch", "pods", "yes"),
         ("list", "namespaces", "yes"),
         ("watch", "networkpolicies.networking.k8s.io", "yes"),
+        ("watch", "adminnetworkpolicies.policy.networking.k8s.io", "yes"),
+        ("list", "baselineadminnetworkpolicies.policy.networking.k8s.io", "yes"),
+        ("get", "clusternetworkpolicies.policy.networking.k8s.io", "yes"),
+        ("create", "clusternetworkpolicies.policy.networking.k8s.io", "no"),
+        ("update", "adminnetworkpolicies.policy.networking.k8s.io/status", "no"),
         ("patch", "nodepolicystatuses.policyc.dev/status", "yes"),
         ("create", "nodepolicystatuses.policyc.dev", "yes"),
         ("create", "networkpolicies.networking.k8s.io", "no"),
@@ -151,7 +200,8 @@ fn chart_installs_with_least_privilege() {
         assert_eq!(out.trim(), want, "can {sa} {verb} {resource}?");
     }
 
-    // Uninstall: everything but the CRD (Helm keeps CRDs) is gone.
+    // Uninstall: everything but the CRDs (Helm keeps those of crds/, the admin ones are kept by
+    // their resource policy) is gone.
     api.tool("helm", &["uninstall", "policyc", "-n", "kube-system"], None);
     for what in [
         ["-n", "kube-system", "daemonset/policyc"],
@@ -163,4 +213,7 @@ fn chart_installs_with_least_privilege() {
     let (ok, _, _) = api.try_tool("kubectl", &["get", "clusterrole", "policyc"], None);
     assert!(!ok, "ClusterRole left behind");
     api.kubectl(&["get", "crd", "nodepolicystatuses.policyc.dev"], None);
+    for crd in ADMIN_CRDS {
+        api.kubectl(&["get", "crd", crd], None);
+    }
 }

@@ -12,6 +12,11 @@
 //! The agent on each node writes its object with server-side apply; `policyc status` reads them
 //! and `policyc wait --for=enforced` waits until every node that hosts a selected pod reports the
 //! policy's generation.
+//!
+//! [`admin`] holds the types of SIG Network's admin policy API (AdminNetworkPolicy,
+//! BaselineAdminNetworkPolicy, ClusterNetworkPolicy), which policyc reads but does not own.
+
+pub mod admin;
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -114,7 +119,6 @@ pub struct Condition {
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt as _;
     let mut out = String::new();
-    // The admin policy kinds join this list when policyc reads them.
     let crds = vec![NodePolicyStatus::crd()];
     for crd in crds {
         out.push_str("---\n");

@@ -1,17 +1,32 @@
-//! Regenerates what is derived from code: the CRDs policyc owns (into `crds/yaml/` and the chart)
-//! and the chart README's values table (from `values.yaml`). `crdgen -` prints the CRDs instead.
+//! Regenerates what is derived from code: the CRDs policyc owns (into `crds/yaml/` and the chart),
+//! the admin policy CRDs (into `crds/yaml/` and the chart's opt-in template) and the chart README's
+//! values table (from `values.yaml`). `crdgen -` prints policyc's CRDs, `crdgen admin` the admin
+//! policy CRDs, instead.
 
 use std::path::Path;
 
 fn main() -> std::io::Result<()> {
     let yaml = policyc_crds::crd_yaml();
-    if std::env::args().nth(1).as_deref() == Some("-") {
-        print!("{yaml}");
-        return Ok(());
+    match std::env::args().nth(1).as_deref() {
+        Some("-") => {
+            print!("{yaml}");
+            return Ok(());
+        }
+        Some("admin") => {
+            print!("{}", policyc_crds::admin::crd_yaml());
+            return Ok(());
+        }
+        _ => {}
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for p in policyc_crds::CRD_PATHS {
-        std::fs::write(repo.join(p), &yaml)?;
+    let mut outputs: Vec<(&str, String)> = policyc_crds::CRD_PATHS.iter().map(|p| (*p, yaml.clone())).collect();
+    outputs.push((policyc_crds::admin::CRD_PATH, policyc_crds::admin::crd_yaml()));
+    outputs.push((
+        policyc_crds::admin::CHART_TEMPLATE_PATH,
+        policyc_crds::admin::chart_template(),
+    ));
+    for (p, text) in outputs {
+        std::fs::write(repo.join(p), text)?;
         eprintln!("wrote {p}");
     }
     let values = std::fs::read_to_string(repo.join("charts/policyc/values.yaml"))?;
