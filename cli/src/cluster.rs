@@ -1,4 +1,5 @@
-//! Commands that talk to a cluster: `policyc status` and `policyc wait --for=enforced`.
+//! Commands that talk to a cluster: `policyc status` and `policyc wait --for=enforced`, for
+//! NetworkPolicies and the admin policy kinds alike.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use policyc_compiler::load::{parse_object, Parsed};
-use policyc_compiler::model::Snapshot;
+use policyc_compiler::model::{AdminRef, Snapshot};
 use policyc_compiler::ObjectRef;
 use policyc_crds::NodePolicyStatus;
 
@@ -45,12 +46,88 @@ async fn snapshot(client: &Client) -> Result<Snapshot> {
     for o in Api::<NetworkPolicy>::all(client.clone()).list(&lp).await? {
         add(serde_json::to_value(o)?);
     }
+    // The admin policy kinds, where their CRDs are installed.
+    for (kind, version, plural) in [
+        ("ClusterNetworkPolicy", "v1alpha2", "clusternetworkpolicies"),
+        ("AdminNetworkPolicy", "v1alpha1", "adminnetworkpolicies"),
+        ("BaselineAdminNetworkPolicy", "v1alpha1", "baselineadminnetworkpolicies"),
+    ] {
+        let gvk = kube::api::GroupVersionKind::gvk("policy.networking.k8s.io", version, kind);
+        let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, plural);
+        match Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource)
+            .list(&lp)
+            .await
+        {
+            Ok(list) => {
+                for o in list {
+                    let mut v = serde_json::to_value(o)?;
+                    if let Some(m) = v.as_object_mut() {
+                        m.insert("apiVersion".into(), resource.api_version.clone().into());
+                        m.insert("kind".into(), kind.into());
+                    }
+                    add(v);
+                }
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(s)
 }
 
-/// For each policy: the nodes hosting a pod it selects.
-fn nodes_by_policy(s: &Snapshot) -> BTreeMap<ObjectRef, BTreeSet<String>> {
-    s.policies
+/// A policy of any kind, as NodePolicyStatus reports it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum PolicyId {
+    Network(ObjectRef),
+    Admin(AdminRef),
+}
+
+impl std::fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PolicyId::Network(r) => write!(f, "{r}"),
+            PolicyId::Admin(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+impl PolicyId {
+    fn of_report(p: &policyc_crds::EnforcedPolicy) -> Option<PolicyId> {
+        use policyc_compiler::model::AdminKind;
+        Some(match p.kind.as_deref() {
+            None | Some("NetworkPolicy") => PolicyId::Network(ObjectRef::new(&p.namespace, &p.name)),
+            Some("ClusterNetworkPolicy") => PolicyId::Admin(AdminRef::new(AdminKind::ClusterNetworkPolicy, &p.name)),
+            Some("AdminNetworkPolicy") => PolicyId::Admin(AdminRef::new(AdminKind::AdminNetworkPolicy, &p.name)),
+            Some("BaselineAdminNetworkPolicy") => {
+                PolicyId::Admin(AdminRef::new(AdminKind::BaselineAdminNetworkPolicy, &p.name))
+            }
+            Some(_) => return None,
+        })
+    }
+
+    /// The policy's current generation in the snapshot; `None` when it is not there.
+    fn generation(&self, s: &Snapshot) -> Option<Option<i64>> {
+        match self {
+            PolicyId::Network(r) => s.policies.get(r).map(|p| p.generation),
+            PolicyId::Admin(r) => s.admin_policies.get(r).map(|p| p.generation),
+        }
+    }
+
+    /// Every policy of the snapshot.
+    fn all(s: &Snapshot) -> Vec<PolicyId> {
+        s.policies
+            .keys()
+            .cloned()
+            .map(PolicyId::Network)
+            .chain(s.admin_policies.keys().cloned().map(PolicyId::Admin))
+            .collect()
+    }
+}
+
+/// For each policy: the nodes hosting a pod it selects (admin policies: with rules).
+fn nodes_by_policy(s: &Snapshot) -> BTreeMap<PolicyId, BTreeSet<String>> {
+    let mut out: BTreeMap<PolicyId, BTreeSet<String>> = s
+        .policies
         .values()
         .map(|p| {
             let nodes = s
@@ -58,20 +135,28 @@ fn nodes_by_policy(s: &Snapshot) -> BTreeMap<ObjectRef, BTreeSet<String>> {
                 .filter(|pod| p.selects(pod))
                 .filter_map(|pod| pod.node.clone())
                 .collect();
-            (p.id(), nodes)
+            (PolicyId::Network(p.id()), nodes)
         })
-        .collect()
+        .collect();
+    for p in s.admin_policies.values() {
+        let nodes = s
+            .endpoints()
+            .filter(|pod| p.subject.matches(&s.namespace_labels(&pod.namespace), &pod.labels))
+            .filter_map(|pod| pod.node.clone())
+            .collect();
+        out.insert(PolicyId::Admin(p.id()), nodes);
+    }
+    out
 }
 
 /// Generation each node reports for each policy.
-fn reported(statuses: &[NodePolicyStatus]) -> BTreeMap<(ObjectRef, String), Option<i64>> {
+fn reported(statuses: &[NodePolicyStatus]) -> BTreeMap<(PolicyId, String), Option<i64>> {
     let mut out = BTreeMap::new();
     for nps in statuses {
         for p in nps.status.iter().flat_map(|s| &s.policies) {
-            out.insert(
-                (ObjectRef::new(&p.namespace, &p.name), nps.spec.node_name.clone()),
-                p.generation,
-            );
+            if let Some(id) = PolicyId::of_report(p) {
+                out.insert((id, nps.spec.node_name.clone()), p.generation);
+            }
         }
     }
     out
@@ -125,7 +210,7 @@ pub async fn status(kubeconfig: Option<&Path>, output_json: bool) -> Result<()> 
     let reports = reported(&statuses);
     println!("{:<40} {:>10}  NODES", "POLICY", "GENERATION");
     for (id, nodes) in nodes_by_policy(&snap) {
-        let generation = snap.policies[&id].generation;
+        let generation = id.generation(&snap).flatten();
         let cells: Vec<String> = nodes
             .iter()
             .map(|n| match reports.get(&(id.clone(), n.clone())) {
@@ -152,9 +237,9 @@ pub async fn status(kubeconfig: Option<&Path>, output_json: bool) -> Result<()> 
 pub async fn wait_enforced(kubeconfig: Option<&Path>, files: &[PathBuf], timeout: Duration) -> Result<()> {
     let input = crate::input::load(files);
     input.report(true);
-    let wanted: Vec<ObjectRef> = input.snapshot.policies.keys().cloned().collect();
+    let wanted: Vec<PolicyId> = PolicyId::all(&input.snapshot);
     if wanted.is_empty() {
-        bail!("no NetworkPolicy in the input");
+        bail!("no NetworkPolicy or admin policy in the input");
     }
     let client = client(kubeconfig).await?;
     let deadline = Instant::now() + timeout;
@@ -172,17 +257,17 @@ pub async fn wait_enforced(kubeconfig: Option<&Path>, files: &[PathBuf], timeout
         let by_policy = nodes_by_policy(&snap);
         lagging = Vec::new();
         for id in &wanted {
-            let Some(policy) = snap.policies.get(id) else {
+            let Some(generation) = id.generation(&snap) else {
                 lagging.push(format!("{id}: not in the cluster (or invalid)"));
                 continue;
             };
             for node in by_policy.get(id).into_iter().flatten() {
                 match reports.get(&(id.clone(), node.clone())) {
-                    Some(g) if *g >= policy.generation => {}
+                    Some(g) if *g >= generation => {}
                     Some(g) => lagging.push(format!(
                         "{id}: node {node} enforces generation {}, want {}",
                         g.map_or("-".into(), |g| g.to_string()),
-                        policy.generation.map_or("-".into(), |g| g.to_string())
+                        generation.map_or("-".into(), |g| g.to_string())
                     )),
                     None => lagging.push(format!("{id}: node {node} does not report it yet")),
                 }
@@ -191,7 +276,7 @@ pub async fn wait_enforced(kubeconfig: Option<&Path>, files: &[PathBuf], timeout
         if lagging.is_empty() {
             for id in &wanted {
                 let nodes: Vec<String> = by_policy.get(id).into_iter().flatten().cloned().collect();
-                let gen = snap.policies[id].generation.map_or("-".into(), |g| g.to_string());
+                let gen = id.generation(&snap).flatten().map_or("-".into(), |g| g.to_string());
                 match nodes.is_empty() {
                     true => eprintln!("{id} (generation {gen}) selects no pods: nothing to enforce"),
                     false => eprintln!("{id} (generation {gen}) enforced on {}", nodes.join(", ")),

@@ -1266,7 +1266,7 @@ fn admin_rule(api: &AdminApi, v: &Value, d: Direction, rf: &str, warnings: &mut 
                 let (specs, named) = if api.is_cnp() {
                     cnp_protocol(p, &f)?
                 } else {
-                    anp_port(p, &f)?
+                    anp_port(p, &f, warnings)?
                 };
                 if named.is_some() && named_port.is_none() {
                     named_port = named;
@@ -1276,6 +1276,9 @@ fn admin_rule(api: &AdminApi, v: &Value, d: Direction, rf: &str, warnings: &mut 
         }
         Some(_) => return Err(ferr(&portsf, "must be a list")),
     }
+    // Every entry was an empty v1alpha1 range: the rule matches no port at all (an empty `ports`
+    // would mean every port).
+    let matches_no_port = ports.is_empty() && r.get(ports_key).is_some_and(|v| !v.is_null());
     // The API's CEL rule on egress rules: nodes, networks and domain names have no named ports.
     if let (Some(port_field), Some(peer_field)) = (&named_port, &address_peer) {
         return Err(ferr(
@@ -1313,7 +1316,8 @@ fn admin_rule(api: &AdminApi, v: &Value, d: Direction, rf: &str, warnings: &mut 
     Ok(AdminRule {
         name,
         action,
-        peers,
+        // A rule that can match no port matches no traffic: no peer.
+        peers: if matches_no_port { Vec::new() } else { peers },
         ports,
     })
 }
@@ -1523,7 +1527,7 @@ fn cnp_protocol(v: &Value, f: &str) -> FResult<(Vec<PortSpec>, Option<String>)> 
 }
 
 /// One v1alpha1 `ports` entry. Also returns the field path of a named port, if it is one.
-fn anp_port(v: &Value, f: &str) -> FResult<(Vec<PortSpec>, Option<String>)> {
+fn anp_port(v: &Value, f: &str, warnings: &mut Vec<FieldError>) -> FResult<(Vec<PortSpec>, Option<String>)> {
     let m = v.as_object().ok_or_else(|| ferr(f, "must be a mapping"))?;
     known_fields(m, ANP_PORT_FIELDS, f)?;
     let (key, v) = exactly_one(m, ANP_PORT_FIELDS, f)?;
@@ -1541,9 +1545,21 @@ fn anp_port(v: &Value, f: &str) -> FResult<(Vec<PortSpec>, Option<String>)> {
         }
     } else {
         known_fields(pm, ANP_PORT_RANGE_FIELDS, &kf)?;
+        // v1alpha1 does not require start < end (the API server stores such ranges): start = end
+        // is that one port, and start > end is empty.
+        let first = req_port(pm, "start", &kf)?;
+        let last = req_port(pm, "end", &kf)?;
+        let protocol = protocol(pm, &kf)?;
+        if first > last {
+            warnings.push(ferr(
+                join(&kf, "end"),
+                format!("end {last} is below start {first}: this range matches no port"),
+            ));
+            return Ok((Vec::new(), None));
+        }
         PortSpec {
-            protocol: protocol(pm, &kf)?,
-            port: port_range(pm, &kf)?,
+            protocol,
+            port: PortRef::Range { first, last },
         }
     };
     Ok((vec![spec], None))

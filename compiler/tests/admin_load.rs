@@ -648,10 +648,6 @@ fn admin_network_policy_errors() {
             "spec.ingress[0].ports[0].portNumber.protocol: unsupported protocol \"ICMP\"",
         ),
         (
-            format!("{b}  ingress:\n  - {{action: Deny, from: [{{namespaces: {{}}}}], ports: [{{portRange: {{start: 100, end: 10}}}}]}}\n"),
-            "spec.ingress[0].ports[0].portRange.end: end 10 must be greater than start 100",
-        ),
-        (
             format!("{b}  ingress:\n  - {{action: Deny, from: [{{namespaces: {{}}}}], ports: [{{portRange: {{start: 100}}}}]}}\n"),
             "spec.ingress[0].ports[0].portRange.end: required",
         ),
@@ -855,6 +851,35 @@ fn named_ports_expand_to_every_protocol() {
     ));
     assert!(diags.is_empty(), "{diags:?}");
     assert_eq!(only_policy(&snap).egress[0].ports, named("grpc"));
+}
+
+/// v1alpha1 stores inverted port ranges (its CRD has no start < end rule): they match no port,
+/// and a rule whose every entry is one matches nothing, instead of the policy being dropped.
+#[test]
+fn inverted_v1alpha1_ranges_match_no_port() {
+    let (snap, diags) = load(
+        "apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: odd}
+spec:
+  priority: 5
+  subject: {namespaces: {}}
+  ingress:
+  - {action: Deny, from: [{namespaces: {}}], ports: [{portRange: {start: 100, end: 10}}]}
+  - {action: Deny, from: [{namespaces: {}}], ports: [{portRange: {start: 100, end: 10}}, {portNumber: {port: 80}}]}
+  - {action: Deny, from: [{namespaces: {}}], ports: [{portRange: {start: 90, end: 90}}]}
+",
+    );
+    assert!(errors(&diags).is_empty(), "{diags:?}");
+    assert!(
+        warnings(&diags).iter().any(|w| w.contains("end 10 is below start 100")),
+        "{diags:?}"
+    );
+    let p = only_policy(&snap);
+    assert!(p.ingress[0].peers.is_empty(), "matches nothing: {:?}", p.ingress[0]);
+    assert_eq!(p.ingress[1].ports, vec![port(Protocol::Tcp, 80, 80)]);
+    assert!(!p.ingress[1].peers.is_empty());
+    assert_eq!(p.ingress[2].ports, vec![port(Protocol::Tcp, 90, 90)]);
 }
 
 #[test]

@@ -46,11 +46,24 @@ impl StatusWriter {
             .iter()
             .filter(|p| p.selected_endpoints > 0)
             .map(|p| EnforcedPolicy {
+                kind: None,
                 namespace: p.policy.namespace.clone(),
                 name: p.policy.name.clone(),
                 generation: p.generation,
                 endpoints: p.selected_endpoints as i64,
             })
+            .chain(
+                ir.admin_policies
+                    .iter()
+                    .filter(|p| p.selected_endpoints > 0)
+                    .map(|p| EnforcedPolicy {
+                        kind: Some(p.policy.kind.as_str().to_string()),
+                        namespace: String::new(),
+                        name: p.policy.name.clone(),
+                        generation: p.generation,
+                        endpoints: p.selected_endpoints as i64,
+                    }),
+            )
             .collect();
         let stats = ir.stats();
         let errors: Vec<ObjectError> = invalid

@@ -3,7 +3,8 @@
 //!
 //! Asserts on what the systems did: the rules the kernel holds (`nft list` in the namespace), the
 //! objects the API server stored (NodePolicyStatus), and the agent's metrics — through policy
-//! create, update and delete, `kill -9` and restart of the agent, and an API server outage.
+//! create, update and delete, `kill -9` and restart of the agent, and an API server outage; and
+//! the admin policy kinds, whose CRDs are installed while the agent runs.
 //! Needs root and the built binaries; skipped with the reason otherwise, except under CI.
 
 use std::process::{Child, Command, Stdio};
@@ -102,12 +103,9 @@ fn status_generation(api: &ApiServer) -> Option<i64> {
         .and_then(|p| p["generation"].as_i64())
 }
 
-#[test]
-fn agent_enforces_what_the_apiserver_says() {
-    if !support::is_root() && skip("needs root") {
-        return;
-    }
-    let Some(api) = ApiServer::start("agent") else { return };
+/// Installs policyc's CRD and the chart's RBAC, writes a kubeconfig for the chart's
+/// ServiceAccount, and creates namespace x with pods a, b (node n1) and c (node n2).
+fn setup(api: &ApiServer) -> std::path::PathBuf {
     api.kubectl(
         &["apply", "-f", repo().join("crds/yaml/crds.yaml").to_str().unwrap()],
         None,
@@ -184,6 +182,17 @@ fn agent_enforces_what_the_apiserver_says() {
             None,
         );
     }
+
+    agent_kubeconfig
+}
+
+#[test]
+fn agent_enforces_what_the_apiserver_says() {
+    if !support::is_root() && skip("needs root") {
+        return;
+    }
+    let Some(api) = ApiServer::start("agent") else { return };
+    let agent_kubeconfig = setup(&api);
 
     let ns = Netns(format!("pc-agent-{}", std::process::id()));
     assert!(Command::new("ip")
@@ -304,4 +313,113 @@ fn agent_enforces_what_the_apiserver_says() {
     );
     eprintln!("policy create -> kernel: {create_to_kernel:?} (debounce 20 ms, kubectl and polling included)");
     drop(agent);
+}
+
+const CNP: &str = "apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: guard}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: a}}}}
+  ingress:
+  - name: no-b
+    action: ACTION
+    from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: b}}}}]
+";
+
+#[test]
+fn agent_picks_up_admin_policies_when_their_crds_arrive() {
+    if !support::is_root() && skip("needs root") {
+        return;
+    }
+    let Some(api) = ApiServer::start("agent-admin") else {
+        return;
+    };
+    let agent_kubeconfig = setup(&api);
+    let ns = Netns(format!("pc-agent-adm-{}", std::process::id()));
+    assert!(Command::new("ip")
+        .args(["netns", "add", &ns.0])
+        .status()
+        .unwrap()
+        .success());
+    let port = 20000 + ((std::process::id() + 7) % 20000) as u16;
+    let _agent = start_agent(&agent_kubeconfig, &ns, port);
+    // No admin CRDs: the agent works without them.
+    eventually("/readyz without the admin CRDs", Duration::from_secs(60), || {
+        support::http_get(port, Duration::from_secs(5), "/readyz").is_some_and(|(c, _)| c == 200)
+    });
+
+    // The CRDs arrive, then a ClusterNetworkPolicy: the agent starts watching and enforces it.
+    api.kubectl(
+        &[
+            "apply",
+            "-f",
+            repo().join("crds/yaml/policy.networking.k8s.io.yaml").to_str().unwrap(),
+        ],
+        None,
+    );
+    api.kubectl(
+        &[
+            "wait",
+            "--for",
+            "condition=established",
+            "crd/clusternetworkpolicies.policy.networking.k8s.io",
+        ],
+        None,
+    );
+    let file = api.dir.join("cnp.yaml");
+    std::fs::write(&file, CNP.replace("ACTION", "Deny")).unwrap();
+    api.kubectl(&["apply", "-f", file.to_str().unwrap()], None);
+    let waited = eventually(
+        "the ClusterNetworkPolicy in the kernel",
+        Duration::from_secs(90),
+        || ns.ruleset().contains("Admin tier: cnp/guard ingress[0] (no-b): Deny"),
+    );
+    let rules = ns.ruleset();
+    assert!(
+        rules.contains("jump adm_"),
+        "a's ingress consults the Admin tier: {rules}"
+    );
+    assert!(
+        rules.contains("10.244.1.6 : goto ar_"),
+        "b's address leads to the rule: {rules}"
+    );
+
+    // An update (Deny -> Pass) is generation 2: `policyc wait` returns once n1 reports it, and
+    // the status names the kind.
+    std::fs::write(&file, CNP.replace("ACTION", "Pass")).unwrap();
+    api.kubectl(&["apply", "-f", file.to_str().unwrap()], None);
+    if let Some(policyc) = policyc_bin() {
+        let out = Command::new(&policyc)
+            .args(["wait", "--for=enforced", "--timeout", "60s", "-f"])
+            .arg(&file)
+            .env("KUBECONFIG", &api.kubeconfig)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "policyc wait: {err}");
+        assert!(err.contains("cnp/guard (generation 2) enforced on n1"), "{err}");
+        assert!(
+            ns.ruleset().contains("cnp/guard ingress[0] (no-b): Pass"),
+            "wait returned before the kernel had it"
+        );
+    }
+    let out = Command::new(repo().join("e2e/bin/kubectl"))
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .args(["get", "nodepolicystatus", "n1", "-o", "json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reported = v["status"]["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "guard")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(reported["kind"], "ClusterNetworkPolicy", "{v}");
+    assert_eq!(reported["generation"], 2, "{v}");
+    eprintln!("ClusterNetworkPolicy enforced {waited:?} after its CRD was installed (discovery every 30 s)");
 }

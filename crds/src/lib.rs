@@ -3,7 +3,7 @@
 //! ```text
 //!  NodePolicyStatus (cluster-scoped, one per node, named after the node)
 //!   spec:   nodeName
-//!   status: policies[] {namespace, name, generation, endpoints}   ← what this node enforces
+//!   status: policies[] {kind, namespace, name, generation, endpoints} ← what this node enforces
 //!           rulesetHash, endpoints, rules, sets, setElements, lastSyncTime
 //!           errors[] {object, field, message}                      ← objects skipped as invalid
 //!           conditions[] Ready / Degraded
@@ -79,6 +79,10 @@ pub struct NodePolicyStatusStatus {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnforcedPolicy {
+    /// The policy's kind when it is not a NetworkPolicy: `ClusterNetworkPolicy`,
+    /// `AdminNetworkPolicy` or `BaselineAdminNetworkPolicy` (cluster-scoped, empty namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     pub namespace: String,
     pub name: String,
     /// `metadata.generation` of the policy the kernel enforces.
