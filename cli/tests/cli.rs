@@ -189,3 +189,87 @@ fn matrix_json_is_exact() {
     let table = text(&out.stdout);
     assert!(table.starts_with("-\tkube-system/coredns"), "{table}");
 }
+
+#[test]
+fn explain_and_matrix_walk_the_admin_tiers() {
+    let ex = "examples/admin-tiers";
+    // Admin Pass -> no NetworkPolicy isolates web -> the Baseline default deny decides.
+    let out = policyc(
+        &[
+            "explain",
+            "-f",
+            ex,
+            "--from",
+            "team-b/api-0",
+            "--to",
+            "team-a/web-0",
+            "--port",
+            "8080",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let t = text(&out.stdout);
+    assert!(
+        t.contains("tier walk: Admin anp/apps-decide-app-traffic ingress[0] \"from-apps\" passes -> NetworkPolicy: none -> Baseline cnp/default-deny-apps ingress[0] \"deny-all\" denies"),
+        "{t}"
+    );
+    // Admin Pass -> the NetworkPolicy allows.
+    let out = policyc(
+        &[
+            "explain",
+            "-f",
+            ex,
+            "--from",
+            "team-a/web-0",
+            "--to",
+            "team-b/api-0",
+            "--port",
+            "8080",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("-> NetworkPolicy team-b/api-from-web allows"));
+    // Admin Deny beats everything below it, in JSON too.
+    let out = policyc(
+        &[
+            "explain",
+            "-f",
+            ex,
+            "--from",
+            "team-a/web-0",
+            "--to",
+            "monitoring/prometheus-0",
+            "--port",
+            "9090",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ingress"]["decided_by"], "admin");
+    assert_eq!(v["ingress"]["admin"]["action"], "Deny");
+    assert_eq!(
+        v["ingress"]["admin"]["rule"],
+        "cnp/protect-monitoring ingress[1] \"nobody-else\""
+    );
+
+    // The truth table on 9090: only grafana reaches prometheus (and every pod itself).
+    let out = policyc(&["matrix", "-f", ex, "--port", "9090", "-o", "json"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pods: Vec<&str> = m["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let prom = pods.iter().position(|p| *p == "monitoring/prometheus-0").unwrap();
+    for (i, p) in pods.iter().enumerate() {
+        let want = *p == "monitoring/grafana-0" || i == prom;
+        assert_eq!(m["allowed"][i][prom], want, "{p} -> prometheus");
+    }
+}
