@@ -28,9 +28,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client};
 use policyc_compiler::load::Kind;
-use policyc_compiler::render::nft;
 use policyc_compiler::{compile, CompileOptions, Ir};
-use sha2::Digest as _;
 use tokio::sync::watch;
 
 use crate::dataplane::{Dataplane, IptablesRestore, NetlinkWriter};
@@ -188,7 +186,7 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
             )
         };
         let m = &shared.metrics;
-        let hash = hex(&sha2::Sha256::digest(nft::render(&ir, true).as_bytes()));
+        let hash = crate::status::ruleset_hash(&ir);
         let stats = ir.stats();
         m.policies.set(policy_count as i64);
         m.invalid_objects.set(invalid.len() as i64);
@@ -279,8 +277,4 @@ fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
