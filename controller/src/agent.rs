@@ -216,16 +216,21 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
                         elapsed_ms = t.elapsed().as_secs_f64() * 1e3,
                         "ruleset applied"
                     );
-                    if cfg.cut_conntrack && current.is_some() {
+                    // Also after a start: a flow denied meanwhile is cut, one allowed again released.
+                    if cfg.cut_conntrack {
                         let (ir2, ns) = (ir_back.clone(), cfg.netns.clone());
                         match tokio::task::spawn_blocking(move || crate::conntrack::cut_denied(&ir2, ns.as_deref()))
                             .await
                         {
-                            Ok(Ok(n)) => {
-                                if n > 0 {
-                                    tracing::info!(deleted = n, "cut flows no longer allowed");
+                            Ok(Ok(cut)) => {
+                                if cut.marked + cut.released > 0 {
+                                    tracing::info!(
+                                        marked = cut.marked,
+                                        released = cut.released,
+                                        "cut flows no longer allowed"
+                                    );
                                 }
-                                m.conntrack_deleted.inc_by(n as u64);
+                                m.conntrack_cut.inc_by(cut.marked as u64);
                             }
                             Ok(Err(e)) => {
                                 tracing::warn!("conntrack: {e}");
