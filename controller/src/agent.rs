@@ -29,9 +29,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client};
 use policyc_compiler::load::Kind;
-use policyc_compiler::render::nft;
 use policyc_compiler::{compile, CompileOptions, Ir};
-use sha2::Digest as _;
 use tokio::sync::watch;
 
 use crate::dataplane::{Dataplane, IptablesRestore, NetlinkWriter};
@@ -269,7 +267,7 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
             )
         };
         let m = &shared.metrics;
-        let hash = hex(&sha2::Sha256::digest(nft::render(&ir, true).as_bytes()));
+        let hash = crate::status::ruleset_hash(&ir);
         let stats = ir.stats();
         m.policies.set(policy_count as i64);
         m.invalid_objects.set(invalid.len() as i64);
@@ -299,16 +297,21 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
                         elapsed_ms = t.elapsed().as_secs_f64() * 1e3,
                         "ruleset applied"
                     );
-                    if cfg.cut_conntrack && current.is_some() {
+                    // Also after a start: a flow denied meanwhile is cut, one allowed again released.
+                    if cfg.cut_conntrack {
                         let (ir2, ns) = (ir_back.clone(), cfg.netns.clone());
                         match tokio::task::spawn_blocking(move || crate::conntrack::cut_denied(&ir2, ns.as_deref()))
                             .await
                         {
-                            Ok(Ok(n)) => {
-                                if n > 0 {
-                                    tracing::info!(deleted = n, "cut flows no longer allowed");
+                            Ok(Ok(cut)) => {
+                                if cut.marked + cut.released > 0 {
+                                    tracing::info!(
+                                        marked = cut.marked,
+                                        released = cut.released,
+                                        "cut flows no longer allowed"
+                                    );
                                 }
-                                m.conntrack_deleted.inc_by(n as u64);
+                                m.conntrack_cut.inc_by(cut.marked as u64);
                             }
                             Ok(Err(e)) => {
                                 tracing::warn!("conntrack: {e}");
@@ -360,8 +363,4 @@ fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -57,7 +57,7 @@ pub struct Metrics {
     pub policies: Gauge,
     pub invalid_objects: Gauge,
     pub last_sync: Gauge<f64, AtomicU64>,
-    pub conntrack_deleted: Counter,
+    pub conntrack_cut: Counter,
     pub kernel: Arc<KernelCounters>,
 }
 
@@ -78,7 +78,7 @@ impl Metrics {
             policies: Gauge::default(),
             invalid_objects: Gauge::default(),
             last_sync: Gauge::default(),
-            conntrack_deleted: Counter::default(),
+            conntrack_cut: Counter::default(),
             kernel: Arc::new(KernelCounters::new(netns)),
             registry: Registry::default(),
         };
@@ -114,9 +114,9 @@ impl Metrics {
             m.last_sync.clone(),
         );
         registry.register(
-            "conntrack_deleted",
-            "Conntrack entries deleted because a policy change no longer allows their flow",
-            m.conntrack_deleted.clone(),
+            "conntrack_cut",
+            "Conntrack entries marked cut (packets dropped) because a policy change denies their flow",
+            m.conntrack_cut.clone(),
         );
         registry.register_collector(Box::new(m.kernel.clone()));
         Metrics { registry, ..m }

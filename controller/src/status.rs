@@ -10,6 +10,14 @@ use crate::index::InvalidObject;
 
 const MANAGER: &str = "policyc-agent";
 
+/// What `status.rulesetHash` reports: SHA-256 (hex) of the ruleset as `nft -f` text. Anyone
+/// who compiles the same cluster for the node can tell whether the node's kernel holds it.
+pub fn ruleset_hash(ir: &Ir) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(policyc_compiler::render::nft::render(ir, true).as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Writes one node's status object with server-side apply, only when its content changes (plus a
 /// heartbeat of `lastSyncTime` at most once a minute).
 #[derive(Debug)]

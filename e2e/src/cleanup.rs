@@ -3,7 +3,8 @@
 //! [`down`] removes what a killed run left (namespaces whose creating process is gone).
 //!
 //! Everything a lab creates lives in network namespaces named `pclab-<pid>-<n>-…`: its links
-//! and addresses go with them, so removing those namespaces removes the whole lab.
+//! and addresses go with them, so removing those namespaces removes the whole lab. Processes a
+//! lab starts (agents) are registered too, and killed first.
 
 use std::collections::BTreeSet;
 use std::sync::{Mutex, Once};
@@ -15,6 +16,7 @@ use crate::Error;
 pub const NAME_PREFIX: &str = "pclab-";
 
 static LIVE: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+static PROCESSES: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
 static HANDLER: Once = Once::new();
 
 /// Records a running lab and makes sure the signal handler is installed.
@@ -22,6 +24,15 @@ pub fn register(prefix: &str) {
     HANDLER.call_once(|| {
         // Fails only when the program installed its own handler; that one then owns cleanup.
         let _ = ctrlc::set_handler(|| {
+            let pids: Vec<u32> = PROCESSES
+                .lock()
+                .map(|p| p.iter().copied().collect())
+                .unwrap_or_default();
+            for pid in pids {
+                if let Ok(pid) = i32::try_from(pid) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                }
+            }
             let live: Vec<String> = LIVE.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default();
             for prefix in &live {
                 let _ = remove_prefix(prefix);
@@ -34,6 +45,19 @@ pub fn register(prefix: &str) {
     });
     if let Ok(mut l) = LIVE.lock() {
         l.insert(prefix.to_string());
+    }
+}
+
+/// Records a process a lab started (killed on Ctrl-C before the namespaces go).
+pub fn register_process(pid: u32) {
+    if let Ok(mut p) = PROCESSES.lock() {
+        p.insert(pid);
+    }
+}
+
+pub fn unregister_process(pid: u32) {
+    if let Ok(mut p) = PROCESSES.lock() {
+        p.remove(&pid);
     }
 }
 

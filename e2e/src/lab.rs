@@ -138,6 +138,20 @@ impl Lab {
     /// Builds the lab for a snapshot and loads every node's rules. Fails with a one-line reason
     /// when the host cannot run it (not root, no nftables).
     pub fn new(snapshot: &Snapshot, opts: LabOptions) -> Result<Lab, Error> {
+        let mut lab = Lab::empty(opts)?;
+        lab.update(snapshot)?;
+        Ok(lab)
+    }
+
+    /// Builds the lab's namespaces, links and pods for a snapshot without loading any rules:
+    /// for when something else programs the nodes (one agent per node, see [`crate::cluster`]).
+    pub fn without_rules(snapshot: &Snapshot, opts: LabOptions) -> Result<Lab, Error> {
+        let mut lab = Lab::empty(opts)?;
+        lab.update_topology(snapshot)?;
+        Ok(lab)
+    }
+
+    fn empty(opts: LabOptions) -> Result<Lab, Error> {
         sys::check_environment()?;
         raise_fd_limit();
         let prefix = format!(
@@ -159,7 +173,6 @@ impl Lab {
             alive: true,
         };
         lab.create_underlay()?;
-        lab.update(snapshot)?;
         Ok(lab)
     }
 

@@ -23,8 +23,10 @@
 //!
 //! Needs root, `ip`/`bridge` (iproute2) and nftables; [`sys::check_environment`] says why not.
 
+pub mod apiserver;
 pub mod bench;
 pub mod cleanup;
+pub mod cluster;
 pub mod conntrack;
 pub mod counters;
 pub mod lab;
@@ -33,6 +35,7 @@ pub mod probe;
 pub mod sctp;
 pub mod sys;
 pub mod topo;
+pub mod traffic;
 pub mod verify;
 
 pub use lab::{Lab, LabOptions, ProbeMatrix};

@@ -294,11 +294,50 @@ pub fn step_label(index: usize, step: &Step) -> String {
     }
 }
 
-/// Runs a scenario in a lab: the lab is first brought to `initial` (its pods and rules), then
-/// each step is applied, the rules reloaded, and the ports of its `expect` blocks checked.
-/// Stops at the first step that cannot be applied.
-pub fn run_scenario(lab: &mut Lab, scenario: &Scenario, initial: &Snapshot, opts: &VerifyOptions) -> Vec<StepResult> {
+/// What brings a lab's kernels to each step of a scenario.
+pub trait Enforcer {
+    /// Brings the cluster to a scenario's starting point, before its first step.
+    fn begin(&mut self, initial: &Snapshot) -> Result<(), Error>;
+    /// Applies one step; `after` is the cluster once it is applied.
+    fn apply_step(&mut self, step: &Step, after: &Snapshot) -> Result<(), Error>;
+    /// The lab whose pods are probed.
+    fn lab(&self) -> &Lab;
+}
+
+/// The lab loading every node's rules itself.
+impl Enforcer for Lab {
+    fn begin(&mut self, _initial: &Snapshot) -> Result<(), Error> {
+        // The first step's update brings the lab to the scenario's cluster.
+        Ok(())
+    }
+
+    fn apply_step(&mut self, _step: &Step, after: &Snapshot) -> Result<(), Error> {
+        self.update(after)
+    }
+
+    fn lab(&self) -> &Lab {
+        self
+    }
+}
+
+/// Runs a scenario: the enforcer brings the lab to `initial` (its pods and rules), then each
+/// step is applied and the ports of its `expect` blocks checked. Stops at the first step that
+/// cannot be applied.
+pub fn run_scenario<E: Enforcer + ?Sized>(
+    enforcer: &mut E,
+    scenario: &Scenario,
+    initial: &Snapshot,
+    opts: &VerifyOptions,
+) -> Vec<StepResult> {
     let mut steps = Vec::new();
+    if let Err(e) = enforcer.begin(initial) {
+        steps.push(StepResult {
+            name: "start".into(),
+            ports: Vec::new(),
+            error: Some(format!("bringing the cluster to the scenario's start: {e}")),
+        });
+        return steps;
+    }
     let mut snapshot = initial.clone();
     for (i, step) in scenario.steps.iter().enumerate() {
         let name = step_label(i, step);
@@ -318,7 +357,7 @@ pub fn run_scenario(lab: &mut Lab, scenario: &Scenario, initial: &Snapshot, opts
                 break;
             }
         };
-        if let Err(e) = lab.update(&snapshot) {
+        if let Err(e) = enforcer.apply_step(step, &snapshot) {
             steps.push(failed(format!("updating the lab: {e}")));
             break;
         }
@@ -334,7 +373,7 @@ pub fn run_scenario(lab: &mut Lab, scenario: &Scenario, initial: &Snapshot, opts
             .collect();
         steps.push(StepResult {
             name,
-            ports: check(lab, &checks, opts),
+            ports: check(enforcer.lab(), &checks, opts),
             error: None,
         });
     }

@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! filter table (one ruleset per family; only chains policyc owns)
-//!  ├── POLICYC-FORWARD  ct established,related → RETURN; jump PC-EGRESS; jump PC-INGRESS
-//!  ├── POLICYC-INPUT    ct established,related → RETURN; jump PC-EGRESS (pod → its own node)
+//!  ├── POLICYC-FORWARD  cut flow → DROP; ct established,related → RETURN; jump PC-EGRESS; jump PC-INGRESS
+//!  ├── POLICYC-INPUT    cut flow → DROP; ct established,related → RETURN; jump PC-EGRESS (pod → its own node)
 //!  ├── PC-EGRESS        -i <pod interface> → goto PC-EP-<pod>-OUT   (isolated pods only)
 //!  ├── PC-INGRESS       -o <pod interface> → goto PC-EP-<pod>-IN
 //!  ├── PC-EP-<pod>-*    clear mark bit; loopback → RETURN;
@@ -62,6 +62,8 @@ use std::fmt::Write as _;
 use crate::cidr::{self, Cidr, Family, IpRange};
 use crate::ir::*;
 use crate::model::{AdminAction, AdminRef, Direction, Protocol, Tier};
+
+use super::{CUT_COMMENT, CUT_MARK};
 
 /// The chain the hook in `FORWARD` jumps to.
 pub const CHAIN_FORWARD: &str = "POLICYC-FORWARD";
@@ -380,11 +382,17 @@ pub fn render_iptables(ir: &Ir, family: Family) -> String {
     }
 
     let clear = format!("-j MARK --set-xmark 0x0/{MARK_ALLOWED:#x}");
+    let cut = format!(
+        "-m connmark --mark {CUT_MARK:#x}/{CUT_MARK:#x} -m comment --comment {} -j DROP",
+        comment(CUT_COMMENT)
+    );
     let established = "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN";
+    let _ = writeln!(out, "-A {CHAIN_FORWARD} {cut}");
     let _ = writeln!(out, "-A {CHAIN_FORWARD} {established}");
     let _ = writeln!(out, "-A {CHAIN_FORWARD} -j {CHAIN_EGRESS}");
     let _ = writeln!(out, "-A {CHAIN_FORWARD} -j {CHAIN_INGRESS}");
     let _ = writeln!(out, "-A {CHAIN_FORWARD} {clear}");
+    let _ = writeln!(out, "-A {CHAIN_INPUT} {cut}");
     let _ = writeln!(out, "-A {CHAIN_INPUT} {established}");
     let _ = writeln!(out, "-A {CHAIN_INPUT} -j {CHAIN_EGRESS}");
     let _ = writeln!(out, "-A {CHAIN_INPUT} {clear}");
@@ -840,7 +848,7 @@ spec:
         assert!(v4.starts_with("# policyc iptables ruleset for all endpoints"));
         assert!(v4.contains("\n*filter\n:POLICYC-FORWARD - [0:0]\n:POLICYC-INPUT - [0:0]\n"));
         assert!(v4.ends_with("\nCOMMIT\n"));
-        assert!(v4.contains("-A POLICYC-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n-A POLICYC-FORWARD -j PC-EGRESS\n-A POLICYC-FORWARD -j PC-INGRESS\n"));
+        assert!(v4.contains("-A POLICYC-FORWARD -m connmark --mark 0x400000/0x400000 -m comment --comment \"flow cut: a policy change denies it\" -j DROP\n-A POLICYC-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n-A POLICYC-FORWARD -j PC-EGRESS\n-A POLICYC-FORWARD -j PC-INGRESS\n"));
         assert!(v4.contains("-A POLICYC-INPUT -j PC-EGRESS\n"));
         assert!(v4.contains(&format!(
             "-A PC-EGRESS -i {} -m comment --comment \"x/a\" -g {a_out}\n",

@@ -4,8 +4,8 @@
 //! table inet policyc
 //!  ├── sets        sel_* (pods of a selector pair), cidr_* (ipBlock intervals), port_* (named ports)
 //!  ├── maps        ingress_dispatch / egress_dispatch: pod interface → jump ep_<pod>_{in,out}
-//!  ├── base chains forward_egress  (forward, filter - 1): ct established → accept; iifname vmap
-//!  │               forward_ingress (forward, filter):     ct established → accept; oifname vmap
+//!  ├── base chains forward_egress  (forward, filter - 1): cut flow → drop; ct established → accept; iifname vmap
+//!  │               forward_ingress (forward, filter):     cut flow → drop; ct established → accept; oifname vmap
 //!  │               input_egress    (input,   filter - 1): pod → its own node, egress policy too
 //!  ├── ep_<pod>_*  loopback accept; jump adm_* (Admin tier); jump np_* of each selecting
 //!  │               NetworkPolicy + counter drop, or else jump bl_* (Baseline tier)
@@ -28,6 +28,8 @@ use std::fmt::Write as _;
 use crate::cidr::Family;
 use crate::ir::*;
 use crate::model::{AdminAction, Direction, Protocol};
+
+use super::{CUT_COMMENT, CUT_MARK};
 
 /// Name of the table policyc owns.
 pub const TABLE: &str = "policyc";
@@ -229,6 +231,11 @@ fn render_base_chains(out: &mut String, ir: &Ir) {
     ] {
         let _ = writeln!(out, "\tchain {name} {{");
         let _ = writeln!(out, "\t\ttype filter hook {hook} priority {priority}; policy accept;");
+        let _ = writeln!(
+            out,
+            "\t\tct mark & {CUT_MARK:#010x} == {CUT_MARK:#010x} counter drop comment {}",
+            comment(CUT_COMMENT)
+        );
         out.push_str("\t\tct state established,related accept\n");
         let _ = writeln!(out, "\t\t{key} vmap @{map}");
         if let Some(prefix) = &ir.fail_closed {

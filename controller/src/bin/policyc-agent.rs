@@ -32,7 +32,8 @@ struct Args {
     /// Program the ruleset of this network namespace (e.g. /run/netns/NAME) instead of the agent's own.
     #[arg(long)]
     netns: Option<PathBuf>,
-    /// Do not delete conntrack entries of flows that a policy change denies.
+    /// Do not cut established flows that a policy change denies (mark their conntrack entries,
+    /// whose packets the ruleset drops).
     #[arg(long)]
     no_conntrack: bool,
     /// Do not write the NodePolicyStatus object.

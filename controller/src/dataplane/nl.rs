@@ -469,6 +469,7 @@ impl Expression for NlExpr<'_> {
             }
             .to_expr(rule),
             Expr::CtState => Conntrack::State.to_expr(rule),
+            Expr::CtMark => Conntrack::Mark { set: false }.to_expr(rule),
             Expr::Bitwise { mask, xor } => Bitwise::new(mask.as_slice(), xor.as_slice()).to_expr(rule),
             Expr::Cmp { op, data } => {
                 let op = match op {

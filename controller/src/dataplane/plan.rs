@@ -95,6 +95,8 @@ pub(crate) enum Expr {
     Meta(MetaKey),
     /// `ct load state => reg 1`
     CtState,
+    /// `ct load mark => reg 1`
+    CtMark,
     /// `bitwise reg 1 = ( reg 1 & MASK ) ^ XOR`
     Bitwise { mask: Vec<u8>, xor: Vec<u8> },
     /// `cmp OP reg 1 DATA`
@@ -799,6 +801,28 @@ fn established_accept() -> RuleSpec {
     )
 }
 
+/// `ct mark & CUT_MARK == CUT_MARK counter drop comment "…"`: packets of flows a policy change
+/// cut.
+fn cut_drop() -> RuleSpec {
+    use policyc_compiler::render::CUT_MARK;
+    rule(
+        vec![
+            Expr::CtMark,
+            Expr::Bitwise {
+                mask: CUT_MARK.to_ne_bytes().to_vec(),
+                xor: 0u32.to_ne_bytes().to_vec(),
+            },
+            Expr::Cmp {
+                op: CmpOp::Eq,
+                data: CUT_MARK.to_ne_bytes().to_vec(),
+            },
+            Expr::Counter,
+            Expr::Verdict(Verdict::Drop),
+        ],
+        Some(comment(policyc_compiler::render::CUT_COMMENT)),
+    )
+}
+
 /// `iifname vmap @MAP` / `oifname vmap @MAP`
 fn dispatch(key: MetaKey, map: &str) -> RuleSpec {
     rule(
@@ -816,7 +840,7 @@ fn dispatch(key: MetaKey, map: &str) -> RuleSpec {
 /// The renderer's base chains.
 fn base_chains(ir: &Ir) -> Vec<ChainSpec> {
     let base = |name: &str, hook, priority, key, map: &str| {
-        let mut rules = vec![established_accept(), dispatch(key, map)];
+        let mut rules = vec![cut_drop(), established_accept(), dispatch(key, map)];
         if let Some(prefix) = &ir.fail_closed {
             // `iifname "cali*"`: a prefix comparison of the name's bytes, without the NUL.
             rules.push(rule(

@@ -1,0 +1,715 @@
+//! The agents in the lab: a real API server holds the lab's cluster, one `policyc-agent` per
+//! node programs that node's namespace, and every check is on real packets.
+//!
+//! ```text
+//!  upstream scenarios ─► kubectl apply / delete / label ─► API server ─► agents ─► kernels
+//!                        policyc wait --for=enforced, rulesetHash = compile(snapshot) ─► probe
+//!  never leaks:  continuous prober (denied pairs + allowed control pairs) across kill -9 of the
+//!                agents, 1,000 policy updates, pod churn, an API server restart
+//!  conntrack cut: long-lived TCP and UDP flows stop when a policy denies them; an allowed one
+//!                 keeps its conntrack entry and its bytes
+//! ```
+//!
+//! Needs root, the built `policyc-agent` and `policyc` (cargo test --workspace builds them) and
+//! e2e/bin (bash e2e/apiserver/build.sh); skipped with the reason otherwise, except under CI.
+//! The tests run one at a time: each builds its own lab and API server. With
+//! `POLICYC_SCENARIO=TEXT`, the scenario test runs only the files whose path contains TEXT.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use policyc_compiler::render::CUT_MARK;
+
+use policyc_lab::cluster::{ClusterLab, ClusterOptions};
+use policyc_lab::traffic::{Expect, PairCounts, Prober};
+use policyc_lab::verify::{self, Report, VerifyOptions};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn cluster_options() -> Option<ClusterOptions> {
+    match ClusterOptions::from_target_dir() {
+        Ok(o) => Some(o),
+        Err(e) if std::env::var_os("CI").is_some() => panic!("CI is set but the agents' lab cannot run: {e}"),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+macro_rules! require_cluster {
+    () => {{
+        require_lab!();
+        match cluster_options() {
+            Some(o) => o,
+            None => return,
+        }
+    }};
+}
+
+fn upstream_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/upstream")
+}
+
+#[test]
+fn upstream_scenarios_through_apiserver_and_agents() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let opts = require_cluster!();
+    let started = Instant::now();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(upstream_dir())
+        .expect("scenarios/upstream")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.ends_with(".yaml") && !name.starts_with("cluster")
+        })
+        .collect();
+    files.sort();
+    if let Ok(only) = std::env::var("POLICYC_SCENARIO") {
+        files.retain(|f| f.to_string_lossy().contains(&only));
+    }
+    let loaded: Vec<_> = files
+        .iter()
+        .map(|f| {
+            let (s, initial) = verify::load_scenario(f, Default::default()).expect("scenario loads");
+            (f, s, initial)
+        })
+        .collect();
+    let first = &loaded.first().expect("upstream scenarios").2;
+    let mut cluster = ClusterLab::start(first, opts.clone()).expect("starting the cluster lab");
+    eprintln!(
+        "cluster lab {} up in {:.1} s",
+        cluster.lab().prefix(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let vopts = VerifyOptions::default();
+    let (mut steps, mut ports, mut failed) = (0usize, 0usize, 0usize);
+    let mut failures = String::new();
+    for (path, scenario, initial) in &loaded {
+        let t = Instant::now();
+        let results = verify::run_scenario(&mut cluster, scenario, initial, &vopts);
+        steps += results.len();
+        ports += results.iter().map(|s| s.ports.len()).sum::<usize>();
+        let report = Report {
+            name: format!("{} ({})", scenario.name, path.display()),
+            lab: cluster.lab().prefix().to_string(),
+            timeout_ms: opts.lab.timeout.as_millis() as u64,
+            steps: results,
+        };
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        eprintln!(
+            "{name:<70} {} steps  {:>5.1} s  {}",
+            report.steps.len(),
+            t.elapsed().as_secs_f64(),
+            if report.ok() { "ok" } else { "FAILED" }
+        );
+        if report.steps.len() != scenario.steps.len() || !report.ok() {
+            failed += 1;
+            let _ = writeln!(failures, "\n=== {}", report.to_text());
+        }
+    }
+    drop(cluster);
+    eprintln!(
+        "{} scenarios through the API server and agents: {steps} steps, {ports} port checks in {:.1} s",
+        loaded.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(ports > 0, "no port was checked");
+    assert!(failed == 0, "{failed} scenario(s) failed:\n{failures}");
+}
+
+// === Conntrack cut ===
+
+fn snapshot(yaml: &str) -> policyc_compiler::Snapshot {
+    let mut l = policyc_compiler::Loader::new();
+    l.add_text("test", yaml);
+    let (s, d) = l.finish();
+    assert!(
+        d.iter().all(|d| d.severity != policyc_compiler::Severity::Error),
+        "{d:?}"
+    );
+    s
+}
+
+fn pod(ns: &str, name: &str, node: &str, ip: &str, labels: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\n\
+         spec: {{nodeName: {node}, containers: [{{name: c, image: i, ports: [{{containerPort: 80}}]}}]}}\n\
+         status: {{phase: Running, podIPs: [{{ip: '{ip}'}}]}}\n"
+    )
+}
+
+fn ip_of(cluster: &ClusterLab, ns: &str, name: &str) -> std::net::IpAddr {
+    cluster
+        .lab()
+        .pod_ips(&policyc_compiler::ObjectRef::new(ns, name))
+        .and_then(|ips| ips.first().copied())
+        .expect("pod address")
+}
+
+fn pod_netns(cluster: &ClusterLab, ns: &str, name: &str) -> PathBuf {
+    let n = cluster
+        .lab()
+        .pod_netns(&policyc_compiler::ObjectRef::new(ns, name))
+        .expect("pod namespace");
+    policyc_lab::sys::netns_path(n)
+}
+
+/// The conntrack entries of a node towards `port`: (source address, protocol) → (id, mark).
+fn conntrack_entries(cluster: &ClusterLab, node: &str, port: u16) -> BTreeMap<(String, String), (String, u32)> {
+    let ns = cluster.lab().node_netns(node).expect("node");
+    let out = policyc_lab::sys::netns_exec(ns, &["conntrack", "-L", "-o", "id"]).expect("conntrack -L");
+    out.lines()
+        .filter(|l| l.contains(&format!(" dport={port} ")))
+        .filter_map(|l| {
+            let word = |key: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(key))
+                    .map(str::to_string)
+            };
+            let proto = l.split_whitespace().next()?.to_string();
+            Some(((word("src=")?, proto), (word("id=")?, word("mark=")?.parse().ok()?)))
+        })
+        .collect()
+}
+
+/// Waits (polling) until `f` holds; panics naming `what` after `timeout`.
+fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn only_from(pods: &[&str]) -> serde_json::Value {
+    let from: Vec<serde_json::Value> = pods
+        .iter()
+        .map(|p| serde_json::json!({"podSelector": {"matchLabels": {"pod": p}}}))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "server-clients", "namespace": "app"},
+        "spec": {"podSelector": {"matchLabels": {"pod": "server"}}, "ingress": [{"from": from}]}
+    })
+}
+
+/// Long-lived TCP and UDP flows (the server echoes UDP, so conntrack sees replies) from near
+/// (the server's node), far and keeper (the other node). A policy then admits only the keeper:
+/// near's and far's flows stop at once — not a byte more arrives while the keeper's flows carry
+/// on — and the server node's conntrack table holds the same entries (same ids), near's and
+/// far's marked cut, the keeper's not. Admitting near again releases its entries and its flows
+/// resume; far stays cut.
+#[test]
+fn conntrack_cut_stops_denied_flows_and_keeps_allowed_ones() {
+    use policyc_lab::traffic::{Sink, Stream, STREAM_CHUNK};
+
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let opts = require_cluster!();
+    let started = Instant::now();
+    let s = snapshot(
+        &[
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: app}\n".to_string(),
+            pod("app", "server", "node-1", "10.244.1.10", "pod: server"),
+            pod("app", "near", "node-1", "10.244.1.11", "pod: near"),
+            pod("app", "far", "node-2", "10.244.2.10", "pod: far"),
+            pod("app", "keeper", "node-2", "10.244.2.11", "pod: keeper"),
+        ]
+        .concat(),
+    );
+    let mut cluster = ClusterLab::start(&s, opts).expect("starting the cluster lab");
+    let server = SocketAddr::new(ip_of(&cluster, "app", "server"), 7100);
+    let sink = Sink::start(&pod_netns(&cluster, "app", "server"), server, true).expect("sink");
+    let clients = ["near", "far", "keeper"];
+    let ips: BTreeMap<&str, IpAddr> = clients.iter().map(|c| (*c, ip_of(&cluster, "app", c))).collect();
+    let mut streams = Vec::new();
+    for client in clients {
+        let ns = pod_netns(&cluster, "app", client);
+        streams.push((client, "tcp", Stream::tcp(&ns, server).expect("tcp stream")));
+        streams.push((client, "udp", Stream::udp(&ns, server).expect("udp stream")));
+    }
+    let bytes = |client: &str, proto: &str| {
+        let a = sink.arrived_from(ips[client]);
+        match proto {
+            "tcp" => a.tcp_bytes,
+            _ => a.udp_bytes,
+        }
+    };
+    let chunks = |n: u64| n * STREAM_CHUNK as u64;
+    for (client, proto, _) in &streams {
+        eventually(
+            &format!("{client} {proto} bytes at the server"),
+            Duration::from_secs(10),
+            || bytes(client, proto) >= chunks(10),
+        );
+    }
+    let before = conntrack_entries(&cluster, "node-1", server.port());
+    assert_eq!(
+        before.len(),
+        6,
+        "a TCP and a UDP entry per client on node-1: {before:?}"
+    );
+    assert!(before.values().all(|(_, mark)| mark & CUT_MARK == 0), "{before:?}");
+    let cut_before = cluster
+        .agent_metric("node-1", "policyc_conntrack_cut_total", "")
+        .expect("metrics");
+
+    // Only the keeper may reach the server now.
+    let enforced_in = cluster
+        .enforce_policies(&[only_from(&["keeper"])])
+        .expect("policy enforced");
+    let at: BTreeMap<(&str, &str), u64> = streams.iter().map(|(c, p, _)| ((*c, *p), bytes(c, p))).collect();
+    let keeper = (bytes("keeper", "tcp"), bytes("keeper", "udp"));
+    eventually("2 s more of the keeper's flows", Duration::from_secs(20), || {
+        bytes("keeper", "tcp") >= keeper.0 + chunks(200) && bytes("keeper", "udp") >= keeper.1 + chunks(200)
+    });
+    let leaked: Vec<String> = at
+        .iter()
+        .filter(|((c, _), _)| *c != "keeper")
+        .filter(|((c, p), n)| bytes(c, p) != **n)
+        .map(|((c, p), n)| format!("{c}/{p}: {} bytes", bytes(c, p) - n))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "bytes of denied flows arrived after the cut: {leaked:?}"
+    );
+    let after = conntrack_entries(&cluster, "node-1", server.port());
+    let ids = |m: &BTreeMap<(String, String), (String, u32)>| -> BTreeMap<(String, String), String> {
+        m.iter().map(|(k, (id, _))| (k.clone(), id.clone())).collect()
+    };
+    assert_eq!(ids(&after), ids(&before), "no entry deleted or re-created");
+    for ((src, proto), (_, mark)) in &after {
+        let cut = src != &ips["keeper"].to_string();
+        assert_eq!(mark & CUT_MARK != 0, cut, "{src} {proto}: mark {mark:#x}");
+    }
+    let marked = cluster
+        .agent_metric("node-1", "policyc_conntrack_cut_total", "")
+        .expect("metrics")
+        - cut_before;
+    assert_eq!(
+        marked, 4.0,
+        "node-1's agent marked near's and far's TCP and UDP entries"
+    );
+
+    // Near is admitted again: its entries lose the mark and its flows resume; far stays cut.
+    cluster
+        .enforce_policies(&[only_from(&["keeper", "near"])])
+        .expect("policy enforced");
+    let far = (bytes("far", "tcp"), bytes("far", "udp"));
+    let near = (bytes("near", "tcp"), bytes("near", "udp"));
+    eventually("near's flows resuming", Duration::from_secs(20), || {
+        bytes("near", "tcp") > near.0 && bytes("near", "udp") > near.1
+    });
+    let released = conntrack_entries(&cluster, "node-1", server.port());
+    assert_eq!(ids(&released), ids(&before), "no entry deleted or re-created");
+    for ((src, proto), (_, mark)) in &released {
+        let cut = src == &ips["far"].to_string();
+        assert_eq!(mark & CUT_MARK != 0, cut, "{src} {proto}: mark {mark:#x}");
+    }
+    assert_eq!((bytes("far", "tcp"), bytes("far", "udp")), far, "far stays cut");
+    eprintln!(
+        "conntrack cut: policy enforced on every node {:.0} ms after kubectl apply; 4 flows cut, 2 kept, \
+         2 released; test took {:.1} s",
+        enforced_in.as_secs_f64() * 1e3,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+// === Never leak ===
+
+/// The leak-test cluster's policies: prod admits only prod (on the prober's port and `extra`),
+/// locked sends nothing, and other/churn isolates other/sink (ingress on `churn` only).
+fn leak_policies(extra: u16, churn: u16) -> Vec<serde_json::Value> {
+    vec![
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "default-deny", "namespace": "prod"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}
+        }),
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "allow-prod", "namespace": "prod"},
+            "spec": {"podSelector": {}, "ingress": [{
+                "from": [{"podSelector": {}}],
+                "ports": [{"port": PROBE_PORT}, {"port": PROBE_PORT, "protocol": "UDP"}, {"port": extra}]
+            }]}
+        }),
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "deny-egress", "namespace": "locked"},
+            "spec": {"podSelector": {}, "policyTypes": ["Egress"]}
+        }),
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "churn", "namespace": "other"},
+            "spec": {"podSelector": {"matchLabels": {"app": "sink"}}, "ingress": [{"ports": [{"port": churn}]}]}
+        }),
+    ]
+}
+
+const PROBE_PORT: u16 = 7000;
+
+/// `nft list table inet policyc` of a node without counter values.
+fn ruleset(cluster: &ClusterLab, node: &str) -> String {
+    let ns = cluster.lab().node_netns(node).expect("node");
+    let text = policyc_lab::sys::netns_exec(ns, &["nft", "list", "table", "inet", "policyc"]).expect("nft list");
+    let mut out = Vec::new();
+    let mut words = text.split(' ').peekable();
+    while let Some(w) = words.next() {
+        out.push(w);
+        if w.ends_with("packets") || w == "bytes" {
+            words.next();
+        }
+    }
+    out.join(" ")
+}
+
+/// Adds the prober pair `SRC -> DST` (pods as `namespace/name`), on [`PROBE_PORT`].
+fn add_pair(prober: &mut Prober, c: &ClusterLab, expect: Expect, src: &str, dst: &str) {
+    let ((sns, sname), (dns, dname)) = (
+        src.split_once('/').expect("namespace/name"),
+        dst.split_once('/').expect("namespace/name"),
+    );
+    let from = (pod_netns(c, sns, sname), ip_of(c, sns, sname));
+    let to = (
+        pod_netns(c, dns, dname),
+        SocketAddr::new(ip_of(c, dns, dname), PROBE_PORT),
+    );
+    prober
+        .add(&format!("{src} -> {dst}"), expect, (&from.0, from.1), (&to.0, to.1))
+        .expect("prober pair");
+}
+
+/// One phase of the leak test: what every pair did during it.
+struct Phase {
+    name: &'static str,
+    took: Duration,
+    pairs: Vec<PairCounts>,
+    note: String,
+}
+
+/// Denied pairs (UDP datagrams and TCP connects at a steady rate) must never arrive, allowed
+/// pairs in the same run must, while the cluster goes through: `kill -9` of every agent and a
+/// restart; 1,000 policy updates (the denied pairs stay denied; an unrelated policy churns);
+/// pods created and deleted in a default-deny namespace while a denied pod sends to them from
+/// the moment their interface exists; the API server stopped and started again, after which a
+/// new policy still takes effect.
+#[test]
+fn never_leaks_through_restarts_updates_churn_and_outages() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let opts = require_cluster!();
+    let started = Instant::now();
+    let s = snapshot(
+        &[
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod, labels: {team: prod}}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {name: locked}\n"
+                .to_string(),
+            pod("prod", "server", "node-1", "10.244.1.10", "pod: server"),
+            pod("prod", "client", "node-2", "10.244.2.10", "pod: client"),
+            pod("other", "attacker", "node-2", "10.244.2.20", "pod: attacker"),
+            pod("other", "neighbour", "node-1", "10.244.1.20", "pod: neighbour"),
+            pod("other", "sink", "node-2", "10.244.2.30", "app: sink"),
+            pod("locked", "egress", "node-1", "10.244.1.30", "pod: egress"),
+        ]
+        .concat(),
+    );
+    let mut cluster = ClusterLab::start(&s, opts).expect("starting the cluster lab");
+    cluster
+        .enforce_policies(&leak_policies(8000, 9000))
+        .expect("policies enforced");
+    let nodes = cluster.nodes();
+
+    let mut prober = Prober::new();
+    for (src, dst, expect) in [
+        ("other/attacker", "prod/server", Expect::Denied),
+        ("other/neighbour", "prod/server", Expect::Denied),
+        ("locked/egress", "other/sink", Expect::Denied),
+        ("prod/client", "prod/server", Expect::Allowed),
+        ("other/neighbour", "other/attacker", Expect::Allowed),
+    ] {
+        add_pair(&mut prober, &cluster, expect, src, dst);
+    }
+    let controls = ["prod/client -> prod/server", "other/neighbour -> other/attacker"];
+    // Waits until every control pair got `n` more datagrams and connections through.
+    let flowing = |prober: &Prober, n: u64| {
+        let base: Vec<PairCounts> = controls.iter().map(|c| prober.pair(c).expect("pair")).collect();
+        eventually(
+            &format!("{n} more datagrams and connections of the control pairs"),
+            Duration::from_secs(30),
+            || {
+                controls.iter().zip(&base).all(|(c, b)| {
+                    let now = prober.pair(c).expect("pair");
+                    now.arrived.datagrams >= b.arrived.datagrams + n
+                        && now.arrived.connections >= b.arrived.connections + n / 5
+                })
+            },
+        );
+    };
+    flowing(&prober, 20);
+
+    let mut phases: Vec<Phase> = Vec::new();
+    let mut mark = prober.counts();
+    let mut phase_start = Instant::now();
+    let mut end_phase = |prober: &Prober, name, note: String, phases: &mut Vec<Phase>| {
+        let now = prober.counts();
+        phases.push(Phase {
+            name,
+            took: phase_start.elapsed(),
+            pairs: now
+                .iter()
+                .map(|(n, c)| match mark.get(n) {
+                    Some(m) => c.since(m),
+                    None => c.clone(),
+                })
+                .collect(),
+            note,
+        });
+        mark = now;
+        phase_start = Instant::now();
+    };
+
+    // 1. kill -9 of every agent: the rulesets stay and keep enforcing; restarted agents take over.
+    let rulesets: Vec<String> = nodes.iter().map(|n| ruleset(&cluster, n)).collect();
+    for n in &nodes {
+        cluster.kill_agent(n).expect("kill -9");
+    }
+    flowing(&prober, 200);
+    let kept: Vec<String> = nodes.iter().map(|n| ruleset(&cluster, n)).collect();
+    assert_eq!(kept, rulesets, "the rulesets stay while no agent runs");
+    let mut ready = Vec::new();
+    for n in &nodes {
+        ready.push(cluster.start_agent(n).expect("agent restarts"));
+    }
+    cluster.wait_synced().expect("restarted agents converge");
+    let restored: Vec<String> = nodes.iter().map(|n| ruleset(&cluster, n)).collect();
+    assert_eq!(restored, rulesets, "restarted agents hold the same rulesets");
+    end_phase(
+        &prober,
+        "kill -9 of both agents, restart",
+        format!(
+            "restart to ready: {}",
+            ready
+                .iter()
+                .map(|d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        &mut phases,
+    );
+
+    // 2. 1,000 policy updates: allow-prod changes its extra port, other/churn its port.
+    // Full replaces of a ruleset in a kernel, over both agents.
+    let applies = |c: &ClusterLab| -> f64 {
+        nodes
+            .iter()
+            .map(|n| {
+                c.agent_metric(n, "policyc_applies_total", "mode=\"replace\"")
+                    .expect("metrics")
+            })
+            .sum()
+    };
+    let applies_before = applies(&cluster);
+    const UPDATES: u16 = 1000;
+    const PER_APPLY: u16 = 20;
+    let mut last = None;
+    for batch in 0..UPDATES / PER_APPLY {
+        let items: Vec<serde_json::Value> = (0..PER_APPLY)
+            .map(|k| {
+                let i = batch * PER_APPLY + k;
+                let p = leak_policies(8001 + i, 9001 + i);
+                if i % 2 == 0 {
+                    p[1].clone()
+                } else {
+                    p[3].clone()
+                }
+            })
+            .collect();
+        last = Some(cluster.apply_policies(&items).expect("kubectl apply"));
+    }
+    cluster.wait_enforced(&last.expect("updates")).expect("policyc wait");
+    cluster.wait_synced().expect("agents converge after the updates");
+    let generation = cluster
+        .kubectl(
+            &[
+                "get",
+                "networkpolicy",
+                "-n",
+                "prod",
+                "allow-prod",
+                "-o",
+                "jsonpath={.metadata.generation}",
+            ],
+            None,
+        )
+        .expect("kubectl get");
+    let kernel_applies = applies(&cluster) - applies_before;
+    end_phase(
+        &prober,
+        "1,000 policy updates",
+        format!("allow-prod at generation {generation}; {kernel_applies} ruleset replaces in the kernels"),
+        &mut phases,
+    );
+
+    // 3. Pods created and deleted in prod (default deny) while other/attacker sends to them from
+    //    the moment their interface exists, and prod/client (allowed) proves they are reachable.
+    const PODS: u8 = 10;
+    for k in 0..PODS {
+        let node = 1 + k % 2;
+        let name = format!("new-{k}");
+        let mut with_pod = cluster.lab().snapshot().clone();
+        let extra = snapshot(&pod(
+            "prod",
+            &name,
+            &format!("node-{node}"),
+            &format!("10.244.{node}.{}", 100 + k),
+            &format!("pod: {name}"),
+        ));
+        with_pod.pods.extend(extra.pods);
+        cluster.create_pods(&with_pod).expect("pod created");
+        let new_pod = format!("prod/{name}");
+        add_pair(&mut prober, &cluster, Expect::Denied, "other/attacker", &new_pod);
+        add_pair(&mut prober, &cluster, Expect::Allowed, "prod/client", &new_pod);
+        cluster.report_pods(&with_pod).expect("pod address reported");
+        cluster.wait_synced().expect("agents include the pod");
+        let control = format!("prod/client -> {new_pod}");
+        eventually(&format!("{control} arriving"), Duration::from_secs(30), || {
+            prober
+                .pair(&control)
+                .is_some_and(|c| c.arrived.datagrams > 0 && c.arrived.connections > 0)
+        });
+        let dst = SocketAddr::new(ip_of(&cluster, "prod", &name), PROBE_PORT);
+        let mut without = cluster.lab().snapshot().clone();
+        without.pods.remove(&policyc_compiler::ObjectRef::new("prod", &name));
+        cluster.sync_objects(&without).expect("pod deleted");
+        cluster.wait_synced().expect("agents drop the pod");
+        prober.remove_sink(dst);
+    }
+    end_phase(
+        &prober,
+        "10 pods created and deleted under policy",
+        String::new(),
+        &mut phases,
+    );
+
+    // 4. API server outage: the rulesets stay; after the restart a new policy still applies.
+    let probe = |c: &ClusterLab| {
+        c.lab()
+            .probe_cell(
+                &policyc_compiler::ObjectRef::new("other", "neighbour"),
+                &policyc_compiler::ObjectRef::new("prod", "server"),
+                policyc_compiler::Protocol::Tcp,
+                80,
+            )
+            .expect("probe")
+    };
+    assert!(!probe(&cluster).reached(), "neighbour -> server:80 denied before");
+    let watch_errors = |c: &ClusterLab| -> Vec<f64> {
+        nodes
+            .iter()
+            .map(|n| {
+                c.agent_metric(n, "policyc_errors_total", "kind=\"Watch\"")
+                    .expect("metrics")
+            })
+            .collect()
+    };
+    let errors_before = watch_errors(&cluster);
+    let rulesets: Vec<String> = nodes.iter().map(|n| ruleset(&cluster, n)).collect();
+    cluster.apiserver().stop().expect("API server stops");
+    let outage = Instant::now();
+    eventually("every agent noticing the outage", Duration::from_secs(30), || {
+        watch_errors(&cluster)
+            .iter()
+            .zip(&errors_before)
+            .all(|(now, before)| now > before)
+    });
+    flowing(&prober, 200);
+    let kept: Vec<String> = nodes.iter().map(|n| ruleset(&cluster, n)).collect();
+    assert_eq!(kept, rulesets, "the rulesets stay through the outage");
+    for n in &nodes {
+        assert_eq!(
+            cluster.agent_http(n, "/healthz").expect("healthz").0,
+            200,
+            "{n} healthy"
+        );
+    }
+    cluster.apiserver().start_again().expect("API server starts again");
+    let down = outage.elapsed();
+    let allow_80 = serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "allow-neighbour-80", "namespace": "prod"},
+        "spec": {"podSelector": {"matchLabels": {"pod": "server"}},
+                 "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "neighbour"}}}],
+                              "ports": [{"port": 80}]}]}
+    });
+    let applied_in = cluster
+        .enforce_policies(&[allow_80])
+        .expect("a change after the restart");
+    assert!(
+        probe(&cluster).reached(),
+        "neighbour -> server:80 allowed after the restart"
+    );
+    end_phase(
+        &prober,
+        "API server stopped and started",
+        format!(
+            "down {:.1} s; a new policy enforced {:.1} s after the restart",
+            down.as_secs_f64(),
+            applied_in.as_secs_f64()
+        ),
+        &mut phases,
+    );
+
+    // Report, then judge.
+    let mut report = String::new();
+    let mut leaks = 0;
+    for p in &phases {
+        let _ = writeln!(report, "{} ({:.1} s) {}", p.name, p.took.as_secs_f64(), p.note);
+        for c in p.pairs.iter().filter(|c| c.sent.datagrams + c.sent.connects > 0) {
+            leaks += c.leaked();
+            let _ = writeln!(
+                report,
+                "    {:<40} {:?}: UDP {}/{} arrived, TCP {}/{} accepted{}",
+                c.name,
+                c.expect,
+                c.arrived.datagrams,
+                c.sent.datagrams,
+                c.arrived.connections,
+                c.sent.connects,
+                if c.leaked() > 0 { "  LEAK" } else { "" }
+            );
+        }
+    }
+    eprintln!(
+        "{report}never-leak test: {leaks} leaked packets/connections, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(leaks, 0, "denied traffic arrived:\n{report}");
+    for p in &phases {
+        for c in p
+            .pairs
+            .iter()
+            .filter(|c| c.expect == Expect::Allowed && c.sent.datagrams > 0)
+        {
+            assert!(
+                c.arrived.datagrams > 0 && c.arrived.connections > 0,
+                "{}: control {} got nothing through:\n{report}",
+                p.name,
+                c.name
+            );
+        }
+        for c in &p.pairs {
+            assert_eq!(c.sent.errors, 0, "{}: {} had send errors:\n{report}", p.name, c.name);
+        }
+    }
+}
