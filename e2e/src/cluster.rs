@@ -179,12 +179,19 @@ impl ClusterLab {
     fn install(&mut self) -> Result<(), Error> {
         let crds = repo_path("crds/yaml/crds.yaml");
         self.kubectl(&["apply", "-f", &crds.to_string_lossy()], None)?;
+        // The admin policy API too, as clusters that have it do: the agents then also wait for
+        // those kinds to be listed before their first ruleset.
+        let admin = repo_path("crds/yaml/policy.networking.k8s.io.yaml");
+        self.kubectl(&["apply", "--server-side", "-f", &admin.to_string_lossy()], None)?;
         self.kubectl(
             &[
                 "wait",
                 "--for=condition=established",
                 "--timeout=60s",
                 "crd/nodepolicystatuses.policyc.dev",
+                "crd/clusternetworkpolicies.policy.networking.k8s.io",
+                "crd/adminnetworkpolicies.policy.networking.k8s.io",
+                "crd/baselineadminnetworkpolicies.policy.networking.k8s.io",
             ],
             None,
         )?;
