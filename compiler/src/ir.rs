@@ -67,7 +67,7 @@ pub struct PolicyInfo {
 }
 
 /// A pod this IR enforces policy for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Endpoint {
     pub pod: ObjectRef,
     pub node: Option<String>,
@@ -93,7 +93,7 @@ impl Endpoint {
 }
 
 /// Which policies select an endpoint for one direction. Empty = not isolated: all traffic allowed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Isolation {
     /// Policies selecting the endpoint for this direction, sorted by namespace/name.
     pub policies: Vec<ObjectRef>,
@@ -108,7 +108,7 @@ impl Isolation {
 }
 
 /// The rules of one policy for one direction.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct PolicyChain {
     pub policy: ObjectRef,
     pub direction: Direction,
@@ -117,7 +117,7 @@ pub struct PolicyChain {
 
 /// One accept rule: a single peer and a single port match. A NetworkPolicy rule with several
 /// peers or several named ports becomes several IR rules with the same `rule` index.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct IrRule {
     /// Index of the rule in the policy's `ingress` / `egress` list.
     pub rule: usize,
@@ -125,7 +125,7 @@ pub struct IrRule {
     pub ports: PortMatch,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "set")]
 pub enum PeerMatch {
     /// No `from` / `to`: every address.
@@ -134,7 +134,7 @@ pub enum PeerMatch {
     Set(String),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PortMatch {
     /// No `ports`: every protocol and port.
@@ -175,7 +175,7 @@ impl std::fmt::Display for PortRange {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SetKind {
     /// Pods matched by a (namespace selector, pod selector) pair: single addresses.
@@ -184,7 +184,7 @@ pub enum SetKind {
     IpBlock,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct AddrSet {
     pub kind: SetKind,
     /// Human-readable origin, e.g. `pods app=web in namespace prod`.
@@ -211,7 +211,7 @@ impl AddrSet {
 
 /// Where a named port resolves: (pod address, port) for every endpoint defining that name for
 /// that protocol.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct PortSet {
     pub port_name: String,
     pub protocol: Protocol,
@@ -256,6 +256,56 @@ impl Ir {
             set_elements: self.sets.values().map(|s| s.members.len()).sum::<usize>()
                 + self.port_sets.values().map(|s| s.members.len()).sum::<usize>(),
         }
+    }
+}
+
+impl Ir {
+    /// SHA-256 (hex) of what the kernel holds for this IR: the fail-closed prefix, the
+    /// endpoints, chains and sets in a fixed binary encoding (every field in declaration order,
+    /// integers little-endian, lengths before sequences). Equal hashes mean identical rulesets;
+    /// the node name and `policies` (generations, selection counts) are left out, as no rule
+    /// depends on them. Far cheaper than hashing the rendered text: nothing is formatted.
+    pub fn ruleset_hash(&self) -> String {
+        use std::hash::Hash as _;
+        let mut h = RulesetHasher(sha2::Sha256::new());
+        self.fail_closed.hash(&mut h);
+        self.endpoints.hash(&mut h);
+        self.chains.hash(&mut h);
+        self.sets.hash(&mut h);
+        self.port_sets.hash(&mut h);
+        h.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Feeds `Hash` implementations into SHA-256 with a platform-independent encoding.
+struct RulesetHasher(sha2::Sha256);
+
+impl std::hash::Hasher for RulesetHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.write(&v.to_le_bytes());
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write(&v.to_le_bytes());
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.write(&v.to_le_bytes());
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.write(&v.to_le_bytes());
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    fn write_isize(&mut self, v: isize) {
+        self.write_u64(v as i64 as u64);
+    }
+    /// Not used: the digest is read from the SHA-256 state.
+    fn finish(&self) -> u64 {
+        let d = self.0.clone().finalize();
+        u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
     }
 }
 
@@ -345,10 +395,7 @@ pub struct Compiler<'a> {
 
 impl<'a> Compiler<'a> {
     pub fn new(snapshot: &'a Snapshot) -> Self {
-        let mut by_namespace: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
-        for p in snapshot.endpoints() {
-            by_namespace.entry(p.namespace.as_str()).or_default().push(p);
-        }
+        let by_namespace = group_by_namespace(snapshot.endpoints());
         let mut namespace_labels = BTreeMap::new();
         for ns in by_namespace
             .keys()
@@ -385,26 +432,36 @@ impl<'a> Compiler<'a> {
             .filter(|p| opts.node.is_none() || p.node == opts.node)
             .collect();
 
-        // Which policies select which local endpoints.
-        let mut selected: BTreeMap<ObjectRef, (Isolation, Isolation)> =
-            local.iter().map(|p| (p.id(), Default::default())).collect();
+        // Which policies select which local endpoints. A policy selects pods of its own
+        // namespace only, so only those are matched against its selector.
+        let mut local_by_namespace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, p) in local.iter().enumerate() {
+            local_by_namespace.entry(p.namespace.as_str()).or_default().push(i);
+        }
+        let mut selected: Vec<(Isolation, Isolation)> = vec![Default::default(); local.len()];
         let mut policies = Vec::with_capacity(snapshot.policies.len());
         let mut used_chains: BTreeSet<(ObjectRef, Direction)> = BTreeSet::new();
         for policy in snapshot.policies.values() {
             let pid = policy.id();
             let mut count = 0;
-            for pod in local.iter().filter(|p| policy.selects(p)) {
+            let candidates = local_by_namespace.get(policy.namespace.as_str()).into_iter().flatten();
+            // Computed once per policy and direction, not per selected pod.
+            let mut chain_names: [Option<String>; 2] = [None, None];
+            for &i in candidates.filter(|&&i| policy.selects(local[i])) {
                 count += 1;
-                let iso = selected.get_mut(&pod.id()).expect("local endpoint");
+                let iso = &mut selected[i];
                 for d in &policy.policy_types {
-                    let iso = match d {
-                        Direction::Ingress => &mut iso.0,
-                        Direction::Egress => &mut iso.1,
+                    let (iso, name) = match d {
+                        Direction::Ingress => (&mut iso.0, &mut chain_names[0]),
+                        Direction::Egress => (&mut iso.1, &mut chain_names[1]),
                     };
                     iso.policies.push(pid.clone());
                     if !policy.rules(*d).is_empty() {
-                        iso.chains.push(policy_chain_name(&pid, *d));
-                        used_chains.insert((pid.clone(), *d));
+                        let name = name.get_or_insert_with(|| {
+                            used_chains.insert((pid.clone(), *d));
+                            policy_chain_name(&pid, *d)
+                        });
+                        iso.chains.push(name.clone());
                     }
                 }
             }
@@ -425,9 +482,8 @@ impl<'a> Compiler<'a> {
             port_sets: BTreeMap::new(),
             policies,
         };
-        for pod in &local {
+        for (pod, (ingress, egress)) in local.iter().zip(selected) {
             let id = pod.id();
-            let (ingress, egress) = selected.remove(&id).expect("local endpoint");
             ir.endpoints.push(Endpoint {
                 interface: interface_name(&opts.interface_prefix, &id),
                 pod: id,
@@ -613,6 +669,28 @@ impl<'a> Compiler<'a> {
         self.port_set_names.insert(key, set_name.clone());
         set_name
     }
+}
+
+/// Pods by namespace, each list in the order given. Pods come in snapshot order (by namespace,
+/// then name), so each namespace is one run: no map lookup per pod.
+fn group_by_namespace<'a>(pods: impl Iterator<Item = &'a Pod>) -> BTreeMap<&'a str, Vec<&'a Pod>> {
+    let mut out: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+    let mut run: Option<(&str, Vec<&Pod>)> = None;
+    for p in pods {
+        match &mut run {
+            Some((ns, v)) if *ns == p.namespace => v.push(p),
+            _ => {
+                if let Some((ns, v)) = run.take() {
+                    out.entry(ns).or_default().extend(v);
+                }
+                run = Some((p.namespace.as_str(), vec![p]));
+            }
+        }
+    }
+    if let Some((ns, v)) = run {
+        out.entry(ns).or_default().extend(v);
+    }
+    out
 }
 
 /// Sorts port ranges and merges overlapping or adjacent ranges of the same protocol.
