@@ -538,22 +538,6 @@ impl Ruleset {
         Ok(Ruleset { chains, sets })
     }
 
-    /// The ruleset with the elements of its named sets and maps left out: two rulesets with the
-    /// same skeleton differ only in what element updates can change.
-    pub fn skeleton(&self) -> Ruleset {
-        Ruleset {
-            chains: self.chains.clone(),
-            sets: self
-                .sets
-                .iter()
-                .map(|s| SetSpec {
-                    elements: Vec::new(),
-                    ..s.clone()
-                })
-                .collect(),
-        }
-    }
-
     pub fn rule_count(&self) -> usize {
         self.chains.iter().map(|c| c.rules.len()).sum()
     }
@@ -586,30 +570,86 @@ pub(crate) struct SetDelta {
     pub add: Vec<Elem>,
 }
 
-/// Element changes that turn `old` into `new`, or `None` when anything but named set and map
-/// elements differs.
-pub(crate) fn element_deltas(old: &Ruleset, new: &Ruleset) -> Option<Vec<SetDelta>> {
-    if old.skeleton() != new.skeleton() {
+/// Changes that turn `old` into `new` without recreating the table: set and map elements, and
+/// chains whose rules are rewritten (flushed and added anew, in their place).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct InPlace {
+    pub sets: Vec<SetDelta>,
+    /// Indexes into `new.chains`.
+    pub chains: Vec<usize>,
+}
+
+/// What [`InPlace`] turns `old` into `new`, or `None` when chains or sets themselves differ
+/// (names, order, hooks, set definitions): only a replace then gives the table nft would
+/// create, in the same order. Sets whose elements are equal are skipped without building their
+/// difference (pod churn touches a few sets of many).
+pub(crate) fn in_place_update(old: &Ruleset, new: &Ruleset) -> Option<InPlace> {
+    let same_skeleton = old.chains.len() == new.chains.len()
+        && old
+            .chains
+            .iter()
+            .zip(&new.chains)
+            .all(|(o, n)| o.name == n.name && o.base == n.base)
+        && old.sets.len() == new.sets.len()
+        && old.sets.iter().zip(&new.sets).all(|(o, n)| o.same_but_elements(n));
+    if !same_skeleton {
         return None;
     }
-    let mut out = Vec::new();
+    let chains = (0..new.chains.len())
+        .filter(|&i| old.chains[i].rules != new.chains[i].rules)
+        .collect();
+    let mut sets = Vec::new();
     for (o, n) in old.sets.iter().zip(&new.sets) {
+        if o.elements == n.elements {
+            continue;
+        }
         let before: BTreeSet<&Elem> = o.elements.iter().collect();
         let after: BTreeSet<&Elem> = n.elements.iter().collect();
         let remove: Vec<Elem> = o.elements.iter().filter(|e| !after.contains(e)).cloned().collect();
         let add: Vec<Elem> = n.elements.iter().filter(|e| !before.contains(e)).cloned().collect();
         if !remove.is_empty() || !add.is_empty() {
-            out.push(SetDelta {
-                set: SetSpec {
-                    elements: Vec::new(),
-                    ..n.clone()
-                },
+            sets.push(SetDelta {
+                set: n.clone_header(),
                 remove,
                 add,
             });
         }
     }
-    Some(out)
+    Some(InPlace { sets, chains })
+}
+
+impl SetSpec {
+    /// Whether the two differ in nothing but their elements.
+    fn same_but_elements(&self, other: &SetSpec) -> bool {
+        let SetSpec {
+            name,
+            flags,
+            key,
+            verdict_map,
+            size,
+            udata,
+            elements: _,
+        } = self;
+        *name == other.name
+            && *flags == other.flags
+            && *key == other.key
+            && *verdict_map == other.verdict_map
+            && *size == other.size
+            && *udata == other.udata
+    }
+
+    /// The set without its elements.
+    fn clone_header(&self) -> SetSpec {
+        SetSpec {
+            name: self.name.clone(),
+            flags: self.flags,
+            key: self.key,
+            verdict_map: self.verdict_map,
+            size: self.size,
+            udata: self.udata.clone(),
+            elements: Vec::new(),
+        }
+    }
 }
 
 fn addr_set(name: &str, set: &AddrSet, f: Family) -> Result<SetSpec, DataplaneError> {
