@@ -19,7 +19,8 @@
 //!    time, waiting for its commit; the commit's objects are checked to hold the change, and a
 //!    second commit within the settle time is reported.
 //! 2. **pod churn → commit**: a new pod on `n1` gets its IP (status subresource), then loses the
-//!    label a policy peer selects; the table says whether the commits were element-only.
+//!    label a policy peer selects; the table says what the commits sent (set elements only,
+//!    chains rewritten in place, or a full replace).
 //! 3. **scale**: the synthetic cluster of the compiler benchmark (`synth::cluster(Shape::LARGE,
 //!    42)`: 10,000 running pods over 100 nodes, 100 namespaces, 2,000 NetworkPolicies) is created
 //!    through the API; then an agent for `node-7` starts. Reported: time to its first full sync
@@ -308,6 +309,10 @@ fn monitor(ns: &Netns) -> anyhow::Result<(Owned, mpsc::UnboundedReceiver<Commit>
     Ok((Owned(child), rx))
 }
 
+const ELEMENTS: &str = "elements only";
+const IN_PLACE: &str = "chains in place";
+const REPLACE: &str = "full replace";
+
 #[derive(Clone, Debug)]
 struct Sample {
     /// The first object of the commit that is not a set element, if any.
@@ -316,7 +321,8 @@ struct Sample {
     latency: Duration,
     /// The request's round trip.
     request: Duration,
-    elements_only: bool,
+    /// What the kernel was sent: `elements only`, `chains in place` or `full replace`.
+    commit: &'static str,
     /// The commit did not contain what the change should have produced.
     unexpected: bool,
     /// Further commits within the settle time (a change should make exactly one).
@@ -356,7 +362,11 @@ where
     Ok(Sample {
         latency: commit.at.saturating_duration_since(ack),
         request: ack - sent,
-        elements_only: commit.structural().is_none(),
+        commit: match commit.structural() {
+            None => ELEMENTS,
+            Some(_) if commit.mentions("add table") => REPLACE,
+            Some(_) => IN_PLACE,
+        },
         structural: commit.structural().cloned(),
         unexpected: !expect(&commit),
         extra_commits,
@@ -429,13 +439,17 @@ fn print_latency(clock: &str, rows: &[Row]) {
         if l.is_empty() {
             continue;
         }
-        let elements = r.samples.iter().filter(|s| s.elements_only).count();
-        let kind = if elements == r.samples.len() {
-            "elements only".to_string()
-        } else if elements == 0 {
-            "full replace".to_string()
-        } else {
-            format!("{elements} element-only, {} replace", r.samples.len() - elements)
+        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in &r.samples {
+            *kinds.entry(s.commit).or_default() += 1;
+        }
+        let kind = match kinds.len() {
+            1 => kinds.keys().next().expect("one kind").to_string(),
+            _ => kinds
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         };
         let mut anomalies = Vec::new();
         let unexpected = r.samples.iter().filter(|s| s.unexpected).count();
@@ -963,7 +977,11 @@ where
         structural: None,
         latency: latency.unsigned_abs(),
         request: ack - sent,
-        elements_only: mode == "elements",
+        commit: match mode.as_str() {
+            "elements" => ELEMENTS,
+            "chains" => IN_PLACE,
+            _ => REPLACE,
+        },
         unexpected: false,
         extra_commits,
         before_ack: latency.is_negative(),
