@@ -39,7 +39,7 @@ impl StatusWriter {
         }
     }
 
-    /// The status for an applied IR.
+    /// The status for an applied IR; `hash` is its [`Ir::ruleset_hash`].
     pub fn status(ir: &Ir, hash: &str, invalid: &[InvalidObject], apply_error: Option<&str>) -> NodePolicyStatusStatus {
         let policies: Vec<EnforcedPolicy> = ir
             .policies
