@@ -378,23 +378,126 @@ impl SetKey {
     }
 }
 
-/// Compiles snapshots. Keeps a cache of set contents so that compiling many nodes of one
-/// snapshot computes every selector's members once (the selector cache).
+impl SetKey {
+    /// Whether `pod` (as it is, or was), in a namespace labelled `namespace_labels`, can be a
+    /// member: its namespace is in scope and its labels match.
+    fn may_contain(&self, pod: &Pod, namespace_labels: &Labels) -> bool {
+        match self {
+            SetKey::Block(_) => false,
+            SetKey::Pods { namespaces, pods } => {
+                let in_scope = match namespaces {
+                    NamespaceScope::Named(n) => *n == pod.namespace,
+                    NamespaceScope::Selector(s) => s.matches(namespace_labels),
+                };
+                in_scope && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
+            }
+        }
+    }
+}
+
+/// Set members that outlive one snapshot (the selector cache across snapshots). A long-running
+/// compiler, the agent, keeps one across syncs and reports every pod and namespace that
+/// changes; a set is computed again only after a change that can touch its members, so a policy
+/// change computes no set that already existed.
+#[derive(Clone, Debug, Default)]
+pub struct SelectorCache {
+    sets: BTreeMap<SetKey, AddrSet>,
+    port_sets: BTreeMap<(String, Protocol), PortSet>,
+}
+
+impl SelectorCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A pod is added, changed or removed: call with the old version before the change and
+    /// with the new one after it, and the labels of its namespace.
+    pub fn pod_changed(&mut self, pod: &Pod, namespace_labels: &Labels) {
+        self.sets.retain(|k, _| !k.may_contain(pod, namespace_labels));
+        self.port_sets
+            .retain(|(name, protocol), _| pod.named_port(name, *protocol).is_none());
+    }
+
+    /// A namespace is added, relabelled or removed: every pod set may change.
+    pub fn namespace_changed(&mut self) {
+        self.sets.retain(|k, _| matches!(k, SetKey::Block(_)));
+    }
+
+    pub fn clear(&mut self) {
+        self.sets.clear();
+        self.port_sets.clear();
+    }
+
+    /// Cached sets (address sets and named-port sets).
+    pub fn len(&self) -> usize {
+        self.sets.len() + self.port_sets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A compiler's selector cache: its own, or one kept across snapshots.
 #[derive(Debug)]
-pub struct Compiler<'a> {
-    snapshot: &'a Snapshot,
+enum Cache<'a> {
+    Own(SelectorCache),
+    Kept(&'a mut SelectorCache),
+}
+
+impl std::ops::Deref for Cache<'_> {
+    type Target = SelectorCache;
+    fn deref(&self) -> &SelectorCache {
+        match self {
+            Cache::Own(c) => c,
+            Cache::Kept(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Cache<'_> {
+    fn deref_mut(&mut self) -> &mut SelectorCache {
+        match self {
+            Cache::Own(c) => c,
+            Cache::Kept(c) => c,
+        }
+    }
+}
+
+/// Endpoints by namespace and namespace labels: what computing a set's members needs, built
+/// when the first set is computed.
+#[derive(Debug)]
+struct PodIndex<'a> {
     /// Endpoints by namespace, sorted by name.
     by_namespace: BTreeMap<&'a str, Vec<&'a Pod>>,
     namespace_labels: BTreeMap<&'a str, Labels>,
-    set_names: BTreeMap<SetKey, String>,
-    sets: BTreeMap<String, AddrSet>,
-    port_set_names: BTreeMap<(String, Protocol), String>,
-    port_sets: BTreeMap<String, PortSet>,
-    chains: BTreeMap<(ObjectRef, Direction), PolicyChain>,
 }
 
-impl<'a> Compiler<'a> {
-    pub fn new(snapshot: &'a Snapshot) -> Self {
+/// Every endpoint's named ports: (name, protocol) → (address, port), in one pass instead of one
+/// pass over all endpoints per named port.
+type NamedPorts<'a> = BTreeMap<(&'a str, Protocol), Vec<(IpAddr, u16)>>;
+
+fn named_ports(snapshot: &Snapshot) -> NamedPorts<'_> {
+    let mut named_ports: NamedPorts<'_> = BTreeMap::new();
+    for pod in snapshot.endpoints() {
+        for (i, p) in pod.ports.iter().enumerate() {
+            let Some(name) = p.name.as_deref() else { continue };
+            // The first container port of a name and protocol is the one a name resolves to
+            // (`Pod::named_port`).
+            let earlier = pod.ports[..i]
+                .iter()
+                .any(|q| q.protocol == p.protocol && q.name.as_deref() == Some(name));
+            if !earlier {
+                let v = named_ports.entry((name, p.protocol)).or_default();
+                v.extend(pod.ips.iter().map(|ip| (*ip, p.port)));
+            }
+        }
+    }
+    named_ports
+}
+
+impl<'a> PodIndex<'a> {
+    fn new(snapshot: &'a Snapshot) -> Self {
         let by_namespace = group_by_namespace(snapshot.endpoints());
         let mut namespace_labels = BTreeMap::new();
         for ns in by_namespace
@@ -407,13 +510,52 @@ impl<'a> Compiler<'a> {
                 .or_insert_with(|| snapshot.namespace_labels(ns));
         }
         Self {
-            snapshot,
             by_namespace,
             namespace_labels,
+        }
+    }
+}
+
+/// Compiles snapshots. Keeps a cache of set contents so that compiling many nodes of one
+/// snapshot computes every selector's members once (the selector cache); with
+/// [`Compiler::with_cache`], across snapshots too.
+#[derive(Debug)]
+pub struct Compiler<'a> {
+    snapshot: &'a Snapshot,
+    /// Built on first use: a compilation whose sets are all cached never walks every pod.
+    index: Option<PodIndex<'a>>,
+    named_ports: Option<NamedPorts<'a>>,
+    cache: Cache<'a>,
+    set_names: BTreeMap<SetKey, String>,
+    /// Name → key of every set named so far.
+    set_keys: BTreeMap<String, SetKey>,
+    port_set_names: BTreeMap<(String, Protocol), String>,
+    port_set_keys: BTreeMap<String, (String, Protocol)>,
+    chains: BTreeMap<(ObjectRef, Direction), PolicyChain>,
+}
+
+impl<'a> Compiler<'a> {
+    pub fn new(snapshot: &'a Snapshot) -> Self {
+        Self::with(snapshot, Cache::Own(SelectorCache::new()))
+    }
+
+    /// A compiler that takes set members from `cache` and adds those it computes. The cache
+    /// must have been told of every pod and namespace change since it was filled
+    /// ([`SelectorCache::pod_changed`], [`SelectorCache::namespace_changed`]).
+    pub fn with_cache(snapshot: &'a Snapshot, cache: &'a mut SelectorCache) -> Self {
+        Self::with(snapshot, Cache::Kept(cache))
+    }
+
+    fn with(snapshot: &'a Snapshot, cache: Cache<'a>) -> Self {
+        Self {
+            snapshot,
+            index: None,
+            named_ports: None,
+            cache,
             set_names: BTreeMap::new(),
-            sets: BTreeMap::new(),
+            set_keys: BTreeMap::new(),
             port_set_names: BTreeMap::new(),
-            port_sets: BTreeMap::new(),
+            port_set_keys: BTreeMap::new(),
             chains: BTreeMap::new(),
         }
     }
@@ -499,12 +641,14 @@ impl<'a> Compiler<'a> {
             for r in &chain.rules {
                 if let PeerMatch::Set(name) = &r.peer {
                     if !ir.sets.contains_key(name) {
-                        ir.sets.insert(name.clone(), self.sets[name].clone());
+                        ir.sets
+                            .insert(name.clone(), self.cache.sets[&self.set_keys[name]].clone());
                     }
                 }
                 if let PortMatch::Named { set, .. } = &r.ports {
                     if !ir.port_sets.contains_key(set) {
-                        ir.port_sets.insert(set.clone(), self.port_sets[set].clone());
+                        let set_value = self.cache.port_sets[&self.port_set_keys[set]].clone();
+                        ir.port_sets.insert(set.clone(), set_value);
                     }
                 }
             }
@@ -598,14 +742,22 @@ impl<'a> Compiler<'a> {
         if let Some(name) = self.set_names.get(&key) {
             return name.clone();
         }
-        let set = self.build_set(&key);
+        if !self.cache.sets.contains_key(&key) {
+            let set = self.build_set(&key);
+            self.cache.sets.insert(key.clone(), set);
+        }
         let name = key.name();
-        self.sets.insert(name.clone(), set);
+        self.set_keys.insert(name.clone(), key.clone());
         self.set_names.insert(key, name.clone());
         name
     }
 
-    fn build_set(&self, key: &SetKey) -> AddrSet {
+    fn index(&mut self) -> &PodIndex<'a> {
+        let snapshot = self.snapshot;
+        self.index.get_or_insert_with(|| PodIndex::new(snapshot))
+    }
+
+    fn build_set(&mut self, key: &SetKey) -> AddrSet {
         match key {
             SetKey::Block(b) => AddrSet {
                 kind: SetKind::IpBlock,
@@ -614,9 +766,10 @@ impl<'a> Compiler<'a> {
                 members: cidr::subtract(&b.cidr, &b.except),
             },
             SetKey::Pods { namespaces, pods } => {
+                let index = self.index();
                 let namespaces: Vec<&str> = match namespaces {
                     NamespaceScope::Named(n) => vec![n.as_str()],
-                    NamespaceScope::Selector(s) => self
+                    NamespaceScope::Selector(s) => index
                         .namespace_labels
                         .iter()
                         .filter(|(_, l)| s.matches(l))
@@ -625,7 +778,7 @@ impl<'a> Compiler<'a> {
                 };
                 let mut members = Vec::new();
                 for ns in namespaces {
-                    for pod in self.by_namespace.get(ns).into_iter().flatten() {
+                    for pod in index.by_namespace.get(ns).into_iter().flatten() {
                         if pods.as_ref().is_none_or(|s| s.matches(&pod.labels)) {
                             members.extend(pod.ips.iter().map(|ip| IpRange::single(*ip)));
                         }
@@ -651,21 +804,21 @@ impl<'a> Compiler<'a> {
         if let Some(n) = self.port_set_names.get(&key) {
             return n.clone();
         }
-        let mut members: Vec<(IpAddr, u16)> = Vec::new();
-        for pod in self.snapshot.endpoints() {
-            if let Some(port) = pod.named_port(name, protocol) {
-                members.extend(pod.ips.iter().map(|ip| (*ip, port)));
-            }
+        if !self.cache.port_sets.contains_key(&key) {
+            let snapshot = self.snapshot;
+            let named_ports = self.named_ports.get_or_insert_with(|| named_ports(snapshot));
+            let mut members = named_ports.get(&(name, protocol)).cloned().unwrap_or_default();
+            members.sort();
+            members.dedup();
+            let set = PortSet {
+                port_name: name.to_string(),
+                protocol,
+                members,
+            };
+            self.cache.port_sets.insert(key.clone(), set);
         }
-        members.sort();
-        members.dedup();
         let set_name = format!("port_{}", short_hash(&format!("{name}/{protocol}")));
-        let set = PortSet {
-            port_name: name.to_string(),
-            protocol,
-            members,
-        };
-        self.port_sets.insert(set_name.clone(), set);
+        self.port_set_keys.insert(set_name.clone(), key.clone());
         self.port_set_names.insert(key, set_name.clone());
         set_name
     }
