@@ -28,7 +28,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client};
 use policyc_compiler::load::Kind;
-use policyc_compiler::{compile, CompileOptions, Ir};
+use policyc_compiler::{CompileOptions, Ir};
 use tokio::sync::watch;
 
 use crate::dataplane::{Dataplane, IptablesRestore, NetlinkWriter};
@@ -181,7 +181,7 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
                 continue;
             }
             (
-                compile(ix.snapshot(), &opts),
+                ix.compile(&opts),
                 ix.snapshot().policies.len(),
                 ix.invalid().cloned().collect::<Vec<_>>(),
             )

@@ -12,9 +12,11 @@
 //! recorded and skipped; every other object stays enforced.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, PoisonError};
 
 use policyc_compiler::load::{parse_object, Kind, ObjectKey, Parsed};
-use policyc_compiler::model::Snapshot;
+use policyc_compiler::model::{ObjectRef, Snapshot};
+use policyc_compiler::{CompileOptions, Compiler, Ir, SelectorCache};
 use serde_json::Value;
 
 /// An object the index rejected.
@@ -35,6 +37,10 @@ pub struct Index {
     /// Objects of a kind being relisted (between `Init` and `InitDone`).
     relisting: BTreeMap<Kind, Vec<(ObjectKey, Staged)>>,
     version: u64,
+    /// Set members of earlier compilations, told of every pod and namespace change, so that a
+    /// sync computes only the sets a change can touch. Locked only by [`Index::compile`] (the
+    /// sync loop, under the index's read lock) and reached without locking by the writer.
+    selectors: Mutex<SelectorCache>,
 }
 
 /// An object parsed during a relist, applied when the relist completes.
@@ -74,6 +80,28 @@ impl Index {
 
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
+    }
+
+    /// Compiles the snapshot, with set members kept from earlier compilations where no change
+    /// since can have touched them. The same IR as `policyc_compiler::compile`.
+    pub fn compile(&self, opts: &CompileOptions) -> Ir {
+        let mut cache = self.selectors.lock().unwrap_or_else(PoisonError::into_inner);
+        Compiler::with_cache(&self.snapshot, &mut cache).compile(opts)
+    }
+
+    /// Tells the selector cache that the object at `key` is about to change or has changed:
+    /// called with the stored version before and after each change.
+    fn touch(&mut self, key: &ObjectKey) {
+        let cache = self.selectors.get_mut().unwrap_or_else(PoisonError::into_inner);
+        match key.kind {
+            Kind::Pod => {
+                if let Some(p) = self.snapshot.pods.get(&ObjectRef::new(&key.namespace, &key.name)) {
+                    cache.pod_changed(p, &self.snapshot.namespace_labels(&p.namespace));
+                }
+            }
+            Kind::Namespace => cache.namespace_changed(),
+            Kind::Node | Kind::NetworkPolicy => {}
+        }
     }
 
     /// Objects skipped as invalid, sorted.
@@ -125,7 +153,9 @@ impl Index {
                 self.invalid.remove(&key);
                 let changed = !self.same_as_stored(&obj);
                 if changed {
+                    self.touch(&key);
                     self.snapshot.upsert(obj);
+                    self.touch(&key);
                     self.version += 1;
                 }
                 changed
@@ -135,6 +165,7 @@ impl Index {
                 tracing::warn!(object = %key, field = ?i.field, "invalid object skipped: {}", i.message);
                 self.invalid.insert(key.clone(), i);
                 // A previously valid version is no longer what the cluster says: stop enforcing it.
+                self.touch(&key);
                 self.snapshot.remove(&key);
                 self.version += 1;
                 true
@@ -159,6 +190,7 @@ impl Index {
             return false;
         };
         let was_invalid = self.invalid.remove(&key).is_some();
+        self.touch(&key);
         let removed = self.snapshot.remove(&key);
         if removed || was_invalid {
             self.version += 1;
@@ -185,6 +217,10 @@ impl Index {
 
     fn reset_staged(&mut self, kind: Kind, objects: Vec<(ObjectKey, Staged)>) -> bool {
         let before = self.version;
+        // Many objects may change: start the selector cache afresh rather than per object.
+        if matches!(kind, Kind::Pod | Kind::Namespace) {
+            self.selectors.get_mut().unwrap_or_else(PoisonError::into_inner).clear();
+        }
         let keys: BTreeSet<ObjectKey> = objects.iter().map(|(k, _)| k.clone()).collect();
         let stale: Vec<ObjectKey> = self.keys(kind).into_iter().filter(|k| !keys.contains(k)).collect();
         for k in stale {
@@ -263,6 +299,64 @@ mod tests {
         again["metadata"]["resourceVersion"] = json!("42");
         assert!(!ix.apply(Kind::NetworkPolicy, again));
         assert_eq!(ix.version(), v);
+    }
+
+    /// The index's compile, with set members kept across changes, gives what compiling the
+    /// snapshot afresh gives, after every kind of change that can touch a set.
+    #[test]
+    fn kept_selectors_compile_like_a_fresh_compile() {
+        use policyc_compiler::synth::{cluster, to_objects, Shape};
+        let shape = Shape {
+            pods: 300,
+            namespaces: 6,
+            policies: 60,
+            nodes: 3,
+            dual_stack_every: 4,
+        };
+        let mut by_kind: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for o in to_objects(&cluster(shape, 7)) {
+            by_kind
+                .entry(o["kind"].as_str().unwrap().to_string())
+                .or_default()
+                .push(o);
+        }
+        let pods = by_kind["Pod"].clone();
+        let mut ix = Index::new();
+        for kind in WATCHED {
+            ix.reset(kind, by_kind.remove(kind.as_str()).unwrap_or_default());
+        }
+        let opts = CompileOptions {
+            node: Some("node-1".into()),
+            ..CompileOptions::default()
+        };
+        let check = |ix: &Index, step: &str| {
+            let fresh = policyc_compiler::compile(ix.snapshot(), &opts);
+            assert!(ix.compile(&opts) == fresh, "{step}: kept selectors give another IR");
+        };
+        check(&ix, "initial");
+        check(&ix, "again");
+        for (i, pod) in pods.iter().enumerate().step_by(37) {
+            let mut p = pod.clone();
+            match i % 4 {
+                0 => p["metadata"]["labels"] = json!({"app": "moved", "tier": "web"}),
+                1 => p["status"]["podIPs"] = json!([{"ip": format!("10.250.0.{}", i % 250)}]),
+                2 => p["spec"]["containers"][0]["ports"] = json!([{"name": "http", "containerPort": 9999}]),
+                _ => {
+                    assert!(ix.delete(Kind::Pod, &p));
+                    check(&ix, &format!("pod {i} deleted"));
+                    continue;
+                }
+            }
+            ix.apply(Kind::Pod, p);
+            check(&ix, &format!("pod {i} changed ({})", i % 4));
+        }
+        ix.apply(
+            Kind::Namespace,
+            json!({"metadata": {"name": "ns-1", "labels": {"team": "team-1", "env": "prod"}}}),
+        );
+        check(&ix, "namespace relabelled");
+        ix.apply(Kind::NetworkPolicy, policy("late", "10.1.0.0/16"));
+        check(&ix, "policy added");
     }
 
     #[test]
