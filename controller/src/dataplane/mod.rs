@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use policyc_compiler::Ir;
 
-use self::plan::{InPlace, Ruleset};
+use self::plan::{Committed, InPlace, Ruleset};
 use self::socket::NlSocket;
 
 /// Name of the table the writer owns (in the `inet` family).
@@ -155,12 +155,16 @@ pub trait Dataplane {
 }
 
 /// Programs nf_tables over netlink, in the current network namespace or in another one.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct NetlinkWriter {
     netns: Option<PathBuf>,
+    /// Opened on first use and kept: closing a netfilter socket waits for the kernel to free
+    /// what earlier transactions deleted (an RCU grace period, about 10 ms), which would
+    /// otherwise end every transaction that deletes rules.
+    socket: Option<NlSocket>,
     /// The plan of this writer's last successful transaction, i.e. what the kernel holds as far
-    /// as this writer knows; forgotten after a failure.
-    committed: Option<Ruleset>,
+    /// as this writer knows, with the IR parts it came from; forgotten after a failure.
+    committed: Option<Committed>,
 }
 
 impl NetlinkWriter {
@@ -175,7 +179,7 @@ impl NetlinkWriter {
     pub fn in_netns(path: impl Into<PathBuf>) -> NetlinkWriter {
         NetlinkWriter {
             netns: Some(path.into()),
-            committed: None,
+            ..NetlinkWriter::default()
         }
     }
 
@@ -184,14 +188,27 @@ impl NetlinkWriter {
     }
 
     /// Sends one batch; returns the time until the kernel's last answer.
-    fn send(&self, enc: &nl::Encoded) -> Result<Duration, DataplaneError> {
+    fn send(&mut self, enc: &nl::Encoded) -> Result<Duration, DataplaneError> {
         let t = Instant::now();
-        NlSocket::open(self.netns.as_deref())?.transact(enc)?;
+        let socket = match self.socket.take() {
+            Some(s) => s,
+            None => NlSocket::open(self.netns.as_deref())?,
+        };
+        match socket.transact(enc) {
+            Ok(()) => self.socket = Some(socket),
+            // The kernel answered: the socket is fine.
+            Err(e @ DataplaneError::Rejected { .. }) => {
+                self.socket = Some(socket);
+                return Err(e);
+            }
+            // Anything else may leave unread answers behind: the next batch gets a new socket.
+            Err(e) => return Err(e),
+        }
         Ok(t.elapsed())
     }
 
-    /// Replaces the table with `rs`, planned since `started`.
-    fn replace_with(&mut self, rs: Ruleset, started: Instant) -> Result<ApplyStats, DataplaneError> {
+    /// Replaces the table with `rs`, the plan of `ir`, planned since `started`.
+    fn replace_with(&mut self, ir: &Ir, rs: Ruleset, started: Instant) -> Result<ApplyStats, DataplaneError> {
         self.committed = None;
         let enc = nl::encode_replace(&rs)?;
         let plan_time = started.elapsed();
@@ -207,7 +224,7 @@ impl NetlinkWriter {
             plan_time,
             kernel_time,
         };
-        self.committed = Some(rs);
+        self.committed = Some(Committed::new(ir, rs));
         Ok(stats)
     }
 
@@ -216,6 +233,7 @@ impl NetlinkWriter {
     fn update_with(
         &mut self,
         old: &Ruleset,
+        new_ir: &Ir,
         new: Ruleset,
         started: Instant,
     ) -> Result<Option<ApplyStats>, DataplaneError> {
@@ -224,13 +242,18 @@ impl NetlinkWriter {
             return Ok(None);
         };
         let stats = self.send_in_place(&new, &change, started)?;
-        self.committed = Some(new);
+        self.committed = Some(Committed::new(new_ir, new));
         Ok(Some(stats))
     }
 
     /// Sends an in-place change of the table holding `rs` (nothing when there is none);
     /// planned since `started`.
-    fn send_in_place(&self, rs: &Ruleset, change: &InPlace, started: Instant) -> Result<ApplyStats, DataplaneError> {
+    fn send_in_place(
+        &mut self,
+        rs: &Ruleset,
+        change: &InPlace,
+        started: Instant,
+    ) -> Result<ApplyStats, DataplaneError> {
         let rules = || change.chains.iter().flat_map(|&i| &rs.chains[i].rules);
         let anon = || rules().filter_map(|r| r.anon_set.as_ref());
         let mut stats = ApplyStats {
@@ -257,13 +280,13 @@ impl NetlinkWriter {
 impl Dataplane for NetlinkWriter {
     fn replace(&mut self, ir: &Ir) -> Result<ApplyStats, DataplaneError> {
         let started = Instant::now();
-        self.replace_with(Ruleset::from_ir(ir)?, started)
+        self.replace_with(ir, Ruleset::from_ir(ir)?, started)
     }
 
     fn update_elements(&mut self, old: &Ir, new: &Ir) -> Result<Option<ApplyStats>, DataplaneError> {
         let started = Instant::now();
-        let (old, new) = (Ruleset::from_ir(old)?, Ruleset::from_ir(new)?);
-        self.update_with(&old, new, started)
+        let (old, plan) = (Ruleset::from_ir(old)?, Ruleset::from_ir(new)?);
+        self.update_with(&old, new, plan, started)
     }
 
     fn remove(&mut self) -> Result<(), DataplaneError> {
@@ -279,20 +302,23 @@ impl Dataplane for NetlinkWriter {
     /// `nft list` then prints what a replace would have given.
     fn apply(&mut self, current: Option<&Ir>, new: &Ir) -> Result<ApplyStats, DataplaneError> {
         let started = Instant::now();
-        let plan = Ruleset::from_ir(new)?;
         let old = match (current, self.committed.take()) {
             (None, _) => None,
             (Some(_), Some(committed)) => Some(committed),
-            (Some(ir), None) => Ruleset::from_ir(ir).ok(),
+            (Some(ir), None) => Ruleset::from_ir(ir).ok().map(|plan| Committed::new(ir, plan)),
         };
-        if let Some(change) = old.and_then(|old| plan::in_place_update(&old, &plan)) {
+        let Some(old) = old else {
+            return self.replace_with(new, Ruleset::from_ir(new)?, started);
+        };
+        let (plan, change) = plan::replan(old, new)?;
+        if let Some(change) = change {
             // A rejected batch (the kernel did not hold `old` after all) changes nothing: fall
             // back to a replace.
             if let Ok(stats) = self.send_in_place(&plan, &change, started) {
-                self.committed = Some(plan);
+                self.committed = Some(Committed::new(new, plan));
                 return Ok(stats);
             }
         }
-        self.replace_with(plan, started)
+        self.replace_with(new, plan, started)
     }
 }

@@ -14,12 +14,12 @@
 //! then every named set and map, each followed by its elements, then the rules, each rule
 //! preceded by its anonymous set if it has one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use policyc_compiler::cidr::{Family, IpRange};
 use policyc_compiler::ir::{AddrSet, Endpoint, Ir, PeerMatch, PolicyChain, PortMatch, PortRange, PortSet, SetKind};
-use policyc_compiler::model::{Direction, Protocol};
+use policyc_compiler::model::{Direction, ObjectRef, Protocol};
 use policyc_compiler::render::nft;
 
 use super::DataplaneError;
@@ -598,24 +598,209 @@ pub(crate) fn in_place_update(old: &Ruleset, new: &Ruleset) -> Option<InPlace> {
     let chains = (0..new.chains.len())
         .filter(|&i| old.chains[i].rules != new.chains[i].rules)
         .collect();
-    let mut sets = Vec::new();
-    for (o, n) in old.sets.iter().zip(&new.sets) {
-        if o.elements == n.elements {
-            continue;
-        }
+    let sets = old
+        .sets
+        .iter()
+        .zip(&new.sets)
+        .filter_map(|(o, n)| delta(o, n))
+        .collect();
+    Some(InPlace { sets, chains })
+}
+
+/// The element changes that turn set `o` into `n` (same header), if any.
+fn delta(o: &SetSpec, n: &SetSpec) -> Option<SetDelta> {
+    if o.elements == n.elements {
+        return None;
+    }
+    let sorted = |v: &[Elem]| v.windows(2).all(|w| w[0] < w[1]);
+    let (remove, add) = if sorted(&o.elements) && sorted(&n.elements) {
+        // Address and named-port sets hold their elements sorted: one merge.
+        merge_diff(&o.elements, &n.elements)
+    } else {
         let before: BTreeSet<&Elem> = o.elements.iter().collect();
         let after: BTreeSet<&Elem> = n.elements.iter().collect();
-        let remove: Vec<Elem> = o.elements.iter().filter(|e| !after.contains(e)).cloned().collect();
-        let add: Vec<Elem> = n.elements.iter().filter(|e| !before.contains(e)).cloned().collect();
-        if !remove.is_empty() || !add.is_empty() {
-            sets.push(SetDelta {
-                set: n.clone_header(),
-                remove,
-                add,
-            });
+        (
+            o.elements.iter().filter(|e| !after.contains(e)).cloned().collect(),
+            n.elements.iter().filter(|e| !before.contains(e)).cloned().collect(),
+        )
+    };
+    (!remove.is_empty() || !add.is_empty()).then(|| SetDelta {
+        set: n.clone_header(),
+        remove,
+        add,
+    })
+}
+
+/// Pushes `old` onto `out` when it was lowered from the same IR part (`same`), otherwise what
+/// `lower` gives, noting its index and the old version in `fresh`.
+fn place<T>(
+    out: &mut Vec<T>,
+    fresh: &mut Vec<(usize, Option<T>)>,
+    old: Option<T>,
+    same: bool,
+    lower: impl FnOnce() -> Result<T, DataplaneError>,
+) -> Result<(), DataplaneError> {
+    match old {
+        Some(o) if same => out.push(o),
+        o => {
+            fresh.push((out.len(), o));
+            out.push(lower()?);
         }
     }
-    Some(InPlace { sets, chains })
+    Ok(())
+}
+
+/// Elements only in `old` and elements only in `new`, both strictly ascending.
+fn merge_diff(old: &[Elem], new: &[Elem]) -> (Vec<Elem>, Vec<Elem>) {
+    let (mut remove, mut add) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() && j < new.len() {
+        match old[i].cmp(&new[j]) {
+            std::cmp::Ordering::Less => {
+                remove.push(old[i].clone());
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                add.push(new[j].clone());
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    remove.extend_from_slice(&old[i..]);
+    add.extend_from_slice(&new[j..]);
+    (remove, add)
+}
+
+/// A committed plan and the IR parts its sets and policy chains were lowered from, so that the
+/// next plan can take over what did not change instead of lowering and comparing it again.
+#[derive(Clone, Debug)]
+pub(crate) struct Committed {
+    pub plan: Ruleset,
+    fail_closed: Option<String>,
+    endpoints: Vec<Endpoint>,
+    sets: BTreeMap<String, AddrSet>,
+    port_sets: BTreeMap<String, PortSet>,
+    chains: BTreeMap<String, PolicyChain>,
+}
+
+impl Committed {
+    pub fn new(ir: &Ir, plan: Ruleset) -> Committed {
+        Committed {
+            plan,
+            fail_closed: ir.fail_closed.clone(),
+            endpoints: ir.endpoints.clone(),
+            sets: ir.sets.clone(),
+            port_sets: ir.port_sets.clone(),
+            chains: ir.chains.clone(),
+        }
+    }
+}
+
+/// The plan for `new` and, when one suffices, the in-place change from `old`'s plan to it: the
+/// same as `Ruleset::from_ir(new)` and [`in_place_update`], but sets and policy chains lowered
+/// from IR parts equal to `old`'s are moved over from `old`'s plan, neither lowered nor compared
+/// again. On a large node a change touches a few of many sets and chains.
+pub(crate) fn replan(old: Committed, new: &Ir) -> Result<(Ruleset, Option<InPlace>), DataplaneError> {
+    let Committed {
+        plan: old_plan,
+        fail_closed: old_fail_closed,
+        endpoints: old_endpoints,
+        sets: old_sets_ir,
+        port_sets: old_ports_ir,
+        chains: old_chains_ir,
+    } = old;
+    let old_set_order: Vec<String> = old_plan.sets.iter().map(|s| s.name.clone()).collect();
+    let old_chain_order: Vec<(String, Option<BaseChain>)> =
+        old_plan.chains.iter().map(|c| (c.name.clone(), c.base)).collect();
+    let mut old_sets: HashMap<String, SetSpec> = old_plan.sets.into_iter().map(|s| (s.name.clone(), s)).collect();
+    let mut old_chains: HashMap<String, ChainSpec> = old_plan.chains.into_iter().map(|c| (c.name.clone(), c)).collect();
+
+    // Lowered anew: (index in the new plan, the old version if there was one).
+    let mut fresh_sets: Vec<(usize, Option<SetSpec>)> = Vec::new();
+    let mut sets = Vec::new();
+    for (name, set) in &new.sets {
+        let same = old_sets_ir.get(name) == Some(set);
+        for f in &set.families {
+            let old = old_sets.remove(&set_name(name, *f));
+            place(&mut sets, &mut fresh_sets, old, same, || addr_set(name, set, *f))?;
+        }
+    }
+    for (name, set) in &new.port_sets {
+        let same = old_ports_ir.get(name) == Some(set);
+        for f in [Family::V4, Family::V6] {
+            let old = old_sets.remove(&set_name(name, f));
+            place(&mut sets, &mut fresh_sets, old, same, || Ok(port_set(name, set, f)))?;
+        }
+    }
+    // The dispatch maps are lowered from the endpoints alone.
+    let same_endpoints = old_endpoints == new.endpoints;
+    for d in [Direction::Ingress, Direction::Egress] {
+        let old = old_sets.remove(&format!("{}_dispatch", d.as_str()));
+        place(&mut sets, &mut fresh_sets, old, same_endpoints, || {
+            Ok(dispatch_map(new, d))
+        })?;
+    }
+
+    let mut fresh_chains: Vec<(usize, Option<ChainSpec>)> = Vec::new();
+    let mut chains = Vec::new();
+    // The base chains are lowered from the fail-closed prefix alone.
+    for c in base_chains(new) {
+        let old = old_chains.remove(&c.name);
+        let same = old_fail_closed == new.fail_closed;
+        place(&mut chains, &mut fresh_chains, old, same, || Ok(c))?;
+    }
+    // An endpoint chain is lowered from its endpoint and the policies of its chains, which the
+    // chain names determine.
+    let old_endpoints: HashMap<&ObjectRef, &Endpoint> = old_endpoints.iter().map(|e| (&e.pod, e)).collect();
+    for ep in &new.endpoints {
+        let same = old_endpoints.get(&ep.pod) == Some(&ep);
+        for d in [Direction::Ingress, Direction::Egress] {
+            if ep.isolation(d).isolated() {
+                let old = old_chains.remove(&ep.chain_name(d));
+                place(&mut chains, &mut fresh_chains, old, same, || endpoint_chain(new, ep, d))?;
+            }
+        }
+    }
+    for (name, chain) in &new.chains {
+        // A policy chain is lowered from the chain and the families of the sets it uses.
+        let same = old_chains_ir.get(name) == Some(chain)
+            && chain.rules.iter().all(|r| match &r.peer {
+                PeerMatch::Set(s) => old_sets_ir.get(s).map(|x| &x.families) == new.sets.get(s).map(|x| &x.families),
+                PeerMatch::Any => true,
+            });
+        let old = old_chains.remove(name);
+        place(&mut chains, &mut fresh_chains, old, same, || {
+            policy_chain(new, name, chain)
+        })?;
+    }
+    let plan = Ruleset { chains, sets };
+
+    let same_skeleton = plan.sets.iter().map(|s| &s.name).eq(old_set_order.iter())
+        && plan
+            .chains
+            .iter()
+            .map(|c| (&c.name, c.base))
+            .eq(old_chain_order.iter().map(|(n, b)| (n, *b)))
+        && fresh_sets
+            .iter()
+            .all(|(i, o)| o.as_ref().is_some_and(|o| o.same_but_elements(&plan.sets[*i])));
+    if !same_skeleton {
+        return Ok((plan, None));
+    }
+    let chains = fresh_chains
+        .iter()
+        .filter(|(i, o)| o.as_ref().is_none_or(|o| o.rules != plan.chains[*i].rules))
+        .map(|(i, _)| *i)
+        .collect();
+    let sets = fresh_sets
+        .iter()
+        .filter_map(|(i, o)| delta(o.as_ref()?, &plan.sets[*i]))
+        .collect();
+    Ok((plan, Some(InPlace { sets, chains })))
 }
 
 impl SetSpec {
@@ -1106,6 +1291,66 @@ mod tests {
         assert_eq!(e[2].udata, [1, 4, 1, 0, 0, 0]);
         assert_eq!(interval_size(&r), 4);
         assert_eq!(automerge(vec![(4, 9), (1, 3)]), [(1, 9)]);
+    }
+
+    /// Taking unchanged parts over from the committed plan gives the plan and the in-place
+    /// change that lowering both IRs afresh gives, through changes of every kind.
+    #[test]
+    fn replan_is_lowering_afresh() {
+        use policyc_compiler::model::{PortRef, PortSpec};
+        use policyc_compiler::synth::{cluster, Shape};
+        use policyc_compiler::{compile, CompileOptions};
+        let shape = Shape {
+            pods: 200,
+            namespaces: 5,
+            policies: 40,
+            nodes: 2,
+            dual_stack_every: 3,
+        };
+        let mut snap = cluster(shape, 3);
+        let opts = CompileOptions {
+            node: Some("node-0".into()),
+            fail_closed: true,
+            ..CompileOptions::default()
+        };
+        let mut ir = compile(&snap, &opts);
+        let mut committed = Committed::new(&ir, Ruleset::from_ir(&ir).unwrap());
+        let pods: Vec<_> = snap.pods.keys().cloned().collect();
+        let policies: Vec<_> = snap.policies.keys().cloned().collect();
+        for step in 0..16 {
+            match step % 4 {
+                0 => {
+                    let p = snap.policies.get_mut(&policies[step * 3]).unwrap();
+                    for r in p.ingress.iter_mut().chain(p.egress.iter_mut()) {
+                        r.ports = vec![PortSpec {
+                            protocol: Protocol::Udp,
+                            port: PortRef::Range {
+                                first: 1000 + step as u16,
+                                last: 1000 + step as u16,
+                            },
+                        }];
+                    }
+                }
+                1 => {
+                    snap.pods.remove(&pods[step * 7 + 1]);
+                }
+                2 => {
+                    let pod = snap.pods.get_mut(&pods[step * 11 + 2]).unwrap();
+                    pod.labels.insert("tier".into(), "moved".into());
+                }
+                _ => {
+                    let pod = snap.pods.get_mut(&pods[step * 5 + 3]).unwrap();
+                    pod.ips = vec![format!("10.250.0.{step}").parse().unwrap()];
+                }
+            }
+            let new = compile(&snap, &opts);
+            let (plan, change) = replan(committed, &new).unwrap();
+            let (old_fresh, fresh) = (Ruleset::from_ir(&ir).unwrap(), Ruleset::from_ir(&new).unwrap());
+            assert!(plan == fresh, "step {step}: another plan than lowering afresh");
+            assert_eq!(change, in_place_update(&old_fresh, &fresh), "step {step}");
+            committed = Committed::new(&new, plan);
+            ir = new;
+        }
     }
 
     #[test]
