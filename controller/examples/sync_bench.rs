@@ -1,6 +1,7 @@
 //! The agent's sync, phase by phase, on a large synthetic cluster, without an API server: the
-//! same compile, ruleset hash and netlink writer the agent runs, programming a throwaway
-//! network namespace. Needs root (`ip netns`).
+//! agent's index fed with API objects as its watchers feed it, and the same compile (with the
+//! index's selector cache), ruleset hash and netlink writer the agent runs, programming a
+//! throwaway network namespace. Needs root (`ip netns`).
 //!
 //! ```sh
 //! cargo run --release -p policyc-controller --example sync_bench [-- --quick] [-- -n 40]
@@ -22,10 +23,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use nix::time::{clock_gettime, ClockId};
-use policyc_compiler::model::{Direction, LabelSelector, NetworkPolicy, Peer, PortRef, PortSpec, Rule};
+use policyc_compiler::load::Kind;
 use policyc_compiler::synth::{self, Shape};
-use policyc_compiler::{compile, CompileOptions, Ir, Protocol, Snapshot};
+use policyc_compiler::{CompileOptions, Ir};
 use policyc_controller::dataplane::{ApplyStats, Dataplane, NetlinkWriter};
+use policyc_controller::index::{Index, WATCHED};
+use serde_json::{json, Value};
 
 const NODE: &str = "node-7";
 
@@ -68,17 +71,19 @@ struct Phases {
     replace: bool,
 }
 
-/// The agent's sync loop body, minus the API server and the debounce.
+/// The agent's sync loop body, minus the API server and the debounce: the agent's index
+/// (fed with API objects, as the watchers feed it), compile, ruleset hash, netlink writer.
 struct Sync {
+    index: Index,
     opts: CompileOptions,
     writer: NetlinkWriter,
     applied: Option<(Ir, String)>,
 }
 
 impl Sync {
-    fn run(&mut self, snapshot: &Snapshot) -> anyhow::Result<Phases> {
+    fn run(&mut self) -> anyhow::Result<Phases> {
         let (started, c0) = (Instant::now(), cpu());
-        let ir = compile(snapshot, &self.opts);
+        let ir = self.index.compile(&self.opts);
         let c1 = cpu();
         let hash = ir.ruleset_hash();
         let c2 = cpu();
@@ -102,32 +107,23 @@ impl Sync {
     }
 }
 
-fn bench_policy(port: u16) -> NetworkPolicy {
-    let app_bench = LabelSelector {
-        match_labels: [("app".to_string(), "bench".to_string())].into_iter().collect(),
-        ..LabelSelector::default()
-    };
-    NetworkPolicy {
-        namespace: "ns-7".into(),
-        name: "bench".into(),
-        generation: Some(i64::from(port)),
-        pod_selector: LabelSelector::default(),
-        policy_types: vec![Direction::Ingress],
-        ingress: vec![Rule {
-            peers: vec![Peer::Pods {
-                namespace_selector: None,
-                pod_selector: Some(app_bench),
-            }],
-            ports: vec![PortSpec {
-                protocol: Protocol::Tcp,
-                port: PortRef::Range {
-                    first: port,
-                    last: port,
-                },
-            }],
-        }],
-        egress: vec![],
-    }
+/// `ns-7/bench`: selects every pod of `ns-7`, allows `app=bench` pods of `ns-7` on `port`.
+fn bench_policy(port: u16) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "bench", "namespace": "ns-7", "generation": port},
+        "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "bench"}}}], "ports": [{"port": port}]}]}
+    })
+}
+
+/// A running `app=bench` pod of `ns-7` on another node.
+fn bench_pod(i: usize) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("bench-{i}"), "namespace": "ns-7", "labels": {"app": "bench"}},
+        "spec": {"nodeName": "node-42", "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
+        "status": {"phase": "Running", "podIPs": [{"ip": format!("10.200.{}.{}", i / 200, 10 + i % 200)}]}
+    })
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -190,9 +186,18 @@ fn main() -> anyhow::Result<()> {
     } else {
         Shape::LARGE
     };
-    let mut snapshot = synth::cluster(shape, 42);
+    let mut index = Index::new();
+    let mut objects: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for o in synth::to_objects(&synth::cluster(shape, 42)) {
+        let kind = o["kind"].as_str().unwrap_or_default().to_string();
+        objects.entry(kind).or_default().push(o);
+    }
+    for kind in WATCHED {
+        index.reset(kind, objects.remove(kind.as_str()).unwrap_or_default());
+    }
     let netns = Netns::create()?;
     let mut sync = Sync {
+        index,
         opts: CompileOptions {
             node: Some(NODE.into()),
             interface_prefix: "cali".into(),
@@ -202,40 +207,20 @@ fn main() -> anyhow::Result<()> {
         applied: None,
     };
     let mut rows: BTreeMap<&str, Vec<Phases>> = BTreeMap::new();
-    rows.entry("1 first sync").or_default().push(sync.run(&snapshot)?);
-    let ir = &sync.applied.as_ref().expect("applied").0;
-    let stats = ir.stats();
+    rows.entry("1 first sync").or_default().push(sync.run()?);
+    let stats = sync.applied.as_ref().expect("applied").0.stats();
     println!(
         "{} pods, {} policies; {NODE}: {} endpoints, {} rules, {} set elements",
         shape.pods, shape.policies, stats.endpoints, stats.rules, stats.set_elements
     );
-    let policy = bench_policy(40_000);
-    snapshot.policies.insert(policy.id(), policy);
-    rows.entry("2 policy create").or_default().push(sync.run(&snapshot)?);
-    let template = snapshot
-        .pods
-        .values()
-        .find(|p| p.namespace == "ns-7")
-        .context("a pod in ns-7")?
-        .clone();
+    sync.index.apply(Kind::NetworkPolicy, bench_policy(40_000));
+    rows.entry("2 policy create").or_default().push(sync.run()?);
     for i in 0..n {
-        let policy = bench_policy(40_001 + i as u16);
-        snapshot.policies.insert(policy.id(), policy);
-        rows.entry("3 policy update (port)")
-            .or_default()
-            .push(sync.run(&snapshot)?);
-
-        let mut pod = template.clone();
-        pod.name = format!("bench-{i}");
-        pod.node = Some("node-42".into());
-        pod.labels = [("app".to_string(), "bench".to_string())].into_iter().collect();
-        pod.ips = vec![format!("10.200.{}.{}", i / 200, 10 + i % 200).parse()?];
-        snapshot.pods.insert(pod.id(), pod);
-        rows.entry("4 remote pod gets its IP")
-            .or_default()
-            .push(sync.run(&snapshot)?);
-
-        rows.entry("5 nothing changed").or_default().push(sync.run(&snapshot)?);
+        sync.index.apply(Kind::NetworkPolicy, bench_policy(40_001 + i as u16));
+        rows.entry("3 policy update (port)").or_default().push(sync.run()?);
+        sync.index.apply(Kind::Pod, bench_pod(i));
+        rows.entry("4 remote pod gets its IP").or_default().push(sync.run()?);
+        rows.entry("5 nothing changed").or_default().push(sync.run()?);
     }
     report(&rows);
     Ok(())
