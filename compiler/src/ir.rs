@@ -379,9 +379,9 @@ impl SetKey {
 }
 
 impl SetKey {
-    /// Whether `pod` (as it is, or was), in a namespace labelled `namespace_labels`, can be a
-    /// member: its namespace is in scope and its labels match.
-    fn may_contain(&self, pod: &Pod, namespace_labels: &Labels) -> bool {
+    /// Whether `pod`, in a namespace labelled `namespace_labels`, is a member when it is an
+    /// endpoint: its namespace is in scope and its labels match.
+    fn selects(&self, pod: &Pod, namespace_labels: &Labels) -> bool {
         match self {
             SetKey::Block(_) => false,
             SetKey::Pods { namespaces, pods } => {
@@ -395,14 +395,65 @@ impl SetKey {
     }
 }
 
+/// Sorted members and, per member, how many endpoints contribute it, so that one endpoint's
+/// change updates the members in place.
+#[derive(Clone, Debug, Default)]
+struct Counted<T: Ord> {
+    members: Vec<T>,
+    counts: BTreeMap<T, u32>,
+}
+
+impl<T: Ord + Copy> Counted<T> {
+    fn new(items: impl IntoIterator<Item = T>) -> Self {
+        let mut counts: BTreeMap<T, u32> = BTreeMap::new();
+        for i in items {
+            *counts.entry(i).or_default() += 1;
+        }
+        Counted {
+            members: counts.keys().copied().collect(),
+            counts,
+        }
+    }
+
+    fn add(&mut self, item: T) {
+        let n = self.counts.entry(item).or_default();
+        *n += 1;
+        if *n == 1 {
+            let i = self.members.partition_point(|m| *m < item);
+            self.members.insert(i, item);
+        }
+    }
+
+    /// `false` when `item` was not a member: the members were not what they should be.
+    fn remove(&mut self, item: T) -> bool {
+        let Some(n) = self.counts.get_mut(&item) else {
+            return false;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.counts.remove(&item);
+            if let Ok(i) = self.members.binary_search(&item) {
+                self.members.remove(i);
+            }
+        }
+        true
+    }
+}
+
 /// Set members that outlive one snapshot (the selector cache across snapshots). A long-running
-/// compiler, the agent, keeps one across syncs and reports every pod and namespace that
-/// changes; a set is computed again only after a change that can touch its members, so a policy
-/// change computes no set that already existed.
+/// compiler, the agent, keeps one across syncs and reports every pod and namespace change: pod
+/// changes update the cached members in place, so a sync computes only sets it has not seen.
 #[derive(Clone, Debug, Default)]
 pub struct SelectorCache {
-    sets: BTreeMap<SetKey, AddrSet>,
-    port_sets: BTreeMap<(String, Protocol), PortSet>,
+    sets: BTreeMap<SetKey, CachedSet>,
+    port_sets: BTreeMap<(String, Protocol), Counted<(IpAddr, u16)>>,
+}
+
+#[derive(Clone, Debug)]
+struct CachedSet {
+    set: AddrSet,
+    /// Pod sets: the addresses of `set.members`, counted.
+    pods: Option<Counted<IpAddr>>,
 }
 
 impl SelectorCache {
@@ -410,12 +461,49 @@ impl SelectorCache {
         Self::default()
     }
 
-    /// A pod is added, changed or removed: call with the old version before the change and
-    /// with the new one after it, and the labels of its namespace.
-    pub fn pod_changed(&mut self, pod: &Pod, namespace_labels: &Labels) {
-        self.sets.retain(|k, _| !k.may_contain(pod, namespace_labels));
-        self.port_sets
-            .retain(|(name, protocol), _| pod.named_port(name, *protocol).is_none());
+    /// A pod is about to change or be removed: call with its stored version and the labels of
+    /// its namespace.
+    pub fn pod_removed(&mut self, pod: &Pod, namespace_labels: &Labels) {
+        self.update(pod, namespace_labels, false);
+    }
+
+    /// A pod was added or changed: call with its new version and the labels of its namespace.
+    pub fn pod_added(&mut self, pod: &Pod, namespace_labels: &Labels) {
+        self.update(pod, namespace_labels, true);
+    }
+
+    fn update(&mut self, pod: &Pod, namespace_labels: &Labels, add: bool) {
+        if !pod.is_endpoint() {
+            return;
+        }
+        self.sets.retain(|key, cached| {
+            let Some(counted) = cached.pods.as_mut().filter(|_| key.selects(pod, namespace_labels)) else {
+                return true;
+            };
+            for ip in &pod.ips {
+                if add {
+                    counted.add(*ip);
+                } else if !counted.remove(*ip) {
+                    // Not what the set was built from: compute it again.
+                    return false;
+                }
+            }
+            cached.set.members = counted.members.iter().map(|ip| IpRange::single(*ip)).collect();
+            true
+        });
+        self.port_sets.retain(|(name, protocol), counted| {
+            let Some(port) = pod.named_port(name, *protocol) else {
+                return true;
+            };
+            pod.ips.iter().all(|ip| {
+                if add {
+                    counted.add((*ip, port));
+                    true
+                } else {
+                    counted.remove((*ip, port))
+                }
+            })
+        });
     }
 
     /// A namespace is added, relabelled or removed: every pod set may change.
@@ -464,13 +552,48 @@ impl std::ops::DerefMut for Cache<'_> {
     }
 }
 
-/// Endpoints by namespace and namespace labels: what computing a set's members needs, built
-/// when the first set is computed.
+/// Namespace labels: what computing a namespace selector's members needs, built when the first
+/// such set is computed.
 #[derive(Debug)]
 struct PodIndex<'a> {
-    /// Endpoints by namespace, sorted by name.
-    by_namespace: BTreeMap<&'a str, Vec<&'a Pod>>,
+    /// Every namespace, with or without a Namespace object, and its labels.
     namespace_labels: BTreeMap<&'a str, Labels>,
+}
+
+impl<'a> PodIndex<'a> {
+    fn new(snapshot: &'a Snapshot) -> Self {
+        let mut namespace_labels = BTreeMap::new();
+        for ns in pod_namespaces(snapshot).chain(snapshot.namespaces.keys().map(String::as_str)) {
+            namespace_labels
+                .entry(ns)
+                .or_insert_with(|| snapshot.namespace_labels(ns));
+        }
+        Self { namespace_labels }
+    }
+}
+
+/// The namespaces that have pods, each found with one lookup in the pods, sorted by
+/// namespace, rather than a walk over every pod.
+fn pod_namespaces(snapshot: &Snapshot) -> impl Iterator<Item = &str> {
+    let mut next = snapshot.pods.keys().next();
+    std::iter::from_fn(move || {
+        let ns = next?.namespace.as_str();
+        // The first key after every key of `ns`: no namespace lies between `ns` and `ns\0`.
+        let after = ObjectRef::new(format!("{ns}\0"), "");
+        next = snapshot.pods.range(after..).next().map(|(k, _)| k);
+        Some(ns)
+    })
+}
+
+/// The endpoints of one namespace, sorted by name.
+fn endpoints_of<'a>(snapshot: &'a Snapshot, ns: &str) -> impl Iterator<Item = &'a Pod> + 'a {
+    let ns = ns.to_string();
+    snapshot
+        .pods
+        .range(ObjectRef::new(ns.clone(), "")..)
+        .take_while(move |(k, _)| k.namespace == ns)
+        .map(|(_, p)| p)
+        .filter(|p| p.is_endpoint())
 }
 
 /// Every endpoint's named ports: (name, protocol) → (address, port), in one pass instead of one
@@ -494,26 +617,6 @@ fn named_ports(snapshot: &Snapshot) -> NamedPorts<'_> {
         }
     }
     named_ports
-}
-
-impl<'a> PodIndex<'a> {
-    fn new(snapshot: &'a Snapshot) -> Self {
-        let by_namespace = group_by_namespace(snapshot.endpoints());
-        let mut namespace_labels = BTreeMap::new();
-        for ns in by_namespace
-            .keys()
-            .copied()
-            .chain(snapshot.namespaces.keys().map(String::as_str))
-        {
-            namespace_labels
-                .entry(ns)
-                .or_insert_with(|| snapshot.namespace_labels(ns));
-        }
-        Self {
-            by_namespace,
-            namespace_labels,
-        }
-    }
 }
 
 /// Compiles snapshots. Keeps a cache of set contents so that compiling many nodes of one
@@ -541,7 +644,8 @@ impl<'a> Compiler<'a> {
 
     /// A compiler that takes set members from `cache` and adds those it computes. The cache
     /// must have been told of every pod and namespace change since it was filled
-    /// ([`SelectorCache::pod_changed`], [`SelectorCache::namespace_changed`]).
+    /// ([`SelectorCache::pod_removed`], [`SelectorCache::pod_added`],
+    /// [`SelectorCache::namespace_changed`]).
     pub fn with_cache(snapshot: &'a Snapshot, cache: &'a mut SelectorCache) -> Self {
         Self::with(snapshot, Cache::Kept(cache))
     }
@@ -641,14 +745,19 @@ impl<'a> Compiler<'a> {
             for r in &chain.rules {
                 if let PeerMatch::Set(name) = &r.peer {
                     if !ir.sets.contains_key(name) {
-                        ir.sets
-                            .insert(name.clone(), self.cache.sets[&self.set_keys[name]].clone());
+                        let set = self.cache.sets[&self.set_keys[name]].set.clone();
+                        ir.sets.insert(name.clone(), set);
                     }
                 }
                 if let PortMatch::Named { set, .. } = &r.ports {
                     if !ir.port_sets.contains_key(set) {
-                        let set_value = self.cache.port_sets[&self.port_set_keys[set]].clone();
-                        ir.port_sets.insert(set.clone(), set_value);
+                        let key = &self.port_set_keys[set];
+                        let port_set = PortSet {
+                            port_name: key.0.clone(),
+                            protocol: key.1,
+                            members: self.cache.port_sets[key].members.clone(),
+                        };
+                        ir.port_sets.insert(set.clone(), port_set);
                     }
                 }
             }
@@ -743,8 +852,8 @@ impl<'a> Compiler<'a> {
             return name.clone();
         }
         if !self.cache.sets.contains_key(&key) {
-            let set = self.build_set(&key);
-            self.cache.sets.insert(key.clone(), set);
+            let cached = self.build_set(&key);
+            self.cache.sets.insert(key.clone(), cached);
         }
         let name = key.name();
         self.set_keys.insert(name.clone(), key.clone());
@@ -757,15 +866,19 @@ impl<'a> Compiler<'a> {
         self.index.get_or_insert_with(|| PodIndex::new(snapshot))
     }
 
-    fn build_set(&mut self, key: &SetKey) -> AddrSet {
+    fn build_set(&mut self, key: &SetKey) -> CachedSet {
         match key {
-            SetKey::Block(b) => AddrSet {
-                kind: SetKind::IpBlock,
-                description: key.description(),
-                families: vec![b.cidr.family()],
-                members: cidr::subtract(&b.cidr, &b.except),
+            SetKey::Block(b) => CachedSet {
+                set: AddrSet {
+                    kind: SetKind::IpBlock,
+                    description: key.description(),
+                    families: vec![b.cidr.family()],
+                    members: cidr::subtract(&b.cidr, &b.except),
+                },
+                pods: None,
             },
             SetKey::Pods { namespaces, pods } => {
+                let snapshot = self.snapshot;
                 let index = self.index();
                 let namespaces: Vec<&str> = match namespaces {
                     NamespaceScope::Named(n) => vec![n.as_str()],
@@ -776,24 +889,25 @@ impl<'a> Compiler<'a> {
                         .map(|(n, _)| *n)
                         .collect(),
                 };
-                let mut members = Vec::new();
+                let mut addresses = Vec::new();
                 for ns in namespaces {
-                    for pod in index.by_namespace.get(ns).into_iter().flatten() {
+                    for pod in endpoints_of(snapshot, ns) {
                         if pods.as_ref().is_none_or(|s| s.matches(&pod.labels)) {
-                            members.extend(pod.ips.iter().map(|ip| IpRange::single(*ip)));
+                            addresses.extend(pod.ips.iter().copied());
                         }
                     }
                 }
-                AddrSet {
-                    kind: SetKind::Selector,
-                    description: key.description(),
-                    families: vec![Family::V4, Family::V6],
-                    // Single addresses, never merged into prefixes: the set is not an interval set.
-                    members: {
-                        members.sort();
-                        members.dedup();
-                        members
+                let counted = Counted::new(addresses);
+                CachedSet {
+                    set: AddrSet {
+                        kind: SetKind::Selector,
+                        description: key.description(),
+                        families: vec![Family::V4, Family::V6],
+                        // Single addresses, never merged into prefixes: the set is not an
+                        // interval set.
+                        members: counted.members.iter().map(|ip| IpRange::single(*ip)).collect(),
                     },
+                    pods: Some(counted),
                 }
             }
         }
@@ -807,43 +921,14 @@ impl<'a> Compiler<'a> {
         if !self.cache.port_sets.contains_key(&key) {
             let snapshot = self.snapshot;
             let named_ports = self.named_ports.get_or_insert_with(|| named_ports(snapshot));
-            let mut members = named_ports.get(&(name, protocol)).cloned().unwrap_or_default();
-            members.sort();
-            members.dedup();
-            let set = PortSet {
-                port_name: name.to_string(),
-                protocol,
-                members,
-            };
-            self.cache.port_sets.insert(key.clone(), set);
+            let members = named_ports.get(&(name, protocol)).cloned().unwrap_or_default();
+            self.cache.port_sets.insert(key.clone(), Counted::new(members));
         }
         let set_name = format!("port_{}", short_hash(&format!("{name}/{protocol}")));
         self.port_set_keys.insert(set_name.clone(), key.clone());
         self.port_set_names.insert(key, set_name.clone());
         set_name
     }
-}
-
-/// Pods by namespace, each list in the order given. Pods come in snapshot order (by namespace,
-/// then name), so each namespace is one run: no map lookup per pod.
-fn group_by_namespace<'a>(pods: impl Iterator<Item = &'a Pod>) -> BTreeMap<&'a str, Vec<&'a Pod>> {
-    let mut out: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
-    let mut run: Option<(&str, Vec<&Pod>)> = None;
-    for p in pods {
-        match &mut run {
-            Some((ns, v)) if *ns == p.namespace => v.push(p),
-            _ => {
-                if let Some((ns, v)) = run.take() {
-                    out.entry(ns).or_default().extend(v);
-                }
-                run = Some((p.namespace.as_str(), vec![p]));
-            }
-        }
-    }
-    if let Some((ns, v)) = run {
-        out.entry(ns).or_default().extend(v);
-    }
-    out
 }
 
 /// Sorts port ranges and merges overlapping or adjacent ranges of the same protocol.

@@ -51,6 +51,13 @@ enum Staged {
     Skipped,
 }
 
+/// When the selector cache hears of a change.
+#[derive(Clone, Copy, Debug)]
+enum Moment {
+    Before,
+    After,
+}
+
 /// The kinds the agent watches.
 pub const WATCHED: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
 
@@ -89,14 +96,18 @@ impl Index {
         Compiler::with_cache(&self.snapshot, &mut cache).compile(opts)
     }
 
-    /// Tells the selector cache that the object at `key` is about to change or has changed:
-    /// called with the stored version before and after each change.
-    fn touch(&mut self, key: &ObjectKey) {
+    /// Tells the selector cache about the stored version of the object at `key`: before a
+    /// change (it goes away) and after it (it comes).
+    fn touch(&mut self, key: &ObjectKey, moment: Moment) {
         let cache = self.selectors.get_mut().unwrap_or_else(PoisonError::into_inner);
         match key.kind {
             Kind::Pod => {
                 if let Some(p) = self.snapshot.pods.get(&ObjectRef::new(&key.namespace, &key.name)) {
-                    cache.pod_changed(p, &self.snapshot.namespace_labels(&p.namespace));
+                    let labels = self.snapshot.namespace_labels(&p.namespace);
+                    match moment {
+                        Moment::Before => cache.pod_removed(p, &labels),
+                        Moment::After => cache.pod_added(p, &labels),
+                    }
                 }
             }
             Kind::Namespace => cache.namespace_changed(),
@@ -153,9 +164,9 @@ impl Index {
                 self.invalid.remove(&key);
                 let changed = !self.same_as_stored(&obj);
                 if changed {
-                    self.touch(&key);
+                    self.touch(&key, Moment::Before);
                     self.snapshot.upsert(obj);
-                    self.touch(&key);
+                    self.touch(&key, Moment::After);
                     self.version += 1;
                 }
                 changed
@@ -165,7 +176,7 @@ impl Index {
                 tracing::warn!(object = %key, field = ?i.field, "invalid object skipped: {}", i.message);
                 self.invalid.insert(key.clone(), i);
                 // A previously valid version is no longer what the cluster says: stop enforcing it.
-                self.touch(&key);
+                self.touch(&key, Moment::Before);
                 self.snapshot.remove(&key);
                 self.version += 1;
                 true
@@ -190,7 +201,7 @@ impl Index {
             return false;
         };
         let was_invalid = self.invalid.remove(&key).is_some();
-        self.touch(&key);
+        self.touch(&key, Moment::Before);
         let removed = self.snapshot.remove(&key);
         if removed || was_invalid {
             self.version += 1;
@@ -350,6 +361,22 @@ mod tests {
             ix.apply(Kind::Pod, p);
             check(&ix, &format!("pod {i} changed ({})", i % 4));
         }
+        // Two pods with one address: the address stays while either holds it.
+        let (mut x, mut y) = (pods[1].clone(), pods[2].clone());
+        x["status"]["podIPs"] = json!([{"ip": "10.251.0.1"}]);
+        y["status"]["podIPs"] = json!([{"ip": "10.251.0.1"}]);
+        ix.apply(Kind::Pod, x.clone());
+        ix.apply(Kind::Pod, y.clone());
+        check(&ix, "two pods share an address");
+        ix.delete(Kind::Pod, &y);
+        check(&ix, "one of them deleted");
+        // A finished pod is no endpoint; a running one again is.
+        x["status"]["phase"] = json!("Succeeded");
+        ix.apply(Kind::Pod, x.clone());
+        check(&ix, "pod finished");
+        x["status"]["phase"] = json!("Running");
+        ix.apply(Kind::Pod, x);
+        check(&ix, "pod running again");
         ix.apply(
             Kind::Namespace,
             json!({"metadata": {"name": "ns-1", "labels": {"team": "team-1", "env": "prod"}}}),
