@@ -5,6 +5,10 @@
 //! cargo run --release -p policyc-controller --example agent_bench [-- OPTIONS]
 //! ```
 //!
+//! The agent runs with `MALLOC_ARENA_MAX=1`, as the chart's DaemonSet runs it (glibc's default
+//! gives each thread that allocates its own arena, whose freed memory stays resident); set
+//! `MALLOC_ARENA_MAX` to measure otherwise.
+//!
 //! Options: `--quick` (20 changes per latency row, a cluster a tenth of the size),
 //! `--no-latency`, `--no-scale`, `--agent PATH` (a prebuilt agent instead of building
 //! `target/release/policyc-agent`). `POLICYC_BENCH_WRAP="heaptrack -o FILE"` runs the scale agent
@@ -162,6 +166,12 @@ fn build_agent() -> anyhow::Result<PathBuf> {
     Ok(target_dir().join("release/policyc-agent"))
 }
 
+/// `MALLOC_ARENA_MAX` for the agent: the chart's `1`, unless the environment sets another (e.g.
+/// `8`, glibc's default behaviour on this machine, to see what more arenas cost).
+fn malloc_arena_max() -> String {
+    std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "1".into())
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -198,6 +208,8 @@ fn start_agent(
         .arg("--netns")
         .arg(ns.path())
         .env("KUBECONFIG", &api.kubeconfig)
+        // As the chart runs the agent: one malloc arena.
+        .env("MALLOC_ARENA_MAX", malloc_arena_max())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
         .spawn()
@@ -329,6 +341,9 @@ struct Sample {
     extra_commits: usize,
     /// The commit was announced before the API acknowledgement arrived.
     before_ack: bool,
+    /// The agent's own time from the end of the debounce to the kernel's answer (`sync_ms` of
+    /// its "ruleset applied" line), when it logs one.
+    agent_sync: Option<Duration>,
 }
 
 async fn settle(rx: &mut mpsc::UnboundedReceiver<Commit>) -> usize {
@@ -371,6 +386,7 @@ where
         unexpected: !expect(&commit),
         extra_commits,
         before_ack: commit.at < ack,
+        agent_sync: None,
     })
 }
 
@@ -481,6 +497,18 @@ fn print_latency(clock: &str, rows: &[Row]) {
                 anomalies.join(", ")
             }
         );
+    }
+    for r in rows {
+        let mut own: Vec<Duration> = r.samples.iter().filter_map(|s| s.agent_sync).collect();
+        own.sort();
+        if !own.is_empty() {
+            println!(
+                "  {}: the agent's own sync (sync_ms, debounce end → kernel answer): p50 {} ms, p99 {} ms",
+                r.what,
+                ms(pct(&own, 0.5)),
+                ms(pct(&own, 0.99))
+            );
+        }
     }
     for r in rows {
         if let Some(line) = r.samples.iter().find_map(|s| s.structural.as_ref()) {
@@ -912,8 +940,9 @@ impl AgentLog {
         }
     }
 
-    /// New "ruleset applied" lines since the last call: (time logged, mode).
-    fn applied(&mut self) -> Vec<(jiff::Timestamp, String)> {
+    /// New "ruleset applied" lines since the last call: (time logged, mode, the agent's sync
+    /// time if logged).
+    fn applied(&mut self) -> Vec<(jiff::Timestamp, String, Option<Duration>)> {
         let Ok(bytes) = std::fs::read(&self.path) else {
             return Vec::new();
         };
@@ -934,7 +963,12 @@ impl AgentLog {
                     .unwrap_or("?")
                     .trim_matches('"')
                     .to_string();
-                Some((ts, mode))
+                let sync = plain
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("sync_ms="))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .map(|v| Duration::from_secs_f64(v / 1e3));
+                Some((ts, mode, sync))
             })
             .collect()
     }
@@ -976,7 +1010,7 @@ where
     }
     tokio::time::sleep(SETTLE).await;
     let extra_commits = seen.len() - 1 + log.applied().len();
-    let (ts, mode) = &seen[0];
+    let (ts, mode, agent_sync) = &seen[0];
     let latency = ts.duration_since(ack_wall);
     Ok(Sample {
         structural: None,
@@ -990,6 +1024,7 @@ where
         unexpected: false,
         extra_commits,
         before_ack: latency.is_negative(),
+        agent_sync: *agent_sync,
     })
 }
 
@@ -1077,8 +1112,9 @@ async fn main() -> anyhow::Result<()> {
     let client = client(&api).await?;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "policyc-agent benchmarks: kube-lab (kube-apiserver v1.34 + etcd), {cpus} CPUs, agent {}",
-        agent_bin.display()
+        "policyc-agent benchmarks: kube-lab (kube-apiserver v1.34 + etcd), {cpus} CPUs, agent {} (MALLOC_ARENA_MAX={})",
+        agent_bin.display(),
+        malloc_arena_max()
     );
 
     let mut notes = Vec::new();

@@ -126,6 +126,9 @@ fn bench_pod(i: usize) -> Value {
     })
 }
 
+/// A phase's name and how to read it from a sync's figures.
+type Phase = fn(&Phases) -> Duration;
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
@@ -141,7 +144,7 @@ fn report(rows: &BTreeMap<&str, Vec<Phases>>) {
     for (what, samples) in rows {
         let replaces = samples.iter().filter(|p| p.replace).count();
         let label = format!("{what} ({replaces} of {} full replace)", samples.len());
-        let phases: [(&str, fn(&Phases) -> Duration); 7] = [
+        let phases: [(&str, Phase); 7] = [
             ("compile (CPU)", |p| p.compile),
             ("ruleset hash (CPU)", |p| p.hash),
             ("apply (CPU)", |p| p.apply),
