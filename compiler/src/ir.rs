@@ -89,7 +89,7 @@ pub struct PolicyInfo {
 }
 
 /// A pod this IR enforces policy for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Endpoint {
     pub pod: ObjectRef,
     pub node: Option<String>,
@@ -116,7 +116,7 @@ impl Endpoint {
 
 /// What decides an endpoint's traffic in one direction: the Admin tier, then NetworkPolicies
 /// (which isolate the pod), then the Baseline tier, then the default (allow).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Isolation {
     /// NetworkPolicies selecting the endpoint for this direction, sorted by namespace/name.
     pub policies: Vec<ObjectRef>,
@@ -150,7 +150,7 @@ impl Isolation {
 }
 
 /// The rules of one policy for one direction.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct PolicyChain {
     pub policy: ObjectRef,
     pub direction: Direction,
@@ -159,7 +159,7 @@ pub struct PolicyChain {
 
 /// One accept rule: a single peer and a single port match. A NetworkPolicy rule with several
 /// peers or several named ports becomes several IR rules with the same `rule` index.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct IrRule {
     /// Index of the rule in the policy's `ingress` / `egress` list.
     pub rule: usize,
@@ -167,7 +167,7 @@ pub struct IrRule {
     pub ports: PortMatch,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "set")]
 pub enum PeerMatch {
     /// No `from` / `to`: every address.
@@ -176,7 +176,7 @@ pub enum PeerMatch {
     Set(String),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PortMatch {
     /// No `ports`: every protocol and port.
@@ -217,7 +217,7 @@ impl std::fmt::Display for PortRange {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SetKind {
     /// Pods matched by a (namespace selector, pod selector) pair: single addresses.
@@ -226,7 +226,7 @@ pub enum SetKind {
     IpBlock,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct AddrSet {
     pub kind: SetKind,
     /// Human-readable origin, e.g. `pods app=web in namespace prod`.
@@ -253,7 +253,7 @@ impl AddrSet {
 
 /// Where a named port resolves: (pod address, port) for every endpoint defining that name for
 /// that protocol.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct PortSet {
     pub port_name: String,
     pub protocol: Protocol,
@@ -309,6 +309,66 @@ impl Ir {
                 + table_elements
                 + class_elements,
         }
+    }
+}
+
+impl Ir {
+    /// SHA-256 (hex) of what the kernel holds for this IR: the fail-closed prefix, the
+    /// endpoints (with their Admin and Baseline tables), policy chains, sets, admin rules, tier
+    /// tables and port classes, in a fixed binary encoding (every field in declaration order,
+    /// integers little-endian, lengths before sequences), after the conntrack cut mark and
+    /// comment that every ruleset's base chains begin with. Equal hashes mean identical
+    /// rulesets; the node name, `policies` and `admin_policies` (generations, selection counts)
+    /// are left out, as no rule depends on them. Far cheaper than hashing the rendered text:
+    /// nothing is formatted.
+    pub fn ruleset_hash(&self) -> String {
+        use std::hash::Hash as _;
+        let mut h = RulesetHasher(sha2::Sha256::new());
+        crate::render::CUT_MARK.hash(&mut h);
+        crate::render::CUT_COMMENT.hash(&mut h);
+        self.fail_closed.hash(&mut h);
+        self.endpoints.hash(&mut h);
+        self.chains.hash(&mut h);
+        self.sets.hash(&mut h);
+        self.port_sets.hash(&mut h);
+        self.admin_rules.hash(&mut h);
+        self.tier_tables.hash(&mut h);
+        self.port_classes.hash(&mut h);
+        // The iptables backend loads them as ipsets.
+        self.tier_sets.hash(&mut h);
+        h.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Feeds `Hash` implementations into SHA-256 with a platform-independent encoding.
+struct RulesetHasher(sha2::Sha256);
+
+impl std::hash::Hasher for RulesetHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.write(&v.to_le_bytes());
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write(&v.to_le_bytes());
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.write(&v.to_le_bytes());
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.write(&v.to_le_bytes());
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    fn write_isize(&mut self, v: isize) {
+        self.write_u64(v as i64 as u64);
+    }
+    /// Not used: the digest is read from the SHA-256 state.
+    fn finish(&self) -> u64 {
+        let d = self.0.clone().finalize();
+        u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
     }
 }
 
@@ -393,18 +453,270 @@ impl SetKey {
     }
 }
 
+impl SetKey {
+    /// Whether `pod`, in a namespace labelled `namespace_labels`, is a member when it is an
+    /// endpoint: its namespace is in scope and its labels match.
+    fn selects(&self, pod: &Pod, namespace_labels: &Labels) -> bool {
+        match self {
+            SetKey::Block(_) | SetKey::Networks(_) | SetKey::Nodes(_) => false,
+            SetKey::Pods { namespaces, pods } => {
+                let in_scope = match namespaces {
+                    NamespaceScope::Named(n) => *n == pod.namespace,
+                    NamespaceScope::Selector(s) => s.matches(namespace_labels),
+                };
+                in_scope && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
+            }
+        }
+    }
+}
+
+/// Sorted members and, per member, how many endpoints contribute it, so that one endpoint's
+/// change updates the members in place.
+#[derive(Clone, Debug, Default)]
+struct Counted<T: Ord> {
+    members: Vec<T>,
+    counts: BTreeMap<T, u32>,
+}
+
+impl<T: Ord + Copy> Counted<T> {
+    fn new(items: impl IntoIterator<Item = T>) -> Self {
+        let mut counts: BTreeMap<T, u32> = BTreeMap::new();
+        for i in items {
+            *counts.entry(i).or_default() += 1;
+        }
+        Counted {
+            members: counts.keys().copied().collect(),
+            counts,
+        }
+    }
+
+    fn add(&mut self, item: T) {
+        let n = self.counts.entry(item).or_default();
+        *n += 1;
+        if *n == 1 {
+            let i = self.members.partition_point(|m| *m < item);
+            self.members.insert(i, item);
+        }
+    }
+
+    /// `false` when `item` was not a member: the members were not what they should be.
+    fn remove(&mut self, item: T) -> bool {
+        let Some(n) = self.counts.get_mut(&item) else {
+            return false;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.counts.remove(&item);
+            if let Ok(i) = self.members.binary_search(&item) {
+                self.members.remove(i);
+            }
+        }
+        true
+    }
+}
+
+/// Set members that outlive one snapshot (the selector cache across snapshots). A long-running
+/// compiler, the agent, keeps one across syncs and reports every pod, namespace and node
+/// change: pod changes update the cached members in place (in the sets of NetworkPolicy and
+/// admin policy peers and in named-port sets alike), namespace and node changes drop the sets
+/// they can touch, so a sync computes only sets it has not seen. CIDR sets never change.
+#[derive(Clone, Debug, Default)]
+pub struct SelectorCache {
+    sets: BTreeMap<SetKey, CachedSet>,
+    port_sets: BTreeMap<(String, Protocol), Counted<(IpAddr, u16)>>,
+}
+
+#[derive(Clone, Debug)]
+struct CachedSet {
+    set: AddrSet,
+    /// Pod sets: the addresses of `set.members`, counted.
+    pods: Option<Counted<IpAddr>>,
+}
+
+impl SelectorCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A pod is about to change or be removed: call with its stored version and the labels of
+    /// its namespace.
+    pub fn pod_removed(&mut self, pod: &Pod, namespace_labels: &Labels) {
+        self.update(pod, namespace_labels, false);
+    }
+
+    /// A pod was added or changed: call with its new version and the labels of its namespace.
+    pub fn pod_added(&mut self, pod: &Pod, namespace_labels: &Labels) {
+        self.update(pod, namespace_labels, true);
+    }
+
+    fn update(&mut self, pod: &Pod, namespace_labels: &Labels, add: bool) {
+        if !pod.is_endpoint() {
+            return;
+        }
+        self.sets.retain(|key, cached| {
+            let Some(counted) = cached.pods.as_mut().filter(|_| key.selects(pod, namespace_labels)) else {
+                return true;
+            };
+            for ip in &pod.ips {
+                if add {
+                    counted.add(*ip);
+                } else if !counted.remove(*ip) {
+                    // Not what the set was built from: compute it again.
+                    return false;
+                }
+            }
+            cached.set.members = counted.members.iter().map(|ip| IpRange::single(*ip)).collect();
+            true
+        });
+        self.port_sets.retain(|(name, protocol), counted| {
+            let Some(port) = pod.named_port(name, *protocol) else {
+                return true;
+            };
+            pod.ips.iter().all(|ip| {
+                if add {
+                    counted.add((*ip, port));
+                    true
+                } else {
+                    counted.remove((*ip, port))
+                }
+            })
+        });
+    }
+
+    /// A namespace is added, relabelled or removed: every pod set may change.
+    pub fn namespace_changed(&mut self) {
+        self.sets.retain(|k, _| !matches!(k, SetKey::Pods { .. }));
+    }
+
+    /// A node is added, relabelled, readdressed or removed: every node set (an admin policy's
+    /// `nodes` peer) may change.
+    pub fn node_changed(&mut self) {
+        self.sets.retain(|k, _| !matches!(k, SetKey::Nodes(_)));
+    }
+
+    pub fn clear(&mut self) {
+        self.sets.clear();
+        self.port_sets.clear();
+    }
+
+    /// Cached sets (address sets and named-port sets).
+    pub fn len(&self) -> usize {
+        self.sets.len() + self.port_sets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A compiler's selector cache: its own, or one kept across snapshots.
+#[derive(Debug)]
+enum Cache<'a> {
+    Own(SelectorCache),
+    Kept(&'a mut SelectorCache),
+}
+
+impl std::ops::Deref for Cache<'_> {
+    type Target = SelectorCache;
+    fn deref(&self) -> &SelectorCache {
+        match self {
+            Cache::Own(c) => c,
+            Cache::Kept(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Cache<'_> {
+    fn deref_mut(&mut self) -> &mut SelectorCache {
+        match self {
+            Cache::Own(c) => c,
+            Cache::Kept(c) => c,
+        }
+    }
+}
+
+/// Namespace labels: what computing a namespace selector's members needs, built when the first
+/// such set is computed.
+#[derive(Debug)]
+struct PodIndex<'a> {
+    /// Every namespace, with or without a Namespace object, and its labels.
+    namespace_labels: BTreeMap<&'a str, Labels>,
+}
+
+impl<'a> PodIndex<'a> {
+    fn new(snapshot: &'a Snapshot) -> Self {
+        let mut namespace_labels = BTreeMap::new();
+        for ns in pod_namespaces(snapshot).chain(snapshot.namespaces.keys().map(String::as_str)) {
+            namespace_labels
+                .entry(ns)
+                .or_insert_with(|| snapshot.namespace_labels(ns));
+        }
+        Self { namespace_labels }
+    }
+}
+
+/// The namespaces that have pods, each found with one lookup in the pods, sorted by
+/// namespace, rather than a walk over every pod.
+fn pod_namespaces(snapshot: &Snapshot) -> impl Iterator<Item = &str> {
+    let mut next = snapshot.pods.keys().next();
+    std::iter::from_fn(move || {
+        let ns = next?.namespace.as_str();
+        // The first key after every key of `ns`: no namespace lies between `ns` and `ns\0`.
+        let after = ObjectRef::new(format!("{ns}\0"), "");
+        next = snapshot.pods.range(after..).next().map(|(k, _)| k);
+        Some(ns)
+    })
+}
+
+/// The endpoints of one namespace, sorted by name.
+fn endpoints_of<'a>(snapshot: &'a Snapshot, ns: &str) -> impl Iterator<Item = &'a Pod> + 'a {
+    let ns = ns.to_string();
+    snapshot
+        .pods
+        .range(ObjectRef::new(ns.clone(), "")..)
+        .take_while(move |(k, _)| k.namespace == ns)
+        .map(|(_, p)| p)
+        .filter(|p| p.is_endpoint())
+}
+
+/// Every endpoint's named ports: (name, protocol) → (address, port), in one pass instead of one
+/// pass over all endpoints per named port.
+type NamedPorts<'a> = BTreeMap<(&'a str, Protocol), Vec<(IpAddr, u16)>>;
+
+fn named_ports(snapshot: &Snapshot) -> NamedPorts<'_> {
+    let mut named_ports: NamedPorts<'_> = BTreeMap::new();
+    for pod in snapshot.endpoints() {
+        for (i, p) in pod.ports.iter().enumerate() {
+            let Some(name) = p.name.as_deref() else { continue };
+            // The first container port of a name and protocol is the one a name resolves to
+            // (`Pod::named_port`).
+            let earlier = pod.ports[..i]
+                .iter()
+                .any(|q| q.protocol == p.protocol && q.name.as_deref() == Some(name));
+            if !earlier {
+                let v = named_ports.entry((name, p.protocol)).or_default();
+                v.extend(pod.ips.iter().map(|ip| (*ip, p.port)));
+            }
+        }
+    }
+    named_ports
+}
+
 /// Compiles snapshots. Keeps a cache of set contents so that compiling many nodes of one
-/// snapshot computes every selector's members once (the selector cache).
+/// snapshot computes every selector's members once (the selector cache); with
+/// [`Compiler::with_cache`], across snapshots too.
 #[derive(Debug)]
 pub struct Compiler<'a> {
     snapshot: &'a Snapshot,
-    /// Endpoints by namespace, sorted by name.
-    by_namespace: BTreeMap<&'a str, Vec<&'a Pod>>,
-    namespace_labels: BTreeMap<&'a str, Labels>,
+    /// Built on first use: a compilation whose sets are all cached never walks every pod.
+    index: Option<PodIndex<'a>>,
+    named_ports: Option<NamedPorts<'a>>,
+    cache: Cache<'a>,
     set_names: BTreeMap<SetKey, String>,
-    sets: BTreeMap<String, AddrSet>,
+    /// Name → key of every set named so far.
+    set_keys: BTreeMap<String, SetKey>,
     port_set_names: BTreeMap<(String, Protocol), String>,
-    port_sets: BTreeMap<String, PortSet>,
+    port_set_keys: BTreeMap<String, (String, Protocol)>,
     chains: BTreeMap<(ObjectRef, Direction), PolicyChain>,
     /// Compiled admin rules of each (policy, direction): chain names and rules, in order.
     admin_rules: BTreeMap<(AdminRef, Direction), Vec<(String, AdminRuleIr)>>,
@@ -425,28 +737,27 @@ struct TableKey {
 
 impl<'a> Compiler<'a> {
     pub fn new(snapshot: &'a Snapshot) -> Self {
-        let mut by_namespace: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
-        for p in snapshot.endpoints() {
-            by_namespace.entry(p.namespace.as_str()).or_default().push(p);
-        }
-        let mut namespace_labels = BTreeMap::new();
-        for ns in by_namespace
-            .keys()
-            .copied()
-            .chain(snapshot.namespaces.keys().map(String::as_str))
-        {
-            namespace_labels
-                .entry(ns)
-                .or_insert_with(|| snapshot.namespace_labels(ns));
-        }
+        Self::with(snapshot, Cache::Own(SelectorCache::new()))
+    }
+
+    /// A compiler that takes set members from `cache` and adds those it computes. The cache
+    /// must have been told of every pod, namespace and node change since it was filled
+    /// ([`SelectorCache::pod_removed`], [`SelectorCache::pod_added`],
+    /// [`SelectorCache::namespace_changed`], [`SelectorCache::node_changed`]).
+    pub fn with_cache(snapshot: &'a Snapshot, cache: &'a mut SelectorCache) -> Self {
+        Self::with(snapshot, Cache::Kept(cache))
+    }
+
+    fn with(snapshot: &'a Snapshot, cache: Cache<'a>) -> Self {
         Self {
             snapshot,
-            by_namespace,
-            namespace_labels,
+            index: None,
+            named_ports: None,
+            cache,
             set_names: BTreeMap::new(),
-            sets: BTreeMap::new(),
+            set_keys: BTreeMap::new(),
             port_set_names: BTreeMap::new(),
-            port_sets: BTreeMap::new(),
+            port_set_keys: BTreeMap::new(),
             chains: BTreeMap::new(),
             admin_rules: BTreeMap::new(),
             tables: BTreeMap::new(),
@@ -468,26 +779,36 @@ impl<'a> Compiler<'a> {
             .filter(|p| opts.node.is_none() || p.node == opts.node)
             .collect();
 
-        // Which policies select which local endpoints.
-        let mut selected: BTreeMap<ObjectRef, (Isolation, Isolation)> =
-            local.iter().map(|p| (p.id(), Default::default())).collect();
+        // Which policies select which local endpoints. A policy selects pods of its own
+        // namespace only, so only those are matched against its selector.
+        let mut local_by_namespace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, p) in local.iter().enumerate() {
+            local_by_namespace.entry(p.namespace.as_str()).or_default().push(i);
+        }
+        let mut selected: Vec<(Isolation, Isolation)> = vec![Default::default(); local.len()];
         let mut policies = Vec::with_capacity(snapshot.policies.len());
         let mut used_chains: BTreeSet<(ObjectRef, Direction)> = BTreeSet::new();
         for policy in snapshot.policies.values() {
             let pid = policy.id();
             let mut count = 0;
-            for pod in local.iter().filter(|p| policy.selects(p)) {
+            let candidates = local_by_namespace.get(policy.namespace.as_str()).into_iter().flatten();
+            // Computed once per policy and direction, not per selected pod.
+            let mut chain_names: [Option<String>; 2] = [None, None];
+            for &i in candidates.filter(|&&i| policy.selects(local[i])) {
                 count += 1;
-                let iso = selected.get_mut(&pod.id()).expect("local endpoint");
+                let iso = &mut selected[i];
                 for d in &policy.policy_types {
-                    let iso = match d {
-                        Direction::Ingress => &mut iso.0,
-                        Direction::Egress => &mut iso.1,
+                    let (iso, name) = match d {
+                        Direction::Ingress => (&mut iso.0, &mut chain_names[0]),
+                        Direction::Egress => (&mut iso.1, &mut chain_names[1]),
                     };
                     iso.policies.push(pid.clone());
                     if !policy.rules(*d).is_empty() {
-                        iso.chains.push(policy_chain_name(&pid, *d));
-                        used_chains.insert((pid.clone(), *d));
+                        let name = name.get_or_insert_with(|| {
+                            used_chains.insert((pid.clone(), *d));
+                            policy_chain_name(&pid, *d)
+                        });
+                        iso.chains.push(name.clone());
                     }
                 }
             }
@@ -503,14 +824,13 @@ impl<'a> Compiler<'a> {
         let mut admin: Vec<&AdminPolicy> = snapshot.admin_policies.values().collect();
         admin.sort_by(|a, b| (a.tier, a.order_key()).cmp(&(b.tier, b.order_key())));
         let mut admin_policies = Vec::with_capacity(admin.len());
+        // Namespace labels are needed only when admin policies pick their subjects.
+        let index = if admin.is_empty() { None } else { Some(self.index()) };
         for policy in &admin {
+            let ns_labels = &index.as_ref().expect("built for admin policies").namespace_labels;
             let count = local
                 .iter()
-                .filter(|p| {
-                    policy
-                        .subject
-                        .matches(&self.namespace_labels[p.namespace.as_str()], &p.labels)
-                })
+                .filter(|p| policy.subject.matches(&ns_labels[p.namespace.as_str()], &p.labels))
                 .count();
             admin_policies.push(AdminPolicyInfo {
                 policy: policy.id(),
@@ -535,11 +855,10 @@ impl<'a> Compiler<'a> {
             port_classes: BTreeMap::new(),
             tier_sets: BTreeMap::new(),
         };
-        for pod in &local {
+        for (pod, (mut ingress, mut egress)) in local.iter().zip(selected) {
             let id = pod.id();
-            let (mut ingress, mut egress) = selected.remove(&id).expect("local endpoint");
             if !admin.is_empty() {
-                let ns_labels = &self.namespace_labels[pod.namespace.as_str()];
+                let ns_labels = &self.index().namespace_labels[pod.namespace.as_str()];
                 let subject_of: Vec<&AdminPolicy> = admin
                     .iter()
                     .copied()
@@ -584,18 +903,38 @@ impl<'a> Compiler<'a> {
             for r in &chain.rules {
                 if let PeerMatch::Set(name) = &r.peer {
                     if !ir.sets.contains_key(name) {
-                        ir.sets.insert(name.clone(), self.sets[name].clone());
+                        ir.sets.insert(name.clone(), self.addr_set(name).clone());
                     }
                 }
                 if let PortMatch::Named { set, .. } = &r.ports {
                     if !ir.port_sets.contains_key(set) {
-                        ir.port_sets.insert(set.clone(), self.port_sets[set].clone());
+                        ir.port_sets.insert(set.clone(), self.port_set_ir(set));
                     }
                 }
             }
             ir.chains.insert(policy_chain_name(&pid, d), chain);
         }
         ir
+    }
+
+    /// The members of a set named by [`Compiler::set_for`].
+    fn addr_set(&self, name: &str) -> &AddrSet {
+        &self.cache.sets[&self.set_keys[name]].set
+    }
+
+    /// The (address, port) pairs of a set named by [`Compiler::port_set`].
+    fn port_set_members(&self, name: &str) -> &[(IpAddr, u16)] {
+        &self.cache.port_sets[&self.port_set_keys[name]].members
+    }
+
+    /// A set named by [`Compiler::port_set`], as the IR holds it.
+    fn port_set_ir(&self, name: &str) -> PortSet {
+        let (port_name, protocol) = &self.port_set_keys[name];
+        PortSet {
+            port_name: port_name.clone(),
+            protocol: *protocol,
+            members: self.port_set_members(name).to_vec(),
+        }
     }
 
     /// The compiled rules of one admin policy and direction (cached: identical on every node).
@@ -670,11 +1009,23 @@ impl<'a> Compiler<'a> {
         };
         if !self.tables.contains_key(&key) {
             let refs: Vec<(&str, &AdminRuleIr)> = rules.iter().map(|(n, r)| (n.as_str(), r)).collect();
-            let ctx = FlattenCtx {
-                sets: &self.sets,
-                port_sets: &self.port_sets,
+            let mut ctx = FlattenCtx {
+                sets: BTreeMap::new(),
+                port_sets: BTreeMap::new(),
                 dst_ips: key.dst_ips.as_deref(),
             };
+            for (_, r) in &rules {
+                for p in &r.peers {
+                    if let PeerMatch::Set(s) = p {
+                        ctx.sets.insert(s.as_str(), self.addr_set(s));
+                    }
+                }
+                for p in &r.ports {
+                    if let PortMatch::Named { set, .. } = p {
+                        ctx.port_sets.insert(set.as_str(), self.port_set_members(set));
+                    }
+                }
+            }
             let mut classes = BTreeMap::new();
             let table = TierTable {
                 tier,
@@ -705,14 +1056,16 @@ impl<'a> Compiler<'a> {
         for (chain, r) in rules {
             for p in &r.peers {
                 if let PeerMatch::Set(s) = p {
-                    ir.tier_sets.entry(s.clone()).or_insert_with(|| self.sets[s].clone());
+                    if !ir.tier_sets.contains_key(s) {
+                        ir.tier_sets.insert(s.clone(), self.addr_set(s).clone());
+                    }
                 }
             }
             for p in &r.ports {
                 if let PortMatch::Named { set, .. } = p {
-                    ir.port_sets
-                        .entry(set.clone())
-                        .or_insert_with(|| self.port_sets[set].clone());
+                    if !ir.port_sets.contains_key(set) {
+                        ir.port_sets.insert(set.clone(), self.port_set_ir(set));
+                    }
                 }
             }
             ir.admin_rules.entry(chain).or_insert(r);
@@ -817,30 +1170,44 @@ impl<'a> Compiler<'a> {
         if let Some(name) = self.set_names.get(&key) {
             return name.clone();
         }
-        let set = self.build_set(&key);
+        if !self.cache.sets.contains_key(&key) {
+            let cached = self.build_set(&key);
+            self.cache.sets.insert(key.clone(), cached);
+        }
         let name = key.name();
-        self.sets.insert(name.clone(), set);
+        self.set_keys.insert(name.clone(), key.clone());
         self.set_names.insert(key, name.clone());
         name
     }
 
-    fn build_set(&self, key: &SetKey) -> AddrSet {
+    fn index(&mut self) -> &PodIndex<'a> {
+        let snapshot = self.snapshot;
+        self.index.get_or_insert_with(|| PodIndex::new(snapshot))
+    }
+
+    fn build_set(&mut self, key: &SetKey) -> CachedSet {
         match key {
-            SetKey::Block(b) => AddrSet {
-                kind: SetKind::IpBlock,
-                description: key.description(),
-                families: vec![b.cidr.family()],
-                members: cidr::subtract(&b.cidr, &b.except),
+            SetKey::Block(b) => CachedSet {
+                set: AddrSet {
+                    kind: SetKind::IpBlock,
+                    description: key.description(),
+                    families: vec![b.cidr.family()],
+                    members: cidr::subtract(&b.cidr, &b.except),
+                },
+                pods: None,
             },
             SetKey::Networks(cidrs) => {
                 let mut families: Vec<Family> = cidrs.iter().map(|c| c.family()).collect();
                 families.sort();
                 families.dedup();
-                AddrSet {
-                    kind: SetKind::IpBlock,
-                    description: key.description(),
-                    families,
-                    members: cidr::normalize(cidrs.iter().map(|c| c.range()).collect()),
+                CachedSet {
+                    set: AddrSet {
+                        kind: SetKind::IpBlock,
+                        description: key.description(),
+                        families,
+                        members: cidr::normalize(cidrs.iter().map(|c| c.range()).collect()),
+                    },
+                    pods: None,
                 }
             }
             SetKey::Nodes(sel) => {
@@ -853,41 +1220,49 @@ impl<'a> Compiler<'a> {
                     .collect();
                 members.sort();
                 members.dedup();
-                AddrSet {
-                    kind: SetKind::Selector,
-                    description: key.description(),
-                    families: vec![Family::V4, Family::V6],
-                    members,
+                // Not a pod set: pod changes leave it alone, node changes drop it
+                // (`SelectorCache::node_changed`).
+                CachedSet {
+                    set: AddrSet {
+                        kind: SetKind::Selector,
+                        description: key.description(),
+                        families: vec![Family::V4, Family::V6],
+                        members,
+                    },
+                    pods: None,
                 }
             }
             SetKey::Pods { namespaces, pods } => {
+                let snapshot = self.snapshot;
+                let index = self.index();
                 let namespaces: Vec<&str> = match namespaces {
                     NamespaceScope::Named(n) => vec![n.as_str()],
-                    NamespaceScope::Selector(s) => self
+                    NamespaceScope::Selector(s) => index
                         .namespace_labels
                         .iter()
                         .filter(|(_, l)| s.matches(l))
                         .map(|(n, _)| *n)
                         .collect(),
                 };
-                let mut members = Vec::new();
+                let mut addresses = Vec::new();
                 for ns in namespaces {
-                    for pod in self.by_namespace.get(ns).into_iter().flatten() {
+                    for pod in endpoints_of(snapshot, ns) {
                         if pods.as_ref().is_none_or(|s| s.matches(&pod.labels)) {
-                            members.extend(pod.ips.iter().map(|ip| IpRange::single(*ip)));
+                            addresses.extend(pod.ips.iter().copied());
                         }
                     }
                 }
-                AddrSet {
-                    kind: SetKind::Selector,
-                    description: key.description(),
-                    families: vec![Family::V4, Family::V6],
-                    // Single addresses, never merged into prefixes: the set is not an interval set.
-                    members: {
-                        members.sort();
-                        members.dedup();
-                        members
+                let counted = Counted::new(addresses);
+                CachedSet {
+                    set: AddrSet {
+                        kind: SetKind::Selector,
+                        description: key.description(),
+                        families: vec![Family::V4, Family::V6],
+                        // Single addresses, never merged into prefixes: the set is not an
+                        // interval set.
+                        members: counted.members.iter().map(|ip| IpRange::single(*ip)).collect(),
                     },
+                    pods: Some(counted),
                 }
             }
         }
@@ -898,21 +1273,14 @@ impl<'a> Compiler<'a> {
         if let Some(n) = self.port_set_names.get(&key) {
             return n.clone();
         }
-        let mut members: Vec<(IpAddr, u16)> = Vec::new();
-        for pod in self.snapshot.endpoints() {
-            if let Some(port) = pod.named_port(name, protocol) {
-                members.extend(pod.ips.iter().map(|ip| (*ip, port)));
-            }
+        if !self.cache.port_sets.contains_key(&key) {
+            let snapshot = self.snapshot;
+            let named_ports = self.named_ports.get_or_insert_with(|| named_ports(snapshot));
+            let members = named_ports.get(&(name, protocol)).cloned().unwrap_or_default();
+            self.cache.port_sets.insert(key.clone(), Counted::new(members));
         }
-        members.sort();
-        members.dedup();
         let set_name = format!("port_{}", short_hash(&format!("{name}/{protocol}")));
-        let set = PortSet {
-            port_name: name.to_string(),
-            protocol,
-            members,
-        };
-        self.port_sets.insert(set_name.clone(), set);
+        self.port_set_keys.insert(set_name.clone(), key.clone());
         self.port_set_names.insert(key, set_name.clone());
         set_name
     }

@@ -21,6 +21,6 @@ pub mod synth;
 pub mod tiers;
 
 pub use eval::{Evaluator, Flow, Matrix, Verdict};
-pub use ir::{compile, compile_all_nodes, CompileOptions, Compiler, Ir};
+pub use ir::{compile, compile_all_nodes, CompileOptions, Compiler, Ir, SelectorCache};
 pub use load::{Diagnostic, Loader, Severity};
 pub use model::{Direction, ObjectRef, Protocol, Snapshot};

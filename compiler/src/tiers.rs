@@ -22,11 +22,11 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::cidr::{Family, IpRange};
-use crate::ir::{short_hash, AddrSet, PeerMatch, PortMatch, PortSet};
+use crate::ir::{short_hash, AddrSet, PeerMatch, PortMatch};
 use crate::model::*;
 
 /// One admin rule as compiled. Its chain (`ar_*`) counts and decides.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct AdminRuleIr {
     pub policy: AdminRef,
     pub tier: Tier,
@@ -87,7 +87,7 @@ impl Target {
 }
 
 /// The first-match decision of one tier for one endpoint and direction, by peer address.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct TierTable {
     pub tier: Tier,
     pub direction: Direction,
@@ -174,8 +174,10 @@ pub fn port_class_name(c: &PortClass) -> String {
 
 /// What a flattening needs to know besides the rules.
 pub(crate) struct FlattenCtx<'a> {
-    pub sets: &'a BTreeMap<String, AddrSet>,
-    pub port_sets: &'a BTreeMap<String, PortSet>,
+    /// The rules' peer sets, by name.
+    pub sets: BTreeMap<&'a str, &'a AddrSet>,
+    /// The members of the rules' named-port sets, by set name.
+    pub port_sets: BTreeMap<&'a str, &'a [(IpAddr, u16)]>,
     /// For ingress: the endpoint's own addresses, where its named ports resolve. `None` for
     /// egress, where a named port resolves on the destination (the peer address).
     pub dst_ips: Option<&'a [IpAddr]>,
@@ -215,7 +217,7 @@ pub(crate) fn flatten(
                     start: 0,
                     end: max,
                 }),
-                PeerMatch::Set(s) => ranges.extend(ctx.sets[s].members_of(f).copied()),
+                PeerMatch::Set(s) => ranges.extend(ctx.sets[s.as_str()].members_of(f).copied()),
             }
         }
         let ranges = crate::cidr::normalize(ranges);
@@ -225,7 +227,7 @@ pub(crate) fn flatten(
         if ctx.dst_ips.is_none() {
             for pm in &r.ports {
                 if let PortMatch::Named { set, .. } = pm {
-                    for (ip, _) in &ctx.port_sets[set].members {
+                    for (ip, _) in ctx.port_sets[set.as_str()] {
                         if Family::of(ip) == f {
                             let v = IpRange::single(*ip).start;
                             push_bounds(v, v, &mut bounds);
@@ -299,14 +301,12 @@ fn port_class(
                 }
                 PortMatch::Named { set, protocol } => {
                     let at: Vec<u16> = match (ctx.dst_ips, peer_ip) {
-                        (Some(dst), _) => ctx.port_sets[set]
-                            .members
+                        (Some(dst), _) => ctx.port_sets[set.as_str()]
                             .iter()
                             .filter(|(ip, _)| dst.contains(ip))
                             .map(|(_, p)| *p)
                             .collect(),
-                        (None, Some(peer)) => ctx.port_sets[set]
-                            .members
+                        (None, Some(peer)) => ctx.port_sets[set.as_str()]
                             .iter()
                             .filter(|(ip, _)| *ip == peer)
                             .map(|(_, p)| *p)

@@ -5,6 +5,10 @@
 //! cargo run --release -p policyc-controller --example agent_bench [-- OPTIONS]
 //! ```
 //!
+//! The agent runs with `MALLOC_ARENA_MAX=1`, as the chart's DaemonSet runs it (glibc's default
+//! gives each thread that allocates its own arena, whose freed memory stays resident); set
+//! `MALLOC_ARENA_MAX` to measure otherwise.
+//!
 //! Options: `--quick` (20 changes per latency row, a cluster a tenth of the size),
 //! `--no-latency`, `--no-scale`, `--agent PATH` (a prebuilt agent instead of building
 //! `target/release/policyc-agent`). `POLICYC_BENCH_WRAP="heaptrack -o FILE"` runs the scale agent
@@ -19,7 +23,8 @@
 //!    time, waiting for its commit; the commit's objects are checked to hold the change, and a
 //!    second commit within the settle time is reported.
 //! 2. **pod churn → commit**: a new pod on `n1` gets its IP (status subresource), then loses the
-//!    label a policy peer selects; the table says whether the commits were element-only.
+//!    label a policy peer selects; the table says what the commits sent (set elements only,
+//!    chains rewritten in place, or a full replace).
 //! 3. **scale**: the synthetic cluster of the compiler benchmark (`synth::cluster(Shape::LARGE,
 //!    42)`: 10,000 running pods over 100 nodes, 100 namespaces, 2,000 NetworkPolicies) is created
 //!    through the API; then an agent for `node-7` starts. Reported: time to its first full sync
@@ -161,6 +166,12 @@ fn build_agent() -> anyhow::Result<PathBuf> {
     Ok(target_dir().join("release/policyc-agent"))
 }
 
+/// `MALLOC_ARENA_MAX` for the agent: the chart's `1`, unless the environment sets another (e.g.
+/// `8`, glibc's default behaviour on this machine, to see what more arenas cost).
+fn malloc_arena_max() -> String {
+    std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "1".into())
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -197,6 +208,8 @@ fn start_agent(
         .arg("--netns")
         .arg(ns.path())
         .env("KUBECONFIG", &api.kubeconfig)
+        // As the chart runs the agent: one malloc arena.
+        .env("MALLOC_ARENA_MAX", malloc_arena_max())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
         .spawn()
@@ -308,6 +321,10 @@ fn monitor(ns: &Netns) -> anyhow::Result<(Owned, mpsc::UnboundedReceiver<Commit>
     Ok((Owned(child), rx))
 }
 
+const ELEMENTS: &str = "elements only";
+const IN_PLACE: &str = "chains in place";
+const REPLACE: &str = "full replace";
+
 #[derive(Clone, Debug)]
 struct Sample {
     /// The first object of the commit that is not a set element, if any.
@@ -316,13 +333,17 @@ struct Sample {
     latency: Duration,
     /// The request's round trip.
     request: Duration,
-    elements_only: bool,
+    /// What the kernel was sent: `elements only`, `chains in place` or `full replace`.
+    commit: &'static str,
     /// The commit did not contain what the change should have produced.
     unexpected: bool,
     /// Further commits within the settle time (a change should make exactly one).
     extra_commits: usize,
     /// The commit was announced before the API acknowledgement arrived.
     before_ack: bool,
+    /// The agent's own time from the end of the debounce to the kernel's answer (`sync_ms` of
+    /// its "ruleset applied" line), when it logs one.
+    agent_sync: Option<Duration>,
 }
 
 async fn settle(rx: &mut mpsc::UnboundedReceiver<Commit>) -> usize {
@@ -356,11 +377,16 @@ where
     Ok(Sample {
         latency: commit.at.saturating_duration_since(ack),
         request: ack - sent,
-        elements_only: commit.structural().is_none(),
+        commit: match commit.structural() {
+            None => ELEMENTS,
+            Some(_) if commit.mentions("add table") => REPLACE,
+            Some(_) => IN_PLACE,
+        },
         structural: commit.structural().cloned(),
         unexpected: !expect(&commit),
         extra_commits,
         before_ack: commit.at < ack,
+        agent_sync: None,
     })
 }
 
@@ -429,13 +455,17 @@ fn print_latency(clock: &str, rows: &[Row]) {
         if l.is_empty() {
             continue;
         }
-        let elements = r.samples.iter().filter(|s| s.elements_only).count();
-        let kind = if elements == r.samples.len() {
-            "elements only".to_string()
-        } else if elements == 0 {
-            "full replace".to_string()
-        } else {
-            format!("{elements} element-only, {} replace", r.samples.len() - elements)
+        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in &r.samples {
+            *kinds.entry(s.commit).or_default() += 1;
+        }
+        let kind = match kinds.len() {
+            1 => kinds.keys().next().expect("one kind").to_string(),
+            _ => kinds
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         };
         let mut anomalies = Vec::new();
         let unexpected = r.samples.iter().filter(|s| s.unexpected).count();
@@ -467,6 +497,18 @@ fn print_latency(clock: &str, rows: &[Row]) {
                 anomalies.join(", ")
             }
         );
+    }
+    for r in rows {
+        let mut own: Vec<Duration> = r.samples.iter().filter_map(|s| s.agent_sync).collect();
+        own.sort();
+        if !own.is_empty() {
+            println!(
+                "  {}: the agent's own sync (sync_ms, debounce end → kernel answer): p50 {} ms, p99 {} ms",
+                r.what,
+                ms(pct(&own, 0.5)),
+                ms(pct(&own, 0.99))
+            );
+        }
     }
     for r in rows {
         if let Some(line) = r.samples.iter().find_map(|s| s.structural.as_ref()) {
@@ -508,7 +550,7 @@ async fn latency(
     }
 
     let ns = Netns::create(format!("pcb-{}", std::process::id()))?;
-    let (_monitor, mut rx) = monitor(&ns)?;
+    let (mut _monitor, mut rx) = monitor(&ns)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let agent = start_agent(agent_bin, api, &ns, "n1", "n1", None)?;
     let t = Instant::now();
@@ -579,6 +621,11 @@ async fn latency(
         ));
     }
 
+    // Policy updates rewrite chains in place, and `nft monitor` (nftables 1.0.6) forgets a named
+    // set once it sees a rule deleted that looks it up: it would no longer print that set's
+    // elements. A new monitor starts from the table as it is.
+    (_monitor, rx) = monitor(&ns)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut ip = Row {
         what: "pod on n1 gets its IP (new pod)".into(),
         samples: Vec::new(),
@@ -893,8 +940,9 @@ impl AgentLog {
         }
     }
 
-    /// New "ruleset applied" lines since the last call: (time logged, mode).
-    fn applied(&mut self) -> Vec<(jiff::Timestamp, String)> {
+    /// New "ruleset applied" lines since the last call: (time logged, mode, the agent's sync
+    /// time if logged).
+    fn applied(&mut self) -> Vec<(jiff::Timestamp, String, Option<Duration>)> {
         let Ok(bytes) = std::fs::read(&self.path) else {
             return Vec::new();
         };
@@ -915,7 +963,12 @@ impl AgentLog {
                     .unwrap_or("?")
                     .trim_matches('"')
                     .to_string();
-                Some((ts, mode))
+                let sync = plain
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("sync_ms="))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .map(|v| Duration::from_secs_f64(v / 1e3));
+                Some((ts, mode, sync))
             })
             .collect()
     }
@@ -957,16 +1010,21 @@ where
     }
     tokio::time::sleep(SETTLE).await;
     let extra_commits = seen.len() - 1 + log.applied().len();
-    let (ts, mode) = &seen[0];
+    let (ts, mode, agent_sync) = &seen[0];
     let latency = ts.duration_since(ack_wall);
     Ok(Sample {
         structural: None,
         latency: latency.unsigned_abs(),
         request: ack - sent,
-        elements_only: mode == "elements",
+        commit: match mode.as_str() {
+            "elements" => ELEMENTS,
+            "chains" => IN_PLACE,
+            _ => REPLACE,
+        },
         unexpected: false,
         extra_commits,
         before_ack: latency.is_negative(),
+        agent_sync: *agent_sync,
     })
 }
 
@@ -1054,8 +1112,9 @@ async fn main() -> anyhow::Result<()> {
     let client = client(&api).await?;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "policyc-agent benchmarks: kube-lab (kube-apiserver v1.34 + etcd), {cpus} CPUs, agent {}",
-        agent_bin.display()
+        "policyc-agent benchmarks: kube-lab (kube-apiserver v1.34 + etcd), {cpus} CPUs, agent {} (MALLOC_ARENA_MAX={})",
+        agent_bin.display(),
+        malloc_arena_max()
     );
 
     let mut notes = Vec::new();

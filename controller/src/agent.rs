@@ -6,7 +6,7 @@
 //!  watch Namespaces ┼─► Index (one writer) ─version─► sync loop: debounce → compile(node) → hash
 //!  watch NetPols ───┤                                   │ unchanged: nothing
 //!  watch admin kinds┘ (those the API server serves)     │
-//!                                                       │ changed: writer.apply (elements or replace)
+//!                                                       │ changed: writer.apply (elements, chains in place, or replace)
 //!                                                       ├─► conntrack: cut flows now denied
 //!                                                       ├─► metrics
 //!                                                       └─► NodePolicyStatus (server-side apply)
@@ -29,7 +29,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client};
 use policyc_compiler::load::Kind;
-use policyc_compiler::{compile, CompileOptions, Ir};
+use policyc_compiler::{CompileOptions, Ir};
 use tokio::sync::watch;
 
 use crate::dataplane::{Dataplane, IptablesRestore, NetlinkWriter};
@@ -228,6 +228,7 @@ where
 /// What was last applied.
 struct Applied {
     ir: Ir,
+    /// [`crate::status::ruleset_hash`] of `ir`.
     hash: String,
 }
 
@@ -261,19 +262,23 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
                 continue;
             }
             (
-                compile(ix.snapshot(), &opts),
+                ix.compile(&opts),
                 ix.snapshot().policies.len() + ix.snapshot().admin_policies.len(),
                 ix.invalid().cloned().collect::<Vec<_>>(),
             )
         };
+        let compile_time = started.elapsed();
         let m = &shared.metrics;
         let hash = crate::status::ruleset_hash(&ir);
         let stats = ir.stats();
         m.policies.set(policy_count as i64);
         m.invalid_objects.set(invalid.len() as i64);
         let mut apply_error = None;
-        if applied.as_ref().is_some_and(|a| a.hash == hash) {
+        let mut cut = None;
+        if let Some(a) = applied.as_mut().filter(|a| a.hash == hash) {
             m.applies.get_or_create(&ApplyLabels { mode: "unchanged" }).inc();
+            // Same rules; policy generations and selection counts (the status) may be new.
+            a.ir = ir;
         } else {
             let current = applied.take();
             let t = Instant::now();
@@ -284,49 +289,35 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
             .await
             .expect("apply task");
             writer = w;
-            m.apply_duration.observe(t.elapsed().as_secs_f64());
+            let apply_time = t.elapsed();
+            m.apply_duration.observe(apply_time.as_secs_f64());
             match result {
                 Ok(s) => {
-                    let mode = if s.chains > 0 { "replace" } else { "elements" };
+                    let mode = match (s.chains, s.rules) {
+                        (0, 0) => "elements",
+                        (0, _) => "chains",
+                        _ => "replace",
+                    };
                     m.applies.get_or_create(&ApplyLabels { mode }).inc();
                     tracing::info!(
                         mode,
                         rules = stats.rules,
                         set_elements = stats.set_elements,
                         endpoints = stats.endpoints,
-                        elapsed_ms = t.elapsed().as_secs_f64() * 1e3,
+                        elements_added = s.elements_added,
+                        elements_removed = s.elements_removed,
+                        compile_ms = ms(compile_time),
+                        apply_ms = ms(apply_time),
+                        plan_ms = ms(s.plan_time),
+                        kernel_ms = ms(s.kernel_time),
+                        sync_ms = ms(started.elapsed()),
                         "ruleset applied"
                     );
                     // Also after a start: a flow denied meanwhile is cut, one allowed again released.
                     if cfg.cut_conntrack {
-                        let (ir2, ns) = (ir_back.clone(), cfg.netns.clone());
-                        match tokio::task::spawn_blocking(move || crate::conntrack::cut_denied(&ir2, ns.as_deref()))
-                            .await
-                        {
-                            Ok(Ok(cut)) => {
-                                if cut.marked + cut.released > 0 {
-                                    tracing::info!(
-                                        marked = cut.marked,
-                                        released = cut.released,
-                                        "cut flows no longer allowed"
-                                    );
-                                }
-                                m.conntrack_cut.inc_by(cut.marked as u64);
-                            }
-                            Ok(Err(e)) => {
-                                tracing::warn!("conntrack: {e}");
-                                m.error(ErrorKind::Conntrack);
-                            }
-                            Err(e) => {
-                                tracing::warn!("conntrack task: {e}");
-                                m.error(ErrorKind::Conntrack);
-                            }
-                        }
+                        cut = Some(ir_back.clone());
                     }
-                    applied = Some(Applied {
-                        ir: ir_back,
-                        hash: hash.clone(),
-                    });
+                    applied = Some(Applied { ir: ir_back, hash });
                     retry = None;
                 }
                 Err(e) => {
@@ -346,8 +337,13 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
             m.set_elements.set(stats.set_elements as i64);
             m.endpoints.set(stats.endpoints as i64);
             m.last_sync.set(unix_now());
+            // The kernel holds the new ruleset: what follows (conntrack, status) is not part of
+            // the sync.
             m.sync_duration.observe(started.elapsed().as_secs_f64());
             shared.ready.store(true, Ordering::Release);
+        }
+        if let Some(ir) = cut {
+            cut_conntrack(ir, cfg.netns.clone(), m).await;
         }
         if let (Some(sw), Some(a)) = (status.as_mut(), applied.as_ref()) {
             if let Err(e) = sw.publish(&a.ir, &a.hash, &invalid, apply_error.as_deref()).await {
@@ -356,6 +352,38 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
             }
         }
     }
+}
+
+/// Marks the conntrack entries of flows `ir` denies and releases those it allows again (off the
+/// runtime thread: it runs the `conntrack` tool).
+async fn cut_conntrack(ir: Ir, netns: Option<PathBuf>, m: &Metrics) {
+    let t = Instant::now();
+    let result = tokio::task::spawn_blocking(move || crate::conntrack::cut_denied(&ir, netns.as_deref())).await;
+    m.conntrack_duration.observe(t.elapsed().as_secs_f64());
+    match result {
+        Ok(Ok(cut)) => {
+            if cut.marked + cut.released > 0 {
+                tracing::info!(
+                    marked = cut.marked,
+                    released = cut.released,
+                    "cut flows no longer allowed"
+                );
+            }
+            m.conntrack_cut.inc_by(cut.marked as u64);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("conntrack: {e}");
+            m.error(ErrorKind::Conntrack);
+        }
+        Err(e) => {
+            tracing::warn!("conntrack task: {e}");
+            m.error(ErrorKind::Conntrack);
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 fn unix_now() -> f64 {

@@ -12,9 +12,11 @@
 //! recorded and skipped; every other object stays enforced.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, PoisonError};
 
 use policyc_compiler::load::{parse_object, Kind, ObjectKey, Parsed};
-use policyc_compiler::model::Snapshot;
+use policyc_compiler::model::{ObjectRef, Snapshot};
+use policyc_compiler::{CompileOptions, Compiler, Ir, SelectorCache};
 use serde_json::Value;
 
 /// An object the index rejected.
@@ -38,6 +40,10 @@ pub struct Index {
     /// has not yet learnt which the API server serves.
     expected: Option<Vec<Kind>>,
     version: u64,
+    /// Set members of earlier compilations, told of every pod, namespace and node change, so that a
+    /// sync computes only the sets a change can touch. Locked only by [`Index::compile`] (the
+    /// sync loop, under the index's read lock) and reached without locking by the writer.
+    selectors: Mutex<SelectorCache>,
 }
 
 /// An object parsed during a relist, applied when the relist completes.
@@ -46,6 +52,13 @@ enum Staged {
     Valid(policyc_compiler::load::Object),
     Invalid(InvalidObject),
     Skipped,
+}
+
+/// When the selector cache hears of a change.
+#[derive(Clone, Copy, Debug)]
+enum Moment {
+    Before,
+    After,
 }
 
 /// The kinds the agent watches.
@@ -80,6 +93,38 @@ impl Index {
 
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
+    }
+
+    /// Compiles the snapshot, with set members kept from earlier compilations where no change
+    /// since can have touched them. The same IR as `policyc_compiler::compile`.
+    pub fn compile(&self, opts: &CompileOptions) -> Ir {
+        let mut cache = self.selectors.lock().unwrap_or_else(PoisonError::into_inner);
+        Compiler::with_cache(&self.snapshot, &mut cache).compile(opts)
+    }
+
+    /// Tells the selector cache about the stored version of the object at `key`: before a
+    /// change (it goes away) and after it (it comes).
+    fn touch(&mut self, key: &ObjectKey, moment: Moment) {
+        let cache = self.selectors.get_mut().unwrap_or_else(PoisonError::into_inner);
+        match key.kind {
+            Kind::Pod => {
+                if let Some(p) = self.snapshot.pods.get(&ObjectRef::new(&key.namespace, &key.name)) {
+                    let labels = self.snapshot.namespace_labels(&p.namespace);
+                    match moment {
+                        Moment::Before => cache.pod_removed(p, &labels),
+                        Moment::After => cache.pod_added(p, &labels),
+                    }
+                }
+            }
+            Kind::Namespace => cache.namespace_changed(),
+            // Admin policies' `nodes` peers hold node addresses.
+            Kind::Node => cache.node_changed(),
+            // Policies of every tier use sets but are no members of any.
+            Kind::NetworkPolicy
+            | Kind::ClusterNetworkPolicy
+            | Kind::AdminNetworkPolicy
+            | Kind::BaselineAdminNetworkPolicy => {}
+        }
     }
 
     /// Objects skipped as invalid, sorted.
@@ -146,7 +191,9 @@ impl Index {
                 self.invalid.remove(&key);
                 let changed = !self.same_as_stored(&obj);
                 if changed {
+                    self.touch(&key, Moment::Before);
                     self.snapshot.upsert(obj);
+                    self.touch(&key, Moment::After);
                     self.version += 1;
                 }
                 changed
@@ -156,6 +203,7 @@ impl Index {
                 tracing::warn!(object = %key, field = ?i.field, "invalid object skipped: {}", i.message);
                 self.invalid.insert(key.clone(), i);
                 // A previously valid version is no longer what the cluster says: stop enforcing it.
+                self.touch(&key, Moment::Before);
                 self.snapshot.remove(&key);
                 self.version += 1;
                 true
@@ -181,6 +229,7 @@ impl Index {
             return false;
         };
         let was_invalid = self.invalid.remove(&key).is_some();
+        self.touch(&key, Moment::Before);
         let removed = self.snapshot.remove(&key);
         if removed || was_invalid {
             self.version += 1;
@@ -207,6 +256,14 @@ impl Index {
 
     fn reset_staged(&mut self, kind: Kind, objects: Vec<(ObjectKey, Staged)>) -> bool {
         let before = self.version;
+        // Many objects may change: start the selector cache afresh rather than per object
+        // (stale objects are removed below without telling it).
+        let cache = self.selectors.get_mut().unwrap_or_else(PoisonError::into_inner);
+        match kind {
+            Kind::Pod | Kind::Namespace => cache.clear(),
+            Kind::Node => cache.node_changed(),
+            _ => {}
+        }
         let keys: BTreeSet<ObjectKey> = objects.iter().map(|(k, _)| k.clone()).collect();
         let stale: Vec<ObjectKey> = self.keys(kind).into_iter().filter(|k| !keys.contains(k)).collect();
         for k in stale {
@@ -291,6 +348,80 @@ mod tests {
         again["metadata"]["resourceVersion"] = json!("42");
         assert!(!ix.apply(Kind::NetworkPolicy, again));
         assert_eq!(ix.version(), v);
+    }
+
+    /// The index's compile, with set members kept across changes, gives what compiling the
+    /// snapshot afresh gives, after every kind of change that can touch a set.
+    #[test]
+    fn kept_selectors_compile_like_a_fresh_compile() {
+        use policyc_compiler::synth::{cluster, to_objects, Shape};
+        let shape = Shape {
+            pods: 300,
+            namespaces: 6,
+            policies: 60,
+            nodes: 3,
+            dual_stack_every: 4,
+        };
+        let mut by_kind: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for o in to_objects(&cluster(shape, 7)) {
+            by_kind
+                .entry(o["kind"].as_str().unwrap().to_string())
+                .or_default()
+                .push(o);
+        }
+        let pods = by_kind["Pod"].clone();
+        let mut ix = Index::new();
+        for kind in WATCHED {
+            ix.reset(kind, by_kind.remove(kind.as_str()).unwrap_or_default());
+        }
+        let opts = CompileOptions {
+            node: Some("node-1".into()),
+            ..CompileOptions::default()
+        };
+        let check = |ix: &Index, step: &str| {
+            let fresh = policyc_compiler::compile(ix.snapshot(), &opts);
+            assert!(ix.compile(&opts) == fresh, "{step}: kept selectors give another IR");
+        };
+        check(&ix, "initial");
+        check(&ix, "again");
+        for (i, pod) in pods.iter().enumerate().step_by(37) {
+            let mut p = pod.clone();
+            match i % 4 {
+                0 => p["metadata"]["labels"] = json!({"app": "moved", "tier": "web"}),
+                1 => p["status"]["podIPs"] = json!([{"ip": format!("10.250.0.{}", i % 250)}]),
+                2 => p["spec"]["containers"][0]["ports"] = json!([{"name": "http", "containerPort": 9999}]),
+                _ => {
+                    assert!(ix.delete(Kind::Pod, &p));
+                    check(&ix, &format!("pod {i} deleted"));
+                    continue;
+                }
+            }
+            ix.apply(Kind::Pod, p);
+            check(&ix, &format!("pod {i} changed ({})", i % 4));
+        }
+        // Two pods with one address: the address stays while either holds it.
+        let (mut x, mut y) = (pods[1].clone(), pods[2].clone());
+        x["status"]["podIPs"] = json!([{"ip": "10.251.0.1"}]);
+        y["status"]["podIPs"] = json!([{"ip": "10.251.0.1"}]);
+        ix.apply(Kind::Pod, x.clone());
+        ix.apply(Kind::Pod, y.clone());
+        check(&ix, "two pods share an address");
+        ix.delete(Kind::Pod, &y);
+        check(&ix, "one of them deleted");
+        // A finished pod is no endpoint; a running one again is.
+        x["status"]["phase"] = json!("Succeeded");
+        ix.apply(Kind::Pod, x.clone());
+        check(&ix, "pod finished");
+        x["status"]["phase"] = json!("Running");
+        ix.apply(Kind::Pod, x);
+        check(&ix, "pod running again");
+        ix.apply(
+            Kind::Namespace,
+            json!({"metadata": {"name": "ns-1", "labels": {"team": "team-1", "env": "prod"}}}),
+        );
+        check(&ix, "namespace relabelled");
+        ix.apply(Kind::NetworkPolicy, policy("late", "10.1.0.0/16"));
+        check(&ix, "policy added");
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub enum ErrorKind {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApplyLabels {
-    /// `replace` (whole table), `elements` (set members only) or `unchanged` (nothing sent).
+    /// `replace` (whole table), `chains` (changed chains rewritten in place, and set members),
+    /// `elements` (set members only) or `unchanged` (nothing sent).
     pub mode: &'static str,
 }
 
@@ -48,6 +49,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub sync_duration: Histogram,
     pub apply_duration: Histogram,
+    pub conntrack_duration: Histogram,
     pub applies: Family<ApplyLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub rules: Gauge,
@@ -66,9 +68,11 @@ impl Metrics {
         let mut registry = Registry::with_prefix("policyc");
         let sync_duration = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
         let apply_duration = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
+        let conntrack_duration = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
         let m = Metrics {
             sync_duration,
             apply_duration,
+            conntrack_duration,
             applies: Family::default(),
             errors: Family::default(),
             rules: Gauge::default(),
@@ -84,13 +88,18 @@ impl Metrics {
         };
         registry.register(
             "sync_duration_seconds",
-            "Time from a cluster change (after debounce) to the kernel holding the new ruleset",
+            "Time from the end of the debounce to the kernel holding the new ruleset (compile, compare, plan, commit)",
             m.sync_duration.clone(),
         );
         registry.register(
             "apply_duration_seconds",
-            "Time of one netlink transaction",
+            "Time of one kernel update: planning the batch and the transaction",
             m.apply_duration.clone(),
+        );
+        registry.register(
+            "conntrack_duration_seconds",
+            "Time of marking the conntrack entries of flows a change denies (and releasing those it allows again), after the sync",
+            m.conntrack_duration.clone(),
         );
         registry.register("applies", "Syncs by what was sent to the kernel", m.applies.clone());
         registry.register("errors", "Errors by kind", m.errors.clone());

@@ -10,12 +10,11 @@ use crate::index::InvalidObject;
 
 const MANAGER: &str = "policyc-agent";
 
-/// What `status.rulesetHash` reports: SHA-256 (hex) of the ruleset as `nft -f` text. Anyone
-/// who compiles the same cluster for the node can tell whether the node's kernel holds it.
+/// What `status.rulesetHash` reports: [`Ir::ruleset_hash`], the SHA-256 (hex) of everything
+/// of the IR that reaches the kernel. Anyone who compiles the same cluster for the node can tell
+/// whether the node's kernel holds it; the agent skips a sync whose hash is the one it applied.
 pub fn ruleset_hash(ir: &Ir) -> String {
-    use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(policyc_compiler::render::nft::render(ir, true).as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    ir.ruleset_hash()
 }
 
 /// Writes one node's status object with server-side apply, only when its content changes (plus a
@@ -47,7 +46,7 @@ impl StatusWriter {
         }
     }
 
-    /// The status for an applied IR.
+    /// The status for an applied IR; `hash` is its [`ruleset_hash`].
     pub fn status(ir: &Ir, hash: &str, invalid: &[InvalidObject], apply_error: Option<&str>) -> NodePolicyStatusStatus {
         let policies: Vec<EnforcedPolicy> = ir
             .policies

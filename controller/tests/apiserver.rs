@@ -295,6 +295,8 @@ fn agent_enforces_what_the_apiserver_says() {
         "policyc_endpoints 2",
         "policyc_policies 1",
         "policyc_sync_duration_seconds_bucket",
+        // Cutting conntrack after the policy changes, outside the sync's own time.
+        "policyc_conntrack_duration_seconds_count",
         "policyc_policy_rule_packets_total{",
     ] {
         assert!(metrics.contains(m), "{m} missing from\n{metrics}");
@@ -422,4 +424,127 @@ fn agent_picks_up_admin_policies_when_their_crds_arrive() {
     assert_eq!(reported["kind"], "ClusterNetworkPolicy", "{v}");
     assert_eq!(reported["generation"], 2, "{v}");
     eprintln!("ClusterNetworkPolicy enforced {waited:?} after its CRD was installed (discovery every 30 s)");
+}
+
+/// `--log-format json`: every line the agent writes to stderr is one JSON object with the
+/// timestamp, level, target and message, and an event's fields beside them (a sync's mode, size
+/// and phase times); the level comes from `RUST_LOG` when `--log-level` is not given.
+#[test]
+fn agent_logs_json() {
+    if !support::is_root() && skip("needs root") {
+        return;
+    }
+    let Some(api) = ApiServer::start("logs") else { return };
+    api.kubectl(&["create", "namespace", "x"], None);
+    api.kubectl(
+        &["apply", "-f", "-"],
+        Some(&POD.replace("NAME", "a").replace("NODE", "n1")),
+    );
+    let patch = r#"{"status": {"phase": "Running", "podIP": "10.244.1.5", "podIPs": [{"ip": "10.244.1.5"}]}}"#;
+    api.kubectl(
+        &[
+            "-n",
+            "x",
+            "patch",
+            "pod",
+            "a",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+        None,
+    );
+    let ns = Netns(format!("pc-logs-{}", std::process::id()));
+    assert!(Command::new("ip")
+        .args(["netns", "add", &ns.0])
+        .status()
+        .unwrap()
+        .success());
+    let port = 20000 + ((std::process::id() + 7919) % 20000) as u16;
+    let log = api.dir.join("agent.log");
+    let agent = Agent(
+        Command::new(env!("CARGO_BIN_EXE_policyc-agent"))
+            .args([
+                "--node-name",
+                "n1",
+                "--debounce-ms",
+                "20",
+                "--no-status",
+                "--log-format",
+                "json",
+            ])
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--netns")
+            .arg(format!("/run/netns/{}", ns.0))
+            .env("KUBECONFIG", &api.kubeconfig)
+            .env("RUST_LOG", "info")
+            .env_remove("POLICYC_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("/readyz", Duration::from_secs(60), || {
+        support::http_get(port, Duration::from_secs(5), "/readyz").is_some_and(|(c, _)| c == 200)
+    });
+    api.kubectl(&["apply", "-f", "-"], Some(&policy("one", 8080)));
+    eventually("policy in the kernel", Duration::from_secs(30), || {
+        ns.ruleset().contains("x/web ingress[0]")
+    });
+    // SIGTERM: the agent logs that it leaves the ruleset in place, and exits.
+    let mut agent = agent;
+    assert!(Command::new("kill")
+        .arg(agent.0.id().to_string())
+        .status()
+        .unwrap()
+        .success());
+    let _ = agent.0.wait();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for l in &lines {
+        let ts = l["timestamp"].as_str().unwrap_or_else(|| panic!("no timestamp: {l}"));
+        assert!(ts.parse::<jiff::Timestamp>().is_ok(), "timestamp {ts:?}: {l}");
+        assert!(
+            ["ERROR", "WARN", "INFO"].contains(&l["level"].as_str().unwrap_or_default()),
+            "level: {l}"
+        );
+        assert!(
+            l["target"].as_str().is_some_and(|t| t.starts_with("policyc")),
+            "target: {l}"
+        );
+        assert!(l["message"].is_string(), "message: {l}");
+    }
+    let with =
+        |message: &str| -> Vec<&serde_json::Value> { lines.iter().filter(|l| l["message"] == message).collect() };
+    let kinds: Vec<&str> = with("listed").iter().filter_map(|l| l["kind"].as_str()).collect();
+    for kind in ["Namespace", "Pod", "NetworkPolicy"] {
+        assert!(kinds.contains(&kind), "no `listed` line for {kind}: {text}");
+    }
+    let applied = with("ruleset applied");
+    assert!(applied.len() >= 2, "the first sync and the policy's: {text}");
+    for l in &applied {
+        assert!(
+            ["replace", "chains", "elements"].contains(&l["mode"].as_str().unwrap_or_default()),
+            "{l}"
+        );
+        for field in ["rules", "set_elements", "endpoints", "elements_added"] {
+            assert!(l[field].is_u64(), "{field} in {l}");
+        }
+        for field in ["compile_ms", "apply_ms", "plan_ms", "kernel_ms", "sync_ms"] {
+            assert!(l[field].as_f64().is_some_and(|v| v >= 0.0), "{field} in {l}");
+        }
+    }
+    assert_eq!(applied[0]["endpoints"], 1, "{}", applied[0]);
+    assert_eq!(with("terminated; leaving the ruleset in place").len(), 1, "{text}");
+    assert!(
+        lines.iter().all(|l| l["level"] != "ERROR"),
+        "no errors expected: {text}"
+    );
 }

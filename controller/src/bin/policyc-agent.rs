@@ -42,11 +42,13 @@ struct Args {
     /// How rules reach the kernel: one nftables table over netlink, or iptables + ipset.
     #[arg(long, value_enum, default_value_t = BackendArg::Nftables)]
     backend: BackendArg,
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    /// Log lines as text for people, or as one JSON object per line (timestamp, level, target,
+    /// message and the event's fields at the top level) for log collectors.
+    #[arg(long, env = "POLICYC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Log filter, e.g. info or policyc_controller=debug.
-    #[arg(long, env = "POLICYC_LOG", default_value = "info")]
-    log_level: String,
+    /// Log filter, e.g. info or policyc_controller=debug [default: RUST_LOG, else info].
+    #[arg(long, env = "POLICYC_LOG")]
+    log_level: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -61,17 +63,30 @@ enum LogFormat {
     Json,
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).context("--log-level")?;
+/// Logs to stderr in `format`, filtered by `--log-level`, else `RUST_LOG`, else `info`.
+fn init_logging(format: LogFormat, level: Option<&str>) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).with_context(|| format!("--log-level {l:?}"))?,
+        None => match std::env::var("RUST_LOG") {
+            Ok(l) if !l.is_empty() => EnvFilter::try_new(&l).with_context(|| format!("RUST_LOG {l:?}"))?,
+            _ => EnvFilter::new("info"),
+        },
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Json => builder.json().init(),
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format, args.log_level.as_deref())?;
     let shared = Shared::new(Metrics::new(args.netns.clone()));
     policyc_controller::http::serve(args.metrics_addr, shared.clone()).context("metrics server")?;
     let client = kube::Client::try_default().await.context("kube client")?;

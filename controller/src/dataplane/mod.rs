@@ -18,9 +18,17 @@
 //!   old ruleset in place.
 //! * [`Dataplane::update_elements`] sends only set and map element deletions and additions when
 //!   two IRs differ in nothing else (the usual case when pods come and go), also as one batch.
-//!   Interval sets and maps (ipBlock sets, the admin tiers' verdict maps) are never updated
-//!   element by element: a change in them takes a replace (see `plan::element_deltas`).
+//!   Interval sets and maps (ipBlock and `networks` sets, the admin tiers' verdict maps) are
+//!   never updated element by element: a change in them takes a replace (see
+//!   `plan::in_place_update`).
+//! * [`NetlinkWriter`]'s [`Dataplane::apply`] also rewrites changed chains in place (a policy
+//!   whose ports or peers change, an admin rule whose action changes) when the table keeps its
+//!   chains and sets, so that a change to one policy does not recreate every set element of the
+//!   node.
 //! * [`Dataplane::remove`] deletes the table.
+//!
+//! The writer keeps the plan of its last transaction (what the kernel holds), so each sync
+//! lowers only the new IR and compares it with that plan, not two IRs.
 //!
 //! The kernel acknowledges every message; an error names the first rejected object and the
 //! kernel's errno ([`DataplaneError::Rejected`]).
@@ -41,10 +49,11 @@ pub use self::iptables::IptablesRestore;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use policyc_compiler::Ir;
 
-use self::plan::Ruleset;
+use self::plan::{Committed, InPlace, Ruleset};
 use self::socket::NlSocket;
 
 /// Name of the table the writer owns (in the `inet` family).
@@ -67,6 +76,10 @@ pub struct ApplyStats {
     pub elements_added: usize,
     /// Set and map elements deleted.
     pub elements_removed: usize,
+    /// Lowering the IR to nf_tables objects, comparing with what the kernel holds, encoding.
+    pub plan_time: Duration,
+    /// Sending the batch until the kernel's last answer: the kernel commits in between.
+    pub kernel_time: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,15 +159,22 @@ pub trait Dataplane {
 }
 
 /// Programs nf_tables over netlink, in the current network namespace or in another one.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct NetlinkWriter {
     netns: Option<PathBuf>,
+    /// Opened on first use and kept: closing a netfilter socket waits for the kernel to free
+    /// what earlier transactions deleted (an RCU grace period, about 10 ms), which would
+    /// otherwise end every transaction that deletes rules.
+    socket: Option<NlSocket>,
+    /// The plan of this writer's last successful transaction, i.e. what the kernel holds as far
+    /// as this writer knows, with the IR parts it came from; forgotten after a failure.
+    committed: Option<Committed>,
 }
 
 impl NetlinkWriter {
     /// A writer for the caller's network namespace.
     pub fn new() -> NetlinkWriter {
-        NetlinkWriter { netns: None }
+        NetlinkWriter::default()
     }
 
     /// A writer for the network namespace at `path`, e.g. `/run/netns/NAME` or
@@ -163,6 +183,7 @@ impl NetlinkWriter {
     pub fn in_netns(path: impl Into<PathBuf>) -> NetlinkWriter {
         NetlinkWriter {
             netns: Some(path.into()),
+            ..NetlinkWriter::default()
         }
     }
 
@@ -170,17 +191,33 @@ impl NetlinkWriter {
         self.netns.as_deref()
     }
 
-    fn send(&self, enc: &nl::Encoded) -> Result<(), DataplaneError> {
-        NlSocket::open(self.netns.as_deref())?.transact(enc)
+    /// Sends one batch; returns the time until the kernel's last answer.
+    fn send(&mut self, enc: &nl::Encoded) -> Result<Duration, DataplaneError> {
+        let t = Instant::now();
+        let socket = match self.socket.take() {
+            Some(s) => s,
+            None => NlSocket::open(self.netns.as_deref())?,
+        };
+        match socket.transact(enc) {
+            Ok(()) => self.socket = Some(socket),
+            // The kernel answered: the socket is fine.
+            Err(e @ DataplaneError::Rejected { .. }) => {
+                self.socket = Some(socket);
+                return Err(e);
+            }
+            // Anything else may leave unread answers behind: the next batch gets a new socket.
+            Err(e) => return Err(e),
+        }
+        Ok(t.elapsed())
     }
-}
 
-impl Dataplane for NetlinkWriter {
-    fn replace(&mut self, ir: &Ir) -> Result<ApplyStats, DataplaneError> {
-        let rs = Ruleset::from_ir(ir)?;
+    /// Replaces the table with `rs`, the plan of `ir`, planned since `started`.
+    fn replace_with(&mut self, ir: &Ir, rs: Ruleset, started: Instant) -> Result<ApplyStats, DataplaneError> {
+        self.committed = None;
         let enc = nl::encode_replace(&rs)?;
-        self.send(&enc)?;
-        Ok(ApplyStats {
+        let plan_time = started.elapsed();
+        let kernel_time = self.send(&enc)?;
+        let stats = ApplyStats {
             messages: enc.what.len(),
             bytes: enc.len(),
             chains: rs.chains.len(),
@@ -188,30 +225,104 @@ impl Dataplane for NetlinkWriter {
             sets: rs.sets.len() + rs.anon_set_count(),
             elements_added: rs.element_count(),
             elements_removed: 0,
-        })
+            plan_time,
+            kernel_time,
+        };
+        self.committed = Some(Committed::new(ir, rs));
+        Ok(stats)
     }
 
-    fn update_elements(&mut self, old: &Ir, new: &Ir) -> Result<Option<ApplyStats>, DataplaneError> {
-        let (old, new) = (Ruleset::from_ir(old)?, Ruleset::from_ir(new)?);
-        let Some(deltas) = plan::element_deltas(&old, &new) else {
+    /// Turns the kernel's `old` into `new` by element updates, or `Ok(None)` when they do not
+    /// suffice; planned since `started`.
+    fn update_with(
+        &mut self,
+        old: &Ruleset,
+        new_ir: &Ir,
+        new: Ruleset,
+        started: Instant,
+    ) -> Result<Option<ApplyStats>, DataplaneError> {
+        self.committed = None;
+        let Some(change) = plan::in_place_update(old, &new).filter(|c| c.chains.is_empty()) else {
             return Ok(None);
         };
-        let mut stats = ApplyStats {
-            elements_added: deltas.iter().map(|d| d.add.len()).sum(),
-            elements_removed: deltas.iter().map(|d| d.remove.len()).sum(),
-            ..ApplyStats::default()
-        };
-        if deltas.is_empty() {
-            return Ok(Some(stats));
-        }
-        let enc = nl::encode_elements(&deltas)?;
-        self.send(&enc)?;
-        stats.messages = enc.what.len();
-        stats.bytes = enc.len();
+        let stats = self.send_in_place(&new, &change, started)?;
+        self.committed = Some(Committed::new(new_ir, new));
         Ok(Some(stats))
     }
 
+    /// Sends an in-place change of the table holding `rs` (nothing when there is none);
+    /// planned since `started`.
+    fn send_in_place(
+        &mut self,
+        rs: &Ruleset,
+        change: &InPlace,
+        started: Instant,
+    ) -> Result<ApplyStats, DataplaneError> {
+        let rules = || change.chains.iter().flat_map(|&i| &rs.chains[i].rules);
+        let anon = || rules().filter_map(|r| r.anon_set.as_ref());
+        let mut stats = ApplyStats {
+            rules: rules().count(),
+            sets: anon().count(),
+            elements_added: change.sets.iter().map(|d| d.add.len()).sum::<usize>()
+                + anon().map(|s| s.elements.len()).sum::<usize>(),
+            elements_removed: change.sets.iter().map(|d| d.remove.len()).sum(),
+            ..ApplyStats::default()
+        };
+        if change.sets.is_empty() && change.chains.is_empty() {
+            stats.plan_time = started.elapsed();
+            return Ok(stats);
+        }
+        let enc = nl::encode_in_place(rs, change)?;
+        stats.plan_time = started.elapsed();
+        stats.kernel_time = self.send(&enc)?;
+        stats.messages = enc.what.len();
+        stats.bytes = enc.len();
+        Ok(stats)
+    }
+}
+
+impl Dataplane for NetlinkWriter {
+    fn replace(&mut self, ir: &Ir) -> Result<ApplyStats, DataplaneError> {
+        let started = Instant::now();
+        self.replace_with(ir, Ruleset::from_ir(ir)?, started)
+    }
+
+    fn update_elements(&mut self, old: &Ir, new: &Ir) -> Result<Option<ApplyStats>, DataplaneError> {
+        let started = Instant::now();
+        let (old, plan) = (Ruleset::from_ir(old)?, Ruleset::from_ir(new)?);
+        self.update_with(&old, new, plan, started)
+    }
+
     fn remove(&mut self) -> Result<(), DataplaneError> {
-        self.send(&nl::encode_remove())
+        self.committed = None;
+        self.send(&nl::encode_remove()).map(drop)
+    }
+
+    /// Lowers `new` once and compares it with the plan this writer last committed (`current`
+    /// is lowered only when the writer has none, e.g. a new writer for a kernel programmed
+    /// before; `None` means the kernel's state is unknown and forces a replace). When the
+    /// table keeps its chains and sets, only what differs is sent: set elements, and the rules
+    /// of changed chains (flushed and added again in place; other rules keep their counters).
+    /// `nft list` then prints what a replace would have given.
+    fn apply(&mut self, current: Option<&Ir>, new: &Ir) -> Result<ApplyStats, DataplaneError> {
+        let started = Instant::now();
+        let old = match (current, self.committed.take()) {
+            (None, _) => None,
+            (Some(_), Some(committed)) => Some(committed),
+            (Some(ir), None) => Ruleset::from_ir(ir).ok().map(|plan| Committed::new(ir, plan)),
+        };
+        let Some(old) = old else {
+            return self.replace_with(new, Ruleset::from_ir(new)?, started);
+        };
+        let (plan, change) = plan::replan(old, new)?;
+        if let Some(change) = change {
+            // A rejected batch (the kernel did not hold `old` after all) changes nothing: fall
+            // back to a replace.
+            if let Ok(stats) = self.send_in_place(&plan, &change, started) {
+                self.committed = Some(Committed::new(new, plan));
+                return Ok(stats);
+            }
+        }
+        self.replace_with(new, plan, started)
     }
 }

@@ -35,7 +35,8 @@ use nftnl::nftnl_sys::{self as sys, libc};
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, NlMsg, Policy, ProtoFamily, Rule, Table};
 
 use super::plan::{
-    self, BaseHook, CmpOp, Elem, Expr, MetaKey, PayloadBase, Ruleset, SetDelta, SetRef, SetSpec, Verdict,
+    self, BaseHook, ChainSpec, CmpOp, Elem, Expr, InPlace, MetaKey, PayloadBase, Ruleset, SetDelta, SetRef, SetSpec,
+    Verdict,
 };
 use super::DataplaneError;
 
@@ -147,30 +148,66 @@ pub(crate) fn encode_replace(rs: &Ruleset) -> Result<Encoded, DataplaneError> {
     }
 
     for (spec, chain) in rs.chains.iter().zip(&chains) {
-        for (i, r) in spec.rules.iter().enumerate() {
-            let anon = match &r.anon_set {
-                Some(set) => {
-                    let id = next_id;
-                    next_id += 1;
-                    add_set(&mut b, set, SetOp::Create(id), &set.elements)?;
-                    Some(id)
-                }
-                None => None,
+        add_rules(&mut b, chain, spec, &ids, &mut next_id)?;
+    }
+    Ok(b.finish())
+}
+
+/// The rules of `spec` into `chain`, each preceded by its anonymous set if it has one.
+fn add_rules(
+    b: &mut Builder,
+    chain: &Chain<'_>,
+    spec: &ChainSpec,
+    ids: &HashMap<&str, u32>,
+    next_id: &mut u32,
+) -> Result<(), DataplaneError> {
+    for (i, r) in spec.rules.iter().enumerate() {
+        let anon = match &r.anon_set {
+            Some(set) => {
+                let id = *next_id;
+                *next_id += 1;
+                add_set(b, set, SetOp::Create(id), &set.elements)?;
+                Some(id)
+            }
+            None => None,
+        };
+        let mut rule = Rule::new(chain);
+        for e in &r.exprs {
+            let set = match e {
+                Expr::Lookup { set, .. } => Some(resolve(set, ids, anon)?),
+                _ => None,
             };
-            let mut rule = Rule::new(chain);
-            for e in &r.exprs {
-                let set = match e {
-                    Expr::Lookup { set, .. } => Some(resolve(set, &ids, anon)?),
-                    _ => None,
-                };
-                rule.add_expr(&NlExpr { expr: e, set });
-            }
-            if let Some(c) = &r.comment {
-                rule.set_comment(cstring(c)?)
-                    .map_err(|e| DataplaneError::Unrepresentable(format!("comment {c:?}: {e}")))?;
-            }
-            b.add(&rule, MsgType::Add, format!("rule {} of chain {}", i + 1, spec.name));
+            rule.add_expr(&NlExpr { expr: e, set });
         }
+        if let Some(c) = &r.comment {
+            rule.set_comment(cstring(c)?)
+                .map_err(|e| DataplaneError::Unrepresentable(format!("comment {c:?}: {e}")))?;
+        }
+        b.add(&rule, MsgType::Add, format!("rule {} of chain {}", i + 1, spec.name));
+    }
+    Ok(())
+}
+
+/// One batch that changes the table in place ([`InPlace`]): element deletions, element
+/// additions, then each changed chain flushed and its rules added again. Other chains, their
+/// rules and counters stay as they are.
+pub(crate) fn encode_in_place(rs: &Ruleset, change: &InPlace) -> Result<Encoded, DataplaneError> {
+    let mut b = Builder::new();
+    add_element_changes(&mut b, &change.sets)?;
+    let t = table();
+    // The named sets exist: lookups find them by name (batch ID 0 names no new set).
+    let ids: HashMap<&str, u32> = rs.sets.iter().map(|s| (s.name.as_str(), 0)).collect();
+    let mut next_id = 1u32;
+    for &i in &change.chains {
+        let spec = &rs.chains[i];
+        let chain = Chain::new(cstring(&spec.name)?, &t);
+        // A rule message without a handle deletes every rule of the chain (`flush chain`).
+        b.add(
+            &Rule::new(&chain),
+            MsgType::Del,
+            format!("flush of chain {}", spec.name),
+        );
+        add_rules(&mut b, &chain, spec, &ids, &mut next_id)?;
     }
     Ok(b.finish())
 }
@@ -198,16 +235,14 @@ pub(crate) fn encode_remove() -> Encoded {
     b.finish()
 }
 
-/// One batch of element deletions, then additions.
-pub(crate) fn encode_elements(deltas: &[SetDelta]) -> Result<Encoded, DataplaneError> {
-    let mut b = Builder::new();
+fn add_element_changes(b: &mut Builder, deltas: &[SetDelta]) -> Result<(), DataplaneError> {
     for d in deltas.iter().filter(|d| !d.remove.is_empty()) {
-        add_set(&mut b, &d.set, SetOp::DeleteElements, &d.remove)?;
+        add_set(b, &d.set, SetOp::DeleteElements, &d.remove)?;
     }
     for d in deltas.iter().filter(|d| !d.add.is_empty()) {
-        add_set(&mut b, &d.set, SetOp::AddElements, &d.add)?;
+        add_set(b, &d.set, SetOp::AddElements, &d.add)?;
     }
-    Ok(b.finish())
+    Ok(())
 }
 
 #[derive(Clone, Copy)]

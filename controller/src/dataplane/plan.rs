@@ -20,7 +20,7 @@
 //! the next at the same key, and a range running to the end of the key space has no closing
 //! element but the "open interval" userdata flag on its start.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use policyc_compiler::cidr::{Family, IpRange};
@@ -28,7 +28,7 @@ use policyc_compiler::ir::{
     AddrSet, AdminRuleIr, Endpoint, Ir, PeerMatch, PolicyChain, PortClass, PortMatch, PortRange, PortSet, SetKind,
     TierTable,
 };
-use policyc_compiler::model::{AdminAction, Direction, Protocol};
+use policyc_compiler::model::{AdminAction, Direction, ObjectRef, Protocol};
 use policyc_compiler::render::nft;
 
 use super::DataplaneError;
@@ -580,22 +580,6 @@ impl Ruleset {
         Ok(Ruleset { chains, sets })
     }
 
-    /// The ruleset with the elements of its named sets and maps left out: two rulesets with the
-    /// same skeleton differ only in what element updates can change.
-    pub fn skeleton(&self) -> Ruleset {
-        Ruleset {
-            chains: self.chains.clone(),
-            sets: self
-                .sets
-                .iter()
-                .map(|s| SetSpec {
-                    elements: Vec::new(),
-                    ..s.clone()
-                })
-                .collect(),
-        }
-    }
-
     pub fn rule_count(&self) -> usize {
         self.chains.iter().map(|c| c.rules.len()).sum()
     }
@@ -628,45 +612,353 @@ pub(crate) struct SetDelta {
     pub add: Vec<Elem>,
 }
 
-/// Element changes that turn `old` into `new`, or `None` when anything but the elements of
-/// named sets and maps without intervals differs.
+/// Changes that turn `old` into `new` without recreating the table: set and map elements, and
+/// chains whose rules are rewritten (flushed and added anew, in their place).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct InPlace {
+    pub sets: Vec<SetDelta>,
+    /// Indexes into `new.chains`.
+    pub chains: Vec<usize>,
+}
+
+/// What [`InPlace`] turns `old` into `new`, or `None` when chains or sets themselves differ
+/// (names, order, hooks, set definitions) or the elements of an interval set or map do: only a
+/// replace then gives the table nft would create, in the same order. Sets whose elements are
+/// equal are skipped without building their difference (pod churn touches a few sets of many).
 ///
-/// A change in an interval set or map (`cidr_*`, the tier maps `adm_*`, `bl_*`, `pc_*`) is
-/// structural: the kernel checks every interval element it adds against the elements already
-/// there, one at a time, so a delta that splits a range or moves a boundary between adjacent
-/// ranges (the closing element of one range and the start of the next share a key) is refused as
-/// overlapping (`EEXIST`) although the resulting map is valid. Those sets are named after their
-/// contents, so a change renames them anyway and this costs no element update in practice.
-pub(crate) fn element_deltas(old: &Ruleset, new: &Ruleset) -> Option<Vec<SetDelta>> {
-    if old.skeleton() != new.skeleton() {
+/// A change in an interval set or map (`cidr_*`, `net_*`, the tier maps `adm_*`, `bl_*`,
+/// `pc_*`) is structural: the kernel checks every interval element it adds against the
+/// elements already there, one at a time, so a delta that splits a range or moves a boundary
+/// between adjacent ranges (the closing element of one range and the start of the next share a
+/// key) is refused as overlapping (`EEXIST`) although the resulting map is valid. Those sets are
+/// named after their contents, so a change renames them anyway and this costs no element update
+/// in practice.
+pub(crate) fn in_place_update(old: &Ruleset, new: &Ruleset) -> Option<InPlace> {
+    let same_skeleton = old.chains.len() == new.chains.len()
+        && old
+            .chains
+            .iter()
+            .zip(&new.chains)
+            .all(|(o, n)| o.name == n.name && o.base == n.base)
+        && old.sets.len() == new.sets.len()
+        && old
+            .sets
+            .iter()
+            .zip(&new.sets)
+            .all(|(o, n)| o.same_but_elements(n) && !interval_changed(o, n));
+    if !same_skeleton {
         return None;
     }
-    let interval_changed = old
+    let chains = (0..new.chains.len())
+        .filter(|&i| old.chains[i].rules != new.chains[i].rules)
+        .collect();
+    let sets = old
         .sets
         .iter()
         .zip(&new.sets)
-        .any(|(o, n)| o.flags & NFT_SET_INTERVAL != 0 && o.elements != n.elements);
-    if interval_changed {
+        .filter_map(|(o, n)| delta(o, n))
+        .collect();
+    Some(InPlace { sets, chains })
+}
+
+/// Whether `o` and `n` are interval sets or maps with different elements: a structural change
+/// (see [`in_place_update`]).
+fn interval_changed(o: &SetSpec, n: &SetSpec) -> bool {
+    (o.flags | n.flags) & NFT_SET_INTERVAL != 0 && o.elements != n.elements
+}
+
+/// The element changes that turn set `o` into `n` (same header), if any.
+fn delta(o: &SetSpec, n: &SetSpec) -> Option<SetDelta> {
+    if o.elements == n.elements {
         return None;
     }
-    let mut out = Vec::new();
-    for (o, n) in old.sets.iter().zip(&new.sets) {
+    let sorted = |v: &[Elem]| v.windows(2).all(|w| w[0] < w[1]);
+    let (remove, add) = if sorted(&o.elements) && sorted(&n.elements) {
+        // Address and named-port sets hold their elements sorted: one merge.
+        merge_diff(&o.elements, &n.elements)
+    } else {
         let before: BTreeSet<&Elem> = o.elements.iter().collect();
         let after: BTreeSet<&Elem> = n.elements.iter().collect();
-        let remove: Vec<Elem> = o.elements.iter().filter(|e| !after.contains(e)).cloned().collect();
-        let add: Vec<Elem> = n.elements.iter().filter(|e| !before.contains(e)).cloned().collect();
-        if !remove.is_empty() || !add.is_empty() {
-            out.push(SetDelta {
-                set: SetSpec {
-                    elements: Vec::new(),
-                    ..n.clone()
-                },
-                remove,
-                add,
-            });
+        (
+            o.elements.iter().filter(|e| !after.contains(e)).cloned().collect(),
+            n.elements.iter().filter(|e| !before.contains(e)).cloned().collect(),
+        )
+    };
+    (!remove.is_empty() || !add.is_empty()).then(|| SetDelta {
+        set: n.clone_header(),
+        remove,
+        add,
+    })
+}
+
+/// Pushes `old` onto `out` when it was lowered from the same IR part (`same`), otherwise what
+/// `lower` gives, noting its index and the old version in `fresh`.
+fn place<T>(
+    out: &mut Vec<T>,
+    fresh: &mut Vec<(usize, Option<T>)>,
+    old: Option<T>,
+    same: bool,
+    lower: impl FnOnce() -> Result<T, DataplaneError>,
+) -> Result<(), DataplaneError> {
+    match old {
+        Some(o) if same => out.push(o),
+        o => {
+            fresh.push((out.len(), o));
+            out.push(lower()?);
         }
     }
-    Some(out)
+    Ok(())
+}
+
+/// Elements only in `old` and elements only in `new`, both strictly ascending.
+fn merge_diff(old: &[Elem], new: &[Elem]) -> (Vec<Elem>, Vec<Elem>) {
+    let (mut remove, mut add) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() && j < new.len() {
+        match old[i].cmp(&new[j]) {
+            std::cmp::Ordering::Less => {
+                remove.push(old[i].clone());
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                add.push(new[j].clone());
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    remove.extend_from_slice(&old[i..]);
+    add.extend_from_slice(&new[j..]);
+    (remove, add)
+}
+
+/// A committed plan and the IR parts its sets and policy chains were lowered from, so that the
+/// next plan can take over what did not change instead of lowering and comparing it again.
+#[derive(Clone, Debug)]
+pub(crate) struct Committed {
+    pub plan: Ruleset,
+    fail_closed: Option<String>,
+    endpoints: Vec<Endpoint>,
+    sets: BTreeMap<String, AddrSet>,
+    port_sets: BTreeMap<String, PortSet>,
+    chains: BTreeMap<String, PolicyChain>,
+    tier_tables: BTreeMap<String, TierTable>,
+    port_classes: BTreeMap<String, PortClass>,
+    admin_rules: BTreeMap<String, AdminRuleIr>,
+}
+
+impl Committed {
+    pub fn new(ir: &Ir, plan: Ruleset) -> Committed {
+        Committed {
+            plan,
+            fail_closed: ir.fail_closed.clone(),
+            endpoints: ir.endpoints.clone(),
+            sets: ir.sets.clone(),
+            port_sets: ir.port_sets.clone(),
+            chains: ir.chains.clone(),
+            tier_tables: ir.tier_tables.clone(),
+            port_classes: ir.port_classes.clone(),
+            admin_rules: ir.admin_rules.clone(),
+        }
+    }
+}
+
+/// The plan for `new` and, when one suffices, the in-place change from `old`'s plan to it: the
+/// same as `Ruleset::from_ir(new)` and [`in_place_update`], but sets and policy chains lowered
+/// from IR parts equal to `old`'s are moved over from `old`'s plan, neither lowered nor compared
+/// again. On a large node a change touches a few of many sets and chains.
+pub(crate) fn replan(old: Committed, new: &Ir) -> Result<(Ruleset, Option<InPlace>), DataplaneError> {
+    let Committed {
+        plan: old_plan,
+        fail_closed: old_fail_closed,
+        endpoints: old_endpoints,
+        sets: old_sets_ir,
+        port_sets: old_ports_ir,
+        chains: old_chains_ir,
+        tier_tables: old_tables_ir,
+        port_classes: old_classes_ir,
+        admin_rules: old_rules_ir,
+    } = old;
+    let old_set_order: Vec<String> = old_plan.sets.iter().map(|s| s.name.clone()).collect();
+    let old_chain_order: Vec<(String, Option<BaseChain>)> =
+        old_plan.chains.iter().map(|c| (c.name.clone(), c.base)).collect();
+    let mut old_sets: HashMap<String, SetSpec> = old_plan.sets.into_iter().map(|s| (s.name.clone(), s)).collect();
+    let mut old_chains: HashMap<String, ChainSpec> = old_plan.chains.into_iter().map(|c| (c.name.clone(), c)).collect();
+
+    // Lowered anew: (index in the new plan, the old version if there was one).
+    let mut fresh_sets: Vec<(usize, Option<SetSpec>)> = Vec::new();
+    let mut sets = Vec::new();
+    for (name, set) in &new.sets {
+        let same = old_sets_ir.get(name) == Some(set);
+        for f in &set.families {
+            let old = old_sets.remove(&set_name(name, *f));
+            place(&mut sets, &mut fresh_sets, old, same, || addr_set(name, set, *f))?;
+        }
+    }
+    for (name, set) in &new.port_sets {
+        let same = old_ports_ir.get(name) == Some(set);
+        for f in [Family::V4, Family::V6] {
+            let old = old_sets.remove(&set_name(name, f));
+            place(&mut sets, &mut fresh_sets, old, same, || Ok(port_set(name, set, f)))?;
+        }
+    }
+    // Tier maps and port class maps are lowered from their table or class alone (a family or
+    // protocol without entries has no map). Their names are content hashes, but the content is
+    // compared all the same: a map is taken over only when it is exactly what it was.
+    for (name, table) in &new.tier_tables {
+        let same = old_tables_ir.get(name) == Some(table);
+        for f in [Family::V4, Family::V6] {
+            if table.entries(f).is_empty() {
+                continue;
+            }
+            let old = old_sets.remove(&nft::table_map_name(name, f));
+            place(&mut sets, &mut fresh_sets, old, same, || {
+                table_map(name, table, f).ok_or_else(|| unreachable_empty(name))
+            })?;
+        }
+    }
+    for (name, class) in &new.port_classes {
+        let same = old_classes_ir.get(name) == Some(class);
+        for p in Protocol::ALL {
+            if class.protocol(p).is_empty() {
+                continue;
+            }
+            let old = old_sets.remove(&nft::class_map_name(name, p));
+            place(&mut sets, &mut fresh_sets, old, same, || {
+                class_map(name, class, p).ok_or_else(|| unreachable_empty(name))
+            })?;
+        }
+    }
+    // The dispatch maps are lowered from the endpoints alone.
+    let same_endpoints = old_endpoints == new.endpoints;
+    for d in [Direction::Ingress, Direction::Egress] {
+        let old = old_sets.remove(&format!("{}_dispatch", d.as_str()));
+        place(&mut sets, &mut fresh_sets, old, same_endpoints, || {
+            Ok(dispatch_map(new, d))
+        })?;
+    }
+
+    let mut fresh_chains: Vec<(usize, Option<ChainSpec>)> = Vec::new();
+    let mut chains = Vec::new();
+    // The base chains are lowered from the fail-closed prefix alone.
+    for c in base_chains(new) {
+        let old = old_chains.remove(&c.name);
+        let same = old_fail_closed == new.fail_closed;
+        place(&mut chains, &mut fresh_chains, old, same, || Ok(c))?;
+    }
+    // An endpoint chain is lowered from its endpoint, the policies of its chains and the tier
+    // tables it jumps to, which the chain and table names determine.
+    let old_endpoints: HashMap<&ObjectRef, &Endpoint> = old_endpoints.iter().map(|e| (&e.pod, e)).collect();
+    for ep in &new.endpoints {
+        let same = old_endpoints.get(&ep.pod) == Some(&ep);
+        for d in [Direction::Ingress, Direction::Egress] {
+            if ep.isolation(d).enforced() {
+                let old = old_chains.remove(&ep.chain_name(d));
+                place(&mut chains, &mut fresh_chains, old, same, || endpoint_chain(new, ep, d))?;
+            }
+        }
+    }
+    for (name, chain) in &new.chains {
+        // A policy chain is lowered from the chain and the families of the sets it uses.
+        let same = old_chains_ir.get(name) == Some(chain)
+            && chain.rules.iter().all(|r| match &r.peer {
+                PeerMatch::Set(s) => old_sets_ir.get(s).map(|x| &x.families) == new.sets.get(s).map(|x| &x.families),
+                PeerMatch::Any => true,
+            });
+        let old = old_chains.remove(name);
+        place(&mut chains, &mut fresh_chains, old, same, || {
+            policy_chain(new, name, chain)
+        })?;
+    }
+    for (name, table) in &new.tier_tables {
+        let same = old_tables_ir.get(name) == Some(table);
+        let old = old_chains.remove(name);
+        place(&mut chains, &mut fresh_chains, old, same, || {
+            Ok(table_chain(name, table))
+        })?;
+    }
+    for (name, class) in &new.port_classes {
+        let same = old_classes_ir.get(name) == Some(class);
+        let old = old_chains.remove(name);
+        place(&mut chains, &mut fresh_chains, old, same, || {
+            Ok(class_chain(name, class))
+        })?;
+    }
+    for (name, rule) in &new.admin_rules {
+        let same = old_rules_ir.get(name) == Some(rule);
+        let old = old_chains.remove(name);
+        place(&mut chains, &mut fresh_chains, old, same, || {
+            Ok(admin_rule_chain(name, rule))
+        })?;
+    }
+    let plan = Ruleset { chains, sets };
+
+    let same_skeleton = plan.sets.iter().map(|s| &s.name).eq(old_set_order.iter())
+        && plan
+            .chains
+            .iter()
+            .map(|c| (&c.name, c.base))
+            .eq(old_chain_order.iter().map(|(n, b)| (n, *b)))
+        && fresh_sets.iter().all(|(i, o)| {
+            o.as_ref()
+                .is_some_and(|o| o.same_but_elements(&plan.sets[*i]) && !interval_changed(o, &plan.sets[*i]))
+        });
+    if !same_skeleton {
+        return Ok((plan, None));
+    }
+    let chains = fresh_chains
+        .iter()
+        .filter(|(i, o)| o.as_ref().is_none_or(|o| o.rules != plan.chains[*i].rules))
+        .map(|(i, _)| *i)
+        .collect();
+    let sets = fresh_sets
+        .iter()
+        .filter_map(|(i, o)| delta(o.as_ref()?, &plan.sets[*i]))
+        .collect();
+    Ok((plan, Some(InPlace { sets, chains })))
+}
+
+/// A map with entries that lowered to none: cannot happen, as only tables and classes with
+/// entries are lowered.
+fn unreachable_empty(name: &str) -> DataplaneError {
+    DataplaneError::Unrepresentable(format!("map of {name} without entries"))
+}
+
+impl SetSpec {
+    /// Whether the two differ in nothing but their elements.
+    fn same_but_elements(&self, other: &SetSpec) -> bool {
+        let SetSpec {
+            name,
+            flags,
+            key,
+            verdict_map,
+            size,
+            udata,
+            elements: _,
+        } = self;
+        *name == other.name
+            && *flags == other.flags
+            && *key == other.key
+            && *verdict_map == other.verdict_map
+            && *size == other.size
+            && *udata == other.udata
+    }
+
+    /// The set without its elements.
+    fn clone_header(&self) -> SetSpec {
+        SetSpec {
+            name: self.name.clone(),
+            flags: self.flags,
+            key: self.key,
+            verdict_map: self.verdict_map,
+            size: self.size,
+            udata: self.udata.clone(),
+            elements: Vec::new(),
+        }
+    }
 }
 
 fn addr_set(name: &str, set: &AddrSet, f: Family) -> Result<SetSpec, DataplaneError> {
@@ -1425,12 +1717,105 @@ mod tests {
         };
         let old = rs(vec![(10, 20, goto("a"))], &["cali1"]);
         // Only the dispatch map changes: an element update.
-        let deltas = element_deltas(&old, &rs(vec![(10, 20, goto("a"))], &["cali1", "cali2"])).unwrap();
-        assert_eq!(deltas.len(), 1);
-        assert_eq!(deltas[0].set.name, "ingress_dispatch");
+        let change = in_place_update(&old, &rs(vec![(10, 20, goto("a"))], &["cali1", "cali2"])).unwrap();
+        assert_eq!(change.sets.len(), 1);
+        assert_eq!(change.sets[0].set.name, "ingress_dispatch");
+        assert!(change.chains.is_empty());
         // A range split with another verdict, or a verdict changed: structural.
-        assert!(element_deltas(&old, &rs(vec![(10, 15, goto("a")), (16, 20, goto("b"))], &["cali1"])).is_none());
-        assert!(element_deltas(&old, &rs(vec![(10, 20, goto("b"))], &["cali1"])).is_none());
+        assert!(in_place_update(&old, &rs(vec![(10, 15, goto("a")), (16, 20, goto("b"))], &["cali1"])).is_none());
+        assert!(in_place_update(&old, &rs(vec![(10, 20, goto("b"))], &["cali1"])).is_none());
+    }
+
+    /// Taking unchanged parts over from the committed plan gives the plan and the in-place
+    /// change that lowering both IRs afresh gives, through changes of every kind.
+    #[test]
+    fn replan_is_lowering_afresh() {
+        use policyc_compiler::model::{PortRef, PortSpec};
+        use policyc_compiler::synth::{add_admin_policies, cluster, Shape};
+        use policyc_compiler::{compile, CompileOptions};
+        let shape = Shape {
+            pods: 200,
+            namespaces: 5,
+            policies: 40,
+            nodes: 2,
+            dual_stack_every: 3,
+        };
+        let mut snap = cluster(shape, 3);
+        add_admin_policies(&mut snap, 12, 3);
+        let opts = CompileOptions {
+            node: Some("node-0".into()),
+            fail_closed: true,
+            ..CompileOptions::default()
+        };
+        let mut ir = compile(&snap, &opts);
+        assert!(!ir.tier_tables.is_empty() && !ir.admin_rules.is_empty());
+        let mut committed = Committed::new(&ir, Ruleset::from_ir(&ir).unwrap());
+        let pods: Vec<_> = snap.pods.keys().cloned().collect();
+        let policies: Vec<_> = snap.policies.keys().cloned().collect();
+        let admin: Vec<_> = snap.admin_policies.keys().cloned().collect();
+        let (mut in_place, mut replaced) = (0, 0);
+        for step in 0..24 {
+            match step % 6 {
+                4 => {
+                    // An admin rule's action or ports change.
+                    let p = snap.admin_policies.get_mut(&admin[step / 6 % admin.len()]).unwrap();
+                    for r in p.ingress.iter_mut().chain(p.egress.iter_mut()) {
+                        r.action = match r.action {
+                            AdminAction::Accept => AdminAction::Deny,
+                            _ => AdminAction::Accept,
+                        };
+                        r.ports = vec![PortSpec {
+                            protocol: Protocol::Tcp,
+                            port: PortRef::Range {
+                                first: 2000 + step as u16,
+                                last: 2000 + step as u16,
+                            },
+                        }];
+                    }
+                }
+                5 => {
+                    // Admin policies go.
+                    snap.admin_policies.remove(&admin[(step / 6 + 6) % admin.len()]);
+                }
+                0 => {
+                    let p = snap.policies.get_mut(&policies[step * 3 % policies.len()]).unwrap();
+                    for r in p.ingress.iter_mut().chain(p.egress.iter_mut()) {
+                        r.ports = vec![PortSpec {
+                            protocol: Protocol::Udp,
+                            port: PortRef::Range {
+                                first: 1000 + step as u16,
+                                last: 1000 + step as u16,
+                            },
+                        }];
+                    }
+                }
+                1 => {
+                    snap.pods.remove(&pods[(step * 7 + 1) % pods.len()]);
+                }
+                2 => {
+                    if let Some(pod) = snap.pods.get_mut(&pods[(step * 11 + 2) % pods.len()]) {
+                        pod.labels.insert("tier".into(), "moved".into());
+                    }
+                }
+                _ => {
+                    if let Some(pod) = snap.pods.get_mut(&pods[(step * 5 + 3) % pods.len()]) {
+                        pod.ips = vec![format!("10.250.0.{step}").parse().unwrap()];
+                    }
+                }
+            }
+            let new = compile(&snap, &opts);
+            let (plan, change) = replan(committed, &new).unwrap();
+            let (old_fresh, fresh) = (Ruleset::from_ir(&ir).unwrap(), Ruleset::from_ir(&new).unwrap());
+            assert!(plan == fresh, "step {step}: another plan than lowering afresh");
+            assert_eq!(change, in_place_update(&old_fresh, &fresh), "step {step}");
+            match change {
+                Some(_) => in_place += 1,
+                None => replaced += 1,
+            }
+            committed = Committed::new(&new, plan);
+            ir = new;
+        }
+        assert!(in_place > 0 && replaced > 0, "{in_place} in place, {replaced} replaced");
     }
 
     #[test]
