@@ -6,14 +6,16 @@
 //! - per-node compilation agrees with the whole-cluster one;
 //! - with admin policies, the IR decides every flow as a reference walk of the tiers (Admin by
 //!   priority, first matching rule, Accept/Deny/Pass; NetworkPolicy; Baseline; default allow),
-//!   and the ruleset's decision tables pick the same rule as that walk.
+//!   and the ruleset's decision tables pick the same rule as that walk;
+//! - a selector cache kept across snapshots, told of every pod, namespace and node change,
+//!   compiles what a fresh compilation does, admin tiers included.
 
 use std::net::IpAddr;
 
 use policyc_compiler::model::*;
 use policyc_compiler::render::nft;
 use policyc_compiler::synth::{add_admin_policies, cluster, to_objects, Rng, Shape};
-use policyc_compiler::{compile, compile_all_nodes, CompileOptions, Evaluator, Flow, Loader};
+use policyc_compiler::{compile, compile_all_nodes, CompileOptions, Compiler, Evaluator, Flow, Loader, SelectorCache};
 use proptest::prelude::*;
 
 // === Reference semantics ===
@@ -182,6 +184,223 @@ fn small_shape(rng: &mut Rng) -> Shape {
     }
 }
 
+// === Changes a long-running compiler hears of ===
+
+fn team(rng: &mut Rng) -> LabelSelector {
+    LabelSelector {
+        match_labels: [("team".to_string(), format!("team-{}", rng.below(2)))].into(),
+        ..Default::default()
+    }
+}
+
+/// Node objects with labels and addresses, for admin policies' `nodes` peers.
+fn add_nodes(s: &mut Snapshot, rng: &mut Rng) {
+    let names: Vec<String> = s.endpoints().filter_map(|p| p.node.clone()).collect();
+    for name in names {
+        let i = s.nodes.len() as u8;
+        let zone = format!("zone-{}", rng.below(2));
+        let mut addresses: Vec<IpAddr> = vec![format!("192.168.0.{i}").parse().unwrap()];
+        if rng.chance(50) {
+            addresses.push(format!("fd00:192::{i}").parse().unwrap());
+        }
+        s.nodes.entry(name.clone()).or_insert(Node {
+            name,
+            labels: [("zone".to_string(), zone)].into(),
+            internal_ips: addresses[..1].to_vec(),
+            addresses,
+            pod_cidrs: vec![],
+        });
+    }
+}
+
+/// Admin rules of every peer kind the synthetic ones lack: nodes by label, and named ports
+/// towards pods.
+fn add_node_and_named_port_rules(s: &mut Snapshot, rng: &mut Rng) {
+    for p in s.admin_policies.values_mut() {
+        for r in p.ingress.iter_mut().chain(p.egress.iter_mut()) {
+            match rng.below(4) {
+                0 => r.peers.push(AdminPeer::Nodes(LabelSelector {
+                    match_labels: [("zone".to_string(), format!("zone-{}", rng.below(2)))].into(),
+                    ..Default::default()
+                })),
+                1 => r.peers.push(AdminPeer::Nodes(LabelSelector::default())),
+                2 if !r
+                    .peers
+                    .iter()
+                    .any(|p| matches!(p, AdminPeer::Networks(_) | AdminPeer::Nodes(_))) =>
+                {
+                    r.ports.push(PortSpec {
+                        protocol: Protocol::Tcp,
+                        port: PortRef::Named("http".into()),
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// One random change to `s`, told to `cache` the way the agent's index tells it: a pod's
+/// stored version before the change and its new version after it, with its namespace's labels
+/// at each moment; namespace and node changes as such; policy changes not at all.
+fn change(s: &mut Snapshot, cache: &mut SelectorCache, rng: &mut Rng, step: usize) {
+    let pods: Vec<ObjectRef> = s.pods.keys().cloned().collect();
+    let Some(id) = pods.get(rng.below(pods.len().max(1))).cloned() else {
+        return;
+    };
+    let mut pod_change = |s: &mut Snapshot, f: &mut dyn FnMut(&mut Snapshot, Option<Pod>) -> Option<Pod>| {
+        let old = s.pods.get(&id).cloned();
+        if let Some(old) = &old {
+            cache.pod_removed(old, &s.namespace_labels(&old.namespace));
+        }
+        s.pods.remove(&id);
+        if let Some(new) = f(s, old) {
+            s.pods.insert(new.id(), new.clone());
+            cache.pod_added(&new, &s.namespace_labels(&new.namespace));
+        }
+    };
+    match rng.below(12) {
+        0 => pod_change(s, &mut |_, p| {
+            p.map(|mut p| {
+                p.labels
+                    .insert("tier".into(), ["web", "api", "db", "moved"][step % 4].into());
+                p
+            })
+        }),
+        1 => {
+            // A new address, sometimes one another pod holds too.
+            let ip: IpAddr = match step % 3 {
+                0 => s.endpoints().next().map_or("10.250.0.1".parse().unwrap(), |p| p.ips[0]),
+                1 => format!("10.250.0.{}", step % 250).parse().unwrap(),
+                _ => format!("fd00:250::{step}").parse().unwrap(),
+            };
+            pod_change(s, &mut |_, p| {
+                p.map(|mut p| {
+                    p.ips = vec![ip];
+                    p
+                })
+            })
+        }
+        2 => pod_change(s, &mut |_, p| {
+            p.map(|mut p| {
+                p.ports = vec![ContainerPort {
+                    name: Some("http".into()),
+                    port: 7000 + (step % 3) as u16,
+                    protocol: Protocol::Tcp,
+                }];
+                p
+            })
+        }),
+        3 => pod_change(s, &mut |_, _| None),
+        4 => {
+            // A new pod, like an existing one, on the node of another.
+            let node = s.pods.values().nth(step % s.pods.len()).and_then(|q| q.node.clone());
+            let new = Pod {
+                name: format!("late-{step}"),
+                ips: vec![format!("10.251.0.{}", step % 250).parse().unwrap()],
+                node,
+                ..s.pods[&id].clone()
+            };
+            s.pods.insert(new.id(), new.clone());
+            cache.pod_added(&new, &s.namespace_labels(&new.namespace));
+        }
+        5 => pod_change(s, &mut |_, p| {
+            p.map(|mut p| {
+                p.phase = Some(if p.is_endpoint() { "Succeeded" } else { "Running" }.into());
+                p
+            })
+        }),
+        6 => {
+            // A namespace relabelled, added or removed.
+            let names: Vec<String> = s.namespaces.keys().cloned().collect();
+            let name = names.get(rng.below(names.len().max(1))).cloned();
+            match (rng.below(3), name) {
+                (0, Some(name)) => {
+                    let ns = s.namespaces.get_mut(&name).unwrap();
+                    ns.labels.insert("team".into(), format!("team-{}", step % 3));
+                }
+                (1, Some(name)) => {
+                    s.namespaces.remove(&name);
+                }
+                _ => {
+                    let l = [("team".to_string(), format!("team-{}", step % 2))].into();
+                    s.namespaces
+                        .insert(format!("ns-late-{step}"), Namespace::new(format!("ns-late-{step}"), l));
+                }
+            }
+            cache.namespace_changed();
+        }
+        7 => {
+            // A node relabelled, readdressed or removed.
+            let names: Vec<String> = s.nodes.keys().cloned().collect();
+            if let Some(name) = names.get(rng.below(names.len().max(1))) {
+                match rng.below(3) {
+                    0 => {
+                        let n = s.nodes.get_mut(name).unwrap();
+                        n.labels.insert("zone".into(), format!("zone-{}", step % 2));
+                    }
+                    1 => {
+                        let n = s.nodes.get_mut(name).unwrap();
+                        n.addresses = vec![format!("192.168.1.{}", step % 250).parse().unwrap()];
+                    }
+                    _ => {
+                        s.nodes.remove(name);
+                    }
+                }
+            }
+            cache.node_changed();
+        }
+        8 => {
+            // Admin policies arrive.
+            let mut extra = Snapshot {
+                namespaces: s.namespaces.clone(),
+                ..Snapshot::default()
+            };
+            add_admin_policies(&mut extra, 1 + rng.below(3), step as u64);
+            add_node_and_named_port_rules(&mut extra, rng);
+            for (_, mut p) in extra.admin_policies {
+                p.name = format!("{}-late-{step}", p.name);
+                s.admin_policies.insert(p.id(), p);
+            }
+        }
+        9 => {
+            // An admin policy goes, or its rules change.
+            let ids: Vec<AdminRef> = s.admin_policies.keys().cloned().collect();
+            if let Some(id) = ids.get(rng.below(ids.len().max(1))) {
+                if rng.chance(50) {
+                    s.admin_policies.remove(id);
+                } else {
+                    let p = s.admin_policies.get_mut(id).unwrap();
+                    p.priority = (step % 5) as i32 * 10;
+                    for r in p.ingress.iter_mut().chain(p.egress.iter_mut()) {
+                        r.peers = vec![AdminPeer::Pods {
+                            namespace_selector: team(rng),
+                            pod_selector: LabelSelector::default(),
+                        }];
+                        r.action = [AdminAction::Accept, AdminAction::Deny][step % 2];
+                    }
+                }
+            }
+        }
+        10 => {
+            // A NetworkPolicy's peers change.
+            let ids: Vec<ObjectRef> = s.policies.keys().cloned().collect();
+            if let Some(id) = ids.get(rng.below(ids.len().max(1))) {
+                let p = s.policies.get_mut(id).unwrap();
+                for r in p.ingress.iter_mut().chain(p.egress.iter_mut()) {
+                    r.peers = vec![Peer::Pods {
+                        namespace_selector: Some(team(rng)),
+                        pod_selector: None,
+                    }];
+                }
+            }
+        }
+        _ => {
+            // Nothing changed: the cache is used twice in a row.
+        }
+    }
+}
+
 const PORTS: [(Protocol, u16); 10] = [
     (Protocol::Tcp, 80),
     (Protocol::Tcp, 8080),
@@ -194,6 +413,36 @@ const PORTS: [(Protocol, u16); 10] = [
     (Protocol::Sctp, 3869),
     (Protocol::Tcp, 5432),
 ];
+
+proptest! {
+    // Each case compiles every node of 25 snapshots twice.
+    #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+
+    /// What the agent does: one selector cache across every sync, told of each change. Every
+    /// node's IR, and the IR of the whole cluster, are those of a fresh compilation.
+    #[test]
+    fn kept_selector_cache_compiles_like_afresh(seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let mut snap = cluster(small_shape(&mut rng), seed);
+        add_admin_policies(&mut snap, 1 + rng.below(8), seed);
+        add_nodes(&mut snap, &mut rng);
+        add_node_and_named_port_rules(&mut snap, &mut rng);
+        let mut cache = SelectorCache::new();
+        for step in 0..25 {
+            let mut scopes: Vec<Option<String>> = vec![None];
+            scopes.extend(Compiler::new(&snap).nodes().into_iter().map(Some));
+            let mut kept = Compiler::with_cache(&snap, &mut cache);
+            for node in scopes {
+                let opts = CompileOptions { node: node.clone(), fail_closed: true, ..CompileOptions::default() };
+                let (got, want) = (kept.compile(&opts), compile(&snap, &opts));
+                prop_assert!(got == want, "step {}, node {:?}: the kept cache gives another IR", step, node);
+                prop_assert_eq!(got.ruleset_hash(), want.ruleset_hash());
+            }
+            prop_assert!(!cache.is_empty() || snap.endpoints().next().is_none());
+            change(&mut snap, &mut cache, &mut rng, step);
+        }
+    }
+}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]

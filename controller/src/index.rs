@@ -354,7 +354,7 @@ mod tests {
     /// snapshot afresh gives, after every kind of change that can touch a set.
     #[test]
     fn kept_selectors_compile_like_a_fresh_compile() {
-        use policyc_compiler::synth::{cluster, to_objects, Shape};
+        use policyc_compiler::synth::{add_admin_policies, cluster, to_objects, Shape};
         let shape = Shape {
             pods: 300,
             namespaces: 6,
@@ -362,8 +362,18 @@ mod tests {
             nodes: 3,
             dual_stack_every: 4,
         };
+        let mut snapshot = cluster(shape, 7);
+        add_admin_policies(&mut snapshot, 10, 7);
         let mut by_kind: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for o in to_objects(&cluster(shape, 7)) {
+        let node = |i: usize, zone: &str, ip: &str| {
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{i}"), "labels": {"zone": zone}},
+                   "status": {"addresses": [{"type": "InternalIP", "address": ip}]}})
+        };
+        by_kind.insert(
+            "Node".into(),
+            (0..3).map(|i| node(i, "a", &format!("192.168.0.{i}"))).collect(),
+        );
+        for o in to_objects(&snapshot) {
             by_kind
                 .entry(o["kind"].as_str().unwrap().to_string())
                 .or_default()
@@ -371,16 +381,24 @@ mod tests {
         }
         let pods = by_kind["Pod"].clone();
         let mut ix = Index::new();
-        for kind in WATCHED {
+        let admin_kinds = [
+            Kind::ClusterNetworkPolicy,
+            Kind::AdminNetworkPolicy,
+            Kind::BaselineAdminNetworkPolicy,
+        ];
+        for kind in WATCHED.into_iter().chain(admin_kinds).chain([Kind::Node]) {
             ix.reset(kind, by_kind.remove(kind.as_str()).unwrap_or_default());
         }
+        assert_eq!(ix.snapshot().admin_policies.len(), 10);
         let opts = CompileOptions {
             node: Some("node-1".into()),
             ..CompileOptions::default()
         };
         let check = |ix: &Index, step: &str| {
             let fresh = policyc_compiler::compile(ix.snapshot(), &opts);
-            assert!(ix.compile(&opts) == fresh, "{step}: kept selectors give another IR");
+            let kept = ix.compile(&opts);
+            assert!(kept == fresh, "{step}: kept selectors give another IR");
+            assert_eq!(kept.ruleset_hash(), fresh.ruleset_hash(), "{step}");
         };
         check(&ix, "initial");
         check(&ix, "again");
@@ -422,6 +440,44 @@ mod tests {
         check(&ix, "namespace relabelled");
         ix.apply(Kind::NetworkPolicy, policy("late", "10.1.0.0/16"));
         check(&ix, "policy added");
+
+        // Admin policies: peers by namespace, by pod, by node, with named ports.
+        let cnp = json!({
+            "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "late"},
+            "spec": {"tier": "Admin", "priority": 3, "subject": {"namespaces": {}},
+                "ingress": [{"action": "Accept", "from": [{"namespaces": {"matchLabels": {"team": "team-1"}}}],
+                    "protocols": [{"destinationNamedPort": "http"}]}],
+                "egress": [
+                    {"action": "Deny", "to": [{"nodes": {"matchLabels": {"zone": "a"}}}]},
+                    {"action": "Pass", "to": [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"tier": "db"}}}}]}
+                ]}
+        });
+        assert!(ix.apply(Kind::ClusterNetworkPolicy, cnp.clone()));
+        assert_eq!(ix.invalid().count(), 0, "{:?}", ix.invalid().collect::<Vec<_>>());
+        check(&ix, "admin policy added");
+        let mut p = pods[5].clone();
+        p["metadata"]["labels"] = json!({"app": "moved", "tier": "db"});
+        p["spec"]["containers"][0]["ports"] = json!([{"name": "http", "containerPort": 8888}]);
+        ix.apply(Kind::Pod, p);
+        check(&ix, "pod moves into an admin peer");
+        ix.apply(
+            Kind::Namespace,
+            json!({"metadata": {"name": "ns-2", "labels": {"team": "team-1", "env": "dev"}}}),
+        );
+        check(&ix, "namespace moves into an admin peer");
+        ix.apply(Kind::Node, node(1, "b", "192.168.0.1"));
+        check(&ix, "node relabelled");
+        ix.apply(Kind::Node, node(2, "a", "192.168.7.2"));
+        check(&ix, "node readdressed");
+        ix.apply(Kind::Node, node(3, "a", "192.168.0.3"));
+        check(&ix, "node added");
+        assert!(ix.delete(Kind::Node, &node(0, "a", "")));
+        check(&ix, "node deleted");
+        ix.reset(Kind::Node, vec![node(4, "a", "192.168.0.4")]);
+        check(&ix, "nodes relisted");
+        assert!(ix.delete(Kind::ClusterNetworkPolicy, &cnp));
+        check(&ix, "admin policy deleted");
     }
 
     #[test]

@@ -988,6 +988,11 @@ fn admin_tiers_synthetic() {
 /// Admin and Baseline tiers whose peers are the pods of namespace x; a NetworkPolicy in y whose
 /// peers are pods `app=extra` of y. `pods` are remote pods: `(name, namespace, ip)`.
 fn tiers_with_remote_pods(pods: &[(&str, &str, &str)]) -> Ir {
+    ir_from_yaml(&tiers_yaml(pods), Some("n1"))
+}
+
+/// The manifests of [`tiers_with_remote_pods`].
+fn tiers_yaml(pods: &[(&str, &str, &str)]) -> String {
     let mut yaml = "apiVersion: v1
 kind: Namespace
 metadata: {name: x, labels: {team: x}}
@@ -1055,7 +1060,7 @@ status: {{phase: Running, podIP: {ip}}}
 "
         );
     }
-    ir_from_yaml(&yaml, Some("n1"))
+    yaml
 }
 
 /// Named sets changing under admin tiers that stay as they are: an element update. A tier
@@ -1099,6 +1104,51 @@ fn element_update_with_admin_tiers() {
     c.load_text(&ir1);
     c.load_text(&ir3);
     assert_same(&c, &b, "element update next to tier tables");
+}
+
+/// `apply` with the plan the writer committed, through admin-tier changes: an admin rule's
+/// action changes (its chain is rewritten in place, the tier maps stay), a pod moves (the tier
+/// maps change: a replace), a pod outside every admin peer comes (elements only). After each
+/// step the table lists as loading the rendered text gives.
+#[test]
+fn admin_tiers_through_apply() {
+    let pods = [("mover", "x", "10.0.1.12")];
+    let ir1 = tiers_with_remote_pods(&pods);
+    let accept = ir_from_yaml(&tiers_yaml(&pods).replace("action: Pass", "action: Accept"), Some("n1"));
+    assert_eq!(ir1.tier_tables, accept.tier_tables);
+    assert_ne!(ir1.admin_rules, accept.admin_rules);
+    let moved = tiers_with_remote_pods(&[("mover", "x", "10.0.7.1")]);
+    let extra = tiers_with_remote_pods(&[("mover", "x", "10.0.7.1"), ("extra", "y", "10.0.9.9")]);
+    if !available("admin_tiers_through_apply") {
+        return;
+    }
+    let (_, b) = Netns::pair();
+    let mut w = b.writer();
+    w.apply(None, &ir1).expect("first apply");
+    let steps: [(&Ir, &Ir, &str); 5] = [
+        (&ir1, &accept, "chains"),
+        (&accept, &moved, "replace"),
+        (&moved, &extra, "elements"),
+        (&extra, &ir1, "replace"),
+        (&ir1, &accept, "chains"),
+    ];
+    for (i, (from, to, mode)) in steps.into_iter().enumerate() {
+        let stats = w.apply(Some(from), to).expect("apply");
+        let got = match (stats.chains, stats.rules) {
+            (0, 0) => "elements",
+            (0, _) => "chains",
+            _ => "replace",
+        };
+        assert_eq!(got, mode, "step {i}: {stats:?}");
+        let a = Netns::new("a");
+        a.load_text(to);
+        assert_eq!(a.list(&[]), b.list(&[]), "step {i}: nft list");
+        assert_eq!(
+            netlink_listing(&a),
+            netlink_listing(&b),
+            "step {i}: nft --debug=netlink list"
+        );
+    }
 }
 
 /// Element updates never touch interval verdict maps: a changed map, even under the same name,
@@ -1146,4 +1196,16 @@ fn changed_tier_map_is_structural() {
     a.load_text(&ir1);
     a.load_text(&ir2);
     assert_same(&a, &b, "changed tier map");
+
+    // The same from the plan the writer committed: the map's contents are compared, not its
+    // name, and it is not taken over.
+    w.replace(&ir1).expect("replace");
+    let stats = w.apply(Some(&ir1), &ir2).expect("apply");
+    assert!(
+        stats.chains > 0,
+        "a changed interval verdict map is replaced: {stats:?}"
+    );
+    let c = Netns::new("c");
+    c.load_text(&ir2);
+    assert_eq!(c.list(&[]), b.list(&[]), "changed tier map from the committed plan");
 }

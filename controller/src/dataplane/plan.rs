@@ -1818,6 +1818,41 @@ mod tests {
         assert!(in_place > 0 && replaced > 0, "{in_place} in place, {replaced} replaced");
     }
 
+    /// A tier map whose contents change under the same name is not taken over from the
+    /// committed plan, nor changed element by element: a replace.
+    #[test]
+    fn changed_tier_map_is_replaced_by_replan() {
+        use policyc_compiler::synth::{add_admin_policies, cluster, Shape};
+        use policyc_compiler::{compile, CompileOptions};
+        let shape = Shape {
+            pods: 60,
+            namespaces: 4,
+            policies: 10,
+            nodes: 1,
+            dual_stack_every: 0,
+        };
+        let mut snap = cluster(shape, 5);
+        add_admin_policies(&mut snap, 8, 5);
+        let ir = compile(&snap, &CompileOptions::default());
+        let mut changed = ir.clone();
+        let table = changed
+            .tier_tables
+            .values_mut()
+            .find(|t| t.v4.iter().any(|(_, x)| *x != t.v4[0].1))
+            .expect("a table with two targets");
+        let other = table
+            .v4
+            .iter()
+            .map(|(_, x)| x.clone())
+            .find(|x| *x != table.v4[0].1)
+            .unwrap();
+        table.v4[0].1 = other;
+        let committed = Committed::new(&ir, Ruleset::from_ir(&ir).unwrap());
+        let (plan, change) = replan(committed, &changed).unwrap();
+        assert!(plan == Ruleset::from_ir(&changed).unwrap());
+        assert_eq!(change, None);
+    }
+
     #[test]
     fn registers() {
         assert_eq!(register(0), 1);
