@@ -55,8 +55,9 @@ pub struct NodePolicyStatusStatus {
     pub policies: Vec<EnforcedPolicy>,
     #[serde(default)]
     pub policy_count: i64,
-    /// SHA-256 of the ruleset in the kernel: of the node's compiled rules (endpoints, chains and
-    /// sets of the IR, not the rendered text). Equal hashes mean identical rulesets.
+    /// SHA-256 of the ruleset in the kernel: of the node's compiled rules (endpoints, chains,
+    /// sets, admin rules and tier tables of the IR, not the rendered text). Equal hashes mean
+    /// identical rulesets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ruleset_hash: Option<String>,
     #[serde(default)]
