@@ -524,6 +524,16 @@ impl<T: Ord + Copy> Counted<T> {
 pub struct SelectorCache {
     sets: BTreeMap<SetKey, CachedSet>,
     port_sets: BTreeMap<(String, Protocol), Counted<(IpAddr, u16)>>,
+    /// The local endpoints of the last compilation's scope, so that the next one need not walk
+    /// every pod to find them.
+    local: Option<LocalEndpoints>,
+}
+
+#[derive(Clone, Debug)]
+struct LocalEndpoints {
+    /// `CompileOptions::node`.
+    node: Option<String>,
+    pods: BTreeSet<ObjectRef>,
 }
 
 #[derive(Clone, Debug)]
@@ -552,6 +562,13 @@ impl SelectorCache {
     fn update(&mut self, pod: &Pod, namespace_labels: &Labels, add: bool) {
         if !pod.is_endpoint() {
             return;
+        }
+        if let Some(local) = self.local.as_mut().filter(|l| l.node.is_none() || l.node == pod.node) {
+            if add {
+                local.pods.insert(pod.id());
+            } else {
+                local.pods.remove(&pod.id());
+            }
         }
         self.sets.retain(|key, cached| {
             let Some(counted) = cached.pods.as_mut().filter(|_| key.selects(pod, namespace_labels)) else {
@@ -597,6 +614,7 @@ impl SelectorCache {
     pub fn clear(&mut self) {
         self.sets.clear();
         self.port_sets.clear();
+        self.local = None;
     }
 
     /// Cached sets (address sets and named-port sets).
@@ -772,12 +790,29 @@ impl<'a> Compiler<'a> {
         nodes
     }
 
+    /// This scope's endpoints, sorted: from the cache when it knows them, else by a walk over
+    /// every pod (which the cache then remembers).
+    fn local_endpoints(&mut self, node: Option<&String>) -> Vec<&'a Pod> {
+        let snapshot = self.snapshot;
+        let in_scope = |p: &Pod| p.is_endpoint() && (node.is_none() || p.node.as_ref() == node);
+        if let Some(known) = self.cache.local.as_ref().filter(|l| l.node.as_ref() == node) {
+            let pods: Vec<&Pod> = known.pods.iter().filter_map(|id| snapshot.pods.get(id)).collect();
+            // Not told of some change after all: walk.
+            if pods.len() == known.pods.len() && pods.iter().all(|p| in_scope(p)) {
+                return pods;
+            }
+        }
+        let pods: Vec<&Pod> = snapshot.pods.values().filter(|p| in_scope(p)).collect();
+        self.cache.local = Some(LocalEndpoints {
+            node: node.cloned(),
+            pods: pods.iter().map(|p| p.id()).collect(),
+        });
+        pods
+    }
+
     pub fn compile(&mut self, opts: &CompileOptions) -> Ir {
         let snapshot = self.snapshot;
-        let local: Vec<&Pod> = snapshot
-            .endpoints()
-            .filter(|p| opts.node.is_none() || p.node == opts.node)
-            .collect();
+        let local = self.local_endpoints(opts.node.as_ref());
 
         // Which policies select which local endpoints. A policy selects pods of its own
         // namespace only, so only those are matched against its selector.

@@ -417,6 +417,17 @@ mod tests {
             ix.apply(Kind::Pod, p);
             check(&ix, &format!("pod {i} changed ({})", i % 4));
         }
+        // Endpoints of the compiled node come and go.
+        let mut moved = pods[3].clone();
+        moved["spec"]["nodeName"] = json!("node-1");
+        ix.apply(Kind::Pod, moved.clone());
+        check(&ix, "pod moved to the compiled node");
+        moved["metadata"]["name"] = json!("new-local");
+        ix.apply(Kind::Pod, moved.clone());
+        check(&ix, "new pod on the compiled node");
+        moved["spec"]["nodeName"] = json!("node-2");
+        ix.apply(Kind::Pod, moved);
+        check(&ix, "pod moved away");
         // Two pods with one address: the address stays while either holds it.
         let (mut x, mut y) = (pods[1].clone(), pods[2].clone());
         x["status"]["podIPs"] = json!([{"ip": "10.251.0.1"}]);

@@ -162,9 +162,9 @@ pub trait Dataplane {
 #[derive(Debug, Default)]
 pub struct NetlinkWriter {
     netns: Option<PathBuf>,
-    /// Opened on first use and kept: closing a netfilter socket waits for the kernel to free
-    /// what earlier transactions deleted (an RCU grace period, about 10 ms), which would
-    /// otherwise end every transaction that deletes rules.
+    /// Opened on first use and kept across element and in-place batches: closing a netfilter
+    /// socket waits for the kernel to free what earlier transactions deleted (an RCU grace
+    /// period, about 10 ms), which would otherwise end every batch that deletes a rule.
     socket: Option<NlSocket>,
     /// The plan of this writer's last successful transaction, i.e. what the kernel holds as far
     /// as this writer knows, with the IR parts it came from; forgotten after a failure.
@@ -217,6 +217,11 @@ impl NetlinkWriter {
         let enc = nl::encode_replace(&rs)?;
         let plan_time = started.elapsed();
         let kernel_time = self.send(&enc)?;
+        // Closed after a replace, unlike after smaller batches: the close waits for the kernel
+        // to free the old table (after the commit, so the new ruleset is in force), and the
+        // next replace then commits sooner (measured with agent_bench: p50 3.0 ms instead of
+        // 5.3 ms after the debounce, p99 5 ms instead of 14 ms).
+        self.socket = None;
         let stats = ApplyStats {
             messages: enc.what.len(),
             bytes: enc.len(),

@@ -710,29 +710,56 @@ fn place<T>(
     Ok(())
 }
 
-/// Elements only in `old` and elements only in `new`, both strictly ascending.
-fn merge_diff(old: &[Elem], new: &[Elem]) -> (Vec<Elem>, Vec<Elem>) {
+/// Items only in `old` and items only in `new`, both strictly ascending.
+fn merge_diff<'a, T: Ord + Clone + 'a>(
+    old: impl IntoIterator<Item = &'a T>,
+    new: impl IntoIterator<Item = &'a T>,
+) -> (Vec<T>, Vec<T>) {
     let (mut remove, mut add) = (Vec::new(), Vec::new());
-    let (mut i, mut j) = (0, 0);
-    while i < old.len() && j < new.len() {
-        match old[i].cmp(&new[j]) {
-            std::cmp::Ordering::Less => {
-                remove.push(old[i].clone());
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                add.push(new[j].clone());
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                i += 1;
-                j += 1;
-            }
+    let (mut old, mut new) = (old.into_iter().peekable(), new.into_iter().peekable());
+    loop {
+        match (old.peek(), new.peek()) {
+            (Some(o), Some(n)) => match o.cmp(n) {
+                std::cmp::Ordering::Less => remove.extend(old.next().cloned()),
+                std::cmp::Ordering::Greater => add.extend(new.next().cloned()),
+                std::cmp::Ordering::Equal => {
+                    old.next();
+                    new.next();
+                }
+            },
+            (Some(_), None) => remove.extend(old.next().cloned()),
+            (None, Some(_)) => add.extend(new.next().cloned()),
+            (None, None) => return (remove, add),
         }
     }
-    remove.extend_from_slice(&old[i..]);
-    add.extend_from_slice(&new[j..]);
-    (remove, add)
+}
+
+/// `spec` with the sorted elements `remove` (which it holds) taken out and `add` (which it
+/// does not hold) put in, keeping its elements sorted; and the delta that does the same in the
+/// kernel. No element is lowered or allocated again.
+fn patch(spec: SetSpec, remove: Vec<Elem>, add: Vec<Elem>) -> (SetSpec, Option<SetDelta>) {
+    if remove.is_empty() && add.is_empty() {
+        return (spec, None);
+    }
+    let header = spec.clone_header();
+    let mut elements = Vec::with_capacity(spec.elements.len() + add.len());
+    let mut gone = remove.iter().peekable();
+    let mut new = add.iter().peekable();
+    for e in spec.elements {
+        while let Some(a) = new.next_if(|a| **a < e) {
+            elements.push(a.clone());
+        }
+        if gone.next_if(|r| **r == e).is_none() {
+            elements.push(e);
+        }
+    }
+    elements.extend(new.cloned());
+    let delta = SetDelta {
+        set: header.clone(),
+        remove,
+        add,
+    };
+    (SetSpec { elements, ..header }, Some(delta))
 }
 
 /// A committed plan and the IR parts its sets and policy chains were lowered from, so that the
@@ -790,18 +817,52 @@ pub(crate) fn replan(old: Committed, new: &Ir) -> Result<(Ruleset, Option<InPlac
 
     // Lowered anew: (index in the new plan, the old version if there was one).
     let mut fresh_sets: Vec<(usize, Option<SetSpec>)> = Vec::new();
+    // Patched with what changed in their IR members: (index in the new plan, the change).
+    let mut patched: Vec<(usize, SetDelta)> = Vec::new();
     let mut sets = Vec::new();
     for (name, set) in &new.sets {
-        let same = old_sets_ir.get(name) == Some(set);
+        let prev = old_sets_ir.get(name);
+        let same = prev == Some(set);
+        // A selector set with the same description has the same header; its sorted elements
+        // follow its sorted members one to one.
+        let patchable = prev.filter(|p| {
+            !same && set.kind == SetKind::Selector && p.kind == set.kind && p.description == set.description
+        });
         for f in &set.families {
             let old = old_sets.remove(&set_name(name, *f));
+            if let (Some(o), Some(prev)) = (&old, patchable) {
+                if o.flags == 0 {
+                    let (remove, add) = merge_diff(prev.members_of(*f), set.members_of(*f));
+                    let (remove, add) = (address_elements(name, *f, &remove)?, address_elements(name, *f, &add)?);
+                    let (spec, delta) = patch(old.expect("checked"), remove, add);
+                    patched.extend(delta.map(|d| (sets.len(), d)));
+                    sets.push(spec);
+                    continue;
+                }
+            }
             place(&mut sets, &mut fresh_sets, old, same, || addr_set(name, set, *f))?;
         }
     }
     for (name, set) in &new.port_sets {
-        let same = old_ports_ir.get(name) == Some(set);
+        let prev = old_ports_ir.get(name);
+        let same = prev == Some(set);
         for f in [Family::V4, Family::V6] {
             let old = old_sets.remove(&set_name(name, f));
+            // Same set name, so the same port name and protocol, so the same header.
+            if let (Some(_), Some(prev)) = (&old, prev.filter(|_| !same)) {
+                let of = |s: &PortSet| -> Vec<(IpAddr, u16)> {
+                    s.members
+                        .iter()
+                        .filter(|(ip, _)| Family::of(ip) == f)
+                        .copied()
+                        .collect()
+                };
+                let (remove, add) = merge_diff(&of(prev), &of(set));
+                let (spec, delta) = patch(old.expect("checked"), port_elements(&remove), port_elements(&add));
+                patched.extend(delta.map(|d| (sets.len(), d)));
+                sets.push(spec);
+                continue;
+            }
             place(&mut sets, &mut fresh_sets, old, same, || Ok(port_set(name, set, f)))?;
         }
     }
@@ -914,10 +975,13 @@ pub(crate) fn replan(old: Committed, new: &Ir) -> Result<(Ruleset, Option<InPlac
         .filter(|(i, o)| o.as_ref().is_none_or(|o| o.rules != plan.chains[*i].rules))
         .map(|(i, _)| *i)
         .collect();
-    let sets = fresh_sets
+    let mut deltas: Vec<(usize, SetDelta)> = fresh_sets
         .iter()
-        .filter_map(|(i, o)| delta(o.as_ref()?, &plan.sets[*i]))
+        .filter_map(|(i, o)| Some((*i, delta(o.as_ref()?, &plan.sets[*i])?)))
         .collect();
+    deltas.extend(patched);
+    deltas.sort_by_key(|(i, _)| *i);
+    let sets = deltas.into_iter().map(|(_, d)| d).collect();
     Ok((plan, Some(InPlace { sets, chains })))
 }
 
@@ -969,19 +1033,7 @@ fn addr_set(name: &str, set: &AddrSet, f: Family) -> Result<SetSpec, DataplaneEr
         let ranges: Vec<(u128, u128)> = members.iter().map(|r| (r.start, r.end)).collect();
         interval_elements(&ranges, width)
     } else {
-        // A set without `flags interval` holds single addresses; a range (adjacent pod
-        // addresses merged by the compiler) stands for each of its addresses.
-        let mut out = Vec::new();
-        for r in members {
-            if r.end - r.start >= MAX_EXPANDED_RANGE {
-                return Err(DataplaneError::Unrepresentable(format!(
-                    "set {}: range {r} in a set without intervals",
-                    set_name(name, f)
-                )));
-            }
-            out.extend((r.start..=r.end).map(|v| Elem::key(be_bytes(v, width))));
-        }
-        out
+        address_elements(name, f, members)?
     };
     let mut u = Udata::default();
     u.put_u32(UDATA_SET_KEYBYTEORDER, BYTEORDER_BIG_ENDIAN);
@@ -997,18 +1049,43 @@ fn addr_set(name: &str, set: &AddrSet, f: Family) -> Result<SetSpec, DataplaneEr
     })
 }
 
-fn port_set(name: &str, set: &PortSet, f: Family) -> SetSpec {
-    let elements = set
-        .members
-        .iter()
-        .filter(|(ip, _)| Family::of(ip) == f)
+/// The elements of a set without intervals (a selector set), in the members' order: a set
+/// without `flags interval` holds single addresses, so a range (adjacent pod addresses merged
+/// by the compiler) stands for each of its addresses.
+fn address_elements<'a>(
+    name: &str,
+    f: Family,
+    members: impl IntoIterator<Item = &'a IpRange>,
+) -> Result<Vec<Elem>, DataplaneError> {
+    let width = addr_len(f);
+    let mut out = Vec::new();
+    for r in members {
+        if r.end - r.start >= MAX_EXPANDED_RANGE {
+            return Err(DataplaneError::Unrepresentable(format!(
+                "set {}: range {r} in a set without intervals",
+                set_name(name, f)
+            )));
+        }
+        out.extend((r.start..=r.end).map(|v| Elem::key(be_bytes(v, width))));
+    }
+    Ok(out)
+}
+
+/// `address . port` elements, in the members' order.
+fn port_elements<'a>(members: impl IntoIterator<Item = &'a (IpAddr, u16)>) -> Vec<Elem> {
+    members
+        .into_iter()
         .map(|(ip, port)| {
             let mut key = addr_bytes(ip);
             key.extend_from_slice(&port.to_be_bytes());
             key.extend_from_slice(&[0, 0]);
             Elem::key(key)
         })
-        .collect();
+        .collect()
+}
+
+fn port_set(name: &str, set: &PortSet, f: Family) -> SetSpec {
+    let elements = port_elements(set.members.iter().filter(|(ip, _)| Family::of(ip) == f));
     let mut u = Udata::default();
     // A concatenation has no single byte order; nft records 0 and a typeof of the concat.
     u.put_u32(UDATA_SET_KEYBYTEORDER, 0);
