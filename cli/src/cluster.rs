@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::ListParams;
 use kube::{Api, Client};
-use policyc_compiler::load::{parse_object, Parsed};
+use policyc_compiler::load::{parse_object, Kind, Parsed};
 use policyc_compiler::model::{AdminRef, Snapshot};
 use policyc_compiler::ObjectRef;
 use policyc_crds::NodePolicyStatus;
@@ -47,13 +47,8 @@ async fn snapshot(client: &Client) -> Result<Snapshot> {
         add(serde_json::to_value(o)?);
     }
     // The admin policy kinds, where their CRDs are installed.
-    for (kind, version, plural) in [
-        ("ClusterNetworkPolicy", "v1alpha2", "clusternetworkpolicies"),
-        ("AdminNetworkPolicy", "v1alpha1", "adminnetworkpolicies"),
-        ("BaselineAdminNetworkPolicy", "v1alpha1", "baselineadminnetworkpolicies"),
-    ] {
-        let gvk = kube::api::GroupVersionKind::gvk("policy.networking.k8s.io", version, kind);
-        let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, plural);
+    for kind in Kind::ADMIN {
+        let resource = policyc_controller::agent::dynamic_resource(kind);
         match Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource)
             .list(&lp)
             .await
@@ -63,7 +58,7 @@ async fn snapshot(client: &Client) -> Result<Snapshot> {
                     let mut v = serde_json::to_value(o)?;
                     if let Some(m) = v.as_object_mut() {
                         m.insert("apiVersion".into(), resource.api_version.clone().into());
-                        m.insert("kind".into(), kind.into());
+                        m.insert("kind".into(), kind.as_str().into());
                     }
                     add(v);
                 }
@@ -93,16 +88,13 @@ impl std::fmt::Display for PolicyId {
 
 impl PolicyId {
     fn of_report(p: &policyc_crds::EnforcedPolicy) -> Option<PolicyId> {
-        use policyc_compiler::model::AdminKind;
-        Some(match p.kind.as_deref() {
-            None | Some("NetworkPolicy") => PolicyId::Network(ObjectRef::new(&p.namespace, &p.name)),
-            Some("ClusterNetworkPolicy") => PolicyId::Admin(AdminRef::new(AdminKind::ClusterNetworkPolicy, &p.name)),
-            Some("AdminNetworkPolicy") => PolicyId::Admin(AdminRef::new(AdminKind::AdminNetworkPolicy, &p.name)),
-            Some("BaselineAdminNetworkPolicy") => {
-                PolicyId::Admin(AdminRef::new(AdminKind::BaselineAdminNetworkPolicy, &p.name))
+        match p.kind.as_deref() {
+            None | Some("NetworkPolicy") => Some(PolicyId::Network(ObjectRef::new(&p.namespace, &p.name))),
+            Some(kind) => {
+                let kind = Kind::parse(kind)?.admin()?;
+                Some(PolicyId::Admin(AdminRef::new(kind, &p.name)))
             }
-            Some(_) => return None,
-        })
+        }
     }
 
     /// The policy's current generation in the snapshot; `None` when it is not there.

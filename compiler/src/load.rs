@@ -131,6 +131,26 @@ impl Kind {
         matches!(self, Kind::Pod | Kind::NetworkPolicy)
     }
 
+    /// The admin policy kinds, served by the API server only where their CRDs are installed.
+    pub const ADMIN: [Kind; 3] = [
+        Kind::ClusterNetworkPolicy,
+        Kind::AdminNetworkPolicy,
+        Kind::BaselineAdminNetworkPolicy,
+    ];
+
+    /// The resource name of the kind in the API (`kubectl get <plural>`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespaces",
+            Kind::Pod => "pods",
+            Kind::Node => "nodes",
+            Kind::NetworkPolicy => "networkpolicies",
+            Kind::ClusterNetworkPolicy => "clusternetworkpolicies",
+            Kind::AdminNetworkPolicy => "adminnetworkpolicies",
+            Kind::BaselineAdminNetworkPolicy => "baselineadminnetworkpolicies",
+        }
+    }
+
     /// The admin policy kind this is, if it is one.
     pub fn admin(self) -> Option<AdminKind> {
         match self {

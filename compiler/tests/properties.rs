@@ -414,6 +414,24 @@ const PORTS: [(Protocol, u16); 10] = [
     (Protocol::Tcp, 5432),
 ];
 
+type RandomFlow<'a> = (&'a Pod, IpAddr, &'a Pod, IpAddr, Protocol, u16);
+
+/// 400 random pod pairs and ports, each with every same-family pair of their addresses.
+fn random_flows<'a>(rng: &mut Rng, pods: &[&'a Pod]) -> Vec<RandomFlow<'a>> {
+    let mut out = Vec::new();
+    for _ in 0..400 {
+        let src = pods[rng.below(pods.len())];
+        let dst = pods[rng.below(pods.len())];
+        let (proto, port) = PORTS[rng.below(PORTS.len())];
+        for s_ip in &src.ips {
+            for d_ip in dst.ips.iter().filter(|d| d.is_ipv4() == s_ip.is_ipv4()) {
+                out.push((src, *s_ip, dst, *d_ip, proto, port));
+            }
+        }
+    }
+    out
+}
+
 proptest! {
     // Each case compiles every node of 25 snapshots twice.
     #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
@@ -455,30 +473,22 @@ proptest! {
         let ir = compile(&snap, &CompileOptions::default());
         let ev = Evaluator::new(&ir);
         let pods: Vec<&Pod> = snap.endpoints().collect();
-        for _ in 0..400 {
-            let src = pods[rng.below(pods.len())];
-            let dst = pods[rng.below(pods.len())];
-            let (proto, port) = PORTS[rng.below(PORTS.len())];
-            for (s_ip, d_ip) in src.ips.iter().flat_map(|a| dst.ips.iter().map(move |b| (*a, *b))) {
-                if s_ip.is_ipv4() != d_ip.is_ipv4() {
-                    continue;
-                }
-                let flow = Flow { src: s_ip, dst: d_ip, protocol: proto, port };
-                let want = reference(&snap, src, s_ip, dst, d_ip, proto, port);
-                let v = ev.evaluate(&flow);
-                prop_assert_eq!(v.allowed, want, "{} ({}) -> {} ({}) {}/{}: {:#?}", src.id(), s_ip, dst.id(), d_ip, port, proto, v);
-                if v.loopback {
-                    continue;
-                }
-                // The kernel's lookup tables pick the rule the walk picks.
-                for (pod, d, peer_ip) in [(src, Direction::Egress, d_ip), (dst, Direction::Ingress, s_ip)] {
-                    let iso = ev.endpoint(&pod.ips[0]).expect("endpoint").isolation(d);
-                    for (tier, table) in [(Tier::Admin, &iso.admin_table), (Tier::Baseline, &iso.baseline_table)] {
-                        let walked = tier_decision(&snap, pod, d, tier, peer_ip, Some(dst), d_ip, proto, port);
-                        let looked_up = table.as_ref().and_then(|t| ev.table_decision(&ir.tier_tables[t], d, &flow));
-                        let looked_up = looked_up.map(|r| (r.policy.clone(), r.rule, r.action));
-                        prop_assert_eq!(looked_up, walked, "{} {} {} tier, {} -> {} {}/{}", pod.id(), d, tier, s_ip, d_ip, port, proto);
-                    }
+        for (src, s_ip, dst, d_ip, proto, port) in random_flows(&mut rng, &pods) {
+            let flow = Flow { src: s_ip, dst: d_ip, protocol: proto, port };
+            let want = reference(&snap, src, s_ip, dst, d_ip, proto, port);
+            let v = ev.evaluate(&flow);
+            prop_assert_eq!(v.allowed, want, "{} ({}) -> {} ({}) {}/{}: {:#?}", src.id(), s_ip, dst.id(), d_ip, port, proto, v);
+            if v.loopback {
+                continue;
+            }
+            // The kernel's lookup tables pick the rule the walk picks.
+            for (pod, d, peer_ip) in [(src, Direction::Egress, d_ip), (dst, Direction::Ingress, s_ip)] {
+                let iso = ev.endpoint(&pod.ips[0]).expect("endpoint").isolation(d);
+                for (tier, table) in [(Tier::Admin, &iso.admin_table), (Tier::Baseline, &iso.baseline_table)] {
+                    let walked = tier_decision(&snap, pod, d, tier, peer_ip, Some(dst), d_ip, proto, port);
+                    let looked_up = table.as_ref().and_then(|t| ev.table_decision(&ir.tier_tables[t], d, &flow));
+                    let looked_up = looked_up.map(|r| (r.policy.clone(), r.rule, r.action));
+                    prop_assert_eq!(looked_up, walked, "{} {} {} tier, {} -> {} {}/{}", pod.id(), d, tier, s_ip, d_ip, port, proto);
                 }
             }
         }
@@ -491,18 +501,10 @@ proptest! {
         let ir = compile(&snap, &CompileOptions::default());
         let ev = Evaluator::new(&ir);
         let pods: Vec<&Pod> = snap.endpoints().collect();
-        for _ in 0..400 {
-            let src = pods[rng.below(pods.len())];
-            let dst = pods[rng.below(pods.len())];
-            let (proto, port) = PORTS[rng.below(PORTS.len())];
-            for (s_ip, d_ip) in src.ips.iter().flat_map(|a| dst.ips.iter().map(move |b| (*a, *b))) {
-                if s_ip.is_ipv4() != d_ip.is_ipv4() {
-                    continue;
-                }
-                let want = reference(&snap, src, s_ip, dst, d_ip, proto, port);
-                let got = ev.evaluate(&Flow { src: s_ip, dst: d_ip, protocol: proto, port }).allowed;
-                prop_assert_eq!(got, want, "{} ({}) -> {} ({}) {}/{}", src.id(), s_ip, dst.id(), d_ip, port, proto);
-            }
+        for (src, s_ip, dst, d_ip, proto, port) in random_flows(&mut rng, &pods) {
+            let want = reference(&snap, src, s_ip, dst, d_ip, proto, port);
+            let got = ev.evaluate(&Flow { src: s_ip, dst: d_ip, protocol: proto, port }).allowed;
+            prop_assert_eq!(got, want, "{} ({}) -> {} ({}) {}/{}", src.id(), s_ip, dst.id(), d_ip, port, proto);
         }
     }
 

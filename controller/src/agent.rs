@@ -110,39 +110,31 @@ pub async fn run(client: Client, cfg: Config, shared: Arc<Shared>) {
     sync_loop(cfg, shared, rx, status).await;
 }
 
-/// API group of the admin policy kinds.
-const ADMIN_GROUP: &str = "policy.networking.k8s.io";
-
-/// The admin policy kinds: version and plural of each.
-const ADMIN_KINDS: [(Kind, &str, &str); 3] = [
-    (Kind::ClusterNetworkPolicy, "v1alpha2", "clusternetworkpolicies"),
-    (Kind::AdminNetworkPolicy, "v1alpha1", "adminnetworkpolicies"),
-    (
-        Kind::BaselineAdminNetworkPolicy,
-        "v1alpha1",
-        "baselineadminnetworkpolicies",
-    ),
-];
-
 /// Which admin policy kinds the API server serves (their CRDs are installed).
 async fn served_admin_kinds(client: &Client) -> Result<Vec<Kind>, kube::Error> {
+    let mut group_versions: Vec<&str> = Kind::ADMIN.iter().map(|k| k.api_version()).collect();
+    group_versions.dedup();
     let mut served = Vec::new();
-    for version in ["v1alpha1", "v1alpha2"] {
-        let resources = match client
-            .list_api_group_resources(&format!("{ADMIN_GROUP}/{version}"))
-            .await
-        {
+    for gv in group_versions {
+        let resources = match client.list_api_group_resources(gv).await {
             Ok(list) => list.resources,
             Err(kube::Error::Api(e)) if e.code == 404 => continue,
             Err(e) => return Err(e),
         };
-        for (kind, v, plural) in ADMIN_KINDS {
-            if v == version && resources.iter().any(|r| r.name == plural) {
+        for kind in Kind::ADMIN {
+            if kind.api_version() == gv && resources.iter().any(|r| r.name == kind.plural()) {
                 served.push(kind);
             }
         }
     }
     Ok(served)
+}
+
+/// The API resource of a kind that k8s-openapi has no type for (the admin policy kinds).
+pub fn dynamic_resource(kind: Kind) -> kube::api::ApiResource {
+    let (group, version) = kind.api_version().split_once('/').unwrap_or(("", kind.api_version()));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind.as_str());
+    kube::api::ApiResource::from_gvk_with_plural(&gvk, kind.plural())
 }
 
 /// Watches the admin policy kinds the API server serves. The first answer decides which kinds the
@@ -162,9 +154,7 @@ async fn watch_admin_kinds(client: Client, shared: Arc<Shared>, tx: watch::Sende
                     first = false;
                 }
                 for kind in new {
-                    let (_, version, plural) = ADMIN_KINDS.iter().find(|(k, ..)| *k == kind).expect("admin kind");
-                    let gvk = kube::api::GroupVersionKind::gvk(ADMIN_GROUP, version, kind.as_str());
-                    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, plural);
+                    let resource = dynamic_resource(kind);
                     tracing::info!(kind = %kind, "watching");
                     tokio::spawn(watch_kind(
                         Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource),
@@ -180,7 +170,7 @@ async fn watch_admin_kinds(client: Client, shared: Arc<Shared>, tx: watch::Sende
                 shared.metrics.error(ErrorKind::Watch);
             }
         }
-        if watching.len() == ADMIN_KINDS.len() {
+        if watching.len() == Kind::ADMIN.len() {
             return;
         }
         let pause = if first { 2 } else { 30 };
