@@ -15,6 +15,7 @@ pub mod expect;
 pub mod ir;
 pub mod load;
 pub mod model;
+pub mod nft;
 pub mod render;
 pub mod scenario;
 pub mod synth;

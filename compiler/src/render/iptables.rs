@@ -63,7 +63,7 @@ use crate::cidr::{self, Cidr, Family, IpRange};
 use crate::ir::*;
 use crate::model::{AdminAction, AdminRef, Direction, Protocol, Tier};
 
-use super::{CUT_COMMENT, CUT_MARK};
+use super::{labels, CUT_COMMENT, CUT_MARK};
 
 /// The chain the hook in `FORWARD` jumps to.
 pub const CHAIN_FORWARD: &str = "POLICYC-FORWARD";
@@ -253,10 +253,7 @@ pub fn render_ipset(ir: &Ir) -> String {
                 .filter(|(ip, _)| Family::of(ip) == f)
                 .map(|(ip, port)| format!("{ip},{}:{port}", protocol_name(set.protocol)))
                 .collect();
-            comment_line(
-                &mut out,
-                &format!("{name}: named port {}/{}", set.port_name, set.protocol),
-            );
+            comment_line(&mut out, &format!("{name}: {}", labels::named_port(set)));
             write_set(&mut out, &ipset_name(name, f), "hash:ip,port", f, &members);
         }
     }
@@ -430,12 +427,7 @@ pub fn render_iptables(ir: &Ir, family: Family) -> String {
     }
     for (name, rule) in &ir.admin_rules {
         let cname = chain_name(name);
-        let c = comment(&format!(
-            "{} tier: {}: {}",
-            rule.tier,
-            rule.comment_label(),
-            rule.action
-        ));
+        let c = comment(&labels::admin_rule(rule));
         let verdict = match rule.action {
             AdminAction::Accept => format!("-j MARK --set-xmark {MARK_ALLOWED:#x}/{MARK_ALLOWED:#x}"),
             AdminAction::Deny => "-j DROP".to_string(),
@@ -474,11 +466,10 @@ fn render_endpoint_chain(out: &mut String, ep: &Endpoint, d: Direction, f: Famil
             let _ = writeln!(out, "-A {name} -j {}", chain_name(chain));
             let _ = writeln!(out, "{mark_return}");
         }
-        let policies: Vec<String> = iso.policies.iter().map(|p| p.to_string()).collect();
         let _ = writeln!(
             out,
             "-A {name} -m comment --comment {} -j DROP",
-            comment(&format!("{} {d} denied: selected by {}", ep.pod, policies.join(", ")))
+            comment(&labels::endpoint_denied(ep, d))
         );
     } else if !iso.baseline.is_empty() {
         let _ = writeln!(
@@ -605,7 +596,7 @@ fn render_policy_chain(out: &mut String, ir: &Ir, name: &str, chain: &PolicyChai
                 format!("-m set --match-set {} {other_end} ", ipset_name(s, f))
             }
         };
-        let c = comment(&format!("{} {}[{}]", chain.policy, chain.direction, r.rule));
+        let c = comment(&labels::policy_rule(chain, r));
         for ports in port_matches(&r.ports, f) {
             // iptables-save order: protocol, then the matches as given.
             let (proto, rest) = split_protocol(&ports);

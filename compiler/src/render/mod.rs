@@ -1,6 +1,7 @@
 //! Backends: the IR as text a kernel tool loads.
 
 pub mod iptables;
+pub mod labels;
 pub mod nft;
 
 /// The conntrack mark bit of flows a policy change cut. The agent sets it on the conntrack

@@ -1,0 +1,442 @@
+//! The one lowering: IR → [`Table`]. Every layout decision of the ruleset lives here: names of
+//! sets, maps and chains, their order, the base chains and their hooks, every comment and every
+//! verdict. The printer and the netlink writer only spell out what this builds.
+
+use crate::cidr::Family;
+use crate::ir::*;
+use crate::model::{AdminAction, Direction, Protocol};
+use crate::render::{CUT_COMMENT, CUT_MARK};
+
+use super::model::*;
+use super::{comment, labels};
+
+/// Lowers a node's (or the whole cluster's) IR into the nftables model.
+pub fn lower(ir: &Ir) -> Table {
+    let scope = match &ir.node {
+        Some(n) => format!("node {n}"),
+        None => "all endpoints".to_string(),
+    };
+    let summary = format!(
+        "policyc ruleset for {scope}: {} endpoints, {} policy chains, {} sets",
+        ir.endpoints.len(),
+        ir.chains.len(),
+        ir.sets.len() + ir.port_sets.len()
+    );
+
+    let mut sets = Vec::new();
+    for (name, set) in &ir.sets {
+        for f in &set.families {
+            sets.push(addr_set(name, set, *f));
+        }
+    }
+    for (name, set) in &ir.port_sets {
+        for f in [Family::V4, Family::V6] {
+            sets.push(port_set(name, set, f));
+        }
+    }
+    for (name, table) in &ir.tier_tables {
+        for f in [Family::V4, Family::V6] {
+            sets.extend(table_map(name, table, f));
+        }
+    }
+    for (name, class) in &ir.port_classes {
+        for p in Protocol::ALL {
+            sets.extend(class_map(name, class, p));
+        }
+    }
+    for d in [Direction::Ingress, Direction::Egress] {
+        sets.push(dispatch_map(ir, d));
+    }
+
+    let mut chains = base_chains(ir);
+    for ep in &ir.endpoints {
+        for d in [Direction::Ingress, Direction::Egress] {
+            if ep.isolation(d).enforced() {
+                chains.push(endpoint_chain(ir, ep, d));
+            }
+        }
+    }
+    for (name, chain) in &ir.chains {
+        chains.push(policy_chain(ir, name, chain));
+    }
+    for (name, table) in &ir.tier_tables {
+        chains.push(table_chain(name, table));
+    }
+    for (name, class) in &ir.port_classes {
+        chains.push(class_chain(name, class));
+    }
+    for (name, rule) in &ir.admin_rules {
+        chains.push(admin_rule_chain(name, rule));
+    }
+    Table { summary, sets, chains }
+}
+
+// === names ===
+
+/// A set's name for one family: `sel_<hash>_v4`.
+pub fn set_name(base: &str, f: Family) -> String {
+    format!("{base}_{}", f.suffix())
+}
+
+/// Name of a tier table's map for one family.
+pub fn table_map_name(table: &str, f: Family) -> String {
+    set_name(table, f)
+}
+
+/// Name of a port class's map for one protocol: `pc_<hash>_tcp`.
+pub fn class_map_name(class: &str, p: Protocol) -> String {
+    format!("{class}_{}", p.as_str().to_ascii_lowercase())
+}
+
+/// Name of a direction's dispatch map: `ingress_dispatch`.
+pub fn dispatch_map_name(d: Direction) -> String {
+    format!("{}_dispatch", d.as_str())
+}
+
+/// The end of a packet a rule of this direction matches peers on: where ingress comes from,
+/// where egress goes.
+pub fn peer_end(d: Direction) -> End {
+    match d {
+        Direction::Ingress => End::Source,
+        Direction::Egress => End::Destination,
+    }
+}
+
+// === sets and maps ===
+
+fn addr_set(name: &str, set: &AddrSet, f: Family) -> Set {
+    Set {
+        name: set_name(name, f),
+        key: KeyType::Addr(f),
+        verdict_map: false,
+        interval: set.kind == SetKind::IpBlock,
+        comment: Some(comment(&set.description)),
+        elements: set.members_of(f).map(|r| Element::key(Key::Addr(*r))).collect(),
+    }
+}
+
+fn port_set(name: &str, set: &PortSet, f: Family) -> Set {
+    Set {
+        name: set_name(name, f),
+        key: KeyType::AddrService(f),
+        verdict_map: false,
+        interval: false,
+        comment: Some(comment(&labels::named_port(set))),
+        elements: set
+            .members
+            .iter()
+            .filter(|(ip, _)| Family::of(ip) == f)
+            .map(|(ip, port)| Element::key(Key::AddrPort(*ip, *port)))
+            .collect(),
+    }
+}
+
+/// A tier table's map for one family: peer address range → goto the rule or port class; none
+/// for a family without entries.
+fn table_map(name: &str, table: &TierTable, f: Family) -> Option<Set> {
+    let entries = table.entries(f);
+    if entries.is_empty() {
+        return None;
+    }
+    Some(Set {
+        name: table_map_name(name, f),
+        key: KeyType::Addr(f),
+        verdict_map: true,
+        interval: true,
+        comment: Some(comment(&format!(
+            "{} tier {}: peer address -> rule",
+            table.tier, table.direction
+        ))),
+        elements: entries
+            .iter()
+            .map(|(r, t)| Element {
+                key: Key::Addr(*r),
+                verdict: Some(Verdict::Goto(t.chain().to_string())),
+            })
+            .collect(),
+    })
+}
+
+/// A port class's map for one protocol: port range → goto the rule; none for a protocol
+/// without entries.
+fn class_map(name: &str, class: &PortClass, p: Protocol) -> Option<Set> {
+    let entries = class.protocol(p);
+    if entries.is_empty() {
+        return None;
+    }
+    Some(Set {
+        name: class_map_name(name, p),
+        key: KeyType::InetService,
+        verdict_map: true,
+        interval: true,
+        comment: None,
+        elements: entries
+            .iter()
+            .map(|o| Element {
+                key: Key::Ports(o.first, o.last),
+                verdict: Some(Verdict::Goto(o.rule.clone())),
+            })
+            .collect(),
+    })
+}
+
+/// Every local pod: isolated ones jump to their chain, the others are accepted here (the other
+/// direction's chain still runs), so that only unknown interfaces fall through.
+fn dispatch_map(ir: &Ir, d: Direction) -> Set {
+    Set {
+        name: dispatch_map_name(d),
+        key: KeyType::Ifname,
+        verdict_map: true,
+        interval: false,
+        comment: None,
+        elements: ir
+            .endpoints
+            .iter()
+            .map(|ep| Element {
+                key: Key::Ifname(ep.interface.clone()),
+                verdict: Some(match ep.isolation(d).enforced() {
+                    true => Verdict::Jump(ep.chain_name(d)),
+                    false => Verdict::Accept,
+                }),
+            })
+            .collect(),
+    }
+}
+
+// === chains ===
+
+/// The three base chains; with fail-closed, unknown pod interfaces are dropped after dispatch.
+fn base_chains(ir: &Ir) -> Vec<Chain> {
+    let base = |name: &str, hook, priority, iface, d: Direction| {
+        let mut rules = vec![
+            Rule {
+                matches: vec![Match::CtMarkAll(CUT_MARK)],
+                counter: true,
+                action: Action::Verdict(Verdict::Drop),
+                comment: Some(comment(CUT_COMMENT)),
+            },
+            Rule {
+                matches: vec![Match::CtState(CtStates(CtStates::ESTABLISHED | CtStates::RELATED))],
+                counter: false,
+                action: Action::Verdict(Verdict::Accept),
+                comment: None,
+            },
+            Rule {
+                matches: Vec::new(),
+                counter: false,
+                action: Action::Vmap {
+                    key: VmapKey::Ifname(iface),
+                    map: dispatch_map_name(d),
+                },
+                comment: None,
+            },
+        ];
+        if let Some(prefix) = &ir.fail_closed {
+            rules.push(Rule {
+                matches: vec![Match::IfnamePrefix(iface, prefix.clone())],
+                counter: true,
+                action: Action::Verdict(Verdict::Drop),
+                comment: Some(comment(&labels::fail_closed(prefix))),
+            });
+        }
+        Chain {
+            name: name.to_string(),
+            hook: Some(BaseHook { hook, priority }),
+            rules,
+        }
+    };
+    vec![
+        base("forward_egress", Hook::Forward, -1, Iface::In, Direction::Egress),
+        base("forward_ingress", Hook::Forward, 0, Iface::Out, Direction::Ingress),
+        base("input_egress", Hook::Input, -1, Iface::In, Direction::Egress),
+    ]
+}
+
+fn endpoint_chain(ir: &Ir, ep: &Endpoint, d: Direction) -> Chain {
+    let mut rules = Vec::new();
+    // A pod reaching itself through its own address (hairpin) is never blocked.
+    for f in [Family::V4, Family::V6] {
+        let own: Vec<_> = ep.ips.iter().filter(|ip| Family::of(ip) == f).copied().collect();
+        if !own.is_empty() {
+            rules.push(Rule {
+                matches: vec![Match::AddrIn {
+                    family: f,
+                    end: peer_end(d),
+                    addrs: own,
+                }],
+                counter: false,
+                action: Action::Verdict(Verdict::Accept),
+                comment: Some(comment(&format!("{} to itself", ep.pod))),
+            });
+        }
+    }
+    let iso = ep.isolation(d);
+    if let Some(table) = &iso.admin_table {
+        rules.push(Rule::always(
+            false,
+            Verdict::Jump(table.clone()),
+            Some(comment(&labels::tier_jump("Admin", &iso.admin))),
+        ));
+    }
+    if iso.isolated() {
+        for chain in &iso.chains {
+            rules.push(Rule::always(
+                false,
+                Verdict::Jump(chain.clone()),
+                Some(comment(&ir.chains[chain].policy.to_string())),
+            ));
+        }
+        rules.push(Rule::always(
+            true,
+            Verdict::Drop,
+            Some(comment(&labels::endpoint_denied(ep, d))),
+        ));
+    } else if let Some(table) = &iso.baseline_table {
+        rules.push(Rule::always(
+            false,
+            Verdict::Jump(table.clone()),
+            Some(comment(&labels::tier_jump("Baseline", &iso.baseline))),
+        ));
+    }
+    Chain {
+        name: ep.chain_name(d),
+        hook: None,
+        rules,
+    }
+}
+
+/// The port part of a policy rule, one alternative per protocol.
+fn port_matches(m: &PortMatch, f: Family) -> Vec<Option<Match>> {
+    match m {
+        PortMatch::Any => vec![None],
+        PortMatch::Named { set, protocol } => vec![Some(Match::AddrDportInSet {
+            family: f,
+            protocol: *protocol,
+            set: set_name(set, f),
+        })],
+        PortMatch::Ports(ranges) => Protocol::ALL
+            .into_iter()
+            .filter_map(|p| {
+                let rs: Vec<&PortRange> = ranges.iter().filter(|r| r.protocol == p).collect();
+                if rs.is_empty() {
+                    None
+                } else if rs.iter().any(|r| r.is_whole_protocol()) {
+                    Some(Some(Match::L4Proto(p)))
+                } else {
+                    Some(Some(Match::Dport {
+                        protocol: p,
+                        ports: rs.iter().map(|r| (r.first, r.last)).collect(),
+                    }))
+                }
+            })
+            .collect(),
+    }
+}
+
+fn policy_chain(ir: &Ir, name: &str, chain: &PolicyChain) -> Chain {
+    let end = peer_end(chain.direction);
+    let mut rules = Vec::new();
+    for r in &chain.rules {
+        let c = comment(&labels::policy_rule(chain, r));
+        // Families this rule can match: a set restricts them, as does a named port (which is
+        // per family); otherwise one family-agnostic rule covers both.
+        let families: Vec<Option<Family>> = match (&r.peer, &r.ports) {
+            (PeerMatch::Set(s), _) => ir.sets[s].families.iter().map(|f| Some(*f)).collect(),
+            (PeerMatch::Any, PortMatch::Named { .. }) => vec![Some(Family::V4), Some(Family::V6)],
+            (PeerMatch::Any, _) => vec![None],
+        };
+        for f in families {
+            let peer = match (&r.peer, f) {
+                (PeerMatch::Set(s), Some(f)) => Some(Match::AddrInSet {
+                    family: f,
+                    end,
+                    set: set_name(s, f),
+                }),
+                _ => None,
+            };
+            for ports in port_matches(&r.ports, f.unwrap_or(Family::V4)) {
+                rules.push(Rule {
+                    matches: peer.iter().cloned().chain(ports).collect(),
+                    counter: true,
+                    action: Action::Verdict(Verdict::Accept),
+                    comment: Some(c.clone()),
+                });
+            }
+        }
+    }
+    Chain {
+        name: name.to_string(),
+        hook: None,
+        rules,
+    }
+}
+
+/// A tier table's chain: the peer address's verdict, per family with entries.
+fn table_chain(name: &str, table: &TierTable) -> Chain {
+    let rules = [Family::V4, Family::V6]
+        .into_iter()
+        .filter(|f| !table.entries(*f).is_empty())
+        .map(|f| Rule {
+            matches: Vec::new(),
+            counter: false,
+            action: Action::Vmap {
+                key: VmapKey::Addr(f, peer_end(table.direction)),
+                map: table_map_name(name, f),
+            },
+            comment: None,
+        })
+        .collect();
+    Chain {
+        name: name.to_string(),
+        hook: None,
+        rules,
+    }
+}
+
+/// A port class: each protocol's map; other protocols go to the rule without ports, if any,
+/// after TCP, UDP and SCTP packets no port entry matched have returned.
+fn class_chain(name: &str, class: &PortClass) -> Chain {
+    let mut rules: Vec<Rule> = Protocol::ALL
+        .into_iter()
+        .filter(|p| !class.protocol(*p).is_empty())
+        .map(|p| Rule {
+            matches: Vec::new(),
+            counter: false,
+            action: Action::Vmap {
+                key: VmapKey::Dport(p),
+                map: class_map_name(name, p),
+            },
+            comment: None,
+        })
+        .collect();
+    if let Some(other) = &class.other {
+        for p in Protocol::ALL {
+            rules.push(Rule {
+                matches: vec![Match::L4Proto(p)],
+                counter: false,
+                action: Action::Verdict(Verdict::Return),
+                comment: None,
+            });
+        }
+        rules.push(Rule::always(false, Verdict::Goto(other.clone()), None));
+    }
+    Chain {
+        name: name.to_string(),
+        hook: None,
+        rules,
+    }
+}
+
+/// An admin rule's counter chain: its action.
+fn admin_rule_chain(name: &str, rule: &AdminRuleIr) -> Chain {
+    let verdict = match rule.action {
+        AdminAction::Accept => Verdict::Accept,
+        AdminAction::Deny => Verdict::Drop,
+        AdminAction::Pass => Verdict::Return,
+    };
+    Chain {
+        name: name.to_string(),
+        hook: None,
+        rules: vec![Rule::always(true, verdict, Some(comment(&labels::admin_rule(rule))))],
+    }
+}

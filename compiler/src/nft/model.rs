@@ -1,0 +1,255 @@
+//! The nftables object model: what `table inet policyc` holds, as nft's statements name it.
+//!
+//! Pure data. [`super::lower`] builds it from the IR and decides every name, order, comment and
+//! verdict; [`super::print`] writes it as `nft -f` text; the agent's netlink writer
+//! (`policyc-dataplane`) encodes the very same objects as nf_tables expressions, and compares two
+//! models to update the kernel in place. Nothing below the model decides layout.
+
+use std::net::IpAddr;
+
+use crate::cidr::{Family, IpRange};
+use crate::model::Protocol;
+
+/// `table inet policyc { ... }`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Table {
+    /// One line saying what the ruleset is for (printed as a `#` comment above the table).
+    pub summary: String,
+    /// Named sets and maps, in declaration order.
+    pub sets: Vec<Set>,
+    /// Chains in declaration order, each with its rules.
+    pub chains: Vec<Chain>,
+}
+
+/// A named set or map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Set {
+    pub name: String,
+    pub key: KeyType,
+    /// A verdict map (`type KEY : verdict`): every element carries a verdict.
+    pub verdict_map: bool,
+    /// `flags interval`: elements are ranges that must not overlap.
+    pub interval: bool,
+    /// Final text (already cut to what both nft and libnftnl accept, see [`super::MAX_COMMENT`]).
+    pub comment: Option<String>,
+    /// In the order the set's members sort (address and named-port sets, tier maps) or the
+    /// order of what they stand for (dispatch maps: endpoints).
+    pub elements: Vec<Element>,
+}
+
+/// The type of a set's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    /// `ipv4_addr` / `ipv6_addr`
+    Addr(Family),
+    /// `inet_service`: a transport port.
+    InetService,
+    /// `ifname`
+    Ifname,
+    /// `ipv4_addr . inet_service` / `ipv6_addr . inet_service`
+    AddrService(Family),
+}
+
+/// One set or map element.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Element {
+    pub key: Key,
+    /// The verdict of a verdict map's element; `None` in a set.
+    pub verdict: Option<Verdict>,
+}
+
+/// An element's key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    /// An address or, in an interval set or map, a range of addresses. In a set without
+    /// intervals a range stands for each of its addresses (adjacent pod addresses merged).
+    Addr(IpRange),
+    /// `address . port`
+    AddrPort(IpAddr, u16),
+    /// An interface name.
+    Ifname(String),
+    /// A port or an inclusive range of ports.
+    Ports(u16, u16),
+}
+
+/// A chain and its rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    /// A base chain's hook; `None` for a regular chain.
+    pub hook: Option<BaseHook>,
+    pub rules: Vec<Rule>,
+}
+
+/// `type filter hook HOOK priority filter + OFFSET; policy accept;`
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaseHook {
+    pub hook: Hook,
+    /// Priority relative to `filter` (0).
+    pub priority: i32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Forward,
+    Input,
+}
+
+/// One rule: every match must hold, then the counter counts and the verdict applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub matches: Vec<Match>,
+    pub counter: bool,
+    pub action: Action,
+    /// Final text, like [`Set::comment`].
+    pub comment: Option<String>,
+}
+
+/// Which end of a packet an address match looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum End {
+    Source,
+    Destination,
+}
+
+/// Which interface an interface match looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Iface {
+    /// `iifname`
+    In,
+    /// `oifname`
+    Out,
+}
+
+/// `ct state` bits (`NF_CT_STATE_BIT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtStates(pub u32);
+
+impl CtStates {
+    pub const INVALID: u32 = 1;
+    pub const ESTABLISHED: u32 = 2;
+    pub const RELATED: u32 = 4;
+    pub const NEW: u32 = 8;
+    /// In the order nft prints them.
+    pub const NAMES: [(u32, &'static str); 4] = [
+        (Self::INVALID, "invalid"),
+        (Self::ESTABLISHED, "established"),
+        (Self::RELATED, "related"),
+        (Self::NEW, "new"),
+    ];
+}
+
+/// A match statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Match {
+    /// `ct mark & BITS == BITS`
+    CtMarkAll(u32),
+    /// `ct state established,related`: any of the bits.
+    CtState(CtStates),
+    /// `iifname "cali*"`: the interface name starts with the prefix.
+    IfnamePrefix(Iface, String),
+    /// `ip saddr @set_v4`, `ip6 daddr @set_v6`
+    AddrInSet { family: Family, end: End, set: String },
+    /// `ip saddr 10.0.0.1` or `ip saddr { 10.0.0.1, 10.0.0.2 }`
+    AddrIn {
+        family: Family,
+        end: End,
+        addrs: Vec<IpAddr>,
+    },
+    /// `meta l4proto tcp`
+    L4Proto(Protocol),
+    /// `tcp dport 80`, `tcp dport 80-90`, `tcp dport { 80, 443 }`: inclusive ranges, sorted.
+    Dport { protocol: Protocol, ports: Vec<(u16, u16)> },
+    /// `ip daddr . tcp dport @set_v4`
+    AddrDportInSet {
+        family: Family,
+        protocol: Protocol,
+        set: String,
+    },
+}
+
+/// What a rule does when it matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Verdict(Verdict),
+    /// `KEY vmap @MAP`: the map's verdict for the key; nothing when the key is not in it.
+    Vmap {
+        key: VmapKey,
+        map: String,
+    },
+}
+
+/// The key a verdict-map lookup takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmapKey {
+    Ifname(Iface),
+    Addr(Family, End),
+    Dport(Protocol),
+}
+
+/// A verdict, of a rule or of a verdict map's element.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Return,
+    Jump(String),
+    Goto(String),
+}
+
+// === impl ===
+
+impl Table {
+    pub fn rule_count(&self) -> usize {
+        self.chains.iter().map(|c| c.rules.len()).sum()
+    }
+
+    pub fn element_count(&self) -> usize {
+        self.sets.iter().map(|s| s.elements.len()).sum()
+    }
+
+    pub fn set(&self, name: &str) -> Option<&Set> {
+        self.sets.iter().find(|s| s.name == name)
+    }
+
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.chains.iter().find(|c| c.name == name)
+    }
+}
+
+impl Set {
+    /// Whether the two differ in nothing but their elements.
+    pub fn same_but_elements(&self, other: &Set) -> bool {
+        let Set {
+            name,
+            key,
+            verdict_map,
+            interval,
+            comment,
+            elements: _,
+        } = self;
+        *name == other.name
+            && *key == other.key
+            && *verdict_map == other.verdict_map
+            && *interval == other.interval
+            && *comment == other.comment
+    }
+}
+
+impl Rule {
+    /// A rule without matches.
+    pub fn always(counter: bool, verdict: Verdict, comment: Option<String>) -> Rule {
+        Rule {
+            matches: Vec::new(),
+            counter,
+            action: Action::Verdict(verdict),
+            comment,
+        }
+    }
+}
+
+impl Element {
+    pub fn key(key: Key) -> Element {
+        Element { key, verdict: None }
+    }
+}

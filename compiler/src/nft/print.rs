@@ -1,0 +1,217 @@
+//! The `nft -f` text of a [`Table`]: a printer, nothing more. It writes what the model holds,
+//! in the model's order, in the syntax `nft list` uses.
+
+use std::fmt::Write as _;
+
+use crate::cidr::Family;
+use crate::model::Protocol;
+
+use super::model::*;
+use super::TABLE;
+
+/// The script that creates the table or, with `replace`, atomically replaces it: it first adds
+/// an empty table and deletes it, so that loading it with `nft -f` swaps the whole table in one
+/// transaction whether or not it existed.
+pub fn print(table: &Table, replace: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# {}", table.summary);
+    if replace {
+        let _ = writeln!(out, "table inet {TABLE}\ndelete table inet {TABLE}");
+    }
+    let _ = writeln!(out, "table inet {TABLE} {{");
+    for set in &table.sets {
+        print_set(&mut out, set);
+    }
+    for chain in &table.chains {
+        print_chain(&mut out, chain);
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// `"text"`: comments in the model are already sanitized.
+fn quoted(s: &str) -> String {
+    format!("\"{s}\"")
+}
+
+fn addr_type(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
+    }
+}
+
+fn ip_kw(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
+fn l4(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+fn addr_field(end: End) -> &'static str {
+    match end {
+        End::Source => "saddr",
+        End::Destination => "daddr",
+    }
+}
+
+fn iface_kw(i: Iface) -> &'static str {
+    match i {
+        Iface::In => "iifname",
+        Iface::Out => "oifname",
+    }
+}
+
+fn key_type(k: KeyType) -> String {
+    match k {
+        KeyType::Addr(f) => addr_type(f).to_string(),
+        KeyType::InetService => "inet_service".to_string(),
+        KeyType::Ifname => "ifname".to_string(),
+        KeyType::AddrService(f) => format!("{} . inet_service", addr_type(f)),
+    }
+}
+
+fn ports(first: u16, last: u16) -> String {
+    if first == last {
+        first.to_string()
+    } else {
+        format!("{first}-{last}")
+    }
+}
+
+fn print_set(out: &mut String, set: &Set) {
+    let kind = if set.verdict_map { "map" } else { "set" };
+    let _ = writeln!(out, "\t{kind} {} {{", set.name);
+    if set.verdict_map {
+        let _ = writeln!(out, "\t\ttype {} : verdict", key_type(set.key));
+    } else {
+        let _ = writeln!(out, "\t\ttype {}", key_type(set.key));
+    }
+    if set.interval {
+        out.push_str("\t\tflags interval\n");
+    }
+    if let Some(c) = &set.comment {
+        let _ = writeln!(out, "\t\tcomment {}", quoted(c));
+    }
+    if !set.elements.is_empty() {
+        out.push_str("\t\telements = { ");
+        for (i, e) in set.elements.iter().enumerate() {
+            if i > 0 {
+                // Maps: one element a line; sets: eight, to keep large sets readable.
+                out.push_str(if set.verdict_map || i % 8 == 0 {
+                    ",\n\t\t\t     "
+                } else {
+                    ", "
+                });
+            }
+            print_element(out, e);
+        }
+        out.push_str(" }\n");
+    }
+    out.push_str("\t}\n");
+}
+
+fn print_element(out: &mut String, e: &Element) {
+    match &e.key {
+        Key::Addr(r) => {
+            let _ = write!(out, "{r}");
+        }
+        Key::AddrPort(ip, port) => {
+            let _ = write!(out, "{ip} . {port}");
+        }
+        Key::Ifname(name) => out.push_str(&quoted(name)),
+        Key::Ports(first, last) => out.push_str(&ports(*first, *last)),
+    }
+    if let Some(v) = &e.verdict {
+        let _ = write!(out, " : {}", verdict(v));
+    }
+}
+
+fn verdict(v: &Verdict) -> String {
+    match v {
+        Verdict::Accept => "accept".into(),
+        Verdict::Drop => "drop".into(),
+        Verdict::Return => "return".into(),
+        Verdict::Jump(c) => format!("jump {c}"),
+        Verdict::Goto(c) => format!("goto {c}"),
+    }
+}
+
+fn print_chain(out: &mut String, chain: &Chain) {
+    let _ = writeln!(out, "\tchain {} {{", chain.name);
+    if let Some(base) = chain.hook {
+        let hook = match base.hook {
+            Hook::Forward => "forward",
+            Hook::Input => "input",
+        };
+        let priority = match base.priority {
+            0 => "filter".to_string(),
+            p if p < 0 => format!("filter - {}", -p),
+            p => format!("filter + {p}"),
+        };
+        let _ = writeln!(out, "\t\ttype filter hook {hook} priority {priority}; policy accept;");
+    }
+    for rule in &chain.rules {
+        let mut words: Vec<String> = rule.matches.iter().map(match_text).collect();
+        if rule.counter {
+            words.push("counter".into());
+        }
+        words.push(match &rule.action {
+            Action::Verdict(v) => verdict(v),
+            Action::Vmap { key, map } => format!("{} vmap @{map}", vmap_key(*key)),
+        });
+        if let Some(c) = &rule.comment {
+            words.push(format!("comment {}", quoted(c)));
+        }
+        let _ = writeln!(out, "\t\t{}", words.join(" "));
+    }
+    out.push_str("\t}\n");
+}
+
+fn vmap_key(k: VmapKey) -> String {
+    match k {
+        VmapKey::Ifname(i) => iface_kw(i).to_string(),
+        VmapKey::Addr(f, end) => format!("{} {}", ip_kw(f), addr_field(end)),
+        VmapKey::Dport(p) => format!("{} dport", l4(p)),
+    }
+}
+
+fn match_text(m: &Match) -> String {
+    match m {
+        Match::CtMarkAll(bits) => format!("ct mark & {bits:#010x} == {bits:#010x}"),
+        Match::CtState(CtStates(bits)) => {
+            let names: Vec<&str> = CtStates::NAMES
+                .iter()
+                .filter(|(b, _)| bits & b != 0)
+                .map(|(_, n)| *n)
+                .collect();
+            format!("ct state {}", names.join(","))
+        }
+        Match::IfnamePrefix(i, prefix) => format!("{} {}", iface_kw(*i), quoted(&format!("{prefix}*"))),
+        Match::AddrInSet { family, end, set } => format!("{} {} @{set}", ip_kw(*family), addr_field(*end)),
+        Match::AddrIn { family, end, addrs } => {
+            // Always as a set (nft loads a one-element set as a comparison).
+            let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            format!("{} {} {{ {} }}", ip_kw(*family), addr_field(*end), list.join(", "))
+        }
+        Match::L4Proto(p) => format!("meta l4proto {}", l4(*p)),
+        Match::Dport { protocol, ports: list } => {
+            let items: Vec<String> = list.iter().map(|(a, b)| ports(*a, *b)).collect();
+            match items.as_slice() {
+                [one] => format!("{} dport {one}", l4(*protocol)),
+                many => format!("{} dport {{ {} }}", l4(*protocol), many.join(", ")),
+            }
+        }
+        Match::AddrDportInSet { family, protocol, set } => {
+            format!("{} daddr . {} dport @{set}", ip_kw(*family), l4(*protocol))
+        }
+    }
+}
