@@ -48,7 +48,7 @@ async fn snapshot(client: &Client) -> Result<Snapshot> {
     }
     // The admin policy kinds, where their CRDs are installed.
     for kind in Kind::ADMIN {
-        let resource = policyc_controller::agent::dynamic_resource(kind);
+        let resource = policyc_crds::api_resource(kind.api_version(), kind.as_str(), kind.plural());
         match Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource)
             .list(&lp)
             .await

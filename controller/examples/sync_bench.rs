@@ -26,8 +26,8 @@ use nix::time::{clock_gettime, ClockId};
 use policyc_compiler::load::Kind;
 use policyc_compiler::synth::{self, Shape};
 use policyc_compiler::{CompileOptions, Ir};
-use policyc_controller::dataplane::{ApplyStats, Dataplane, NetlinkWriter};
 use policyc_controller::index::{Index, WATCHED};
+use policyc_dataplane::{ApplyStats, Dataplane, NetlinkWriter};
 use serde_json::{json, Value};
 
 const NODE: &str = "node-7";

@@ -32,10 +32,10 @@ use policyc_compiler::load::Kind;
 use policyc_compiler::{CompileOptions, Ir};
 use tokio::sync::watch;
 
-use crate::dataplane::{Dataplane, IptablesRestore, NetlinkWriter};
 use crate::index::Index;
 use crate::metrics::{ApplyLabels, ErrorKind, Metrics};
 use crate::status::StatusWriter;
+use policyc_dataplane::{Dataplane, IptablesRestore, NetlinkWriter};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -132,9 +132,7 @@ async fn served_admin_kinds(client: &Client) -> Result<Vec<Kind>, kube::Error> {
 
 /// The API resource of a kind that k8s-openapi has no type for (the admin policy kinds).
 pub fn dynamic_resource(kind: Kind) -> kube::api::ApiResource {
-    let (group, version) = kind.api_version().split_once('/').unwrap_or(("", kind.api_version()));
-    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind.as_str());
-    kube::api::ApiResource::from_gvk_with_plural(&gvk, kind.plural())
+    policyc_crds::api_resource(kind.api_version(), kind.as_str(), kind.plural())
 }
 
 /// Watches the admin policy kinds the API server serves. The first answer decides which kinds the
@@ -218,7 +216,7 @@ where
 /// What was last applied.
 struct Applied {
     ir: Ir,
-    /// [`crate::status::ruleset_hash`] of `ir`.
+    /// [`Ir::ruleset_hash`] of `ir`.
     hash: String,
 }
 
@@ -259,7 +257,7 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
         };
         let compile_time = started.elapsed();
         let m = &shared.metrics;
-        let hash = crate::status::ruleset_hash(&ir);
+        let hash = ir.ruleset_hash();
         let stats = ir.stats();
         m.policies.set(policy_count as i64);
         m.invalid_objects.set(invalid.len() as i64);
@@ -348,7 +346,8 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
 /// runtime thread: it runs the `conntrack` tool).
 async fn cut_conntrack(ir: Ir, netns: Option<PathBuf>, m: &Metrics) {
     let t = Instant::now();
-    let result = tokio::task::spawn_blocking(move || crate::conntrack::cut_denied(&ir, netns.as_deref())).await;
+    let result =
+        tokio::task::spawn_blocking(move || policyc_dataplane::conntrack::cut_denied(&ir, netns.as_deref())).await;
     m.conntrack_duration.observe(t.elapsed().as_secs_f64());
     match result {
         Ok(Ok(cut)) => {

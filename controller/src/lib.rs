@@ -2,15 +2,13 @@
 //! say, on one node.
 //!
 //! ```text
-//!  kube watchers ─► index ─► agent (debounce, compile, apply) ─► dataplane (nftnl, one batch)
-//!                                   ├─► conntrack (cut flows now denied)
+//!  kube watchers ─► index ─► agent (debounce, compile, apply) ─► policyc_dataplane (nftnl, one batch)
+//!                                   ├─► policyc_dataplane::conntrack (cut flows now denied)
 //!                                   ├─► status (NodePolicyStatus)
 //!                                   └─► metrics + health (HTTP)
 //! ```
 
 pub mod agent;
-pub mod conntrack;
-pub mod dataplane;
 pub mod http;
 pub mod index;
 pub mod metrics;

@@ -10,13 +10,6 @@ use crate::index::InvalidObject;
 
 const MANAGER: &str = "policyc-agent";
 
-/// What `status.rulesetHash` reports: [`Ir::ruleset_hash`], the SHA-256 (hex) of everything
-/// of the IR that reaches the kernel. Anyone who compiles the same cluster for the node can tell
-/// whether the node's kernel holds it; the agent skips a sync whose hash is the one it applied.
-pub fn ruleset_hash(ir: &Ir) -> String {
-    ir.ruleset_hash()
-}
-
 /// Writes one node's status object with server-side apply, only when its content changes (plus a
 /// heartbeat of `lastSyncTime` at most once a minute).
 #[derive(Debug)]
@@ -46,7 +39,9 @@ impl StatusWriter {
         }
     }
 
-    /// The status for an applied IR; `hash` is its [`ruleset_hash`].
+    /// The status for an applied IR; `hash` is its [`Ir::ruleset_hash`]: the SHA-256 (hex) of
+    /// everything of the IR that reaches the kernel. Anyone who compiles the same cluster for the
+    /// node can tell whether the node's kernel holds it.
     pub fn status(ir: &Ir, hash: &str, invalid: &[InvalidObject], apply_error: Option<&str>) -> NodePolicyStatusStatus {
         let policies: Vec<EnforcedPolicy> = ir
             .policies

@@ -182,6 +182,15 @@ pub fn with_values_table(readme: &str, table: &str) -> Option<String> {
     Some(format!("{}{}{}", &readme[..start], table, &readme[end..]))
 }
 
+/// The API resource of a kind read as dynamic objects (the admin policy kinds, whose CRDs a
+/// cluster may lack), e.g. `("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy",
+/// "clusternetworkpolicies")`.
+pub fn api_resource(api_version: &str, kind: &str, plural: &str) -> kube::core::ApiResource {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
+    kube::core::ApiResource::from_gvk_with_plural(&gvk, plural)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,7 @@
-//! The dataplane writer: programs the kernel's `table inet policyc` for an [`Ir`].
+//! policyc's kernel side: programs the kernel's `table inet policyc` for an [`Ir`], loads the
+//! iptables rendering instead when asked, and cuts the conntrack entries of flows a change denies.
+//! No Kubernetes dependency: the agent (`policyc-controller`) drives it, and so can anything that
+//! has an [`Ir`].
 //!
 //! ```text
 //!  Ir ──plan──► Ruleset (objects in nft's creation order) ──nl──► one netlink batch ──socket──► kernel
@@ -8,7 +11,8 @@
 //!
 //! [`NetlinkWriter`] talks to nf_tables directly (libnftnl through the `nftnl` crate), without
 //! running `nft`. Its result is the ruleset that loading
-//! `policyc_compiler::render::nft::render(&ir, true)` with `nft -f` gives: same table, sets,
+//! `policyc_compiler::render::nft::render(&ir, true)` with `nft -f` gives, because both spell out
+//! the same model (`policyc_compiler::nft::lower`): same table, sets,
 //! maps, chains, hooks, priorities, rules, expressions, counters, comments, set userdata and
 //! element order, so `nft list table inet policyc` prints the same text either way.
 //!
@@ -40,6 +44,7 @@
 //! contract and every unsafe block carries a `SAFETY` comment. Everything else here is safe Rust:
 //! the socket goes through `nix`, and answers are parsed from bytes.
 
+pub mod conntrack;
 mod iptables;
 mod nl;
 mod plan;
@@ -52,6 +57,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use policyc_compiler::Ir;
+
+use policyc_compiler::nft::{lower, Table};
 
 use self::plan::{Committed, InPlace, Ruleset};
 use self::socket::NlSocket;
@@ -211,8 +218,8 @@ impl NetlinkWriter {
         Ok(t.elapsed())
     }
 
-    /// Replaces the table with `rs`, the plan of `ir`, planned since `started`.
-    fn replace_with(&mut self, ir: &Ir, rs: Ruleset, started: Instant) -> Result<ApplyStats, DataplaneError> {
+    /// Replaces the table with `rs`, the encoding of `table`, planned since `started`.
+    fn replace_with(&mut self, table: Table, rs: Ruleset, started: Instant) -> Result<ApplyStats, DataplaneError> {
         self.committed = None;
         let enc = nl::encode_replace(&rs)?;
         let plan_time = started.elapsed();
@@ -233,7 +240,7 @@ impl NetlinkWriter {
             plan_time,
             kernel_time,
         };
-        self.committed = Some(Committed::new(ir, rs));
+        self.committed = Some(Committed { table, plan: rs });
         Ok(stats)
     }
 
@@ -242,7 +249,7 @@ impl NetlinkWriter {
     fn update_with(
         &mut self,
         old: &Ruleset,
-        new_ir: &Ir,
+        new_table: Table,
         new: Ruleset,
         started: Instant,
     ) -> Result<Option<ApplyStats>, DataplaneError> {
@@ -251,7 +258,10 @@ impl NetlinkWriter {
             return Ok(None);
         };
         let stats = self.send_in_place(&new, &change, started)?;
-        self.committed = Some(Committed::new(new_ir, new));
+        self.committed = Some(Committed {
+            table: new_table,
+            plan: new,
+        });
         Ok(Some(stats))
     }
 
@@ -289,13 +299,17 @@ impl NetlinkWriter {
 impl Dataplane for NetlinkWriter {
     fn replace(&mut self, ir: &Ir) -> Result<ApplyStats, DataplaneError> {
         let started = Instant::now();
-        self.replace_with(ir, Ruleset::from_ir(ir)?, started)
+        let table = lower(ir);
+        let rs = Ruleset::from_table(&table)?;
+        self.replace_with(table, rs, started)
     }
 
     fn update_elements(&mut self, old: &Ir, new: &Ir) -> Result<Option<ApplyStats>, DataplaneError> {
         let started = Instant::now();
-        let (old, plan) = (Ruleset::from_ir(old)?, Ruleset::from_ir(new)?);
-        self.update_with(&old, new, plan, started)
+        let old = Ruleset::from_table(&lower(old))?;
+        let table = lower(new);
+        let plan = Ruleset::from_table(&table)?;
+        self.update_with(&old, table, plan, started)
     }
 
     fn remove(&mut self) -> Result<(), DataplaneError> {
@@ -303,7 +317,7 @@ impl Dataplane for NetlinkWriter {
         self.send(&nl::encode_remove()).map(drop)
     }
 
-    /// Lowers `new` once and compares it with the plan this writer last committed (`current`
+    /// Lowers `new` once and compares its model with the one this writer last committed (`current`
     /// is lowered only when the writer has none, e.g. a new writer for a kernel programmed
     /// before; `None` means the kernel's state is unknown and forces a replace). When the
     /// table keeps its chains and sets, only what differs is sent: set elements, and the rules
@@ -311,23 +325,28 @@ impl Dataplane for NetlinkWriter {
     /// `nft list` then prints what a replace would have given.
     fn apply(&mut self, current: Option<&Ir>, new: &Ir) -> Result<ApplyStats, DataplaneError> {
         let started = Instant::now();
+        let new_table = lower(new);
         let old = match (current, self.committed.take()) {
             (None, _) => None,
             (Some(_), Some(committed)) => Some(committed),
-            (Some(ir), None) => Ruleset::from_ir(ir).ok().map(|plan| Committed::new(ir, plan)),
+            (Some(ir), None) => {
+                let table = lower(ir);
+                Ruleset::from_table(&table).ok().map(|plan| Committed { table, plan })
+            }
         };
         let Some(old) = old else {
-            return self.replace_with(new, Ruleset::from_ir(new)?, started);
+            let rs = Ruleset::from_table(&new_table)?;
+            return self.replace_with(new_table, rs, started);
         };
-        let (plan, change) = plan::replan(old, new)?;
+        let (plan, change) = plan::replan(old, &new_table)?;
         if let Some(change) = change {
             // A rejected batch (the kernel did not hold `old` after all) changes nothing: fall
             // back to a replace.
             if let Ok(stats) = self.send_in_place(&plan, &change, started) {
-                self.committed = Some(Committed::new(new, plan));
+                self.committed = Some(Committed { table: new_table, plan });
                 return Ok(stats);
             }
         }
-        self.replace_with(new, plan, started)
+        self.replace_with(new_table, plan, started)
     }
 }

@@ -35,8 +35,7 @@ use nftnl::nftnl_sys::{self as sys, libc};
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, NlMsg, Policy, ProtoFamily, Rule, Table};
 
 use super::plan::{
-    self, BaseHook, ChainSpec, CmpOp, Elem, Expr, InPlace, MetaKey, PayloadBase, Ruleset, SetDelta, SetRef, SetSpec,
-    Verdict,
+    self, ChainSpec, CmpOp, Elem, Expr, InPlace, MetaKey, PayloadBase, Ruleset, SetDelta, SetRef, SetSpec, Verdict,
 };
 use super::DataplaneError;
 
@@ -125,8 +124,8 @@ pub(crate) fn encode_replace(rs: &Ruleset) -> Result<Encoded, DataplaneError> {
         let mut c = Chain::new(cstring(&spec.name)?, &t);
         if let Some(base) = spec.base {
             let hook = match base.hook {
-                BaseHook::Forward => Hook::Forward,
-                BaseHook::Input => Hook::In,
+                plan::Hook::Forward => Hook::Forward,
+                plan::Hook::Input => Hook::In,
             };
             c.set_hook(hook, base.priority);
             c.set_type(ChainType::Filter);
@@ -330,8 +329,8 @@ impl NlSet {
         };
         u32_attr(sys::NFTNL_SET_ID, id);
         u32_attr(sys::NFTNL_SET_FLAGS, spec.flags);
-        u32_attr(sys::NFTNL_SET_KEY_TYPE, spec.key.type_id());
-        u32_attr(sys::NFTNL_SET_KEY_LEN, spec.key.len());
+        u32_attr(sys::NFTNL_SET_KEY_TYPE, plan::type_id(spec.key));
+        u32_attr(sys::NFTNL_SET_KEY_LEN, plan::key_len(spec.key));
         if spec.verdict_map {
             u32_attr(sys::NFTNL_SET_DATA_TYPE, plan::NFT_DATA_VERDICT);
             u32_attr(sys::NFTNL_SET_DATA_LEN, 0);

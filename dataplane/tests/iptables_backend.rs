@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use policyc_compiler::{compile, CompileOptions, Ir, Loader};
-use policyc_controller::dataplane::{Dataplane, IptablesRestore};
+use policyc_dataplane::{Dataplane, IptablesRestore};
 
 struct Netns(String);
 

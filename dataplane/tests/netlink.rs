@@ -27,7 +27,7 @@ use policyc_compiler::ir::{compile, CompileOptions, Ir};
 use policyc_compiler::render::nft::render;
 use policyc_compiler::synth::{add_admin_policies, cluster, Shape};
 use policyc_compiler::{Loader, Severity};
-use policyc_controller::dataplane::{ApplyStats, Dataplane, DataplaneError, NetlinkWriter};
+use policyc_dataplane::{ApplyStats, Dataplane, DataplaneError, NetlinkWriter};
 
 // === environment ===
 

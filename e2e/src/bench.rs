@@ -13,7 +13,7 @@
 //! rule for its own port and the last (highest priority number) accepting the benchmark's ports:
 //! the nft ruleset decides by lookups in the tier tables, the iptables one walks the rules.
 //!
-//! Each runs with no ruleset at all, then with the nft ruleset (loaded over netlink) and the
+//! Each runs with no ruleset at all, then with the nft ruleset (loaded with `nft -f`) and the
 //! iptables rendering (ipset + iptables-restore) for every policy count; figures are reported as
 //! ratios to the no-ruleset run, each the median of several runs (2-core machines are noisy).
 
@@ -77,8 +77,6 @@ pub struct BenchResult {
     pub rows: Vec<BenchRow>,
     /// Configurations that could not be measured, and why.
     pub skipped: Vec<String>,
-    /// How configurations were loaded when not as intended.
-    pub notes: Vec<String>,
 }
 
 const SERVER_IP: &str = "10.244.1.10";
@@ -342,7 +340,6 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(String)) -> Result<Benc
     let mut configs: Vec<(&str, usize)> = vec![("none", 0)];
     configs.extend(opts.policy_counts.iter().map(|n| ("nft", *n)));
     let mut skipped = Vec::new();
-    let mut notes = Vec::new();
     if opts.iptables {
         let missing: Vec<&str> = ["ipset", "iptables-restore", "ip6tables-restore"]
             .into_iter()
@@ -361,16 +358,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(String)) -> Result<Benc
         match backend {
             "none" => lab.clear_rules()?,
             "iptables" => lab.load_iptables()?,
-            _ => {
-                if let Err(e) = lab.reload() {
-                    // Still measure the ruleset, and say why it did not go over netlink.
-                    notes.push(format!(
-                        "nft, {n} policies: netlink writer failed ({e}); loaded with nft -f"
-                    ));
-                    progress(notes.last().cloned().unwrap_or_default());
-                    lab.reload_with_nft_cli()?;
-                }
-            }
+            _ => lab.reload()?,
         }
         // Whatever the rules, the pair must still reach each other.
         let check = lab.probe_cell(&client, &server, policyc_compiler::Protocol::Tcp, CONNECT_PORT)?;
@@ -411,7 +399,6 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(String)) -> Result<Benc
         repeat: opts.repeat.max(1),
         rows,
         skipped,
-        notes,
     })
 }
 
@@ -444,9 +431,6 @@ impl BenchResult {
         }
         for s in &self.skipped {
             let _ = writeln!(out, "skipped: {s}");
-        }
-        for s in &self.notes {
-            let _ = writeln!(out, "note: {s}");
         }
         out
     }

@@ -10,7 +10,7 @@
 //!          │ netlink, conntrack           │
 //!   <run>-node-1: table inet policyc     <run>-node-2 …                        (the Lab's namespaces)
 //!          └─► NodePolicyStatus node-1 (rulesetHash) ◄── wait_synced: equal to
-//!                                                        ruleset_hash(compile(snapshot, node))
+//!                                                        compile(snapshot, node).ruleset_hash()
 //! ```
 //!
 //! Objects are registered as a cluster sees them: a new pod is created Pending, its interface
@@ -468,7 +468,7 @@ impl ClusterLab {
                     interface_prefix: self.opts.lab.interface_prefix.clone(),
                     fail_closed: true,
                 });
-                (node.clone(), policyc_controller::status::ruleset_hash(&ir))
+                (node.clone(), ir.ruleset_hash())
             })
             .collect()
     }

@@ -10,7 +10,7 @@
 //!                                       neigh <M VTEP address> lladdr <M VTEP MAC> permanent
 //!                                       fdb   <M VTEP MAC> dst <M node IP>
 //!                   cali…      host side of each local pod's veth, proxy_arp, route <pod IP>/32
-//!                   table inet policyc  (compile(node) loaded over netlink, atomically)
+//!                   table inet policyc  (compile(node) loaded with `nft -f`, atomically)
 //!  <run>-pod-NS.P   eth0 (pod IPs /32 and /128, MTU 1450), default via 169.254.1.1 / fe80::ecee:eeff:feee:eeee
 //!                   listeners on every container port (one thread per pod)
 //! ```
@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use policyc_compiler::ir::Ir;
+use policyc_compiler::render::nft::TABLE;
 use policyc_compiler::{CompileOptions, Compiler, Matrix, ObjectRef, Protocol, Snapshot};
-use policyc_controller::dataplane::{Dataplane as _, NetlinkWriter};
 use serde::Serialize;
 
 use crate::counters::{Counters, RuleHit};
@@ -532,31 +532,15 @@ impl Lab {
         Ok(())
     }
 
-    /// Compiles the current snapshot for every node and loads each ruleset into its node over
-    /// netlink (one atomic transaction per node), then empties the nodes' connection tracking so
+    /// Compiles the current snapshot for every node and loads each ruleset into its node with
+    /// `nft -f` (one atomic transaction per node), then empties the nodes' connection tracking so
     /// that every later probe is judged by the new rules.
+    ///
+    /// The lab loads the printed text rather than going through the agent's netlink writer, so
+    /// that `policyc probe` and `verify` need no netlink C libraries: the writer is proven equal
+    /// to `nft -f` of the same text in the kernel (`dataplane/tests/netlink.rs`), and the agents'
+    /// tier runs it for real.
     pub fn reload(&mut self) -> Result<(), Error> {
-        let mut compiler = Compiler::new(&self.snapshot);
-        let interface_prefix = self.opts.interface_prefix.clone();
-        for (name, state) in self.nodes.iter_mut() {
-            let ir = compiler.compile(&CompileOptions {
-                node: Some(name.clone()),
-                interface_prefix: interface_prefix.clone(),
-                ..CompileOptions::default()
-            });
-            let path = sys::netns_path(&state.netns);
-            NetlinkWriter::in_netns(&path)
-                .apply(state.applied.as_ref(), &ir)
-                .map_err(|e| Error::new(format!("loading the rules of {name}: {e}")))?;
-            state.applied = Some(ir);
-            conntrack::flush(&path)?;
-        }
-        Ok(())
-    }
-
-    /// Loads every node's ruleset as `nft -f` text (`render::nft::render`) instead of over
-    /// netlink: the same table, through nft's own parser.
-    pub fn reload_with_nft_cli(&mut self) -> Result<(), Error> {
         let mut compiler = Compiler::new(&self.snapshot);
         for (name, state) in self.nodes.iter_mut() {
             let ir = compiler.compile(&CompileOptions {
@@ -565,7 +549,8 @@ impl Lab {
                 ..CompileOptions::default()
             });
             let text = policyc_compiler::render::nft::render(&ir, true);
-            sys::netns_exec_stdin(&state.netns, &["nft", "-f", "-"], &text)?;
+            sys::netns_exec_stdin(&state.netns, &["nft", "-f", "-"], &text)
+                .map_err(|e| Error::new(format!("loading the rules of {name}: {e}")))?;
             state.applied = Some(ir);
             conntrack::flush(&sys::netns_path(&state.netns))?;
         }
@@ -575,12 +560,11 @@ impl Lab {
     /// Removes policyc's table from every node (no rules at all), and empties conntrack.
     pub fn clear_rules(&mut self) -> Result<(), Error> {
         for (name, state) in self.nodes.iter_mut() {
-            let path = sys::netns_path(&state.netns);
-            NetlinkWriter::in_netns(&path)
-                .remove()
+            let script = format!("table inet {TABLE}\ndelete table inet {TABLE}\n");
+            sys::netns_exec_stdin(&state.netns, &["nft", "-f", "-"], &script)
                 .map_err(|e| Error::new(format!("removing the rules of {name}: {e}")))?;
             state.applied = None;
-            conntrack::flush(&path)?;
+            conntrack::flush(&sys::netns_path(&state.netns))?;
         }
         Ok(())
     }

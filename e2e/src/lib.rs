@@ -5,7 +5,7 @@
 //! ```text
 //!  Snapshot ──topo::plan──► Topology ──Lab::new / update──► namespaces, links, routes, listeners
 //!      │                                                     │
-//!      └──compile(node) per node──► NetlinkWriter::in_netns ─┘ (atomic per node)
+//!      └──compile(node) per node──► nft -f in the node ────┘ (atomic per node)
 //!
 //!  Lab::probe_ports ──► ProbeMatrix (real TCP / UDP / SCTP) ──┐
 //!  Matrix::evaluate(cluster IR) ─────────────────────────────├─► verify: cell-by-cell report,

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use nix::sched::{setns, unshare, CloneFlags};
-use policyc_controller::dataplane::{Dataplane as _, NetlinkWriter};
 
 use crate::Error;
 
@@ -47,9 +46,9 @@ pub fn check_environment() -> Result<(), Error> {
     let empty = policyc_compiler::compile(&Default::default(), &Default::default());
     let probe = std::thread::spawn(move || -> Result<(), String> {
         unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("cannot create a network namespace: {e}"))?;
-        NetlinkWriter::new()
-            .replace(&empty)
-            .map(|_| ())
+        let text = policyc_compiler::render::nft::render(&empty, true);
+        run_stdin(&["nft", "-f", "-"], &text)
+            .map(drop)
             .map_err(|e| format!("the kernel has no usable nftables support: {e}"))
     });
     match probe.join() {
@@ -168,26 +167,34 @@ pub fn netns_exec(netns: &str, args: &[&str]) -> Result<String, Error> {
 
 /// Runs a command inside a named network namespace with `input` on its standard input.
 pub fn netns_exec_stdin(netns: &str, args: &[&str], input: &str) -> Result<String, Error> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", netns])
-        .args(args)
+    let mut all = vec!["ip", "netns", "exec", netns];
+    all.extend_from_slice(args);
+    run_stdin(&all, input).map_err(|e| Error::new(format!("{e} (in {netns})")))
+}
+
+/// Runs `args[0]` with the other arguments and `input` on its standard input; its standard
+/// output, or its standard error on failure.
+pub fn run_stdin(args: &[&str], input: &str) -> Result<String, Error> {
+    let (program, rest) = args.split_first().ok_or_else(|| Error::new("no command"))?;
+    let shown = args.join(" ");
+    let mut child = Command::new(program)
+        .args(rest)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::new(format!("cannot run {}: {e}", args.join(" "))))?;
+        .map_err(|e| Error::new(format!("cannot run {shown}: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(input.as_bytes())
-            .map_err(|e| Error::new(format!("writing to {}: {e}", args.join(" "))))?;
+            .map_err(|e| Error::new(format!("writing to {shown}: {e}")))?;
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| Error::new(format!("waiting for {}: {e}", args.join(" "))))?;
+        .map_err(|e| Error::new(format!("waiting for {shown}: {e}")))?;
     if !out.status.success() {
         return Err(Error::new(format!(
-            "{} in {netns}: {}",
-            args.join(" "),
+            "{shown}: {}",
             String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ")
         )));
     }
