@@ -33,7 +33,7 @@ use policyc_compiler::{CompileOptions, Ir};
 use tokio::sync::watch;
 
 use crate::index::Index;
-use crate::metrics::{ApplyLabels, ErrorKind, Metrics};
+use crate::metrics::{ApplyLabels, ConntrackLabels, ErrorKind, Metrics};
 use crate::status::StatusWriter;
 use policyc_dataplane::{Dataplane, IptablesRestore, NetlinkWriter};
 
@@ -233,10 +233,18 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
     };
     let mut applied: Option<Applied> = None;
     let mut retry: Option<Duration> = None;
+    // A cut that left flows it should have cut open (or could not read the table): retried
+    // with its own backoff until it completes, also when nothing else changes.
+    let mut cut_retry: Option<Duration> = None;
+    let mut open_flows = 0;
     let mut status = status;
     loop {
         // A change, a retry after a failure, or a periodic status heartbeat.
-        let wait = retry.unwrap_or(Duration::from_secs(60));
+        let wait = [retry, cut_retry]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(Duration::from_secs(60));
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
@@ -265,6 +273,9 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
         let mut cut = None;
         if let Some(a) = applied.as_mut().filter(|a| a.hash == hash) {
             m.applies.get_or_create(&ApplyLabels { mode: "unchanged" }).inc();
+            if cut_retry.is_some() && cfg.cut_conntrack {
+                cut = Some(ir.clone());
+            }
             // Same rules; policy generations and selection counts (the status) may be new.
             a.ir = ir;
         } else {
@@ -331,10 +342,25 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
             shared.ready.store(true, Ordering::Release);
         }
         if let Some(ir) = cut {
-            cut_conntrack(ir, cfg.netns.clone(), m).await;
+            match cut_conntrack(ir, cfg.netns.clone(), m).await {
+                Some(0) => {
+                    cut_retry = None;
+                    open_flows = 0;
+                }
+                left => {
+                    // Unknown (the table could not be read) counts as one flow left open.
+                    open_flows = left.unwrap_or(1);
+                    let next = cut_retry.map_or(Duration::from_millis(100), |d| (d * 2).min(Duration::from_secs(10)));
+                    tracing::warn!(open_flows, retry_in_ms = ms(next), "conntrack cut incomplete, retrying");
+                    cut_retry = Some(next);
+                }
+            }
         }
         if let (Some(sw), Some(a)) = (status.as_mut(), applied.as_ref()) {
-            if let Err(e) = sw.publish(&a.ir, &a.hash, &invalid, apply_error.as_deref()).await {
+            if let Err(e) = sw
+                .publish(&a.ir, &a.hash, &invalid, apply_error.as_deref(), open_flows)
+                .await
+            {
                 tracing::warn!("writing NodePolicyStatus: {e}");
                 m.error(ErrorKind::Status);
             }
@@ -342,31 +368,55 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
     }
 }
 
-/// Marks the conntrack entries of flows `ir` denies and releases those it allows again (off the
-/// runtime thread: it runs the `conntrack` tool).
-async fn cut_conntrack(ir: Ir, netns: Option<PathBuf>, m: &Metrics) {
+/// Marks the conntrack entries of flows `ir` denies and releases those it allows again, off
+/// the runtime thread (a dump and one netlink request per changed entry). Returns how many
+/// entries that needed a change did not get it (`Some(0)`: the cut is complete), or `None`
+/// when the table could not be read.
+async fn cut_conntrack(ir: Ir, netns: Option<PathBuf>, m: &Metrics) -> Option<usize> {
     let t = Instant::now();
     let result =
         tokio::task::spawn_blocking(move || policyc_dataplane::conntrack::cut_denied(&ir, netns.as_deref())).await;
     m.conntrack_duration.observe(t.elapsed().as_secs_f64());
     match result {
         Ok(Ok(cut)) => {
-            if cut.marked + cut.released > 0 {
+            if cut.marked + cut.released + cut.failed > 0 {
                 tracing::info!(
+                    judged = cut.judged,
                     marked = cut.marked,
                     released = cut.released,
+                    vanished = cut.vanished,
+                    failed = cut.failed,
+                    cut_ms = ms(t.elapsed()),
                     "cut flows no longer allowed"
                 );
             }
             m.conntrack_cut.inc_by(cut.marked as u64);
+            for (result, n) in [
+                ("marked", cut.marked),
+                ("released", cut.released),
+                ("vanished", cut.vanished),
+                ("failed", cut.failed),
+            ] {
+                if n > 0 {
+                    m.conntrack_updates
+                        .get_or_create(&ConntrackLabels { result })
+                        .inc_by(n as u64);
+                }
+            }
+            if cut.failed > 0 {
+                m.error(ErrorKind::Conntrack);
+            }
+            Some(cut.failed)
         }
         Ok(Err(e)) => {
             tracing::warn!("conntrack: {e}");
             m.error(ErrorKind::Conntrack);
+            None
         }
         Err(e) => {
             tracing::warn!("conntrack task: {e}");
             m.error(ErrorKind::Conntrack);
+            None
         }
     }
 }

@@ -37,6 +37,13 @@ pub enum ErrorKind {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConntrackLabels {
+    /// `marked` (a flow the ruleset denies, cut), `released` (allowed again), `vanished` (gone
+    /// before its update) or `failed` (not updated; the cut is retried).
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApplyLabels {
     /// `replace` (whole table), `chains` (changed chains rewritten in place, and set members),
     /// `elements` (set members only) or `unchanged` (nothing sent).
@@ -60,6 +67,7 @@ pub struct Metrics {
     pub invalid_objects: Gauge,
     pub last_sync: Gauge<f64, AtomicU64>,
     pub conntrack_cut: Counter,
+    pub conntrack_updates: Family<ConntrackLabels, Counter>,
     pub kernel: Arc<KernelCounters>,
 }
 
@@ -83,6 +91,7 @@ impl Metrics {
             invalid_objects: Gauge::default(),
             last_sync: Gauge::default(),
             conntrack_cut: Counter::default(),
+            conntrack_updates: Family::default(),
             kernel: Arc::new(KernelCounters::new(netns)),
             registry: Registry::default(),
         };
@@ -126,6 +135,11 @@ impl Metrics {
             "conntrack_cut",
             "Conntrack entries marked cut (packets dropped) because a policy change denies their flow",
             m.conntrack_cut.clone(),
+        );
+        registry.register(
+            "conntrack_updates",
+            "Conntrack entry updates of the cut, one request and acknowledgement each, by result",
+            m.conntrack_updates.clone(),
         );
         registry.register_collector(Box::new(m.kernel.clone()));
         Metrics { registry, ..m }

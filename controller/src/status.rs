@@ -42,7 +42,15 @@ impl StatusWriter {
     /// The status for an applied IR; `hash` is its [`Ir::ruleset_hash`]: the SHA-256 (hex) of
     /// everything of the IR that reaches the kernel. Anyone who compiles the same cluster for the
     /// node can tell whether the node's kernel holds it.
-    pub fn status(ir: &Ir, hash: &str, invalid: &[InvalidObject], apply_error: Option<&str>) -> NodePolicyStatusStatus {
+    /// `open_flows`: established flows the ruleset denies whose conntrack entries could not be
+    /// marked yet (the cut is retried); they are reported as `Degraded`.
+    pub fn status(
+        ir: &Ir,
+        hash: &str,
+        invalid: &[InvalidObject],
+        apply_error: Option<&str>,
+        open_flows: usize,
+    ) -> NodePolicyStatusStatus {
         let policies: Vec<EnforcedPolicy> = ir
             .policies
             .iter()
@@ -83,9 +91,17 @@ impl StatusWriter {
             message,
             last_transition_time: String::new(),
         };
-        let degraded = !errors.is_empty() || apply_error.is_some();
+        let degraded = !errors.is_empty() || apply_error.is_some() || open_flows > 0;
+        let degraded_reason = match (apply_error, open_flows) {
+            (None, 0) if errors.is_empty() => "AsExpected",
+            (None, n) if n > 0 => "FlowsNotCut",
+            _ => "Degraded",
+        };
         let degraded_msg = match apply_error {
             Some(e) => format!("the kernel rejected the newest ruleset, the previous one stays: {e}"),
+            None if open_flows > 0 => {
+                format!("{open_flows} established flow(s) the ruleset denies are still open: cutting them is retried")
+            }
             None if !errors.is_empty() => format!("{} invalid object(s) skipped", errors.len()),
             None => String::new(),
         };
@@ -106,12 +122,7 @@ impl StatusWriter {
                     if apply_error.is_none() { "Synced" } else { "ApplyFailed" },
                     String::new(),
                 ),
-                cond(
-                    "Degraded",
-                    degraded,
-                    if degraded { "Degraded" } else { "AsExpected" },
-                    degraded_msg,
-                ),
+                cond("Degraded", degraded, degraded_reason, degraded_msg),
             ],
         }
     }
@@ -122,8 +133,9 @@ impl StatusWriter {
         hash: &str,
         invalid: &[InvalidObject],
         apply_error: Option<&str>,
+        open_flows: usize,
     ) -> Result<(), kube::Error> {
-        let mut status = Self::status(ir, hash, invalid, apply_error);
+        let mut status = Self::status(ir, hash, invalid, apply_error, open_flows);
         let unchanged = self.last.as_ref().is_some_and(|l| {
             let mut a = l.clone();
             a.last_sync_time = None;
@@ -228,8 +240,8 @@ mod tests {
         });
         let mut w = StatusWriter::new(client, "n1");
         let ir = ir();
-        w.publish(&ir, "abc", &[], None).await.unwrap();
-        w.publish(&ir, "abc", &[], None).await.unwrap();
+        w.publish(&ir, "abc", &[], None, 0).await.unwrap();
+        w.publish(&ir, "abc", &[], None, 0).await.unwrap();
         let seen = server.await.unwrap();
         assert_eq!(seen[0].0, "PATCH");
         assert!(

@@ -5,14 +5,22 @@
 //! agent lists the node's conntrack table, judges each entry's original direction with the new
 //! IR, and sets [`CUT_MARK`] on the entries of flows it now denies; the ruleset drops the
 //! packets of marked entries, both directions, before it accepts anything as established.
-//! Entries of flows the IR allows again lose the mark. No other entry is touched. The updates
-//! go to one `conntrack -R -` batch, in the node's network namespace when one is given.
+//! Entries of flows the IR allows again lose the mark. No other entry is touched. It talks to
+//! the kernel over ctnetlink ([`crate::ctnetlink`]), in the node's network namespace when one is
+//! given: one dump, then one request and one acknowledgement per changed entry, so that each
+//! entry gets exactly its own mark (a `conntrack -R` batch applied its last line's mark to every
+//! line, and stopped at the first failing line).
 //!
 //! ```text
-//!  conntrack -L ─► parse ─► Evaluator(new IR) ─┬─ denied, unmarked ─► -U … --mark CUT/CUT ┐
-//!                                              ├─ allowed, marked ─► -U … --mark 0/CUT    ├─► conntrack -R -
-//!                                              └─ anything else: untouched                 ┘
+//!  ctnetlink dump ─► Evaluator(new IR) ─┬─ denied, unmarked ─► mark CUT (mask CUT)  ┐ one request and
+//!                                       ├─ allowed, marked ─► mark 0 (mask CUT)     ├─ one ack each: done,
+//!                                       └─ anything else: untouched                  ┘ vanished or failed
 //! ```
+//!
+//! An entry that disappears meanwhile (expired, closed) is counted as vanished, which is fine.
+//! Any other failure is counted and returned, and the caller retries the whole cut (a dump
+//! and the changes still needed) with backoff: updates only set or clear the one bit, so
+//! repeating them is harmless.
 //!
 //! Why mark rather than delete: deleting frees the flow's 5-tuple, and the next packet of the
 //! old flow creates a fresh entry. From the client that packet is judged and dropped; but a
@@ -21,152 +29,95 @@
 //! may allow, and the client's packets then pass as its replies. A marked entry keeps the tuple
 //! taken until it expires, and every packet of it is dropped.
 
-use std::io::Write as _;
-use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use policyc_compiler::render::CUT_MARK;
 use policyc_compiler::{Evaluator, Flow, Ir, Protocol};
 
-/// One conntrack entry: its original direction and its mark.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    pub protocol: Protocol,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub sport: u16,
-    pub dport: u16,
-    pub mark: u32,
-}
+use crate::ctnetlink::{Conntrack, CtError, Entry, MarkChange, Update};
 
-impl Entry {
-    fn is_cut(&self) -> bool {
-        self.mark & CUT_MARK != 0
-    }
-
-    /// The `conntrack -R` line that sets the cut bit (`cut`) or clears it, leaving other bits.
-    fn update_line(&self, cut: bool) -> String {
-        let family = match self.src {
-            IpAddr::V4(_) => "ipv4",
-            IpAddr::V6(_) => "ipv6",
-        };
-        let value = if cut { CUT_MARK } else { 0 };
-        format!(
-            "-U -f {family} -p {} -s {} -d {} --sport {} --dport {} --mark {value:#x}/{CUT_MARK:#x}",
-            self.protocol.as_str().to_ascii_lowercase(),
-            self.src,
-            self.dst,
-            self.sport,
-            self.dport
-        )
-    }
-}
-
-/// What one cut changed.
+/// What one cut did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cut {
+    /// Entries now judged: those of TCP, UDP and SCTP flows.
+    pub judged: usize,
     /// Entries marked: flows the IR denies.
     pub marked: usize,
     /// Entries whose mark was cleared: flows the IR allows again.
     pub released: usize,
+    /// Entries that went away before their update (ENOENT): nothing left to cut.
+    pub vanished: usize,
+    /// Updates that failed: those flows are not cut (or not released) yet.
+    pub failed: usize,
 }
 
-/// Parses `conntrack -L` lines; entries of other protocols (ICMP, ...) are skipped.
-pub fn parse(text: &str) -> Vec<Entry> {
-    text.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            let protocol = Protocol::parse(words.next()?)?;
-            // The first occurrence is the original direction's.
-            let field = |name: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-                    .map(str::to_string)
-            };
-            Some(Entry {
-                protocol,
-                src: field("src")?.parse().ok()?,
-                dst: field("dst")?.parse().ok()?,
-                sport: field("sport")?.parse().ok()?,
-                dport: field("dport")?.parse().ok()?,
-                mark: field("mark").and_then(|m| m.parse().ok()).unwrap_or(0),
-            })
-        })
-        .collect()
+impl Cut {
+    /// Whether every entry that needed a change got it (or went away).
+    pub fn complete(&self) -> bool {
+        self.failed == 0
+    }
 }
 
-/// The `conntrack -R` lines that bring `entries` in line with `ir`, and what they change.
-pub fn updates(ir: &Ir, entries: &[Entry]) -> (Vec<String>, Cut) {
+/// The flow an entry's original direction is, for the protocols policies judge.
+fn flow(e: &Entry) -> Option<Flow> {
+    let protocol = match e.protocol() {
+        crate::ctnetlink::IPPROTO_TCP => Protocol::Tcp,
+        crate::ctnetlink::IPPROTO_UDP => Protocol::Udp,
+        crate::ctnetlink::IPPROTO_SCTP => Protocol::Sctp,
+        _ => return None,
+    };
+    let (_, port) = e.ports()?;
+    Some(Flow {
+        src: e.orig.src,
+        dst: e.orig.dst,
+        protocol,
+        port,
+    })
+}
+
+/// The mark changes that bring `entries` in line with `ir` (`true`: mark, `false`: release),
+/// and how many entries were judged.
+pub fn changes<'a>(ir: &Ir, entries: &'a [Entry]) -> (Vec<(&'a Entry, bool)>, usize) {
     let ev = Evaluator::new(ir);
-    let mut lines = Vec::new();
-    let mut cut = Cut::default();
+    let mut judged = 0;
+    let mut out = Vec::new();
     for e in entries {
-        let allowed = ev
-            .evaluate(&Flow {
-                src: e.src,
-                dst: e.dst,
-                protocol: e.protocol,
-                port: e.dport,
-            })
-            .allowed;
-        if allowed == e.is_cut() {
-            lines.push(e.update_line(!allowed));
-            match allowed {
-                true => cut.released += 1,
-                false => cut.marked += 1,
-            }
+        let Some(f) = flow(e) else { continue };
+        judged += 1;
+        let allowed = ev.evaluate(&f).allowed;
+        if allowed == (e.mark & CUT_MARK != 0) {
+            out.push((e, !allowed));
         }
     }
-    (lines, cut)
-}
-
-fn conntrack(netns: Option<&Path>) -> Command {
-    match netns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net={}", ns.display())).arg("conntrack");
-            c
-        }
-        None => Command::new("conntrack"),
-    }
+    (out, judged)
 }
 
 /// Marks the conntrack entries of every flow `ir` denies and releases those it allows again
-/// (see the module documentation). An entry that expires meanwhile is simply not updated.
-pub fn cut_denied(ir: &Ir, netns: Option<&Path>) -> Result<Cut, String> {
-    let mut entries = Vec::new();
-    for family in ["ipv4", "ipv6"] {
-        let out = conntrack(netns)
-            .args(["-L", "-f", family])
-            .output()
-            .map_err(|e| format!("running conntrack: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+/// (see the module documentation), in the network namespace at `netns` or the caller's.
+/// `Err` when the table could not be read at all; failed updates are counted in the result.
+pub fn cut_denied(ir: &Ir, netns: Option<&Path>) -> Result<Cut, CtError> {
+    let ct = Conntrack::open(netns)?;
+    let entries = ct.dump()?;
+    let (todo, judged) = changes(ir, &entries);
+    let requests: Vec<MarkChange<'_>> = todo
+        .iter()
+        .map(|(entry, mark)| MarkChange {
+            entry,
+            value: if *mark { CUT_MARK } else { 0 },
+            mask: CUT_MARK,
+        })
+        .collect();
+    let mut cut = Cut {
+        judged,
+        ..Cut::default()
+    };
+    for ((_, mark), result) in todo.iter().zip(ct.set_marks(&requests)) {
+        match result {
+            Ok(Update::Done) if *mark => cut.marked += 1,
+            Ok(Update::Done) => cut.released += 1,
+            Ok(Update::Vanished) => cut.vanished += 1,
+            Err(_) => cut.failed += 1,
         }
-        entries.extend(parse(&String::from_utf8_lossy(&out.stdout)));
-    }
-    let (lines, cut) = updates(ir, &entries);
-    if lines.is_empty() {
-        return Ok(cut);
-    }
-    let mut child = conntrack(netns)
-        .args(["-R", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running conntrack: {e}"))?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    stdin
-        .write_all((lines.join("\n") + "\n").as_bytes())
-        .map_err(|e| format!("writing to conntrack: {e}"))?;
-    drop(stdin);
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("running conntrack: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }
     Ok(cut)
 }
@@ -174,29 +125,32 @@ pub fn cut_denied(ir: &Ir, netns: Option<&Path>) -> Result<Cut, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ctnetlink::{Tuple, L4};
     use policyc_compiler::{compile, CompileOptions, Loader};
 
-    const LIST: &str = "\
-tcp      6 431998 ESTABLISHED src=10.244.1.10 dst=10.244.1.30 sport=40000 dport=5432 src=10.244.1.30 dst=10.244.1.10 sport=5432 dport=40000 [ASSURED] mark=0 use=1
-udp      17 29 src=10.244.1.10 dst=10.244.1.11 sport=5353 dport=53 [UNREPLIED] src=10.244.1.11 dst=10.244.1.10 sport=53 dport=5353 mark=4194305 use=1
-icmp     1 29 src=10.244.1.10 dst=10.244.1.30 type=8 code=0 id=7 src=10.244.1.30 dst=10.244.1.10 type=0 code=0 id=7 mark=0 use=1
-tcp      6 431998 ESTABLISHED src=10.244.1.11 dst=10.244.1.30 sport=40001 dport=5432 src=10.244.1.30 dst=10.244.1.11 sport=5432 dport=40001 [ASSURED] mark=4194304 use=1
-";
-
-    #[test]
-    fn parses_conntrack_lines() {
-        let e = parse(LIST);
-        assert_eq!(e.len(), 3, "ICMP is skipped");
-        assert_eq!(e[0].dport, 5432);
-        assert_eq!(e[0].src.to_string(), "10.244.1.10");
-        assert_eq!(e[0].mark, 0);
-        assert_eq!(e[1].protocol, Protocol::Udp);
-        assert_eq!(e[1].mark, 0x0040_0001);
+    fn entry(proto: u8, src: &str, dst: &str, sport: u16, dport: u16, mark: u32) -> Entry {
+        let (src, dst) = (src.parse().unwrap(), dst.parse().unwrap());
+        let tuple = |src, dst, sport, dport| Tuple {
+            src,
+            dst,
+            protocol: proto,
+            l4: L4::Ports { src: sport, dst: dport },
+            zone: None,
+        };
+        Entry {
+            orig: tuple(src, dst, sport, dport),
+            reply: tuple(dst, src, dport, sport),
+            id: 1,
+            mark,
+            status: 0,
+            zone: None,
+            timeout: None,
+        }
     }
 
     /// db accepts 5432/TCP from app only: app's connection stays unmarked, other's new one is
     /// marked, other's marked one stays marked; the marked UDP flow to other (which no policy
-    /// isolates) is released, keeping its other mark bits.
+    /// isolates) is released; ICMP is not judged.
     #[test]
     fn marks_denied_and_releases_allowed_entries() {
         let mut l = Loader::new();
@@ -220,21 +174,22 @@ tcp      6 431998 ESTABLISHED src=10.244.1.11 dst=10.244.1.30 sport=40001 dport=
                 ..Default::default()
             },
         );
-        let mut entries = parse(LIST);
-        // other → db:5432, not marked yet.
-        entries.push(Entry {
-            mark: 0,
-            sport: 40002,
-            ..entries[2].clone()
-        });
-        let (lines, cut) = updates(&ir, &entries);
-        assert_eq!(cut, Cut { marked: 1, released: 1 });
-        assert_eq!(
-            lines,
-            vec![
-                "-U -f ipv4 -p udp -s 10.244.1.10 -d 10.244.1.11 --sport 5353 --dport 53 --mark 0x0/0x400000",
-                "-U -f ipv4 -p tcp -s 10.244.1.11 -d 10.244.1.30 --sport 40002 --dport 5432 --mark 0x400000/0x400000",
-            ]
-        );
+        let mut icmp = entry(1, "10.244.1.11", "10.244.1.30", 0, 0, 0);
+        icmp.orig.l4 = L4::Icmp {
+            id: 7,
+            kind: 8,
+            code: 0,
+        };
+        let entries = vec![
+            entry(6, "10.244.1.10", "10.244.1.30", 40000, 5432, 0),
+            entry(17, "10.244.1.10", "10.244.1.11", 5353, 53, CUT_MARK | 1),
+            icmp,
+            entry(6, "10.244.1.11", "10.244.1.30", 40001, 5432, CUT_MARK),
+            entry(6, "10.244.1.11", "10.244.1.30", 40002, 5432, 0),
+        ];
+        let (todo, judged) = changes(&ir, &entries);
+        assert_eq!(judged, 4);
+        let got: Vec<(u16, bool)> = todo.iter().map(|(e, m)| (e.ports().unwrap().0, *m)).collect();
+        assert_eq!(got, [(5353, false), (40002, true)]);
     }
 }

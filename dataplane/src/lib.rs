@@ -45,6 +45,7 @@
 //! the socket goes through `nix`, and answers are parsed from bytes.
 
 pub mod conntrack;
+pub mod ctnetlink;
 mod iptables;
 mod nl;
 mod plan;

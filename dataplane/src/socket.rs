@@ -1,18 +1,21 @@
 //! The netfilter netlink socket: opening it (in another network namespace if asked), sending a
-//! batch in one `sendmsg` and checking the kernel's answer to every message.
+//! batch in one `sendmsg` and checking the kernel's answer to every message (nf_tables), or
+//! plain `send`/`recv` of whole messages (ctnetlink, [`crate::ctnetlink`]).
 
 use std::fs::File;
 use std::io;
-use std::io::IoSlice;
+use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{
-    bind, recv, sendmsg, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SetSockOpt, SockFlag,
-    SockProtocol, SockType,
+    bind, recv, recvmsg, send, sendmsg, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SetSockOpt,
+    SockFlag, SockProtocol, SockType,
 };
+use nix::sys::time::TimeVal;
 
 use super::nl::Encoded;
 use super::DataplaneError;
@@ -30,41 +33,77 @@ pub(crate) struct NlSocket {
     fd: OwnedFd,
 }
 
-fn sock_err(op: &'static str) -> impl FnOnce(Errno) -> DataplaneError {
-    move |e| DataplaneError::Socket {
+/// A failed system call while opening or using the socket.
+#[derive(Debug, thiserror::Error)]
+#[error("{op}")]
+pub(crate) struct SocketError {
+    pub op: &'static str,
+    #[source]
+    pub source: io::Error,
+}
+
+impl From<SocketError> for DataplaneError {
+    fn from(e: SocketError) -> DataplaneError {
+        DataplaneError::Socket {
+            op: e.op,
+            source: e.source,
+        }
+    }
+}
+
+fn err(op: &'static str) -> impl FnOnce(Errno) -> SocketError {
+    move |e| SocketError {
         op,
         source: io::Error::from(e),
     }
 }
 
+fn sock_err(op: &'static str) -> impl FnOnce(Errno) -> DataplaneError {
+    move |e| err(op)(e).into()
+}
+
 impl NlSocket {
-    fn open_here() -> Result<NlSocket, DataplaneError> {
+    fn open_here() -> Result<NlSocket, SocketError> {
         let fd = socket(
             AddressFamily::Netlink,
             SockType::Raw,
             SockFlag::SOCK_CLOEXEC,
             SockProtocol::NetlinkNetFilter,
         )
-        .map_err(sock_err("socket"))?;
-        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(sock_err("bind"))?;
+        .map_err(err("socket"))?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(err("bind"))?;
         Ok(NlSocket { fd })
     }
 
     /// Opens a socket in the network namespace at `netns` (a file such as `/run/netns/NAME` or
-    /// `/proc/PID/ns/net`), or in the caller's when `None`. The namespace is entered by a
-    /// short-lived thread of its own, so no other thread ever changes namespace.
+    /// `/proc/PID/ns/net`), or in the caller's when `None`.
     pub fn open(netns: Option<&Path>) -> Result<NlSocket, DataplaneError> {
         let Some(path) = netns else {
-            return NlSocket::open_here();
+            return Ok(NlSocket::open_here()?);
         };
-        let netns_err = |source| DataplaneError::Netns {
+        let file = File::open(path).map_err(|source| DataplaneError::Netns {
             path: path.to_path_buf(),
             source,
+        })?;
+        NlSocket::open_in(Some(&file)).map_err(|e| match e.op {
+            "setns" => DataplaneError::Netns {
+                path: path.to_path_buf(),
+                source: e.source,
+            },
+            _ => e.into(),
+        })
+    }
+
+    /// Opens a socket in the network namespace of an open namespace file, or in the caller's
+    /// when `None`. The namespace is entered by a short-lived thread of its own, so no other
+    /// thread ever changes namespace; a socket stays in the namespace it was created in.
+    pub fn open_in(netns: Option<&File>) -> Result<NlSocket, SocketError> {
+        let Some(file) = netns else {
+            return NlSocket::open_here();
         };
-        let file = File::open(path).map_err(netns_err)?;
         std::thread::scope(|s| {
             s.spawn(|| {
-                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| netns_err(io::Error::from(e)))?;
+                setns(file, CloneFlags::CLONE_NEWNET).map_err(err("setns"))?;
                 NlSocket::open_here()
             })
             .join()
@@ -74,7 +113,7 @@ impl NlSocket {
 
     /// Sets a socket buffer size beyond the system maximum (needs CAP_NET_ADMIN in the initial
     /// user namespace), or as close to it as allowed.
-    fn buffer<F, P>(&self, force: F, plain: P, size: usize) -> Result<(), DataplaneError>
+    fn buffer<F, P>(&self, force: F, plain: P, size: usize) -> Result<(), SocketError>
     where
         F: SetSockOpt<Val = usize>,
         P: SetSockOpt<Val = usize>,
@@ -82,8 +121,56 @@ impl NlSocket {
         let size = size.min(i32::MAX as usize / 2);
         match setsockopt(&self.fd, force, &size) {
             Ok(()) => Ok(()),
-            Err(Errno::EPERM) => setsockopt(&self.fd, plain, &size).map_err(sock_err("setsockopt")),
-            Err(e) => Err(sock_err("setsockopt")(e)),
+            Err(Errno::EPERM) => setsockopt(&self.fd, plain, &size).map_err(err("setsockopt")),
+            Err(e) => Err(err("setsockopt")(e)),
+        }
+    }
+
+    pub fn set_recv_buffer(&self, size: usize) -> Result<(), SocketError> {
+        self.buffer(sockopt::RcvBufForce, sockopt::RcvBuf, size)
+    }
+
+    pub fn set_send_buffer(&self, size: usize) -> Result<(), SocketError> {
+        self.buffer(sockopt::SndBufForce, sockopt::SndBuf, size)
+    }
+
+    /// A blocking `recv` fails with `EAGAIN` after `timeout` without a message.
+    pub fn set_recv_timeout(&self, timeout: Duration) -> Result<(), SocketError> {
+        let tv = TimeVal::new(timeout.as_secs() as _, timeout.subsec_micros() as _);
+        setsockopt(&self.fd, sockopt::ReceiveTimeout, &tv).map_err(err("setsockopt(SO_RCVTIMEO)"))
+    }
+
+    /// Sends `bytes` (one or more netlink messages) to the kernel in one write. The kernel
+    /// handles the messages inside this call, so their answers are queued when it returns.
+    pub fn send(&self, bytes: &[u8]) -> Result<(), Errno> {
+        loop {
+            match send(self.fd.as_raw_fd(), bytes, MsgFlags::empty()) {
+                Ok(n) if n == bytes.len() => return Ok(()),
+                // A datagram socket writes all or nothing.
+                Ok(_) => return Err(Errno::EMSGSIZE),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Receives one datagram (one or more netlink messages). `EAGAIN`: nothing within the
+    /// timeout (or at once, when `wait` is false); `ENOBUFS`: the kernel dropped messages
+    /// because the receive buffer was full; `EMSGSIZE`: the datagram did not fit in `buf`.
+    pub fn recv(&self, buf: &mut [u8], wait: bool) -> Result<usize, Errno> {
+        let flags = if wait {
+            MsgFlags::empty()
+        } else {
+            MsgFlags::MSG_DONTWAIT
+        };
+        loop {
+            let mut iov = [IoSliceMut::new(buf)];
+            match recvmsg::<NetlinkAddr>(self.fd.as_raw_fd(), &mut iov, None, flags) {
+                Ok(m) if m.flags.contains(MsgFlags::MSG_TRUNC) => return Err(Errno::EMSGSIZE),
+                Ok(m) => return Ok(m.bytes),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -99,8 +186,8 @@ impl NlSocket {
         // message, and an error quotes the message it rejects.
         let sndbuf = (total + 64 * 1024).max(256 * 1024);
         let rcvbuf = expected.len() * 1024 + total + 1024 * 1024;
-        self.buffer(sockopt::SndBufForce, sockopt::SndBuf, sndbuf)?;
-        self.buffer(sockopt::RcvBufForce, sockopt::RcvBuf, rcvbuf)?;
+        self.set_send_buffer(sndbuf)?;
+        self.set_recv_buffer(rcvbuf)?;
 
         let iov: Vec<IoSlice<'_>> = pages.iter().map(|p| IoSlice::new(p)).collect();
         let kernel = NetlinkAddr::new(0, 0);
