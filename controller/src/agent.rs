@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  watch Pods ──────┐
-//!  watch Namespaces ┼─► Index (one writer) ─version─► sync loop: debounce → compile(node) → hash
+//!  watch Namespaces ┤
+//!  watch Nodes ─────┼─► Index (one writer) ─version─► sync loop: debounce → compile(node) → hash
 //!  watch NetPols ───┤                                   │ unchanged: nothing
 //!  watch admin kinds┘ (those the API server serves)     │
 //!                                                       │ changed: writer.apply (elements, chains in place, or replace)
@@ -23,7 +24,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
@@ -89,18 +90,29 @@ pub async fn run(client: Client, cfg: Config, shared: Arc<Shared>) {
     tokio::spawn(watch_kind(
         Api::<Namespace>::all(client.clone()),
         Kind::Namespace,
+        without_managed_fields,
         shared.clone(),
         tx.clone(),
     ));
     tokio::spawn(watch_kind(
         Api::<Pod>::all(client.clone()),
         Kind::Pod,
+        without_managed_fields,
+        shared.clone(),
+        tx.clone(),
+    ));
+    // Admin policies' `nodes` peers match the Nodes' addresses.
+    tokio::spawn(watch_kind(
+        Api::<Node>::all(client.clone()),
+        Kind::Node,
+        node_value,
         shared.clone(),
         tx.clone(),
     ));
     tokio::spawn(watch_kind(
         Api::<NetworkPolicy>::all(client.clone()),
         Kind::NetworkPolicy,
+        without_managed_fields,
         shared.clone(),
         tx.clone(),
     ));
@@ -157,6 +169,7 @@ async fn watch_admin_kinds(client: Client, shared: Arc<Shared>, tx: watch::Sende
                     tokio::spawn(watch_kind(
                         Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource),
                         kind,
+                        without_managed_fields,
                         shared.clone(),
                         tx.clone(),
                     ));
@@ -176,18 +189,43 @@ async fn watch_admin_kinds(client: Client, shared: Arc<Shared>, tx: watch::Sende
     }
 }
 
-async fn watch_kind<K>(api: Api<K>, kind: Kind, shared: Arc<Shared>, tx: watch::Sender<u64>)
+/// An object as the index takes it, without its managedFields (bookkeeping of who wrote what,
+/// often larger than the object).
+fn without_managed_fields<K>(o: &K) -> serde_json::Value
 where
+    K: kube::Resource + Clone + serde::Serialize,
+{
+    let mut o = o.clone();
+    o.meta_mut().managed_fields = None;
+    serde_json::to_value(&o).unwrap_or_default()
+}
+
+/// A Node as the index takes it: only what the compiler reads (name, labels, pod CIDRs and
+/// addresses), not its images, conditions and the rest of its status, which kubelets rewrite often.
+fn node_value(n: &Node) -> serde_json::Value {
+    let spec = n.spec.as_ref();
+    serde_json::json!({
+        "metadata": {"name": n.metadata.name, "labels": n.metadata.labels},
+        "spec": {
+            "podCIDR": spec.and_then(|s| s.pod_cidr.as_ref()),
+            "podCIDRs": spec.and_then(|s| s.pod_cidrs.as_ref()),
+        },
+        "status": {"addresses": n.status.as_ref().and_then(|s| s.addresses.as_ref())},
+    })
+}
+
+async fn watch_kind<K>(
+    api: Api<K>,
+    kind: Kind,
+    value: fn(&K) -> serde_json::Value,
+    shared: Arc<Shared>,
+    tx: watch::Sender<u64>,
+) where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize + Send + 'static,
 {
     let config = watcher::Config::default().page_size(500);
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     while let Some(event) = stream.next().await {
-        let value = |o: &K| {
-            let mut o = o.clone();
-            o.meta_mut().managed_fields = None;
-            serde_json::to_value(&o).unwrap_or_default()
-        };
         let mut ix = shared.index.write().expect("index lock");
         let changed = match event {
             Ok(Event::Init) => {
@@ -430,4 +468,48 @@ fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policyc_compiler::load::{parse_object, Object, Parsed};
+
+    fn parsed_node(mut v: serde_json::Value) -> policyc_compiler::model::Node {
+        v["apiVersion"] = "v1".into();
+        v["kind"] = "Node".into();
+        match parse_object(&v) {
+            Ok((Parsed::Object(Object::Node(n)), _)) => n,
+            other => panic!("not a node: {other:?}"),
+        }
+    }
+
+    /// The slim Node the watcher keeps gives the compiler the very Node the full object does.
+    #[test]
+    fn node_value_keeps_what_the_compiler_reads() {
+        let full = serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "n1", "labels": {"zone": "a"}, "resourceVersion": "7",
+                "managedFields": [{"manager": "kubelet", "operation": "Update"}]},
+            "spec": {"podCIDR": "10.0.1.0/24", "podCIDRs": ["10.0.1.0/24", "fd00:1::/64"], "providerID": "x"},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "192.168.0.1"},
+                              {"type": "ExternalIP", "address": "203.0.113.1"},
+                              {"type": "Hostname", "address": "n1"}],
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "images": [{"names": ["registry.k8s.io/pause:3.10"], "sizeBytes": 1}],
+            },
+        });
+        let node: Node = serde_json::from_value(full.clone()).unwrap();
+        let slim = node_value(&node);
+        assert!(slim["metadata"].get("managedFields").is_none());
+        assert!(slim["status"].get("images").is_none() && slim["status"].get("conditions").is_none());
+        let n = parsed_node(slim);
+        assert_eq!(n, parsed_node(full));
+        assert_eq!(n.addresses.len(), 2);
+        assert_eq!(n.pod_cidrs.len(), 2);
+        // A Node with neither spec nor status (as some tests create them).
+        let bare: Node = serde_json::from_value(serde_json::json!({"metadata": {"name": "n2"}})).unwrap();
+        assert!(parsed_node(node_value(&bare)).addresses.is_empty());
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  watcher(Pod) ────────┐
-//!  watcher(Namespace) ──┼─► Event ─► Index::{apply, delete, reset} ─► Snapshot + invalid objects
+//!  watcher(Namespace) ──┤
+//!  watcher(Node) ───────┼─► Event ─► Index::{apply, delete, reset} ─► Snapshot + invalid objects
 //!  watcher(NetworkPolicy)┘                     │
 //!                                              └─► version (tokio watch) ─► sync loop reads a snapshot
 //! ```
@@ -61,8 +62,8 @@ enum Moment {
     After,
 }
 
-/// The kinds the agent watches.
-pub const WATCHED: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
+/// The kinds the agent always watches (and lists before its first ruleset).
+pub const WATCHED: [Kind; 4] = [Kind::Namespace, Kind::Pod, Kind::Node, Kind::NetworkPolicy];
 
 fn key_of(kind: Kind, v: &Value) -> Option<ObjectKey> {
     let meta = v.get("metadata")?;
@@ -386,7 +387,7 @@ mod tests {
             Kind::AdminNetworkPolicy,
             Kind::BaselineAdminNetworkPolicy,
         ];
-        for kind in WATCHED.into_iter().chain(admin_kinds).chain([Kind::Node]) {
+        for kind in WATCHED.into_iter().chain(admin_kinds) {
             ix.reset(kind, by_kind.remove(kind.as_str()).unwrap_or_default());
         }
         assert_eq!(ix.snapshot().admin_policies.len(), 10);
@@ -505,6 +506,11 @@ mod tests {
         ix.reset(Kind::Namespace, vec![]);
         assert!(!ix.ready());
         ix.reset(Kind::Pod, vec![]);
+        assert!(
+            !ix.ready(),
+            "Nodes not listed yet: admin `nodes` peers would match nothing"
+        );
+        ix.reset(Kind::Node, vec![]);
         assert!(ix.ready());
         assert!(ix.delete(Kind::NetworkPolicy, &policy("new", "")));
         assert!(ix.snapshot().policies.is_empty());

@@ -181,6 +181,9 @@ fn chart_installs_with_least_privilege() {
     for (verb, resource, want) in [
         ("watch", "pods", "yes"),
         ("list", "namespaces", "yes"),
+        ("get", "nodes", "yes"),
+        ("list", "nodes", "yes"),
+        ("watch", "nodes", "yes"),
         ("watch", "networkpolicies.networking.k8s.io", "yes"),
         ("watch", "adminnetworkpolicies.policy.networking.k8s.io", "yes"),
         ("list", "baselineadminnetworkpolicies.policy.networking.k8s.io", "yes"),

@@ -117,8 +117,9 @@ pub struct ClusterLab {
     opts: ClusterOptions,
     agent_kubeconfig: PathBuf,
     agents: BTreeMap<String, Agent>,
-    /// What the API server holds (policies aside: steps change those by name).
-    nodes: BTreeSet<String>,
+    /// What the API server holds (policies aside: steps change those by name). Nodes as
+    /// written ([`node_object`]).
+    nodes: BTreeMap<String, Value>,
     namespaces: BTreeMap<String, Labels>,
     pods: BTreeMap<ObjectRef, Pod>,
     manifests: usize,
@@ -155,7 +156,7 @@ impl ClusterLab {
             dir,
             opts,
             agents: BTreeMap::new(),
-            nodes: BTreeSet::new(),
+            nodes: BTreeMap::new(),
             namespaces: BTreeMap::new(),
             pods: BTreeMap::new(),
             manifests: 0,
@@ -210,7 +211,7 @@ impl ClusterLab {
             None,
         )?;
         self.kubectl(&["apply", "-f", "-"], Some(&rbac))?;
-        // KUBECONFIG is a colon-separated list: the file's name has no colon.
+        // The agents' `--kubeconfig`.
         self.api
             .user_kubeconfig(AGENT_USER, &AGENT_GROUPS, &self.agent_kubeconfig)
     }
@@ -322,19 +323,57 @@ impl ClusterLab {
             .topology()
             .nodes
             .values()
-            .filter(|n| !self.nodes.contains(&n.name))
+            .filter(|n| !self.nodes.contains_key(&n.name))
             .map(|n| node_object(n, desired))
             .collect();
         if !nodes.is_empty() {
             self.apply_items(&nodes)?;
-            self.nodes.extend(self.lab.topology().nodes.keys().cloned());
+            for n in nodes {
+                let name = n["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                self.nodes.insert(name, n);
+            }
         }
         Ok(())
     }
 
     /// Second half of [`ClusterLab::sync_objects`]: new pods report phase and addresses through
     /// the status subresource, and changed labels are set with `kubectl label --overwrite`.
+    /// Nodes likewise: changed `status.addresses` (one that leaves the lab's plan as it is, e.g.
+    /// an ExternalIP) through the status subresource, as a kubelet reports them, and labels.
     pub fn report_pods(&mut self, desired: &Snapshot) -> Result<(), Error> {
+        let written: Vec<Value> = self
+            .lab
+            .topology()
+            .nodes
+            .values()
+            .map(|n| node_object(n, desired))
+            .collect();
+        for want in written {
+            let name = want["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let Some(have) = self.nodes.get(&name) else { continue };
+            if have["status"] != want["status"] {
+                let patch = json!({"status": want["status"]}).to_string();
+                self.kubectl(
+                    &[
+                        "patch",
+                        "node",
+                        &name,
+                        "--subresource=status",
+                        "--type=merge",
+                        "-p",
+                        &patch,
+                    ],
+                    None,
+                )?;
+            }
+            if have["metadata"]["labels"] != want["metadata"]["labels"] {
+                let labels = |o: &Value| -> Labels {
+                    serde_json::from_value(o["metadata"]["labels"].clone()).unwrap_or_default()
+                };
+                self.label(&["node", &name], &labels(have), &labels(&want))?;
+            }
+            self.nodes.insert(name, want);
+        }
         for (id, p) in &desired.pods {
             let Some(have) = self.pods.get(id) else { continue };
             if have.ips != p.ips || have.phase != p.phase {
@@ -546,7 +585,9 @@ impl ClusterLab {
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(["--debounce-ms", &self.opts.debounce_ms.to_string()])
             .args(["--interface-prefix", &self.opts.lab.interface_prefix])
-            .env("KUBECONFIG", &self.agent_kubeconfig)
+            .arg("--kubeconfig")
+            .arg(&self.agent_kubeconfig)
+            .env_remove("KUBECONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(out)
@@ -712,9 +753,13 @@ fn pod_status(p: &Pod) -> Value {
 }
 
 /// A node as the lab built it: InternalIP, and as podCIDRs its pod subnets (at most one per
-/// family, as the API allows); host routes are not subnets.
+/// family, as the API allows); host routes are not subnets. A Node of the snapshot keeps its
+/// labels and its other addresses (InternalIP when it declares it so, else ExternalIP), so that
+/// admin policies' `nodes` peers match in the agents what they match in the lab's snapshot; any
+/// other node is labelled with its hostname.
 fn node_object(n: &crate::topo::NodePlan, snapshot: &Snapshot) -> Value {
-    let declared = snapshot.nodes.get(&n.name).map(|d| d.pod_cidrs.clone());
+    let node = snapshot.nodes.get(&n.name);
+    let declared = node.map(|d| d.pod_cidrs.clone());
     let mut cidrs = Vec::new();
     for c in declared.unwrap_or_else(|| n.prefixes.clone()) {
         if c.prefix() < c.family().bits()
@@ -730,14 +775,26 @@ fn node_object(n: &crate::topo::NodePlan, snapshot: &Snapshot) -> Value {
     if let Some(first) = cidrs.first() {
         spec = json!({"podCIDR": first, "podCIDRs": cidrs});
     }
+    let mut addresses = vec![json!({"type": "InternalIP", "address": n.ip.to_string()})];
+    let labels = match node {
+        Some(d) => {
+            for ip in d.addresses.iter().filter(|ip| **ip != std::net::IpAddr::V4(n.ip)) {
+                let kind = match d.internal_ips.contains(ip) {
+                    true => "InternalIP",
+                    false => "ExternalIP",
+                };
+                addresses.push(json!({"type": kind, "address": ip.to_string()}));
+            }
+            json!(d.labels)
+        }
+        None => json!({"kubernetes.io/hostname": n.name}),
+    };
+    addresses.push(json!({"type": "Hostname", "address": n.name}));
     json!({
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": n.name, "labels": {"kubernetes.io/hostname": n.name}},
+        "metadata": {"name": n.name, "labels": labels},
         "spec": spec,
-        "status": {"addresses": [
-            {"type": "InternalIP", "address": n.ip.to_string()},
-            {"type": "Hostname", "address": n.name},
-        ]},
+        "status": {"addresses": addresses},
     })
 }
 

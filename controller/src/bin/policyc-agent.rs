@@ -1,5 +1,5 @@
-//! `policyc-agent`: the DaemonSet process. Watches Pods, Namespaces and NetworkPolicies and keeps
-//! this node's nftables ruleset equal to what they say.
+//! `policyc-agent`: the DaemonSet process. Watches Pods, Namespaces, Nodes, NetworkPolicies and
+//! the admin policy kinds and keeps this node's nftables ruleset equal to what they say.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +16,10 @@ struct Args {
     /// The node this agent enforces policy on.
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
+    /// Kubeconfig file to reach the API server with, as kubectl takes it [default: KUBECONFIG,
+    /// else ~/.kube/config, else the in-cluster ServiceAccount].
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// Quiet time after a change before syncing, in milliseconds.
     #[arg(long, default_value_t = 30)]
     debounce_ms: u64,
@@ -83,13 +87,29 @@ fn init_logging(format: LogFormat, level: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A client from `--kubeconfig` (its current context), else kube's inference: `KUBECONFIG`,
+/// `~/.kube/config`, then the in-cluster ServiceAccount.
+async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .with_context(|| format!("--kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer().await.context("no cluster configuration found")?,
+    };
+    kube::Client::try_from(config).context("kube client")
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format, args.log_level.as_deref())?;
     let shared = Shared::new(Metrics::new(args.netns.clone()));
     policyc_controller::http::serve(args.metrics_addr, shared.clone()).context("metrics server")?;
-    let client = kube::Client::try_default().await.context("kube client")?;
+    let client = client(args.kubeconfig.as_deref()).await?;
     let cfg = Config {
         node_name: args.node_name,
         debounce: Duration::from_millis(args.debounce_ms),
