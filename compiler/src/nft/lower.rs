@@ -291,11 +291,20 @@ fn endpoint_chain(ir: &Ir, ep: &Endpoint, d: Direction) -> Chain {
             Verdict::Drop,
             Some(comment(&labels::endpoint_denied(ep, d))),
         ));
-    } else if let Some(table) = &iso.baseline_table {
+    } else {
+        if let Some(table) = &iso.baseline_table {
+            rules.push(Rule::always(
+                false,
+                Verdict::Jump(table.clone()),
+                Some(comment(&labels::tier_jump("Baseline", &iso.baseline))),
+            ));
+        }
+        // No tier decided: allowed. Said here rather than by falling back into the base chain,
+        // whose next rule is the fail-closed drop of every pod interface.
         rules.push(Rule::always(
             false,
-            Verdict::Jump(table.clone()),
-            Some(comment(&labels::tier_jump("Baseline", &iso.baseline))),
+            Verdict::Accept,
+            Some(comment(&labels::not_isolated(ep, d))),
         ));
     }
     Chain {

@@ -17,6 +17,11 @@ pub fn endpoint_denied(ep: &Endpoint, d: Direction) -> String {
     format!("{} {d} denied: selected by {}", ep.pod, policies.join(", "))
 }
 
+/// The end of an endpoint chain that no NetworkPolicy isolates: `ns/pod egress: no tier decided, allowed`.
+pub fn not_isolated(ep: &Endpoint, d: Direction) -> String {
+    format!("{} {d}: no tier decided, allowed", ep.pod)
+}
+
 /// An admin rule: `Admin tier: cnp/x ingress[0] (name): Deny`.
 pub fn admin_rule(rule: &AdminRuleIr) -> String {
     format!("{} tier: {}: {}", rule.tier, rule.comment_label(), rule.action)
