@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::ListParams;
@@ -224,14 +224,43 @@ pub async fn status(kubeconfig: Option<&Path>, output_json: bool) -> Result<()> 
 
 // === wait ===
 
+/// Why `policyc wait` did not return successfully; [`WaitError::exit_status`] is its exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// Some node still lags behind when the timeout expires (exit status 1): the lines name each
+    /// policy and node, so a script can print them.
+    #[error("timed out after {timeout:?}:\n  {}", lagging.join("\n  "))]
+    TimedOut { timeout: Duration, lagging: Vec<String> },
+    /// The input holds nothing to wait for (exit status 2).
+    #[error("no NetworkPolicy or admin policy in the input")]
+    NoPolicies,
+    /// NodePolicyStatus cannot be listed (exit status 2). The message already carries the kube
+    /// error's own cause, so it is not chained as a source (it would print twice).
+    #[error("listing NodePolicyStatus (is the policyc CRD installed?): {0}")]
+    ListStatus(kube::Error),
+    /// No cluster configuration, or reading the cluster's objects failed (exit status 2).
+    #[error(transparent)]
+    Cluster(#[from] anyhow::Error),
+}
+
+impl WaitError {
+    /// 1 when the policies are not enforced in time, 2 for every other error (as `kubectl wait`).
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            WaitError::TimedOut { .. } => 1,
+            WaitError::NoPolicies | WaitError::ListStatus(_) | WaitError::Cluster(_) => 2,
+        }
+    }
+}
+
 /// Waits until every node hosting a pod selected by each policy in `files` reports (at least) the
-/// policy's current generation. Returns an error naming the lagging nodes on timeout.
-pub async fn wait_enforced(kubeconfig: Option<&Path>, files: &[PathBuf], timeout: Duration) -> Result<()> {
+/// policy's current generation. On timeout, [`WaitError::TimedOut`] names the lagging nodes.
+pub async fn wait_enforced(kubeconfig: Option<&Path>, files: &[PathBuf], timeout: Duration) -> Result<(), WaitError> {
     let input = crate::input::load(files);
     input.report(true);
     let wanted: Vec<PolicyId> = PolicyId::all(&input.snapshot);
     if wanted.is_empty() {
-        bail!("no NetworkPolicy or admin policy in the input");
+        return Err(WaitError::NoPolicies);
     }
     let client = client(kubeconfig).await?;
     let deadline = Instant::now() + timeout;
@@ -243,7 +272,7 @@ pub async fn wait_enforced(kubeconfig: Option<&Path>, files: &[PathBuf], timeout
             .await
         {
             Ok(l) => l.items,
-            Err(e) => bail!("listing NodePolicyStatus (is the policyc CRD installed?): {e}"),
+            Err(e) => return Err(WaitError::ListStatus(e)),
         };
         let reports = reported(&statuses);
         let by_policy = nodes_by_policy(&snap);
@@ -277,7 +306,7 @@ pub async fn wait_enforced(kubeconfig: Option<&Path>, files: &[PathBuf], timeout
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!("timed out after {:?}:\n  {}", timeout, lagging.join("\n  "));
+            return Err(WaitError::TimedOut { timeout, lagging });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -109,7 +109,7 @@ enum Command {
         output: TextJson,
     },
     /// Wait until the policies in the files are enforced: every node hosting a pod a policy
-    /// selects reports the policy's current generation. Exit status: 0 enforced, 1 timed out.
+    /// selects reports the policy's current generation. Exit status: 0 enforced, 1 timed out, 2 error.
     Wait {
         /// What to wait for: `enforced`.
         #[arg(long = "for", value_parser = ["enforced"], default_value = "enforced")]
@@ -138,11 +138,12 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     }
 }
 
-fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+fn block_on<T, E: Into<anyhow::Error>>(f: impl std::future::Future<Output = Result<T, E>>) -> Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(f)
+        .map_err(Into::into)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -310,14 +311,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             files,
             timeout,
             kubeconfig,
-        } => match block_on(cluster::wait_enforced(kubeconfig.as_deref(), &files, timeout)) {
-            Ok(()) => Ok(ExitCode::SUCCESS),
-            Err(e) if e.to_string().starts_with("timed out") => {
-                eprintln!("error: {e:#}");
-                Ok(ExitCode::from(1))
-            }
-            Err(e) => Err(e),
-        },
+        } => {
+            block_on(cluster::wait_enforced(kubeconfig.as_deref(), &files, timeout))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -326,7 +323,37 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(exit_status(&e))
         }
+    }
+}
+
+/// The exit status for an error: what its typed cause says (`policyc wait`: 1 on timeout), else 2.
+fn exit_status(e: &anyhow::Error) -> u8 {
+    e.downcast_ref::<cluster::WaitError>()
+        .map_or(2, cluster::WaitError::exit_status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cluster::WaitError;
+
+    #[test]
+    fn wait_exit_status_comes_from_the_error_type() {
+        let timed_out = WaitError::TimedOut {
+            timeout: std::time::Duration::from_secs(1),
+            lagging: vec!["shop/web: node n1 does not report it yet".into()],
+        };
+        assert_eq!(
+            timed_out.to_string(),
+            "timed out after 1s:\n  shop/web: node n1 does not report it yet",
+            "the message users see"
+        );
+        assert_eq!(exit_status(&timed_out.into()), 1, "timed out");
+        assert_eq!(exit_status(&WaitError::NoPolicies.into()), 2, "bad input");
+        let cluster = WaitError::Cluster(anyhow::anyhow!("timed out connecting").context("no cluster"));
+        assert_eq!(exit_status(&cluster.into()), 2, "not a timeout, whatever the text says");
+        assert_eq!(exit_status(&anyhow::anyhow!("timed out")), 2, "other commands' errors");
     }
 }

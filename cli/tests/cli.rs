@@ -273,3 +273,17 @@ fn explain_and_matrix_walk_the_admin_tiers() {
         assert_eq!(m["allowed"][i][prom], want, "{p} -> prometheus");
     }
 }
+
+#[test]
+fn wait_without_policies_is_an_error_not_a_timeout() {
+    let out = policyc(
+        &["wait", "--for=enforced", "-f", "examples/three-tier/cluster.yaml"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("error: no NetworkPolicy or admin policy in the input"),
+        "{}",
+        text(&out.stderr)
+    );
+}

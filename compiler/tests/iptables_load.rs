@@ -12,7 +12,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use policyc_compiler::cidr::Family;
 use policyc_compiler::ir::Ir;
@@ -23,43 +22,18 @@ use policyc_compiler::{compile, compile_all_nodes, CompileOptions, Evaluator, Fl
 
 // === Environment ===
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// `Ok` when the test can run; otherwise the reason it cannot.
 fn requirements(extra: &[&str]) -> Result<(), String> {
-    if !is_root() {
-        return Err("not running as root".into());
-    }
-    let tools = [
+    policyc_testhost::root()?;
+    policyc_testhost::on_path(&[
         "ip",
         "ipset",
         "iptables-restore",
         "ip6tables-restore",
         "iptables-save",
         "ip6tables-save",
-    ];
-    for t in tools.iter().chain(extra) {
-        if !have(t) {
-            return Err(format!("{t} is not installed"));
-        }
-    }
+    ])?;
+    policyc_testhost::on_path(extra)?;
     // Network namespaces must be creatable here (not in every container).
     let ns = Netns::new().map_err(|e| format!("cannot create a network namespace: {e}"))?;
     drop(ns);
@@ -67,44 +41,29 @@ fn requirements(extra: &[&str]) -> Result<(), String> {
 }
 
 /// Returns whether to run; skips (or, under `CI`, fails) when the requirements are missing.
-fn should_run(test: &str, extra: &[&str]) -> bool {
-    match requirements(extra) {
-        Ok(()) => true,
-        Err(why) if std::env::var_os("CI").is_some() => panic!("{test}: {why} (CI is set)"),
-        Err(why) => {
-            eprintln!("skipping {test}: {why}");
-            false
-        }
-    }
+fn should_run(extra: &[&str]) -> bool {
+    policyc_testhost::require(requirements(extra))
 }
 
 // === Namespaces and commands ===
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// A named network namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
+/// A throwaway network namespace with loopback up, deleted on drop.
+struct Netns(policyc_testhost::Netns);
 
 impl Netns {
     fn new() -> Result<Netns, String> {
-        let name = format!("pc-ipt-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-        }
-        let ns = Netns { name };
+        let ns = Netns(policyc_testhost::Netns::try_new("ipt")?);
         ns.run(&["ip", "link", "set", "lo", "up"], None);
         Ok(ns)
     }
 
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).args(args);
+        let mut c = self.0.exec(args[0]);
+        c.args(&args[1..]);
         c
     }
 
@@ -115,7 +74,7 @@ impl Netns {
             out.status.success(),
             "{} in {} failed: {}\n{}",
             args.join(" "),
-            self.name,
+            self.name(),
             String::from_utf8_lossy(&out.stderr),
             stdin.unwrap_or_default()
         );
@@ -139,15 +98,6 @@ impl Netns {
                 .expect("write stdin");
         }
         child.wait_with_output().expect("wait")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
     }
 }
 
@@ -458,7 +408,7 @@ fn load_and_check(label: &str, ns: &Netns, ir: &Ir) -> (usize, usize) {
 
 #[test]
 fn rendered_rules_and_sets_load() {
-    if !should_run("rendered_rules_and_sets_load", &[]) {
+    if !should_run(&[]) {
         return;
     }
     for (label, policies) in scenarios() {
@@ -474,7 +424,7 @@ fn rendered_rules_and_sets_load() {
 /// the whole cluster and per node.
 #[test]
 fn larger_inputs_load() {
-    if !should_run("larger_inputs_load", &[]) {
+    if !should_run(&[]) {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -541,7 +491,7 @@ fn larger_inputs_load() {
 
 #[test]
 fn sets_are_per_namespace() {
-    if !should_run("sets_are_per_namespace", &[]) {
+    if !should_run(&[]) {
         return;
     }
     let ir = ir_of(&format!("{PODS}{}", scenarios()[1].1));
@@ -558,7 +508,7 @@ fn sets_are_per_namespace() {
 
 #[test]
 fn reload_with_other_policies_and_prune() {
-    if !should_run("reload_with_other_policies_and_prune", &[]) {
+    if !should_run(&[]) {
         return;
     }
     let all = scenarios();
@@ -645,13 +595,13 @@ fn listen(ns: &Netns) -> Background {
     let stdout: ChildStdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).expect("listener output");
-    assert_eq!(line.trim(), "ready", "listener in {}", ns.name);
+    assert_eq!(line.trim(), "ready", "listener in {}", ns.name());
     Background { child }
 }
 
 #[test]
 fn real_packets_follow_the_evaluator() {
-    if !should_run("real_packets_follow_the_evaluator", &["python3", "sysctl"]) {
+    if !should_run(&["python3", "sysctl"]) {
         return;
     }
     let yaml = "\
@@ -714,7 +664,7 @@ spec:
                 "name",
                 "eth0",
                 "netns",
-                &ns.name,
+                ns.name(),
             ],
             None,
         );

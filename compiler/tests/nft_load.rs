@@ -7,32 +7,26 @@
 //! `CI` set), where it fails: CI runs as root and must exercise the kernel.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use policyc_compiler::render::nft;
 use policyc_compiler::scenario::{apply_object, Scenario};
 use policyc_compiler::synth::{add_admin_policies, cluster, Shape};
 use policyc_compiler::{compile, compile_all_nodes, CompileOptions, Loader, Snapshot};
 
-/// A network namespace deleted on drop.
-struct Netns(String);
+/// A throwaway network namespace, deleted on drop.
+struct Netns(policyc_testhost::Netns);
 
 impl Netns {
     fn new(tag: &str) -> Netns {
-        let name = format!("pc-load-{}-{tag}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "ip netns add {name}");
-        Netns(name)
+        Netns(policyc_testhost::Netns::new(&format!("load-{tag}")))
     }
 
     fn nft(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
         use std::io::Write as _;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.0, "nft"])
+        let mut child = self
+            .0
+            .exec("nft")
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -49,40 +43,6 @@ impl Netns {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// Whether this machine can run kernel tests; the reason when it cannot.
-pub fn kernel_available() -> Result<(), String> {
-    // SAFETY-free root check: root's effective uid is reported as 0 by `id -u`.
-    let uid = Command::new("id").arg("-u").output().map_err(|e| e.to_string())?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Err("not root".into());
-    }
-    for tool in ["nft", "ip"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !found {
-            return Err(format!("{tool} not installed (apt-get install nftables iproute2)"));
-        }
-    }
-    Ok(())
-}
-
-fn skip_or_fail(reason: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("kernel test cannot run under CI: {reason}");
-    }
-    eprintln!("skipping kernel load test: {reason}");
 }
 
 fn load_and_check(ns: &Netns, label: &str, snap: &Snapshot, failures: &mut Vec<String>) -> usize {
@@ -165,8 +125,8 @@ fn scenario_snapshots() -> Vec<(String, Snapshot)> {
 
 #[test]
 fn renderings_load_into_the_kernel() {
-    if let Err(reason) = kernel_available() {
-        return skip_or_fail(&reason);
+    if !policyc_testhost::needs_root(&["nft", "ip"]) {
+        return;
     }
     let ns = Netns::new("nft");
     let mut failures = Vec::new();

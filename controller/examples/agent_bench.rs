@@ -1088,7 +1088,7 @@ async fn activity(opts: &Options, client: &Client, agent: &Agent) -> anyhow::Res
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let opts = options()?;
-    if !support::is_root() {
+    if !policyc_testhost::is_root() {
         bail!("needs root (network namespaces, nftables)");
     }
     let agent_bin = match &opts.agent {

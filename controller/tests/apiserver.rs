@@ -12,20 +12,21 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{repo, skip, ApiServer};
+use support::{repo, ApiServer};
 
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+/// The agent's node: a throwaway network namespace, deleted on drop.
+struct Netns(policyc_testhost::Netns);
 
 impl Netns {
+    fn new(tag: &str) -> Netns {
+        Netns(policyc_testhost::Netns::new(tag))
+    }
+
     fn ruleset(&self) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "nft", "list", "table", "inet", "policyc"])
+        let out = self
+            .0
+            .exec("nft")
+            .args(["list", "table", "inet", "policyc"])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -47,7 +48,7 @@ fn start_agent(kubeconfig: &std::path::Path, ns: &Netns, port: u16) -> Agent {
             .args(["--node-name", "n1", "--debounce-ms", "20", "--metrics-addr"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--netns")
-            .arg(format!("/run/netns/{}", ns.0))
+            .arg(ns.0.path())
             .env("KUBECONFIG", kubeconfig)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -62,7 +63,7 @@ fn policyc_bin() -> Option<std::path::PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        skip("policyc binary not built beside policyc-agent (cargo test --workspace builds it)");
+        policyc_testhost::skip("policyc binary not built beside policyc-agent (cargo test --workspace builds it)");
         None
     }
 }
@@ -188,18 +189,13 @@ fn setup(api: &ApiServer) -> std::path::PathBuf {
 
 #[test]
 fn agent_enforces_what_the_apiserver_says() {
-    if !support::is_root() && skip("needs root") {
+    if !policyc_testhost::needs_root(&["ip", "nft"]) {
         return;
     }
     let Some(api) = ApiServer::start("agent") else { return };
     let agent_kubeconfig = setup(&api);
 
-    let ns = Netns(format!("pc-agent-{}", std::process::id()));
-    assert!(Command::new("ip")
-        .args(["netns", "add", &ns.0])
-        .status()
-        .unwrap()
-        .success());
+    let ns = Netns::new("agent");
     let port = 20000 + (std::process::id() % 20000) as u16;
     let mut agent = start_agent(&agent_kubeconfig, &ns, port);
     eventually("/readyz", Duration::from_secs(60), || {
@@ -332,19 +328,14 @@ spec:
 
 #[test]
 fn agent_picks_up_admin_policies_when_their_crds_arrive() {
-    if !support::is_root() && skip("needs root") {
+    if !policyc_testhost::needs_root(&["ip", "nft"]) {
         return;
     }
     let Some(api) = ApiServer::start("agent-admin") else {
         return;
     };
     let agent_kubeconfig = setup(&api);
-    let ns = Netns(format!("pc-agent-adm-{}", std::process::id()));
-    assert!(Command::new("ip")
-        .args(["netns", "add", &ns.0])
-        .status()
-        .unwrap()
-        .success());
+    let ns = Netns::new("agent-adm");
     let port = 20000 + ((std::process::id() + 7) % 20000) as u16;
     let _agent = start_agent(&agent_kubeconfig, &ns, port);
     // No admin CRDs: the agent works without them.
@@ -431,7 +422,7 @@ fn agent_picks_up_admin_policies_when_their_crds_arrive() {
 /// and phase times); the level comes from `RUST_LOG` when `--log-level` is not given.
 #[test]
 fn agent_logs_json() {
-    if !support::is_root() && skip("needs root") {
+    if !policyc_testhost::needs_root(&["ip", "nft"]) {
         return;
     }
     let Some(api) = ApiServer::start("logs") else { return };
@@ -455,12 +446,7 @@ fn agent_logs_json() {
         ],
         None,
     );
-    let ns = Netns(format!("pc-logs-{}", std::process::id()));
-    assert!(Command::new("ip")
-        .args(["netns", "add", &ns.0])
-        .status()
-        .unwrap()
-        .success());
+    let ns = Netns::new("logs");
     let port = 20000 + ((std::process::id() + 7919) % 20000) as u16;
     let log = api.dir.join("agent.log");
     let agent = Agent(
@@ -477,7 +463,7 @@ fn agent_logs_json() {
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--netns")
-            .arg(format!("/run/netns/{}", ns.0))
+            .arg(ns.0.path())
             .env("KUBECONFIG", &api.kubeconfig)
             .env("RUST_LOG", "info")
             .env_remove("POLICYC_LOG")

@@ -7,7 +7,7 @@
 mod support;
 
 use serde_json::Value;
-use support::{repo, skip, ApiServer};
+use support::{repo, ApiServer};
 
 fn chart() -> String {
     repo().join("charts/policyc").to_str().unwrap().to_string()
@@ -44,7 +44,8 @@ fn daemonset_of(manifests: &str) -> Value {
 
 #[test]
 fn chart_installs_with_least_privilege() {
-    if !repo().join("e2e/bin/helm").exists() && skip("e2e/bin/helm not built (bash e2e/apiserver/build.sh)") {
+    if !repo().join("e2e/bin/helm").exists() {
+        policyc_testhost::skip("e2e/bin/helm not built (bash e2e/apiserver/build.sh)");
         return;
     }
     let Some(api) = ApiServer::start("chart") else { return };

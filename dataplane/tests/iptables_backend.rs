@@ -2,25 +2,12 @@
 //! apply with different policies leaves no stale chain or set, and applying twice is idempotent.
 //! Root only; skipped with the reason otherwise, except under CI.
 
-use std::process::Command;
-
 use policyc_compiler::{compile, CompileOptions, Ir, Loader};
 use policyc_dataplane::{Dataplane, IptablesRestore};
+use policyc_testhost::Netns;
 
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn exec(ns: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .output()
-        .unwrap();
+fn exec(ns: &Netns, args: &[&str]) -> String {
+    let out = ns.exec(args[0]).args(&args[1..]).output().unwrap();
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -53,49 +40,29 @@ fn ir(policies: &str) -> Ir {
 
 #[test]
 fn iptables_backend_applies_and_prunes() {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let tools = Command::new("sh")
-        .args([
-            "-c",
-            "command -v iptables-restore && command -v ipset && command -v nsenter",
-        ])
-        .status();
-    if root.ok() != Some(true) || !tools.is_ok_and(|s| s.success()) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the iptables backend test as root with the tools"
-        );
-        eprintln!("skipping: needs root, iptables, ipset and nsenter");
+    if !policyc_testhost::needs_root(&["ip", "iptables-restore", "ipset", "nsenter"]) {
         return;
     }
-    let ns = Netns(format!("pc-iptb-{}", std::process::id()));
-    assert!(Command::new("ip")
-        .args(["netns", "add", &ns.0])
-        .status()
-        .unwrap()
-        .success());
-    let mut dp = IptablesRestore::new(Some(format!("/run/netns/{}", ns.0).into()));
+    let ns = Netns::new("iptb");
+    let mut dp = IptablesRestore::new(Some(ns.path()));
 
     let first = ir("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: x}\n\
                     spec: {podSelector: {matchLabels: {app: a}}, ingress: [{from: [{podSelector: {matchLabels: {app: b}}}], ports: [{port: 80}]}]}\n");
     dp.replace(&first).unwrap();
     dp.replace(&first).unwrap();
-    let saved = exec(&ns.0, &["iptables-save", "-t", "filter"]);
+    let saved = exec(&ns, &["iptables-save", "-t", "filter"]);
     assert_eq!(saved.matches("-A FORWARD -j POLICYC-FORWARD").count(), 1, "{saved}");
     assert!(saved.contains("x/web ingress[0]"), "{saved}");
-    let sets = exec(&ns.0, &["ipset", "list", "-n"]);
+    let sets = exec(&ns, &["ipset", "list", "-n"]);
     assert!(sets.lines().any(|l| l.starts_with("pc-")), "{sets}");
 
     let second = ir("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: other, namespace: x}\n\
                      spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Egress], egress: [{ports: [{port: 53, protocol: UDP}]}]}\n");
     dp.replace(&second).unwrap();
-    let saved = exec(&ns.0, &["iptables-save", "-t", "filter"]);
+    let saved = exec(&ns, &["iptables-save", "-t", "filter"]);
     assert!(!saved.contains("x/web"), "old policy's chains pruned: {saved}");
     assert!(saved.contains("x/other egress[0]"), "{saved}");
-    let sets_after: std::collections::BTreeSet<String> = exec(&ns.0, &["ipset", "list", "-n"])
+    let sets_after: std::collections::BTreeSet<String> = exec(&ns, &["ipset", "list", "-n"])
         .lines()
         .filter(|l| l.starts_with("pc-"))
         .map(str::to_string)

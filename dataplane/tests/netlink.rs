@@ -14,12 +14,11 @@
 //! BaselineAdminNetworkPolicy: interval verdict maps of addresses and ports, `goto` and `return`
 //! verdicts), from YAML here and in `tests/tiers/`, and from the synthetic cluster generator.
 //!
-//! Without root, `ip` or `nft` the tests print why and pass, unless `CI` is set: then they fail.
+//! Without root, `ip` or `nft` the tests print `skipped: <test>: <reason>` and pass, unless `CI` is
+//! set: then they fail.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use policyc_compiler::cidr::IpRange;
@@ -56,52 +55,18 @@ fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> 
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Why these tests cannot run here, if they cannot.
-fn unavailable() -> Option<String> {
-    match run("id", &["-u"], None) {
-        Ok(uid) if uid.trim() == "0" => {}
-        Ok(uid) => return Some(format!("not root (uid {})", uid.trim())),
-        Err(e) => return Some(e),
-    }
-    if let Err(e) = run("nft", &["--version"], None) {
-        return Some(format!("nft unavailable: {e}"));
-    }
-    if let Err(e) = run("ip", &["netns", "list"], None) {
-        return Some(format!("ip netns unavailable: {e}"));
-    }
-    None
+/// Whether to run: root, `ip` and `nft`; otherwise skipped with the reason (or, under `CI`,
+/// failing).
+fn available() -> bool {
+    policyc_testhost::needs_root(&["ip", "nft"])
 }
 
-/// Whether to run; `false` after printing why not (outside CI).
-fn available(test: &str) -> bool {
-    static REASON: OnceLock<Option<String>> = OnceLock::new();
-    match REASON.get_or_init(unavailable) {
-        None => true,
-        Some(why) if std::env::var_os("CI").is_some() => panic!("{test}: cannot run under CI: {why}"),
-        Some(why) => {
-            // Straight to stderr: the test harness would swallow `eprintln!` of a passing test.
-            let _ = writeln!(std::io::stderr(), "netlink test {test} skipped: {why}");
-            false
-        }
-    }
-}
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// A network namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
+/// A throwaway network namespace, deleted on drop.
+struct Netns(policyc_testhost::Netns);
 
 impl Netns {
     fn new(side: &str) -> Netns {
-        let name = format!(
-            "pc-nl-{}-{}-{side}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        run("ip", &["netns", "add", &name], None).expect("ip netns add");
-        Netns { name }
+        Netns(policyc_testhost::Netns::new(&format!("nl-{side}")))
     }
 
     /// A pair: A for the text loader, B for the writer.
@@ -109,16 +74,12 @@ impl Netns {
         (Netns::new("a"), Netns::new("b"))
     }
 
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
     fn writer(&self) -> NetlinkWriter {
-        NetlinkWriter::in_netns(self.path())
+        NetlinkWriter::in_netns(self.0.path())
     }
 
     fn nft(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-        let mut full = vec!["netns", "exec", &self.name, "nft"];
+        let mut full = vec!["netns", "exec", self.0.name(), "nft"];
         full.extend_from_slice(args);
         run("ip", &full, stdin)
     }
@@ -149,12 +110,6 @@ impl Netns {
             self.list(&["-a"]),
             sort_elements(&self.list(&["--debug=netlink"])),
         ]
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run("ip", &["netns", "del", &self.name], None);
     }
 }
 
@@ -224,7 +179,7 @@ fn ir_with_options(yaml: &str, opts: &CompileOptions) -> Ir {
 
 /// Text-loaded and netlink-written rulesets for `ir` list the same.
 fn check(name: &str, ir: &Ir) {
-    if !available(name) {
+    if !available() {
         return;
     }
     let (a, b) = Netns::pair();
@@ -518,7 +473,7 @@ fn large_cluster() {
         "{} chains",
         ir.chains.len()
     );
-    if !available("large_cluster") {
+    if !available() {
         return;
     }
     let (a, b) = Netns::pair();
@@ -533,7 +488,7 @@ fn large_cluster() {
 
 #[test]
 fn replace_is_idempotent() {
-    if !available("replace_is_idempotent") {
+    if !available() {
         return;
     }
     let yaml = basic_pods() + &policy("prod", "deny", "  podSelector: {}\n");
@@ -556,7 +511,7 @@ fn replace_is_idempotent() {
 
 #[test]
 fn replace_with_different_ir() {
-    if !available("replace_with_different_ir") {
+    if !available() {
         return;
     }
     let ir1 = large_ir();
@@ -602,7 +557,7 @@ fn node_yaml(remote_pods: &[(&str, &str, &str)]) -> String {
 
 #[test]
 fn element_only_update() {
-    if !available("element_only_update") {
+    if !available() {
         return;
     }
     let ir1 = node_ir(&[("a1", "app: api", "10.0.3.1"), ("a2", "app: api", "fd00::3:2")]);
@@ -675,7 +630,7 @@ fn netlink_listing(ns: &Netns) -> String {
 /// and updates set elements; the table lists as loading the rendered text gives.
 #[test]
 fn chain_rewritten_in_place() {
-    if !available("chain_rewritten_in_place") {
+    if !available() {
         return;
     }
     let ir1 = node_ir(&[("a1", "app: api", "10.0.3.1")]);
@@ -740,7 +695,7 @@ fn element_update_large() {
         ..CompileOptions::default()
     };
     let (ir1, ir2) = (compile(&before, &opts), compile(&after, &opts));
-    if !available("element_update_large") {
+    if !available() {
         return;
     }
     let (a, b) = Netns::pair();
@@ -754,7 +709,7 @@ fn element_update_large() {
 
 #[test]
 fn rejected_batch_changes_nothing() {
-    if !available("rejected_batch_changes_nothing") {
+    if !available() {
         return;
     }
     let spec = "  podSelector: {}
@@ -795,7 +750,7 @@ fn rejected_batch_changes_nothing() {
 
 #[test]
 fn remove_table() {
-    if !available("remove_table") {
+    if !available() {
         return;
     }
     let ir = ir_from_yaml(&(basic_pods() + &policy("prod", "deny", "  podSelector: {}\n")), None);
@@ -811,7 +766,7 @@ fn remove_table() {
 
 #[test]
 fn other_namespace_only() {
-    if !available("other_namespace_only") {
+    if !available() {
         return;
     }
     // The test's own namespace: its policyc table (normally none) must stay as it is.
@@ -828,7 +783,7 @@ fn other_namespace_only() {
 
 #[test]
 fn fail_closed_ruleset() {
-    if !available("fail_closed_ruleset") {
+    if !available() {
         return;
     }
     let mut snap_yaml = basic_pods();
@@ -852,7 +807,7 @@ fn fail_closed_ruleset() {
 /// the writer accept. See: the lab benchmark's 1,000-policy ruleset failing over netlink.
 #[test]
 fn longest_comments_load() {
-    if !available("longest_comments_load") {
+    if !available() {
         return;
     }
     let mut yaml = basic_pods();
@@ -1079,7 +1034,7 @@ fn element_update_with_admin_tiers() {
         "a pod outside every admin peer must not change the tier tables"
     );
     assert_ne!(ir2.sets, ir3.sets);
-    if !available("element_update_with_admin_tiers") {
+    if !available() {
         return;
     }
     // The text side loads what the writer replaced, so that table handles agree.
@@ -1119,7 +1074,7 @@ fn admin_tiers_through_apply() {
     assert_ne!(ir1.admin_rules, accept.admin_rules);
     let moved = tiers_with_remote_pods(&[("mover", "x", "10.0.7.1")]);
     let extra = tiers_with_remote_pods(&[("mover", "x", "10.0.7.1"), ("extra", "y", "10.0.9.9")]);
-    if !available("admin_tiers_through_apply") {
+    if !available() {
         return;
     }
     let (_, b) = Netns::pair();
@@ -1182,7 +1137,7 @@ fn changed_tier_map_is_structural() {
             other,
         ),
     );
-    if !available("changed_tier_map_is_structural") {
+    if !available() {
         return;
     }
     let (a, b) = Netns::pair();

@@ -11,20 +11,6 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Prints why a test is skipped; fails instead under CI, which must run everything.
-pub fn skip(reason: &str) -> bool {
-    assert!(std::env::var_os("CI").is_none(), "cannot run under CI: {reason}");
-    eprintln!("skipping: {reason}");
-    true
-}
-
-pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
 pub struct ApiServer {
     child: Child,
     pub kubeconfig: PathBuf,
@@ -36,7 +22,7 @@ impl ApiServer {
     pub fn start(tag: &str) -> Option<ApiServer> {
         let bin = repo().join("e2e/bin/kube-lab");
         if !bin.exists() {
-            skip("e2e/bin/kube-lab not built (bash e2e/apiserver/build.sh)");
+            policyc_testhost::skip("e2e/bin/kube-lab not built (bash e2e/apiserver/build.sh)");
             return None;
         }
         let dir = std::env::temp_dir().join(format!("policyc-{tag}-{}", std::process::id()));
