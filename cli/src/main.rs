@@ -177,8 +177,9 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
 }
 
 fn render_one(ir: &Ir, format: Format) -> Result<String> {
+    ir.validate()?;
     Ok(match format {
-        Format::Nft => nft::render(ir, true),
+        Format::Nft => nft::render(ir, true)?,
         Format::Iptables => iptables::render_iptables(ir, Family::V4),
         Format::Ip6tables => iptables::render_iptables(ir, Family::V6),
         Format::Ipset => iptables::render_ipset(ir),

@@ -29,7 +29,7 @@ fn print_growth() {
             let st = ir.stats();
             rules += st.rules;
             elems += st.set_elements;
-            bytes += nft::render(ir, true).len();
+            bytes += nft::render(ir, true).expect("a compiled IR is valid").len();
         }
         println!(
             "  pods {:>6} policies {:>5}: rules {:>7} set elements {:>8} bytes {:>10}  (rules+elements per pod+policy: {:.2})",
@@ -52,13 +52,17 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("large-10k-pods-2k-policies");
     g.sample_size(10);
     g.bench_function("one node: compile + render nft", |b| {
-        b.iter(|| nft::render(&compile(&snap, &one), true).len())
+        b.iter(|| {
+            nft::render(&compile(&snap, &one), true)
+                .expect("a compiled IR is valid")
+                .len()
+        })
     });
     g.bench_function("all 100 nodes: compile + render nft", |b| {
         b.iter(|| {
             compile_all_nodes(&snap, &CompileOptions::default())
                 .values()
-                .map(|ir| nft::render(ir, true).len())
+                .map(|ir| nft::render(ir, true).expect("a compiled IR is valid").len())
                 .sum::<usize>()
         })
     });

@@ -70,7 +70,12 @@ fn golden_outputs() {
             dir.display()
         );
         let ir = compile(&snap, &CompileOptions::default());
-        check(&dir, "all.nft", &nft::render(&ir, true), &mut failures);
+        check(
+            &dir,
+            "all.nft",
+            &nft::render(&ir, true).expect("a compiled IR is valid"),
+            &mut failures,
+        );
         check(&dir, "all.ipset", &iptables::render_ipset(&ir), &mut failures);
         check(
             &dir,
@@ -94,7 +99,7 @@ fn golden_outputs() {
             check(
                 &dir,
                 &format!("node-{node}.nft"),
-                &nft::render(&ir, true),
+                &nft::render(&ir, true).expect("a compiled IR is valid"),
                 &mut failures,
             );
         }

@@ -53,15 +53,18 @@ fn load_and_check(ns: &Netns, label: &str, snap: &Snapshot, failures: &mut Vec<S
     let mut rendered = vec![
         (
             format!("{label} (all)"),
-            nft::render(&compile(snap, &CompileOptions::default()), true),
+            nft::render(&compile(snap, &CompileOptions::default()), true).expect("a compiled IR is valid"),
         ),
         (
             format!("{label} (all, fail closed)"),
-            nft::render(&compile(snap, &fail_closed), true),
+            nft::render(&compile(snap, &fail_closed), true).expect("a compiled IR is valid"),
         ),
     ];
     for (node, ir) in compile_all_nodes(snap, &fail_closed) {
-        rendered.push((format!("{label} node {node}"), nft::render(&ir, true)));
+        rendered.push((
+            format!("{label} node {node}"),
+            nft::render(&ir, true).expect("a compiled IR is valid"),
+        ));
     }
     let n = rendered.len();
     for (what, text) in rendered {
@@ -147,7 +150,7 @@ fn renderings_load_into_the_kernel() {
     for (label, snap) in scenario_snapshots() {
         // Per-node renderings of every scenario step would be slow; the whole cluster covers
         // every rule shape the scenario has.
-        let text = nft::render(&compile(&snap, &CompileOptions::default()), true);
+        let text = nft::render(&compile(&snap, &CompileOptions::default()), true).expect("a compiled IR is valid");
         if let Err(e) = ns.nft(&["-f", "-"], Some(&text)) {
             failures.push(format!("{label}: nft -f failed: {e}"));
         }

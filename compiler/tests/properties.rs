@@ -524,7 +524,7 @@ proptest! {
             }
             let (s, diags) = l.finish();
             assert!(diags.is_empty(), "{diags:?}");
-            (s.clone(), nft::render(&compile(&s, &CompileOptions { node: Some("node-0".into()), ..Default::default() }), true))
+            (s.clone(), nft::render(&compile(&s, &CompileOptions { node: Some("node-0".into()), ..Default::default() }), true).expect("a compiled IR is valid"))
         };
         let (loaded, first) = render(&docs);
         prop_assert_eq!(&loaded, &snap, "manifests round-trip");

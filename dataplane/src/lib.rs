@@ -120,6 +120,8 @@ pub enum DataplaneError {
     Unanswered { missing: usize, messages: usize },
     #[error("cannot express in nf_tables: {0}")]
     Unrepresentable(String),
+    #[error("inconsistent IR")]
+    Ir(#[from] policyc_compiler::ir::IrError),
 }
 
 fn more(n: usize) -> String {
@@ -300,15 +302,15 @@ impl NetlinkWriter {
 impl Dataplane for NetlinkWriter {
     fn replace(&mut self, ir: &Ir) -> Result<ApplyStats, DataplaneError> {
         let started = Instant::now();
-        let table = lower(ir);
+        let table = lower(ir)?;
         let rs = Ruleset::from_table(&table)?;
         self.replace_with(table, rs, started)
     }
 
     fn update_elements(&mut self, old: &Ir, new: &Ir) -> Result<Option<ApplyStats>, DataplaneError> {
         let started = Instant::now();
-        let old = Ruleset::from_table(&lower(old))?;
-        let table = lower(new);
+        let old = Ruleset::from_table(&lower(old)?)?;
+        let table = lower(new)?;
         let plan = Ruleset::from_table(&table)?;
         self.update_with(&old, table, plan, started)
     }
@@ -326,13 +328,13 @@ impl Dataplane for NetlinkWriter {
     /// `nft list` then prints what a replace would have given.
     fn apply(&mut self, current: Option<&Ir>, new: &Ir) -> Result<ApplyStats, DataplaneError> {
         let started = Instant::now();
-        let new_table = lower(new);
+        let new_table = lower(new)?;
         let old = match (current, self.committed.take()) {
             (None, _) => None,
             (Some(_), Some(committed)) => Some(committed),
             (Some(ir), None) => {
-                let table = lower(ir);
-                Ruleset::from_table(&table).ok().map(|plan| Committed { table, plan })
+                let table = lower(ir).ok();
+                table.and_then(|table| Ruleset::from_table(&table).ok().map(|plan| Committed { table, plan }))
             }
         };
         let Some(old) = old else {

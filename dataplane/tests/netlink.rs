@@ -85,7 +85,7 @@ impl Netns {
     }
 
     fn load_text(&self, ir: &Ir) {
-        let text = render(ir, true);
+        let text = render(ir, true).expect("a compiled IR is valid");
         if let Err(e) = self.nft(&["-f", "-"], Some(&text)) {
             panic!("nft -f rejected the rendered ruleset: {e}\n{text}");
         }
@@ -819,7 +819,7 @@ fn longest_comments_load() {
         ));
     }
     let ir = ir_from_yaml(&yaml, None);
-    let text = policyc_compiler::render::nft::render(&ir, true);
+    let text = policyc_compiler::render::nft::render(&ir, true).expect("a compiled IR is valid");
     let longest = text
         .lines()
         .filter_map(|l| l.split_once("comment \"").map(|(_, c)| c.len() - 1))
@@ -855,7 +855,7 @@ fn assert_tiers(ir: &Ir) {
 fn admin_tiers_example() {
     let ir = ir_from_yaml(CNP_EXAMPLE, Some("n1"));
     assert_tiers(&ir);
-    let text = render(&ir, true);
+    let text = render(&ir, true).expect("a compiled IR is valid");
     for construct in [
         "flags interval",
         ": goto pc_",
@@ -874,7 +874,7 @@ fn admin_tiers_example() {
 fn admin_tiers_dual_stack_open_intervals() {
     let ir = ir_from_yaml(DUAL_STACK_OPEN, Some("n1"));
     assert_tiers(&ir);
-    let text = render(&ir, true);
+    let text = render(&ir, true).expect("a compiled IR is valid");
     for construct in [
         "type ipv6_addr : verdict",
         // Open intervals in both families, and a port range running to 65535.
@@ -905,7 +905,7 @@ fn baseline_tier_fail_closed() {
     );
     assert_tiers(&ir);
     assert!(ir.fail_closed.is_some());
-    let text = render(&ir, true);
+    let text = render(&ir, true).expect("a compiled IR is valid");
     for construct in ["jump bl_", "jump adm_", "jump np_", "counter drop comment", ": accept"] {
         assert!(text.contains(construct), "{construct} missing from\n{text}");
     }

@@ -548,7 +548,8 @@ impl Lab {
                 interface_prefix: self.opts.interface_prefix.clone(),
                 ..CompileOptions::default()
             });
-            let text = policyc_compiler::render::nft::render(&ir, true);
+            let text = policyc_compiler::render::nft::render(&ir, true)
+                .map_err(|e| Error::new(format!("rendering the rules of {name}: {e}")))?;
             sys::netns_exec_stdin(&state.netns, &["nft", "-f", "-"], &text)
                 .map_err(|e| Error::new(format!("loading the rules of {name}: {e}")))?;
             state.applied = Some(ir);

@@ -46,7 +46,7 @@ pub fn check_environment() -> Result<(), Error> {
     let empty = policyc_compiler::compile(&Default::default(), &Default::default());
     let probe = std::thread::spawn(move || -> Result<(), String> {
         unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("cannot create a network namespace: {e}"))?;
-        let text = policyc_compiler::render::nft::render(&empty, true);
+        let text = policyc_compiler::render::nft::render(&empty, true).map_err(|e| e.to_string())?;
         run_stdin(&["nft", "-f", "-"], &text)
             .map(drop)
             .map_err(|e| format!("the kernel has no usable nftables support: {e}"))

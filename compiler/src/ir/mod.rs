@@ -33,10 +33,12 @@ mod hash;
 mod naming;
 mod selector_cache;
 mod sets;
+mod validate;
 
 pub use compile::{compile, compile_all_nodes, CompileOptions, Compiler};
 pub use naming::{interface_name, policy_chain_name, short_hash};
 pub use selector_cache::SelectorCache;
+pub use validate::IrError;
 
 // === IR types ===
 

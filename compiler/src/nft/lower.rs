@@ -10,8 +10,15 @@ use crate::render::{CUT_COMMENT, CUT_MARK};
 use super::model::*;
 use super::{comment, labels};
 
-/// Lowers a node's (or the whole cluster's) IR into the nftables model.
-pub fn lower(ir: &Ir) -> Table {
+/// Lowers a node's (or the whole cluster's) IR into the nftables model; an IR whose parts name
+/// something it does not hold ([`Ir::validate`]) is refused, never half-lowered.
+pub fn lower(ir: &Ir) -> Result<Table, IrError> {
+    ir.validate()?;
+    Ok(lower_valid(ir))
+}
+
+/// [`lower`] of an IR that [`Ir::validate`] accepted: every reference resolves.
+fn lower_valid(ir: &Ir) -> Table {
     let scope = match &ir.node {
         Some(n) => format!("node {n}"),
         None => "all endpoints".to_string(),

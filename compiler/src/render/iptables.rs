@@ -589,7 +589,7 @@ fn render_policy_chain(out: &mut String, ir: &Ir, name: &str, chain: &PolicyChai
         let peer = match &r.peer {
             PeerMatch::Any => String::new(),
             PeerMatch::Set(s) => {
-                if !ir.sets[s].families.contains(&f) {
+                if !ir.sets.get(s).is_some_and(|set| set.families.contains(&f)) {
                     // An ipBlock of the other family: nothing of this family matches.
                     continue;
                 }

@@ -24,12 +24,13 @@
 //! the source's egress and the destination's ingress. Interfaces not in a dispatch map (pods not
 //! isolated in that direction, anything else) fall through to `policy accept`.
 
-use crate::ir::Ir;
+use crate::ir::{Ir, IrError};
 
 pub use crate::nft::TABLE;
 
 /// Renders the IR as an nft script that creates (or, with `replace`, atomically replaces) the
-/// table: [`crate::nft::print`] of [`crate::nft::lower`].
-pub fn render(ir: &Ir, replace: bool) -> String {
-    crate::nft::print(&crate::nft::lower(ir), replace)
+/// table: [`crate::nft::print`] of [`crate::nft::lower`]. Fails, naming the reference, on an IR
+/// whose parts name something it does not hold.
+pub fn render(ir: &Ir, replace: bool) -> Result<String, IrError> {
+    Ok(crate::nft::print(&crate::nft::lower(ir)?, replace))
 }

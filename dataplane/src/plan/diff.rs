@@ -286,7 +286,7 @@ mod tests {
     use policyc_compiler::nft::{lower, Key, KeyType, Verdict};
 
     fn lowered(ir: &policyc_compiler::Ir) -> (Table, Ruleset) {
-        let table = lower(ir);
+        let table = lower(ir).unwrap();
         let plan = Ruleset::from_table(&table).unwrap();
         (table, plan)
     }
