@@ -37,9 +37,8 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 fn cluster_options() -> Option<ClusterOptions> {
     match ClusterOptions::from_target_dir() {
         Ok(o) => Some(o),
-        Err(e) if std::env::var_os("CI").is_some() => panic!("CI is set but the agents' lab cannot run: {e}"),
         Err(e) => {
-            eprintln!("skipped: {e}");
+            policyc_testhost::skip(e);
             None
         }
     }

@@ -4,7 +4,7 @@
 //! The lab under test runs in a child process: this test binary again, running only the
 //! ignored `hold_a_lab` test, which builds a lab, prints its prefix and waits to be signalled.
 //!
-//! Needs root; see `common::skip_reason`.
+//! Needs root; see `common::lab_available`.
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! The lab's network itself: the VXLAN overlay's MTU, DROP semantics, topology changes, and
 //! leaving nothing behind.
 //!
-//! Needs root (and `ping` from iputils-ping for the MTU test); see `common::skip_reason`.
+//! Needs root (and `ping` from iputils-ping for the MTU test); see `common::lab_available`.
 
 mod common;
 
@@ -58,14 +58,6 @@ fn pod(ns: &str, name: &str) -> ObjectRef {
     ObjectRef::new(ns, name)
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn ping(lab: &Lab, from: &ObjectRef, to: &str, payload: usize) -> bool {
     Command::new("ip")
         .args(["netns", "exec", lab.pod_netns(from).expect("pod netns")])
@@ -79,9 +71,8 @@ fn ping(lab: &Lab, from: &ObjectRef, to: &str, payload: usize) -> bool {
 #[test]
 fn overlay_mtu_is_underlay_minus_vxlan() {
     require_lab!();
-    if !have("ping") {
-        assert!(std::env::var_os("CI").is_none(), "ping is not installed (iputils-ping)");
-        eprintln!("skipped: ping is not installed (apt-get install iputils-ping)");
+    if policyc_testhost::on_path(&["ping"]).is_err() {
+        policyc_testhost::skip("ping is not installed (apt-get install iputils-ping)");
         return;
     }
     let lab = Lab::new(&snapshot(&[CLUSTER]), LabOptions::default()).unwrap();

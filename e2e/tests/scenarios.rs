@@ -9,7 +9,7 @@
 //!        └─ verify::run_scenario: per step apply ─► reload every node ─► probe ─► compare
 //! ```
 //!
-//! Needs root; see `common::skip_reason`.
+//! Needs root; see `common::lab_available`.
 
 mod common;
 

@@ -1,22 +1,17 @@
 //! Shared by the lab's test suites: whether this machine can run them.
 
-/// `Some(reason)` when the lab cannot run here. Without root (or nftables) the suites print the
-/// reason and pass, except under CI (`CI` set), where they fail: CI runs as root and must send
-/// real packets.
-pub fn skip_reason() -> Option<String> {
-    match policyc_lab::sys::check_environment() {
-        Ok(()) => None,
-        Err(e) if std::env::var_os("CI").is_some() => panic!("CI is set but the lab cannot run: {e}"),
-        Err(e) => Some(e.to_string()),
-    }
+/// Whether the lab can run here ([`policyc_lab::sys::check_environment`]: root, `ip`, `bridge`,
+/// `nft` and a working nf_tables). Otherwise the test is skipped with the reason, except under
+/// CI (`CI` set), where it fails: CI runs as root and must send real packets.
+pub fn lab_available() -> bool {
+    policyc_testhost::require(policyc_lab::sys::check_environment())
 }
 
 /// Skips the calling test (returns from it) when the lab cannot run.
 #[macro_export]
 macro_rules! require_lab {
     () => {
-        if let Some(reason) = common::skip_reason() {
-            eprintln!("skipped: {reason}");
+        if !common::lab_available() {
             return;
         }
     };
