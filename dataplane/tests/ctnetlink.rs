@@ -18,21 +18,9 @@ use policyc_dataplane::ctnetlink::{Conntrack, CtError, Entry, MarkChange, Update
 
 const CUT: u32 = 0x0040_0000;
 
-/// A throwaway network namespace, deleted on drop.
+/// A throwaway network namespace (deleted on drop) where conntrack tracks loopback traffic.
 struct Netns {
-    name: String,
-}
-
-/// Whether to run: root is needed; without it the test says it is skipped, or fails under CI.
-fn available(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: cannot run under CI: not root");
-    }
-    let _ = writeln!(std::io::stderr(), "ctnetlink test {test} skipped: not root");
-    false
+    ns: policyc_testhost::Netns,
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -47,10 +35,10 @@ fn run(cmd: &mut Command) -> Output {
 
 impl Netns {
     fn new(tag: &str) -> Netns {
-        let name = format!("ctdev-{}-{tag}", std::process::id());
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name }; // from here on, deleted whatever happens
-        run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
+        let ns = Netns {
+            ns: policyc_testhost::Netns::new(&format!("ct-{tag}")),
+        };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
         ns.exec(&[
             "nft",
             "add table inet t; add chain inet t c { type filter hook output priority 0; ct state new accept; }",
@@ -62,11 +50,11 @@ impl Netns {
     }
 
     fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.name))
+        self.ns.path()
     }
 
     fn exec(&self, args: &[&str]) -> String {
-        let out = run(Command::new("ip").args(["netns", "exec", &self.name]).args(args));
+        let out = run(self.ns.exec(args[0]).args(&args[1..]));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -99,12 +87,6 @@ impl Netns {
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
 /// A UDP "flow": a client socket that sent one datagram to `server`.
 fn udp_flow(ns: &Netns, server: SocketAddr) -> UdpSocket {
     ns.enter(|| {
@@ -131,7 +113,7 @@ fn find(entries: &[Entry], protocol: u8, sport: u16, dport: u16) -> Entry {
 /// other mark bits set beforehand to show the mask keeps them; checked with `conntrack -L`.
 #[test]
 fn marks_exactly_the_entries_asked_and_only_the_masked_bits() {
-    if !available("marks_exactly_the_entries_asked_and_only_the_masked_bits") {
+    if !policyc_testhost::needs_root(&["ip", "nft", "conntrack"]) {
         return;
     }
     let ns = Netns::new("mark");
@@ -236,7 +218,7 @@ fn marks_exactly_the_entries_asked_and_only_the_masked_bits() {
 
 #[test]
 fn an_entry_deleted_meanwhile_is_vanished() {
-    if !available("an_entry_deleted_meanwhile_is_vanished") {
+    if !policyc_testhost::needs_root(&["ip", "nft", "conntrack"]) {
         return;
     }
     let ns = Netns::new("gone");
@@ -285,7 +267,7 @@ fn an_entry_deleted_meanwhile_is_vanished() {
 
 #[test]
 fn a_dump_of_thousands_returns_them_all() {
-    if !available("a_dump_of_thousands_returns_them_all") {
+    if !policyc_testhost::needs_root(&["ip", "nft", "conntrack"]) {
         return;
     }
     const N: usize = 5000;
@@ -357,7 +339,7 @@ fn a_dump_of_thousands_returns_them_all() {
 /// come and go: no failure other than Vanished.
 #[test]
 fn stress_dump_and_update_under_churn() {
-    if !available("stress_dump_and_update_under_churn") {
+    if !policyc_testhost::needs_root(&["ip", "nft", "conntrack"]) {
         return;
     }
     const ROUNDS: usize = 20;
@@ -500,7 +482,7 @@ fn stress_dump_and_update_under_churn() {
 
 #[test]
 fn opening_a_missing_namespace_is_a_typed_error() {
-    if !available("opening_a_missing_namespace_is_a_typed_error") {
+    if !policyc_testhost::needs_root(&["ip", "nft", "conntrack"]) {
         return;
     }
     let err = Conntrack::open(Some(std::path::Path::new("/run/netns/ctdev-does-not-exist"))).unwrap_err();
@@ -514,7 +496,7 @@ fn opening_a_missing_namespace_is_a_typed_error() {
 /// succeeds. A dump through the small buffer still returns every entry.
 #[test]
 fn lost_answers_are_reported_and_retrying_them_succeeds() {
-    if !available("lost_answers_are_reported_and_retrying_them_succeeds") {
+    if !policyc_testhost::needs_root(&["ip", "nft", "conntrack"]) {
         return;
     }
     const N: usize = 2000;
@@ -574,7 +556,7 @@ fn lost_answers_are_reported_and_retrying_them_succeeds() {
 #[test]
 #[ignore]
 fn measure_dump_and_update_by_table_size() {
-    if !available("measure_dump_and_update_by_table_size") {
+    if !policyc_testhost::needs_root(&["ip", "nft", "conntrack"]) {
         return;
     }
     for (clients, servers) in [(10, 100), (100, 100), (100, 1000)] {
