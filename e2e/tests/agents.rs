@@ -875,6 +875,20 @@ fn report_cut(rig: &CutRig, up: Duration, changes: &[(usize, &str, Change)]) {
             .sum::<f64>()
             + 0.0
     };
+    // Mean of an agents' histogram in ms, over both nodes (since their last start).
+    let mean = |name: &str| -> f64 {
+        let sum = |suffix: &str| -> f64 {
+            SERVERS
+                .iter()
+                .map(|(_, n)| {
+                    rig.cluster
+                        .agent_metric(n, &format!("{name}{suffix}"), "")
+                        .unwrap_or(f64::NAN)
+                })
+                .sum()
+        };
+        sum("_sum") * 1e3 / sum("_count")
+    };
     let per_round: Vec<f64> = per_round.into_values().collect();
     eprintln!(
         "\n{} rounds, {} changes, {} failures; lab up in {:.1} s, rounds took {secs:.1} s\n\
@@ -884,7 +898,8 @@ fn report_cut(rig: &CutRig, up: Duration, changes: &[(usize, &str, Change)]) {
          ack → last byte of a revoked flow, worst per round: {}\n\
          ack → first byte of a restored TCP flow: {}\n\
          ack → first byte of a restored UDP flow: {}\n\
-         agents' conntrack updates: marked {} released {} vanished {} failed {}",
+         agents' conntrack updates: marked {} released {} vanished {} failed {}\n\
+         agents' mean sync (debounce end → kernel commit) {:.1} ms, mean cut (dump, judge, updates) {:.1} ms",
         per_round.len(),
         changes.len(),
         rig.failures.len(),
@@ -899,6 +914,8 @@ fn report_cut(rig: &CutRig, up: Duration, changes: &[(usize, &str, Change)]) {
         updates("released"),
         updates("vanished"),
         updates("failed"),
+        mean("policyc_sync_duration_seconds"),
+        mean("policyc_conntrack_duration_seconds"),
     );
 }
 
