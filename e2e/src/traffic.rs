@@ -1,5 +1,6 @@
 //! Traffic that keeps flowing while the cluster changes: a continuous prober that counts what
-//! arrives where it must not, and long-lived flows for the conntrack cut.
+//! arrives where it must not, long-lived flows for the conntrack cut, and churn: many new short
+//! connections that keep conntrack tables busy.
 //!
 //! ```text
 //!  Source: two threads in the source pod               Sink: one thread in the destination pod
@@ -7,11 +8,15 @@
 //!   every 50 ms a TCP connect (40 ms timeout) ───────►  TCP listener on PORT  connections and bytes per source address
 //!  Stream: one long-lived TCP connection or UDP socket
 //!   every 10 ms 64 bytes ────────────────────────────►  the same sink (with echo: UDP datagrams go back)
+//!  Churn: two threads in a pod, for a bounded time
+//!   RATE/s TCP connects, closed at once ─────────────►  a sink (new entry each: TIME_WAIT for 2 min)
+//!   RATE/s datagrams, each from a new socket ────────►  a sink (new entry each: 30 s unreplied)
 //! ```
 //!
 //! The sink counts what arrived: a datagram read from its socket, a connection its listener
-//! accepted, bytes read. A denied pair must show none of these; an allowed pair in the same run
-//! shows that the prober works. A prober sink never answers (no reply can open a flow the other
+//! accepted, bytes read (and notes when it last read a datagram or bytes from each source). A
+//! denied pair must show none of these; an allowed pair in the same run shows that the prober
+//! works. A prober sink never answers (no reply can open a flow the other
 //! way); a stream sink echoes UDP, so that conntrack sees both directions as it does for a real
 //! request/response protocol.
 
@@ -47,6 +52,27 @@ pub struct Arrived {
     pub udp_bytes: u64,
     pub connections: u64,
     pub tcp_bytes: u64,
+    /// When the sink read the last datagram from this source.
+    pub last_udp: Option<Instant>,
+    /// When the sink read the last TCP bytes from this source.
+    pub last_tcp: Option<Instant>,
+    /// When datagrams from this source started arriving again after a [`PAUSE`] without any
+    /// (or arrived first).
+    pub resumed_udp: Option<Instant>,
+    /// When TCP bytes from this source started arriving again after a [`PAUSE`] (or first).
+    pub resumed_tcp: Option<Instant>,
+}
+
+/// A silence this long in a source's datagrams or bytes (streams write every 10 ms) counts as
+/// a stop; what comes after is [`Arrived::resumed_udp`] or [`Arrived::resumed_tcp`].
+pub const PAUSE: Duration = Duration::from_millis(100);
+
+/// Notes a read at `now` in `last`, and in `resumed` when it ends a [`PAUSE`].
+fn arrived_at(last: &mut Option<Instant>, resumed: &mut Option<Instant>, now: Instant) {
+    if last.is_none_or(|l| now.duration_since(l) >= PAUSE) {
+        *resumed = Some(now);
+    }
+    *last = Some(now);
 }
 
 impl Arrived {
@@ -56,6 +82,10 @@ impl Arrived {
             udp_bytes: self.udp_bytes - o.udp_bytes,
             connections: self.connections - o.connections,
             tcp_bytes: self.tcp_bytes - o.tcp_bytes,
+            last_udp: self.last_udp,
+            last_tcp: self.last_tcp,
+            resumed_udp: self.resumed_udp,
+            resumed_tcp: self.resumed_tcp,
         }
     }
 }
@@ -192,6 +222,7 @@ fn drain(
             count(counts, from.ip(), |a| {
                 a.datagrams += 1;
                 a.udp_bytes += n as u64;
+                arrived_at(&mut a.last_udp, &mut a.resumed_udp, Instant::now());
             });
             if echo {
                 let _ = udp.send_to(&buf[..n], from);
@@ -209,7 +240,10 @@ fn drain(
                     closed.push(i);
                     break;
                 }
-                Ok(n) => count(counts, *ip, |a| a.tcp_bytes += n as u64),
+                Ok(n) => count(counts, *ip, |a| {
+                    a.tcp_bytes += n as u64;
+                    arrived_at(&mut a.last_tcp, &mut a.resumed_tcp, Instant::now());
+                }),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => {
@@ -647,6 +681,102 @@ impl Drop for Stream {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// === Churn ===
+
+/// What a [`Churn`] made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Churned {
+    /// TCP connections made (accepted, then closed at once).
+    pub connections: u64,
+    /// Datagrams sent, each from a fresh socket.
+    pub datagrams: u64,
+    /// Connects that failed or timed out, sends that failed.
+    pub failed: u64,
+}
+
+/// New short connections from one pod, to keep its nodes' conntrack tables busy: every
+/// `1 / rate` a TCP connection (closed at once) and a datagram from a fresh socket, so a new
+/// source port and a new conntrack entry each time, to the targets in turn. Stops when dropped
+/// or after `at_most`, whichever comes first.
+#[derive(Debug)]
+pub struct Churn {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    connections: Arc<AtomicU64>,
+    datagrams: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+impl Churn {
+    /// Starts `rate` TCP connections and `rate` datagrams per second from the pod at `netns`.
+    pub fn start(netns: &Path, targets: &[SocketAddr], rate: u32, at_most: Duration) -> Result<Churn, Error> {
+        if targets.is_empty() || rate == 0 {
+            return Err(Error::new("churn needs targets and a rate"));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (connections, datagrams, failed) = (Arc::default(), Arc::default(), Arc::default());
+        let interval = Duration::from_secs(1) / rate;
+        let mut threads = Vec::new();
+        for tcp in [true, false] {
+            let (stop2, targets) = (stop.clone(), targets.to_vec());
+            let done: Arc<AtomicU64> = if tcp {
+                Arc::clone(&connections)
+            } else {
+                Arc::clone(&datagrams)
+            };
+            let failed2: Arc<AtomicU64> = Arc::clone(&failed);
+            let body = move |()| {
+                let end = Instant::now() + at_most;
+                let mut i = 0usize;
+                every(interval, &stop2, || {
+                    if Instant::now() >= end {
+                        stop2.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    let dst = targets[i % targets.len()];
+                    i += 1;
+                    let ok = if tcp {
+                        TcpStream::connect_timeout(&dst, Duration::from_millis(200)).is_ok()
+                    } else {
+                        UdpSocket::bind(unspecified(dst))
+                            .and_then(|s| s.send_to(b"churn", dst))
+                            .is_ok()
+                    };
+                    let c = if ok { &done } else { &failed2 };
+                    c.fetch_add(1, Ordering::Relaxed);
+                });
+            };
+            let kind = if tcp { "tcp" } else { "udp" };
+            threads.push(spawn_in(format!("{kind} churn"), netns, || Ok(((), ())), body)?.0);
+        }
+        Ok(Churn {
+            stop,
+            threads,
+            connections,
+            datagrams,
+            failed,
+        })
+    }
+
+    pub fn made(&self) -> Churned {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Churned {
+            connections: n(&self.connections),
+            datagrams: n(&self.datagrams),
+            failed: n(&self.failed),
+        }
+    }
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
