@@ -28,6 +28,12 @@ export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
 echo "== e2e tools: kube-apiserver, kubectl, helm"
 bash e2e/apiserver/build.sh
 
+echo "== the CLI links no netlink C library (the README's first command builds anywhere)"
+if cargo tree -q -p policyc -e normal,build --locked | grep -E 'nftnl-sys|mnl-sys'; then
+  echo "test.sh: policyc depends on the netlink C libraries (see the lines above)" >&2
+  exit 1
+fi
+
 echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"
