@@ -108,15 +108,23 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = TextJson::Text)]
         output: TextJson,
     },
-    /// Wait until the policies in the files are enforced: every node hosting a pod a policy
-    /// selects reports the policy's current generation. Exit status: 0 enforced, 1 timed out, 2 error.
+    /// Wait until changes are enforced in every node's kernel. With `-f`: the policies in the
+    /// files (every node hosting a pod a policy selects reports the policy's current generation).
+    /// With `--since RV`: every change of any watched kind (pods, namespaces, nodes, policies)
+    /// up to that resourceVersion, on every node whose agent runs. With neither: every change
+    /// written before the wait started. Exit status: 0 enforced, 1 timed out, 2 error.
     Wait {
         /// What to wait for: `enforced`.
         #[arg(long = "for", value_parser = ["enforced"], default_value = "enforced")]
         condition: String,
-        /// NetworkPolicy manifests (the objects are read back from the cluster by name).
-        #[arg(short = 'f', long = "filename", required = true)]
+        /// NetworkPolicy or admin policy manifests (the objects are read back from the cluster by name).
+        #[arg(short = 'f', long = "filename")]
         files: Vec<PathBuf>,
+        /// A resourceVersion (e.g. from `kubectl apply -o jsonpath='{.metadata.resourceVersion}'`):
+        /// wait until every change up to it is in every node's kernel. resourceVersions are
+        /// compared as integers (etcd revisions).
+        #[arg(long)]
+        since: Option<String>,
         /// How long to wait, e.g. 30s, 2m.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: std::time::Duration,
@@ -310,10 +318,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Wait {
             condition: _,
             files,
+            since,
             timeout,
             kubeconfig,
         } => {
-            block_on(cluster::wait_enforced(kubeconfig.as_deref(), &files, timeout))?;
+            let what = cluster::WaitFor { files, since };
+            block_on(cluster::wait_enforced(kubeconfig.as_deref(), &what, timeout))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -356,5 +366,27 @@ mod tests {
         let cluster = WaitError::Cluster(anyhow::anyhow!("timed out connecting").context("no cluster"));
         assert_eq!(exit_status(&cluster.into()), 2, "not a timeout, whatever the text says");
         assert_eq!(exit_status(&anyhow::anyhow!("timed out")), 2, "other commands' errors");
+        let not_rv = WaitError::NotARevision {
+            what: "--since".into(),
+            value: "abc".into(),
+        };
+        assert!(
+            not_rv
+                .to_string()
+                .starts_with("--since resourceVersion \"abc\" is not an integer"),
+            "{not_rv}"
+        );
+        assert_eq!(exit_status(&not_rv.into()), 2);
+        assert_eq!(exit_status(&WaitError::NoAgents.into()), 2);
+    }
+
+    #[test]
+    fn wait_takes_since_or_nothing() {
+        let cli = Cli::try_parse_from(["policyc", "wait", "--for=enforced", "--since", "123"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Wait { since: Some(ref s), ref files, .. } if s == "123" && files.is_empty())
+        );
+        let cli = Cli::try_parse_from(["policyc", "wait", "--for=enforced"]).unwrap();
+        assert!(matches!(cli.command, Command::Wait { since: None, ref files, .. } if files.is_empty()));
     }
 }

@@ -35,7 +35,8 @@ use tokio::sync::watch;
 
 use crate::index::Index;
 use crate::metrics::{ApplyLabels, ConntrackLabels, ErrorKind, Metrics};
-use crate::status::StatusWriter;
+use crate::status::{Report, StatusWriter};
+use policyc_crds::KindProgress;
 use policyc_dataplane::{Dataplane, IptablesRestore, NetlinkWriter};
 
 #[derive(Clone, Debug)]
@@ -53,6 +54,8 @@ pub struct Config {
     pub cut_conntrack: bool,
     /// Write the NodePolicyStatus object.
     pub report_status: bool,
+    /// Least time between status writes that only move `compiledFrom`.
+    pub status_progress: Duration,
     pub backend: Backend,
 }
 
@@ -118,7 +121,9 @@ pub async fn run(client: Client, cfg: Config, shared: Arc<Shared>) {
     ));
     shared.index.write().expect("index lock").begin_discovery();
     tokio::spawn(watch_admin_kinds(client.clone(), shared.clone(), tx));
-    let status = cfg.report_status.then(|| StatusWriter::new(client, &cfg.node_name));
+    let status = cfg
+        .report_status
+        .then(|| StatusWriter::new(client, &cfg.node_name, cfg.status_progress));
     sync_loop(cfg, shared, rx, status).await;
 }
 
@@ -205,7 +210,8 @@ where
 fn node_value(n: &Node) -> serde_json::Value {
     let spec = n.spec.as_ref();
     serde_json::json!({
-        "metadata": {"name": n.metadata.name, "labels": n.metadata.labels},
+        "metadata": {"name": n.metadata.name, "labels": n.metadata.labels,
+            "resourceVersion": n.metadata.resource_version},
         "spec": {
             "podCIDR": spec.and_then(|s| s.pod_cidr.as_ref()),
             "podCIDRs": spec.and_then(|s| s.pod_cidrs.as_ref()),
@@ -227,7 +233,10 @@ async fn watch_kind<K>(
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     while let Some(event) = stream.next().await {
         let mut ix = shared.index.write().expect("index lock");
-        let changed = match event {
+        // Every delivered update, deletion and completed list moves the kind's resourceVersion
+        // (see `Index::progress`), which the status reports, even when the ruleset stays: the
+        // sync loop hears of all of them and compiles only when the snapshot changed.
+        let progressed = match event {
             Ok(Event::Init) => {
                 ix.relist_start(kind);
                 false
@@ -235,18 +244,25 @@ async fn watch_kind<K>(
             Ok(Event::InitApply(o)) => ix.apply(kind, value(&o)),
             Ok(Event::InitDone) => {
                 tracing::info!(kind = %kind, "listed");
-                ix.relist_done(kind)
+                ix.relist_done(kind);
+                true
             }
-            Ok(Event::Apply(o)) => ix.apply(kind, value(&o)),
-            Ok(Event::Delete(o)) => ix.delete(kind, &value(&o)),
+            Ok(Event::Apply(o)) => {
+                ix.apply(kind, value(&o));
+                true
+            }
+            Ok(Event::Delete(o)) => {
+                ix.delete(kind, &value(&o));
+                true
+            }
             Err(e) => {
                 tracing::warn!(kind = %kind, "watch failed, keeping the current ruleset and retrying: {e}");
                 shared.metrics.error(ErrorKind::Watch);
                 false
             }
         };
-        if changed {
-            tx.send_replace(ix.version());
+        if progressed {
+            tx.send_modify(|n| *n += 1);
         }
     }
 }
@@ -256,6 +272,8 @@ struct Applied {
     ir: Ir,
     /// [`Ir::ruleset_hash`] of `ir`.
     hash: String,
+    /// [`Index::version`] `ir` was compiled at: while the index stays at it, nothing is compiled.
+    version: u64,
 }
 
 async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64>, status: Option<StatusWriter>) {
@@ -274,11 +292,14 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
     // A cut that left flows it should have cut open (or could not read the table): retried
     // with its own backoff until it completes, also when nothing else changes.
     let mut cut_retry: Option<Duration> = None;
+    // A status write the writer put off (only resourceVersions moved, and it wrote recently).
+    let mut status_due: Option<Duration> = None;
     let mut open_flows = 0;
+    let mut invalid = Vec::new();
     let mut status = status;
     loop {
-        // A change, a retry after a failure, or a periodic status heartbeat.
-        let wait = [retry, cut_retry]
+        // A change, a retry after a failure, a put-off status write, or a periodic heartbeat.
+        let wait = [retry, cut_retry, status_due]
             .into_iter()
             .flatten()
             .min()
@@ -290,92 +311,120 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
         tokio::time::sleep(cfg.debounce).await;
         rx.mark_unchanged();
         let started = Instant::now();
-        let (ir, policy_count, invalid) = {
+        // Under one read lock: what the ruleset is compiled from, and (when the snapshot changed
+        // since the applied ruleset was compiled, or nothing is applied) the ruleset.
+        let (compiled, compiled_from) = {
             let ix = shared.index.read().expect("index lock");
             if !ix.ready() {
                 continue;
             }
-            (
-                ix.compile(&opts),
-                ix.snapshot().policies.len() + ix.snapshot().admin_policies.len(),
-                ix.invalid().cloned().collect::<Vec<_>>(),
-            )
+            let same = applied.as_ref().is_some_and(|a| a.version == ix.version());
+            let compiled = (!same).then(|| {
+                (
+                    ix.compile(&opts),
+                    ix.snapshot().policies.len() + ix.snapshot().admin_policies.len(),
+                    ix.invalid().cloned().collect::<Vec<_>>(),
+                    ix.version(),
+                )
+            });
+            (compiled, compiled_from(&ix))
         };
         let compile_time = started.elapsed();
         let m = &shared.metrics;
-        let hash = ir.ruleset_hash();
-        let stats = ir.stats();
-        m.policies.set(policy_count as i64);
-        m.invalid_objects.set(invalid.len() as i64);
         let mut apply_error = None;
         let mut cut = None;
-        if let Some(a) = applied.as_mut().filter(|a| a.hash == hash) {
-            m.applies.get_or_create(&ApplyLabels { mode: "unchanged" }).inc();
-            if cut_retry.is_some() && cfg.cut_conntrack {
-                cut = Some(ir.clone());
-            }
-            // Same rules; policy generations and selection counts (the status) may be new.
-            a.ir = ir;
-        } else {
-            let current = applied.take();
-            let t = Instant::now();
-            let (w, current, ir_back, result) = tokio::task::spawn_blocking(move || {
-                let r = writer.apply(current.as_ref().map(|a| &a.ir), &ir);
-                (writer, current, ir, r)
-            })
-            .await
-            .expect("apply task");
-            writer = w;
-            let apply_time = t.elapsed();
-            m.apply_duration.observe(apply_time.as_secs_f64());
-            match result {
-                Ok(s) => {
-                    let mode = match (s.chains, s.rules) {
-                        (0, 0) => "elements",
-                        (0, _) => "chains",
-                        _ => "replace",
-                    };
-                    m.applies.get_or_create(&ApplyLabels { mode }).inc();
-                    tracing::info!(
-                        mode,
-                        rules = stats.rules,
-                        set_elements = stats.set_elements,
-                        endpoints = stats.endpoints,
-                        elements_added = s.elements_added,
-                        elements_removed = s.elements_removed,
-                        compile_ms = ms(compile_time),
-                        apply_ms = ms(apply_time),
-                        plan_ms = ms(s.plan_time),
-                        kernel_ms = ms(s.kernel_time),
-                        sync_ms = ms(started.elapsed()),
-                        "ruleset applied"
-                    );
-                    // Also after a start: a flow denied meanwhile is cut, one allowed again released.
-                    if cfg.cut_conntrack {
-                        cut = Some(ir_back.clone());
-                    }
-                    applied = Some(Applied { ir: ir_back, hash });
-                    retry = None;
+        match compiled {
+            // Nothing the ruleset is compiled from changed: only resourceVersions moved.
+            None => {
+                if let Some(a) = applied.as_ref().filter(|_| cut_retry.is_some() && cfg.cut_conntrack) {
+                    cut = Some(a.ir.clone());
                 }
-                Err(e) => {
-                    tracing::error!("applying the ruleset failed; the previous one stays: {e}");
-                    m.error(ErrorKind::Apply);
-                    apply_error = Some(e.to_string());
-                    // Without a known kernel state, the next attempt is a full replace.
-                    applied = None;
-                    let _ = current;
-                    retry = Some(retry.map_or(Duration::from_millis(500), |d| (d * 2).min(Duration::from_secs(30))));
+            }
+            Some((ir, policy_count, inv, version)) => {
+                invalid = inv;
+                let hash = ir.ruleset_hash();
+                let stats = ir.stats();
+                m.policies.set(policy_count as i64);
+                m.invalid_objects.set(invalid.len() as i64);
+                if let Some(a) = applied.as_mut().filter(|a| a.hash == hash) {
+                    m.applies.get_or_create(&ApplyLabels { mode: "unchanged" }).inc();
+                    if cut_retry.is_some() && cfg.cut_conntrack {
+                        cut = Some(ir.clone());
+                    }
+                    // Same rules; policy generations and selection counts (the status) may be new.
+                    a.ir = ir;
+                    a.version = version;
+                } else {
+                    let current = applied.take();
+                    let t = Instant::now();
+                    let (w, current, ir_back, result) = tokio::task::spawn_blocking(move || {
+                        let r = writer.apply(current.as_ref().map(|a| &a.ir), &ir);
+                        (writer, current, ir, r)
+                    })
+                    .await
+                    .expect("apply task");
+                    writer = w;
+                    let apply_time = t.elapsed();
+                    m.apply_duration.observe(apply_time.as_secs_f64());
+                    match result {
+                        Ok(s) => {
+                            let mode = match (s.chains, s.rules) {
+                                (0, 0) => "elements",
+                                (0, _) => "chains",
+                                _ => "replace",
+                            };
+                            m.applies.get_or_create(&ApplyLabels { mode }).inc();
+                            tracing::info!(
+                                mode,
+                                rules = stats.rules,
+                                set_elements = stats.set_elements,
+                                endpoints = stats.endpoints,
+                                elements_added = s.elements_added,
+                                elements_removed = s.elements_removed,
+                                compile_ms = ms(compile_time),
+                                apply_ms = ms(apply_time),
+                                plan_ms = ms(s.plan_time),
+                                kernel_ms = ms(s.kernel_time),
+                                sync_ms = ms(started.elapsed()),
+                                "ruleset applied"
+                            );
+                            // Also after a start: a flow denied meanwhile is cut, one allowed again released.
+                            if cfg.cut_conntrack {
+                                cut = Some(ir_back.clone());
+                            }
+                            applied = Some(Applied {
+                                ir: ir_back,
+                                hash,
+                                version,
+                            });
+                            retry = None;
+                        }
+                        Err(e) => {
+                            tracing::error!("applying the ruleset failed; the previous one stays: {e}");
+                            m.error(ErrorKind::Apply);
+                            apply_error = Some(e.to_string());
+                            // Without a known kernel state, the next attempt is a full replace.
+                            applied = None;
+                            let _ = current;
+                            retry = Some(
+                                retry.map_or(Duration::from_millis(500), |d| (d * 2).min(Duration::from_secs(30))),
+                            );
+                        }
+                    }
+                }
+                if apply_error.is_none() {
+                    m.rules.set(stats.rules as i64);
+                    m.sets.set(stats.sets as i64);
+                    m.set_elements.set(stats.set_elements as i64);
+                    m.endpoints.set(stats.endpoints as i64);
                 }
             }
         }
+        // The kernel holds the ruleset compiled from `compiled_from`: the sync time.
+        let synced_at = jiff::Timestamp::now();
         if apply_error.is_none() {
-            m.rules.set(stats.rules as i64);
-            m.sets.set(stats.sets as i64);
-            m.set_elements.set(stats.set_elements as i64);
-            m.endpoints.set(stats.endpoints as i64);
             m.last_sync.set(unix_now());
-            // The kernel holds the new ruleset: what follows (conntrack, status) is not part of
-            // the sync.
+            // What follows (conntrack, status) is not part of the sync.
             m.sync_duration.observe(started.elapsed().as_secs_f64());
             shared.ready.store(true, Ordering::Release);
         }
@@ -394,16 +443,41 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
                 }
             }
         }
+        // After the kernel commit and the cut: the status says what the kernel holds.
+        status_due = None;
         if let (Some(sw), Some(a)) = (status.as_mut(), applied.as_ref()) {
-            if let Err(e) = sw
-                .publish(&a.ir, &a.hash, &invalid, apply_error.as_deref(), open_flows)
-                .await
-            {
-                tracing::warn!("writing NodePolicyStatus: {e}");
-                m.error(ErrorKind::Status);
+            let report = Report {
+                ir: &a.ir,
+                hash: &a.hash,
+                invalid: &invalid,
+                apply_error: apply_error.as_deref(),
+                open_flows,
+                compiled_from,
+                synced_at,
+            };
+            match sw.publish(report).await {
+                Ok(later) => status_due = later,
+                Err(e) => {
+                    tracing::warn!("writing NodePolicyStatus: {e}");
+                    m.error(ErrorKind::Status);
+                    status_due = Some(Duration::from_secs(1));
+                }
             }
         }
     }
+}
+
+/// What the index's ruleset is compiled from: each listed kind's resourceVersion and objects.
+fn compiled_from(ix: &Index) -> Vec<KindProgress> {
+    ix.progress()
+        .filter_map(|(kind, p)| {
+            Some(KindProgress {
+                kind: kind.as_str().to_string(),
+                resource_version: p.resource_version?.to_string(),
+                objects: p.objects() as i64,
+            })
+        })
+        .collect()
 }
 
 /// Marks the conntrack entries of flows `ir` denies and releases those it allows again, off

@@ -41,10 +41,42 @@ pub struct Index {
     /// has not yet learnt which the API server serves.
     expected: Option<Vec<Kind>>,
     version: u64,
+    /// How far each kind's watch has got (see [`Progress`]); of a kind being relisted, the list
+    /// so far is in `relisting_progress` until it completes.
+    progress: BTreeMap<Kind, Progress>,
+    relisting_progress: BTreeMap<Kind, Progress>,
     /// Set members of earlier compilations, told of every pod, namespace and node change, so that a
     /// sync computes only the sets a change can touch. Locked only by [`Index::compile`] (the
     /// sync loop, under the index's read lock) and reached without locking by the writer.
     selectors: Mutex<SelectorCache>,
+}
+
+/// How far one kind's watch has got: every event up to `resource_version` has been applied,
+/// and the keys of the objects it holds (valid, invalid and skipped alike).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The highest resourceVersion among the objects delivered (updates and deletions: a
+    /// deletion event carries the deletion's revision; after a relist, the highest among the
+    /// listed objects, kept if higher before). `None` until a numeric resourceVersion arrives.
+    pub resource_version: Option<u64>,
+    keys: BTreeSet<(String, String)>,
+}
+
+impl Progress {
+    pub fn objects(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn saw(&mut self, rv: Option<u64>) {
+        if rv > self.resource_version {
+            self.resource_version = rv;
+        }
+    }
+}
+
+/// An object's `metadata.resourceVersion` as an integer (an etcd revision), when it is one.
+fn resource_version(v: &Value) -> Option<u64> {
+    v.get("metadata")?.get("resourceVersion")?.as_str()?.parse().ok()
 }
 
 /// An object parsed during a relist, applied when the relist completes.
@@ -154,8 +186,39 @@ impl Index {
         self.expected = Some(kinds.to_vec());
     }
 
+    /// How far each listed kind's watch has got, in kind order: what a ruleset compiled now is
+    /// compiled from.
+    pub fn progress(&self) -> impl Iterator<Item = (Kind, &Progress)> {
+        self.progress
+            .iter()
+            .filter(|(k, _)| self.listed.contains(k))
+            .map(|(k, p)| (*k, p))
+    }
+
+    /// Records an object the watch delivered (`deleted`: its deletion).
+    fn observe(&mut self, kind: Kind, v: &Value, deleted: bool) {
+        let Some(key) = key_of(kind, v) else {
+            return;
+        };
+        let rv = resource_version(v);
+        let key = (key.namespace, key.name);
+        if let Some(p) = self.relisting_progress.get_mut(&kind) {
+            p.saw(rv);
+            p.keys.insert(key);
+            return;
+        }
+        let p = self.progress.entry(kind).or_default();
+        p.saw(rv);
+        if deleted {
+            p.keys.remove(&key);
+        } else {
+            p.keys.insert(key);
+        }
+    }
+
     /// An object was added or changed. Returns whether the snapshot changed.
     pub fn apply(&mut self, kind: Kind, mut v: Value) -> bool {
+        self.observe(kind, &v, false);
         // Objects from watch streams may lack apiVersion/kind; the parser needs them.
         if let Some(m) = v.as_object_mut() {
             m.entry("apiVersion").or_insert_with(|| kind.api_version().into());
@@ -226,6 +289,7 @@ impl Index {
 
     /// An object was deleted. Returns whether the snapshot changed.
     pub fn delete(&mut self, kind: Kind, v: &Value) -> bool {
+        self.observe(kind, v, true);
         let Some(key) = key_of(kind, v) else {
             return false;
         };
@@ -241,16 +305,32 @@ impl Index {
     /// A relist of `kind` starts: objects are buffered until [`Index::relist_done`].
     pub fn relist_start(&mut self, kind: Kind) {
         self.relisting.insert(kind, Vec::new());
+        self.relisting_progress.insert(kind, Progress::default());
     }
 
     /// A relist of `kind` completed: the buffered objects replace every object of that kind.
     pub fn relist_done(&mut self, kind: Kind) -> bool {
         let objects = self.relisting.remove(&kind).unwrap_or_default();
+        self.listed_progress(kind);
         self.reset_staged(kind, objects)
+    }
+
+    /// The relist of `kind` completed: its objects are the kind's, and its revision (at least as
+    /// high as anything delivered before it) is the kind's if higher.
+    fn listed_progress(&mut self, kind: Kind) {
+        let listed = self.relisting_progress.remove(&kind).unwrap_or_default();
+        let p = self.progress.entry(kind).or_default();
+        p.saw(listed.resource_version);
+        p.keys = listed.keys;
     }
 
     /// Replaces every object of `kind` with `objects`.
     pub fn reset(&mut self, kind: Kind, objects: Vec<Value>) -> bool {
+        self.relisting_progress.insert(kind, Progress::default());
+        for v in &objects {
+            self.observe(kind, v, false);
+        }
+        self.listed_progress(kind);
         let staged = objects.iter().filter_map(|v| Self::stage(kind, v)).collect();
         self.reset_staged(kind, staged)
     }
@@ -542,5 +622,63 @@ mod tests {
         assert!(ix.relist_done(Kind::ClusterNetworkPolicy));
         assert!(ix.ready());
         assert_eq!(ix.snapshot().admin_policies.len(), 1);
+    }
+
+    fn progress_of(ix: &Index, kind: Kind) -> (Option<u64>, usize) {
+        ix.progress()
+            .find(|(k, _)| *k == kind)
+            .map_or((None, 0), |(_, p)| (p.resource_version, p.objects()))
+    }
+
+    fn ns(name: &str, rv: u64, team: &str) -> Value {
+        json!({"metadata": {"name": name, "resourceVersion": rv.to_string(), "labels": {"team": team}}})
+    }
+
+    /// Every delivered event moves its kind's resourceVersion, whether or not the snapshot
+    /// changes: updates, no-op updates, and deletions (a deletion of the newest object too: its
+    /// event carries the deletion's revision). A relist keeps the higher revision and counts
+    /// what it listed; a kind is reported only once listed.
+    #[test]
+    fn progress_follows_every_event_and_deletion() {
+        let mut ix = Index::new();
+        ix.relist_start(Kind::Namespace);
+        ix.apply(Kind::Namespace, ns("a", 10, "x"));
+        ix.apply(Kind::Namespace, ns("b", 30, "y"));
+        assert_eq!(progress_of(&ix, Kind::Namespace), (None, 0), "not listed yet");
+        ix.relist_done(Kind::Namespace);
+        assert_eq!(progress_of(&ix, Kind::Namespace), (Some(30), 2));
+        assert!(
+            !ix.apply(Kind::Namespace, ns("a", 41, "x")),
+            "only the resourceVersion changed"
+        );
+        assert_eq!(progress_of(&ix, Kind::Namespace), (Some(41), 2));
+        assert!(ix.delete(Kind::Namespace, &ns("b", 57, "y")));
+        assert_eq!(
+            progress_of(&ix, Kind::Namespace),
+            (Some(57), 1),
+            "a deletion advances it"
+        );
+        // Deleting an object the index never held (an ignored one) still counts as progress.
+        ix.delete(Kind::Namespace, &ns("ghost", 60, "z"));
+        assert_eq!(progress_of(&ix, Kind::Namespace), (Some(60), 1));
+        // A relist after a gap: its objects may all be older than what was seen (the newest
+        // were deleted meanwhile); the list itself is newer, so the higher revision stays.
+        ix.relist_start(Kind::Namespace);
+        ix.apply(Kind::Namespace, ns("a", 41, "x"));
+        assert_eq!(
+            progress_of(&ix, Kind::Namespace),
+            (Some(60), 1),
+            "unchanged until the list completes"
+        );
+        ix.relist_done(Kind::Namespace);
+        assert_eq!(progress_of(&ix, Kind::Namespace), (Some(60), 1));
+        // Non-numeric resourceVersions are not reported as progress.
+        ix.reset(
+            Kind::Pod,
+            vec![json!({"metadata": {"name": "p", "namespace": "x", "resourceVersion": "abc"}})],
+        );
+        assert_eq!(progress_of(&ix, Kind::Pod), (None, 1));
+        let kinds: Vec<Kind> = ix.progress().map(|(k, _)| k).collect();
+        assert_eq!(kinds, [Kind::Namespace, Kind::Pod]);
     }
 }

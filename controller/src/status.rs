@@ -3,39 +3,71 @@
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use policyc_compiler::Ir;
-use policyc_crds::{Condition, EnforcedPolicy, NodePolicyStatus, NodePolicyStatusStatus, ObjectError};
+use policyc_crds::{Condition, EnforcedPolicy, KindProgress, NodePolicyStatus, NodePolicyStatusStatus, ObjectError};
 use serde_json::json;
+use std::time::{Duration, Instant};
 
 use crate::index::InvalidObject;
 
 const MANAGER: &str = "policyc-agent";
 
-/// Writes one node's status object with server-side apply, only when its content changes (plus a
-/// heartbeat of `lastSyncTime` at most once a minute).
+/// Writes one node's status object with server-side apply: at once when what is enforced
+/// changes; when only the resourceVersions it was compiled from moved, at most once per
+/// `progress_interval` (the write is put off, never dropped); otherwise a heartbeat of
+/// `lastSyncTime` once a minute.
 #[derive(Debug)]
 pub struct StatusWriter {
     api: Api<NodePolicyStatus>,
     node: String,
     created: bool,
     last: Option<NodePolicyStatusStatus>,
-    last_write: Option<std::time::Instant>,
+    last_write: Option<Instant>,
+    progress_interval: Duration,
 }
 
-fn now() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .unwrap_or_else(|_| jiff::Timestamp::now())
-        .to_string()
+/// What one sync put in the kernel, for [`StatusWriter::publish`].
+#[derive(Debug)]
+pub struct Report<'a> {
+    pub ir: &'a Ir,
+    /// [`Ir::ruleset_hash`] of `ir`.
+    pub hash: &'a str,
+    pub invalid: &'a [InvalidObject],
+    /// The newest ruleset was rejected (the kernel keeps `ir`).
+    pub apply_error: Option<&'a str>,
+    /// Established flows the ruleset denies whose conntrack entries could not be marked yet.
+    pub open_flows: usize,
+    /// Per watched kind, the resourceVersion and objects `ir` was compiled from.
+    pub compiled_from: Vec<KindProgress>,
+    /// When the kernel held `ir` (after the commit).
+    pub synced_at: jiff::Timestamp,
+}
+
+/// RFC 3339 with microseconds.
+pub fn rfc3339(t: jiff::Timestamp) -> String {
+    t.round(jiff::Unit::Microsecond).unwrap_or(t).to_string()
+}
+
+/// The status without what changes on every write (sync and transition times) or with every
+/// event (`compiledFrom`): equal when what is enforced is equal.
+fn enforced_part(s: &NodePolicyStatusStatus) -> NodePolicyStatusStatus {
+    let mut a = s.clone();
+    a.last_sync_time = None;
+    a.compiled_from.clear();
+    for c in &mut a.conditions {
+        c.last_transition_time.clear();
+    }
+    a
 }
 
 impl StatusWriter {
-    pub fn new(client: Client, node: &str) -> Self {
+    pub fn new(client: Client, node: &str, progress_interval: Duration) -> Self {
         Self {
             api: Api::all(client),
             node: node.to_string(),
             created: false,
             last: None,
             last_write: None,
+            progress_interval,
         }
     }
 
@@ -114,6 +146,7 @@ impl StatusWriter {
             sets: stats.sets as i64,
             set_elements: stats.set_elements as i64,
             last_sync_time: None,
+            compiled_from: Vec::new(),
             errors,
             conditions: vec![
                 cond(
@@ -127,31 +160,28 @@ impl StatusWriter {
         }
     }
 
-    pub async fn publish(
-        &mut self,
-        ir: &Ir,
-        hash: &str,
-        invalid: &[InvalidObject],
-        apply_error: Option<&str>,
-        open_flows: usize,
-    ) -> Result<(), kube::Error> {
-        let mut status = Self::status(ir, hash, invalid, apply_error, open_flows);
-        let unchanged = self.last.as_ref().is_some_and(|l| {
-            let mut a = l.clone();
-            a.last_sync_time = None;
-            for c in &mut a.conditions {
-                c.last_transition_time.clear();
-            }
-            a == status
-        });
-        let fresh = self
-            .last_write
-            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(60));
-        if unchanged && fresh {
-            return Ok(());
+    /// Writes the status of `r` unless nothing changed (and the heartbeat is not due). Returns
+    /// when to call again if the write was put off: only `compiledFrom` moved, and the last
+    /// write is more recent than the progress interval.
+    pub async fn publish(&mut self, r: Report<'_>) -> Result<Option<Duration>, kube::Error> {
+        let mut status = Self::status(r.ir, r.hash, r.invalid, r.apply_error, r.open_flows);
+        status.compiled_from = r.compiled_from;
+        let (same_enforced, same_progress) = match &self.last {
+            Some(l) => (
+                enforced_part(l) == enforced_part(&status),
+                l.compiled_from == status.compiled_from,
+            ),
+            None => (false, false),
+        };
+        let since_write = self.last_write.map_or(Duration::MAX, |t| t.elapsed());
+        if same_enforced && same_progress && since_write < Duration::from_secs(60) {
+            return Ok(None);
+        }
+        if same_enforced && since_write < self.progress_interval {
+            return Ok(Some(self.progress_interval - since_write));
         }
         // Keep transition times of conditions whose status did not change.
-        let t = now();
+        let t = rfc3339(r.synced_at);
         for c in &mut status.conditions {
             let prev = self
                 .last
@@ -181,8 +211,8 @@ impl StatusWriter {
         });
         self.api.patch_status(&self.node, &pp, &Patch::Apply(&obj)).await?;
         self.last = Some(status);
-        self.last_write = Some(std::time::Instant::now());
-        Ok(())
+        self.last_write = Some(Instant::now());
+        Ok(None)
     }
 }
 
@@ -212,15 +242,39 @@ mod tests {
         )
     }
 
-    /// The writer creates the object with server-side apply, then applies the status subresource,
-    /// and on an identical second sync sends nothing.
+    fn report<'a>(ir: &'a Ir, hash: &'a str, pod_rv: u64) -> Report<'a> {
+        Report {
+            ir,
+            hash,
+            invalid: &[],
+            apply_error: None,
+            open_flows: 0,
+            compiled_from: vec![
+                KindProgress {
+                    kind: "Namespace".into(),
+                    resource_version: "40".into(),
+                    objects: 3,
+                },
+                KindProgress {
+                    kind: "Pod".into(),
+                    resource_version: pod_rv.to_string(),
+                    objects: 1,
+                },
+            ],
+            synced_at: "2025-03-01T10:00:00.123456789Z".parse().unwrap(),
+        }
+    }
+
+    /// The writer creates the object with server-side apply, then applies the status subresource;
+    /// an identical second sync sends nothing; a sync that only moves `compiledFrom` is put off
+    /// to the progress interval, never dropped; a change of what is enforced is written at once.
     #[tokio::test]
     async fn publishes_with_server_side_apply_once() {
         let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(mock, "default");
         let server = tokio::spawn(async move {
             let mut seen = Vec::new();
-            for _ in 0..2 {
+            for _ in 0..4 {
                 let (req, send) = handle.next_request().await.expect("request");
                 let (parts, body) = req.into_parts();
                 let body = body.collect_bytes().await.unwrap();
@@ -238,11 +292,21 @@ mod tests {
             }
             seen
         });
-        let mut w = StatusWriter::new(client, "n1");
+        let interval = Duration::from_millis(300);
+        let mut w = StatusWriter::new(client, "n1", interval);
         let ir = ir();
-        w.publish(&ir, "abc", &[], None, 0).await.unwrap();
-        w.publish(&ir, "abc", &[], None, 0).await.unwrap();
+        assert_eq!(w.publish(report(&ir, "abc", 50)).await.unwrap(), None);
+        assert_eq!(w.publish(report(&ir, "abc", 50)).await.unwrap(), None, "nothing new");
+        let later = w.publish(report(&ir, "abc", 51)).await.unwrap();
+        assert!(later.is_some_and(|d| d <= interval), "put off: {later:?}");
+        tokio::time::sleep(later.unwrap()).await;
+        assert_eq!(w.publish(report(&ir, "abc", 51)).await.unwrap(), None, "written now");
+        assert_eq!(w.publish(report(&ir, "def", 52)).await.unwrap(), None, "at once");
         let seen = server.await.unwrap();
+        assert_eq!(seen.len(), 4);
+        assert_eq!(seen[2].2["status"]["compiledFrom"][1]["resourceVersion"], "51");
+        assert_eq!(seen[3].2["status"]["rulesetHash"], "def");
+        assert_eq!(seen[3].2["status"]["compiledFrom"][1]["resourceVersion"], "52");
         assert_eq!(seen[0].0, "PATCH");
         assert!(
             seen[0]
@@ -260,5 +324,14 @@ mod tests {
         assert_eq!(status["rulesetHash"], "abc");
         assert_eq!(status["conditions"][0]["type"], "Ready");
         assert_eq!(status["conditions"][0]["status"], "True");
+        // The sync time, to the microsecond; what the ruleset was compiled from, per kind.
+        assert_eq!(status["lastSyncTime"], "2025-03-01T10:00:00.123457Z");
+        assert_eq!(
+            status["compiledFrom"],
+            serde_json::json!([
+                {"kind": "Namespace", "resourceVersion": "40", "objects": 3},
+                {"kind": "Pod", "resourceVersion": "50", "objects": 1},
+            ])
+        );
     }
 }

@@ -4,7 +4,8 @@
 //!  NodePolicyStatus (cluster-scoped, one per node, named after the node)
 //!   spec:   nodeName
 //!   status: policies[] {kind, namespace, name, generation, endpoints} ← what this node enforces
-//!           rulesetHash, endpoints, rules, sets, setElements, lastSyncTime
+//!           rulesetHash, endpoints, rules, sets, setElements, lastSyncTime (RFC 3339, sub-second)
+//!           compiledFrom[] {kind, resourceVersion, objects}           ← what that ruleset was compiled from
 //!           errors[] {object, field, message}                      ← objects skipped as invalid
 //!           conditions[] Ready / Degraded
 //! ```
@@ -68,9 +69,17 @@ pub struct NodePolicyStatusStatus {
     pub sets: i64,
     #[serde(default)]
     pub set_elements: i64,
-    /// When the kernel last matched the cluster's policies (RFC 3339).
+    /// When the kernel last matched the cluster's policies (RFC 3339 with microseconds): the
+    /// time of the sync that put (or confirmed) the ruleset described here in the kernel.
+    /// Written on every sync that changes what is enforced or what it was compiled from, and at
+    /// least once a minute otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<String>,
+    /// What the ruleset in the kernel was compiled from: for each kind the agent watches, the
+    /// highest resourceVersion its watch had delivered (objects, deletions, lists) and how many
+    /// objects of that kind the agent held. `policyc wait --for=enforced --since RV` reads it.
+    #[serde(default)]
+    pub compiled_from: Vec<KindProgress>,
     /// Objects skipped because they are invalid; everything else stays enforced.
     #[serde(default)]
     pub errors: Vec<ObjectError>,
@@ -92,6 +101,21 @@ pub struct EnforcedPolicy {
     pub generation: Option<i64>,
     /// Pods on this node the policy selects.
     pub endpoints: i64,
+}
+
+/// How far one kind's watch had got when the node's ruleset was compiled.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KindProgress {
+    /// `Pod`, `Namespace`, `Node`, `NetworkPolicy`, or an admin policy kind.
+    pub kind: String,
+    /// Every event of this kind up to this resourceVersion (an etcd revision) was in the agent's
+    /// view: the highest resourceVersion among the objects its watch delivered (updates and
+    /// deletions; after a relist, the highest among the listed objects, a lower bound of the
+    /// list's own).
+    pub resource_version: String,
+    /// Objects of this kind in the agent's view (valid, invalid and ignored alike).
+    pub objects: i64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

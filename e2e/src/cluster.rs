@@ -60,6 +60,9 @@ pub struct ClusterOptions {
     pub policyc: PathBuf,
     /// The agents' `--debounce-ms`.
     pub debounce_ms: u64,
+    /// The agents' `--status-progress-ms`: how soon a change that leaves a node's ruleset as it
+    /// is shows in its status (and `policyc wait --for=enforced` returns).
+    pub status_progress_ms: u64,
     /// How long a change may take to reach every node's kernel.
     pub sync_timeout: Duration,
 }
@@ -93,6 +96,7 @@ impl ClusterOptions {
             agent: bin("policyc-agent")?,
             policyc: bin("policyc")?,
             debounce_ms: 30,
+            status_progress_ms: 100,
             sync_timeout: Duration::from_secs(60),
         })
     }
@@ -492,6 +496,39 @@ impl ClusterLab {
         Ok(())
     }
 
+    /// Runs `policyc wait --for=enforced` with `--since RV`, or with no argument ("everything
+    /// written before now"): returns once every node's kernel holds every change up to it.
+    pub fn wait_enforced_since(&self, since: Option<&str>) -> Result<(), Error> {
+        let timeout = format!("{}s", self.opts.sync_timeout.as_secs());
+        let mut cmd = Command::new(&self.opts.policyc);
+        cmd.args(["wait", "--for=enforced", "--timeout", &timeout]);
+        if let Some(rv) = since {
+            cmd.args(["--since", rv]);
+        }
+        let out = cmd
+            .env("KUBECONFIG", self.api.kubeconfig())
+            .output()
+            .map_err(|e| Error::new(format!("cannot run policyc wait: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::new(format!(
+                "policyc wait --since {since:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// The API server's current resourceVersion (of a one-item namespaces list: the store's
+    /// revision), as a script would take it after its writes.
+    pub fn current_resource_version(&self) -> Result<String, Error> {
+        let out = self.kubectl(&["get", "--raw", "/api/v1/namespaces?limit=1"], None)?;
+        let v: Value = serde_json::from_str(&out).map_err(|e| Error::new(format!("namespaces list: {e}")))?;
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| Error::new("namespaces list without resourceVersion"))
+    }
+
     // === Convergence ===
 
     /// The ruleset hash each node's agent must report for the lab's snapshot.
@@ -584,6 +621,7 @@ impl ClusterLab {
             .arg(sys::netns_path(netns))
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(["--debounce-ms", &self.opts.debounce_ms.to_string()])
+            .args(["--status-progress-ms", &self.opts.status_progress_ms.to_string()])
             .args(["--interface-prefix", &self.opts.lab.interface_prefix])
             .arg("--kubeconfig")
             .arg(&self.agent_kubeconfig)

@@ -43,6 +43,12 @@ struct Args {
     /// Do not write the NodePolicyStatus object.
     #[arg(long)]
     no_status: bool,
+    /// Least time between two NodePolicyStatus writes that only move the resourceVersions the
+    /// ruleset was compiled from (`compiledFrom`), in milliseconds: what `policyc wait
+    /// --for=enforced` may wait at most for a change that leaves this node's ruleset as it is.
+    /// A change of what is enforced is written at once.
+    #[arg(long, default_value_t = 1000)]
+    status_progress_ms: u64,
     /// How rules reach the kernel: one nftables table over netlink, or iptables + ipset.
     #[arg(long, value_enum, default_value_t = BackendArg::Nftables)]
     backend: BackendArg,
@@ -118,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
         netns: args.netns,
         cut_conntrack: !args.no_conntrack,
         report_status: !args.no_status,
+        status_progress: Duration::from_millis(args.status_progress_ms),
         backend: match args.backend {
             BackendArg::Nftables => agent::Backend::Nftables,
             BackendArg::Iptables => agent::Backend::Iptables,
