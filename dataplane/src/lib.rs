@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 
 use policyc_compiler::Ir;
 
-use policyc_compiler::nft::{lower, Table};
+use policyc_compiler::nft::{lower, lower_after, Table};
 
 use self::plan::{Committed, InPlace, Ruleset};
 use self::socket::NlSocket;
@@ -320,15 +320,20 @@ impl Dataplane for NetlinkWriter {
         self.send(&nl::encode_remove()).map(drop)
     }
 
-    /// Lowers `new` once and compares its model with the one this writer last committed (`current`
-    /// is lowered only when the writer has none, e.g. a new writer for a kernel programmed
+    /// Lowers `new` once, sharing with the model this writer last committed what did not change
+    /// since `current`, and compares the two (`current` is lowered only when the writer has none, e.g. a new writer for a kernel programmed
     /// before; `None` means the kernel's state is unknown and forces a replace). When the
     /// table keeps its chains and sets, only what differs is sent: set elements, and the rules
     /// of changed chains (flushed and added again in place; other rules keep their counters).
     /// `nft list` then prints what a replace would have given.
     fn apply(&mut self, current: Option<&Ir>, new: &Ir) -> Result<ApplyStats, DataplaneError> {
         let started = Instant::now();
-        let new_table = lower(new)?;
+        // Parts of `new` equal to `current`'s share the committed model's (same Arc): the
+        // replan below skips them by pointer. `current` is what this writer last applied.
+        let new_table = match (current, &self.committed) {
+            (Some(ir), Some(c)) => lower_after(Some((ir, &c.table)), new)?,
+            _ => lower(new)?,
+        };
         let old = match (current, self.committed.take()) {
             (None, _) => None,
             (Some(_), Some(committed)) => Some(committed),

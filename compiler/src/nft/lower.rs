@@ -2,9 +2,12 @@
 //! sets, maps and chains, their order, the base chains and their hooks, every comment and every
 //! verdict. The printer and the netlink writer only spell out what this builds.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use crate::cidr::Family;
 use crate::ir::*;
-use crate::model::{AdminAction, Direction, Protocol};
+use crate::model::{AdminAction, Direction, ObjectRef, Protocol};
 use crate::render::{CUT_COMMENT, CUT_MARK};
 
 use super::model::*;
@@ -13,12 +16,57 @@ use super::{comment, labels};
 /// Lowers a node's (or the whole cluster's) IR into the nftables model; an IR whose parts name
 /// something it does not hold ([`Ir::validate`]) is refused, never half-lowered.
 pub fn lower(ir: &Ir) -> Result<Table, IrError> {
-    ir.validate()?;
-    Ok(lower_valid(ir))
+    lower_after(None, ir)
 }
 
-/// [`lower`] of an IR that [`Ir::validate`] accepted: every reference resolves.
-fn lower_valid(ir: &Ir) -> Table {
+/// [`lower`], taking over from `prev` (an IR and the table lowered from it) every set, map and
+/// chain whose IR parts are equal: the same `Arc`, neither lowered nor compared again. The agent
+/// lowers each sync this way; on a large node a change touches a few of many parts, and whoever
+/// compares two tables (the netlink writer) skips shared parts by pointer.
+pub fn lower_after(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Result<Table, IrError> {
+    ir.validate()?;
+    Ok(lower_valid(prev, ir))
+}
+
+/// The parts of a previous lowering, by name, and the IR they came from.
+struct Prev<'a> {
+    ir: &'a Ir,
+    sets: HashMap<&'a str, &'a Arc<Set>>,
+    chains: HashMap<&'a str, &'a Arc<Chain>>,
+    endpoints: HashMap<&'a ObjectRef, &'a Endpoint>,
+}
+
+impl<'a> Prev<'a> {
+    fn new((ir, table): (&'a Ir, &'a Table)) -> Prev<'a> {
+        Prev {
+            ir,
+            sets: table.sets.iter().map(|s| (s.name.as_str(), s)).collect(),
+            chains: table.chains.iter().map(|c| (c.name.as_str(), c)).collect(),
+            endpoints: ir.endpoints.iter().map(|e| (&e.pod, e)).collect(),
+        }
+    }
+}
+
+/// The previous set named `name` when `same` (its IR part is unchanged), else `lower()`.
+fn set_or(prev: Option<&Prev<'_>>, same: bool, name: &str, lower: impl FnOnce() -> Set) -> Arc<Set> {
+    match prev.filter(|_| same).and_then(|p| p.sets.get(name)) {
+        Some(s) => Arc::clone(s),
+        None => Arc::new(lower()),
+    }
+}
+
+fn chain_or(prev: Option<&Prev<'_>>, same: bool, name: &str, lower: impl FnOnce() -> Chain) -> Arc<Chain> {
+    match prev.filter(|_| same).and_then(|p| p.chains.get(name)) {
+        Some(c) => Arc::clone(c),
+        None => Arc::new(lower()),
+    }
+}
+
+/// [`lower_after`] of an IR that [`Ir::validate`] accepted: every reference resolves.
+fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
+    let prev = prev.map(Prev::new);
+    let prev = prev.as_ref();
+    let was = |f: &dyn Fn(&Ir) -> bool| prev.is_some_and(|p| f(p.ir));
     let scope = match &ir.node {
         Some(n) => format!("node {n}"),
         None => "all endpoints".to_string(),
@@ -32,48 +80,84 @@ fn lower_valid(ir: &Ir) -> Table {
 
     let mut sets = Vec::new();
     for (name, set) in &ir.sets {
+        let same = was(&|p| p.sets.get(name) == Some(set));
         for f in &set.families {
-            sets.push(addr_set(name, set, *f));
+            sets.push(set_or(prev, same, &set_name(name, *f), || addr_set(name, set, *f)));
         }
     }
     for (name, set) in &ir.port_sets {
+        let same = was(&|p| p.port_sets.get(name) == Some(set));
         for f in [Family::V4, Family::V6] {
-            sets.push(port_set(name, set, f));
+            sets.push(set_or(prev, same, &set_name(name, f), || port_set(name, set, f)));
         }
     }
     for (name, table) in &ir.tier_tables {
+        let same = was(&|p| p.tier_tables.get(name) == Some(table));
         for f in [Family::V4, Family::V6] {
-            sets.extend(table_map(name, table, f));
-        }
-    }
-    for (name, class) in &ir.port_classes {
-        for p in Protocol::ALL {
-            sets.extend(class_map(name, class, p));
-        }
-    }
-    for d in [Direction::Ingress, Direction::Egress] {
-        sets.push(dispatch_map(ir, d));
-    }
-
-    let mut chains = base_chains(ir);
-    for ep in &ir.endpoints {
-        for d in [Direction::Ingress, Direction::Egress] {
-            if ep.isolation(d).enforced() {
-                chains.push(endpoint_chain(ir, ep, d));
+            if !table.entries(f).is_empty() {
+                let map = || table_map(name, table, f).expect("a family with entries has a map");
+                sets.push(set_or(prev, same, &table_map_name(name, f), map));
             }
         }
     }
+    for (name, class) in &ir.port_classes {
+        let same = was(&|p| p.port_classes.get(name) == Some(class));
+        for p in Protocol::ALL {
+            if !class.protocol(p).is_empty() {
+                let map = || class_map(name, class, p).expect("a protocol with entries has a map");
+                sets.push(set_or(prev, same, &class_map_name(name, p), map));
+            }
+        }
+    }
+    // The dispatch maps are lowered from the endpoints alone.
+    let same_endpoints = was(&|p| p.endpoints == ir.endpoints);
+    for d in [Direction::Ingress, Direction::Egress] {
+        sets.push(set_or(prev, same_endpoints, &dispatch_map_name(d), || {
+            dispatch_map(ir, d)
+        }));
+    }
+
+    // The base chains are lowered from the fail-closed prefix alone.
+    let same_base = was(&|p| p.fail_closed == ir.fail_closed);
+    let mut chains: Vec<Arc<Chain>> = base_chains(ir)
+        .into_iter()
+        .map(|c| {
+            let name = c.name.clone();
+            chain_or(prev, same_base, &name, || c)
+        })
+        .collect();
+    // An endpoint chain is lowered from its endpoint (the chains and tier tables it jumps to
+    // are named after the policies, which the comments name).
+    for ep in &ir.endpoints {
+        let same = prev.is_some_and(|p| p.endpoints.get(&ep.pod) == Some(&ep));
+        for d in [Direction::Ingress, Direction::Egress] {
+            if ep.isolation(d).enforced() {
+                chains.push(chain_or(prev, same, &ep.chain_name(d), || endpoint_chain(ir, ep, d)));
+            }
+        }
+    }
+    // A policy chain is lowered from the chain and the families of the sets it uses.
     for (name, chain) in &ir.chains {
-        chains.push(policy_chain(ir, name, chain));
+        let same = was(&|p| {
+            p.chains.get(name) == Some(chain)
+                && chain.rules.iter().all(|r| match &r.peer {
+                    PeerMatch::Set(s) => p.sets.get(s).map(|x| &x.families) == ir.sets.get(s).map(|x| &x.families),
+                    PeerMatch::Any => true,
+                })
+        });
+        chains.push(chain_or(prev, same, name, || policy_chain(ir, name, chain)));
     }
     for (name, table) in &ir.tier_tables {
-        chains.push(table_chain(name, table));
+        let same = was(&|p| p.tier_tables.get(name) == Some(table));
+        chains.push(chain_or(prev, same, name, || table_chain(name, table)));
     }
     for (name, class) in &ir.port_classes {
-        chains.push(class_chain(name, class));
+        let same = was(&|p| p.port_classes.get(name) == Some(class));
+        chains.push(chain_or(prev, same, name, || class_chain(name, class)));
     }
     for (name, rule) in &ir.admin_rules {
-        chains.push(admin_rule_chain(name, rule));
+        let same = was(&|p| p.admin_rules.get(name) == Some(rule));
+        chains.push(chain_or(prev, same, name, || admin_rule_chain(name, rule)));
     }
     Table { summary, sets, chains }
 }

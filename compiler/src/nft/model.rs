@@ -6,6 +6,7 @@
 //! models to update the kernel in place. Nothing below the model decides layout.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::cidr::{Family, IpRange};
 use crate::model::Protocol;
@@ -15,10 +16,11 @@ use crate::model::Protocol;
 pub struct Table {
     /// One line saying what the ruleset is for (printed as a `#` comment above the table).
     pub summary: String,
-    /// Named sets and maps, in declaration order.
-    pub sets: Vec<Set>,
-    /// Chains in declaration order, each with its rules.
-    pub chains: Vec<Chain>,
+    /// Named sets and maps, in declaration order. Shared (`Arc`) with the table lowered before
+    /// when their IR parts did not change ([`super::lower_after`]).
+    pub sets: Vec<Arc<Set>>,
+    /// Chains in declaration order, each with its rules; shared like the sets.
+    pub chains: Vec<Arc<Chain>>,
 }
 
 /// A named set or map.
@@ -209,11 +211,11 @@ impl Table {
     }
 
     pub fn set(&self, name: &str) -> Option<&Set> {
-        self.sets.iter().find(|s| s.name == name)
+        self.sets.iter().find(|s| s.name == name).map(|s| &**s)
     }
 
     pub fn chain(&self, name: &str) -> Option<&Chain> {
-        self.chains.iter().find(|c| c.name == name)
+        self.chains.iter().find(|c| c.name == name).map(|c| &**c)
     }
 }
 

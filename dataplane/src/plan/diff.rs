@@ -2,6 +2,7 @@
 //! are rewritten, and when only a full replace gives what nft would create.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use policyc_compiler::nft::{Chain, Element, Set, Table};
 
@@ -176,7 +177,8 @@ pub(crate) struct Committed {
 
 /// The plan for `new` and, when one suffices, the in-place change from `old`'s plan to it: the
 /// same as `Ruleset::from_table(new)` and [`in_place_update`], but sets and chains equal in both
-/// models are moved over from `old`'s plan, neither encoded nor compared again; a set without
+/// models (the same `Arc`, as `nft::lower_after` shares them, or equal) are moved over from
+/// `old`'s plan, neither encoded nor compared again; a set without
 /// intervals whose elements change is patched with the encoding of the changed elements only.
 /// On a large node a change touches a few of many sets and chains.
 pub(crate) fn replan(old: Committed, new: &Table) -> Result<(Ruleset, Option<InPlace>), DataplaneError> {
@@ -187,13 +189,13 @@ pub(crate) fn replan(old: Committed, new: &Table) -> Result<(Ruleset, Option<InP
     let old_set_order: Vec<String> = old_plan.sets.iter().map(|s| s.name.clone()).collect();
     let old_chain_order: Vec<(String, Option<super::BaseHook>)> =
         old_plan.chains.iter().map(|c| (c.name.clone(), c.base)).collect();
-    let mut old_sets: HashMap<String, (Set, SetSpec)> = old_table
+    let mut old_sets: HashMap<String, (Arc<Set>, SetSpec)> = old_table
         .sets
         .into_iter()
         .zip(old_plan.sets)
         .map(|(m, s)| (m.name.clone(), (m, s)))
         .collect();
-    let mut old_chains: HashMap<String, (Chain, ChainSpec)> = old_table
+    let mut old_chains: HashMap<String, (Arc<Chain>, ChainSpec)> = old_table
         .chains
         .into_iter()
         .zip(old_plan.chains)
@@ -210,7 +212,8 @@ pub(crate) fn replan(old: Committed, new: &Table) -> Result<(Ruleset, Option<InP
         match old_sets.remove(&s.name) {
             // Sorted model elements encode to sorted kernel elements, one to many: patch.
             Some((om, ospec))
-                if om != *s
+                if !Arc::ptr_eq(&om, s)
+                    && *om != **s
                     && !s.interval
                     && om.same_but_elements(s)
                     && sorted(&om.elements)
@@ -223,7 +226,7 @@ pub(crate) fn replan(old: Committed, new: &Table) -> Result<(Ruleset, Option<InP
                 set_specs.push(spec);
             }
             old => {
-                let same = old.as_ref().is_some_and(|(om, _)| om == s);
+                let same = old.as_ref().is_some_and(|(om, _)| Arc::ptr_eq(om, s) || om == s);
                 place(&mut set_specs, &mut fresh_sets, old.map(|(_, spec)| spec), same, || {
                     sets::set(s)
                 })?;
@@ -235,7 +238,7 @@ pub(crate) fn replan(old: Committed, new: &Table) -> Result<(Ruleset, Option<InP
     let mut chain_specs = Vec::with_capacity(new.chains.len());
     for c in &new.chains {
         let old = old_chains.remove(&c.name);
-        let same = old.as_ref().is_some_and(|(om, _)| om == c);
+        let same = old.as_ref().is_some_and(|(om, _)| Arc::ptr_eq(om, c) || om == c);
         place(
             &mut chain_specs,
             &mut fresh_chains,
@@ -283,7 +286,7 @@ mod tests {
     use super::*;
     use policyc_compiler::cidr::{Family, IpRange};
     use policyc_compiler::model::{AdminAction, Protocol};
-    use policyc_compiler::nft::{lower, Key, KeyType, Verdict};
+    use policyc_compiler::nft::{lower, lower_after, Key, KeyType, Verdict};
 
     fn lowered(ir: &policyc_compiler::Ir) -> (Table, Ruleset) {
         let table = lower(ir).unwrap();
@@ -387,7 +390,7 @@ mod tests {
         let pods: Vec<_> = snap.pods.keys().cloned().collect();
         let policies: Vec<_> = snap.policies.keys().cloned().collect();
         let admin: Vec<_> = snap.admin_policies.keys().cloned().collect();
-        let (mut in_place, mut replaced, mut patched) = (0, 0, 0);
+        let (mut in_place, mut replaced, mut patched, mut shared_total) = (0, 0, 0, 0);
         for step in 0..24 {
             match step % 6 {
                 4 => {
@@ -438,7 +441,16 @@ mod tests {
                 }
             }
             let new = compile(&snap, &opts);
-            let (new_table, fresh) = lowered(&new);
+            let (fresh_table, fresh) = lowered(&new);
+            // As the writer lowers: sharing what did not change with the committed table.
+            let new_table = lower_after(Some((&ir, &committed.table)), &new).unwrap();
+            assert!(new_table == fresh_table, "step {step}: lower_after differs from lower");
+            let shared = new_table
+                .sets
+                .iter()
+                .filter(|s| committed.table.sets.iter().any(|o| Arc::ptr_eq(o, s)))
+                .count();
+            shared_total += shared;
             let (plan, change) = replan(committed, &new_table).unwrap();
             let (_, old_fresh) = lowered(&ir);
             assert!(plan == fresh, "step {step}: another plan than encoding afresh");
@@ -457,6 +469,7 @@ mod tests {
             in_place > 0 && replaced > 0,
             "{in_place} in place ({patched} sets), {replaced} replaced"
         );
+        assert!(shared_total > 0, "lower_after shared no set with the committed table");
     }
 
     /// Pods coming, going and moving without admin policies (whose interval maps a pod change

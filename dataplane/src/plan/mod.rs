@@ -211,8 +211,8 @@ impl Ruleset {
     /// Spells out every set and chain of the model.
     pub fn from_table(table: &Table) -> Result<Ruleset, DataplaneError> {
         Ok(Ruleset {
-            sets: table.sets.iter().map(sets::set).collect::<Result<_, _>>()?,
-            chains: table.chains.iter().map(rules::chain).collect::<Result<_, _>>()?,
+            sets: table.sets.iter().map(|s| sets::set(s)).collect::<Result<_, _>>()?,
+            chains: table.chains.iter().map(|c| rules::chain(c)).collect::<Result<_, _>>()?,
         })
     }
 
