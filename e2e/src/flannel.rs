@@ -395,3 +395,48 @@ pub fn converged(netns: &BTreeMap<String, String>, expected: &BTreeMap<String, V
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(name: &str, prefixes: &[&str]) -> NodePlan {
+        NodePlan {
+            name: name.into(),
+            index: 1,
+            ip: Ipv4Addr::new(192, 168, 100, 11),
+            vtep_mac: "0e:00:c0:a8:64:0b".into(),
+            prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+            gateway_v4: None,
+            gateway_v6: None,
+        }
+    }
+
+    #[test]
+    fn network_covers_every_subnet_and_is_at_most_a_16() {
+        let mut t = Topology::default();
+        t.nodes.insert("a".into(), plan("a", &["10.244.1.0/24"]));
+        t.nodes.insert("b".into(), plan("b", &["10.244.2.0/24"]));
+        assert_eq!(net_conf(&t).unwrap()["Network"], "10.244.0.0/16");
+        t.nodes.insert("c".into(), plan("c", &["10.245.0.0/24"]));
+        assert_eq!(net_conf(&t).unwrap()["Network"], "10.244.0.0/15");
+        assert_eq!(net_conf(&t).unwrap()["Backend"]["Port"], 8472);
+    }
+
+    #[test]
+    fn flannel_takes_one_ipv4_subnet_per_node() {
+        assert!(subnet(&plan("a", &["10.244.1.0/24"])).is_ok());
+        assert!(subnet(&plan("a", &["10.244.1.5/32"])).is_err(), "host routes only");
+        assert!(subnet(&plan("a", &["10.244.1.0/24", "fd00::/64"])).is_err(), "IPv6");
+        assert!(subnet(&plan("a", &["10.244.1.0/24", "10.9.0.0/24"])).is_err());
+        assert!(subnet(&plan("a", &[])).is_err());
+    }
+
+    #[test]
+    fn backend_data_is_what_flanneld_parses() {
+        assert_eq!(
+            backend_data(&plan("a", &[])),
+            r#"{"VNI":1,"VtepMAC":"0e:00:c0:a8:64:0b"}"#
+        );
+    }
+}
