@@ -22,10 +22,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# A real kube-apiserver (with embedded etcd), kubectl and helm, built from their Go modules, for
-# the agent and chart tests. Rebuilt only when their sources change.
+# A real kube-apiserver (with embedded etcd), kubectl, helm and flanneld (kube subnet manager +
+# vxlan backend: every node of the agents' tier runs it), built from their Go modules, for the
+# agent and chart tests. Rebuilt only when their sources change.
 export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
-echo "== e2e tools: kube-apiserver, kubectl, helm"
+echo "== e2e tools: kube-apiserver, kubectl, helm, flanneld"
 bash e2e/apiserver/build.sh
 
 echo "== the CLI links no netlink C library (the README's first command builds anywhere)"

@@ -99,6 +99,7 @@ fn lab_options(timeout: u64, interface_prefix: &str) -> Result<LabOptions> {
     Ok(LabOptions {
         timeout: Duration::from_millis(timeout),
         interface_prefix: interface_prefix.to_string(),
+        ..LabOptions::default()
     })
 }
 

@@ -4,9 +4,12 @@
 #   e2e/bin/kube-lab  kube-apiserver (k8s.io/kubernetes) + embedded etcd
 #   e2e/bin/kubectl   k8s.io/kubernetes/cmd/kubectl, same version
 #   e2e/bin/helm      helm.sh/helm/v3/cmd/helm, on the same k8s libraries
-# Versions are pinned by go.mod/go.sum beside this script. A binary is rebuilt
+#   e2e/bin/flanneld  flannel's daemon cut to the kube subnet manager + vxlan backend
+#                     (flanneld/main.go, its own go.mod: see flanneld/README.md)
+# Versions are pinned by go.mod/go.sum beside this script (flanneld: flanneld/go.mod/go.sum;
+# flannel needs Go >= 1.26). A binary is rebuilt
 # only when it is older than a source (*.go, go.mod, go.sum, this script);
-# FORCE=1 rebuilds all. Usage: e2e/apiserver/build.sh [kube-lab|kubectl|helm]...
+# FORCE=1 rebuilds all. Usage: e2e/apiserver/build.sh [kube-lab|kubectl|helm|flanneld]...
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="$(cd "$here/.." && pwd)/bin"
@@ -20,11 +23,11 @@ if ! printf '%s\n' "1.25" "$gov" | sort -V -C; then
 fi
 
 export CGO_ENABLED=0   # static binaries, no C toolchain needed
-targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(kube-lab kubectl helm)
-sources=(*.go go.mod go.sum build.sh)
+targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(kube-lab kubectl helm flanneld)
 
 stale() { # stale BINARY: missing, forced, or older than a source
-  local b="$bin/$1" s
+  local b="$bin/$1" s sources=(*.go go.mod go.sum build.sh)
+  [ "$1" = flanneld ] && sources=(flanneld/*.go flanneld/go.mod flanneld/go.sum build.sh)
   [ "${FORCE:-0}" = 1 ] && return 0
   [ -x "$b" ] || return 0
   for s in "${sources[@]}"; do [ "$s" -nt "$b" ] && return 0; done
@@ -33,7 +36,7 @@ stale() { # stale BINARY: missing, forced, or older than a source
 
 todo=()
 for t in "${targets[@]}"; do
-  case "$t" in kube-lab|kubectl|helm) ;; *) echo "build.sh: unknown target $t" >&2; exit 2;; esac
+  case "$t" in kube-lab|kubectl|helm|flanneld) ;; *) echo "build.sh: unknown target $t" >&2; exit 2;; esac
   if stale "$t"; then todo+=("$t"); else echo "build.sh: $t up to date"; fi
 done
 [ ${#todo[@]} -gt 0 ] || exit 0
@@ -56,19 +59,30 @@ fi
 helm_ld="-X helm.sh/helm/v3/internal/version.version=$helm_ver -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 helm_ld+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor"
 helm_ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"
-echo "build.sh: resolved modules (k8s $k8s_ver, helm $helm_ver) in $(since "$t0")s"
+flannel_ver="$(cd flanneld && go list -m -f '{{.Version}}' github.com/flannel-io/flannel)"
+flannel_ld="-X main.version=$flannel_ver"
+echo "build.sh: resolved modules (k8s $k8s_ver, helm $helm_ver, flannel $flannel_ver) in $(since "$t0")s"
 
 for t in "${todo[@]}"; do
   case "$t" in
     kube-lab) pkg=.;                             ld="$k8s_ld" ;;
     kubectl)  pkg=k8s.io/kubernetes/cmd/kubectl; ld="$k8s_ld" ;;
     helm)     pkg=helm.sh/helm/v3/cmd/helm;      ld="$helm_ld" ;;
+    # Its own module (flannel needs go 1.26 and newer shared dependencies than kube-lab's).
+    flanneld) pkg=flanneld;                      ld="$flannel_ld" ;;
   esac
   s="$(now)"
   # Build to a temp name, then rename: a concurrent reader never sees half a binary.
   tmp="$bin/.$t.$$.tmp"
   trap 'rm -f "$tmp"' EXIT
-  go build -trimpath -buildvcs=false -ldflags "-s -w $ld" -o "$tmp" "$pkg"
+  if [ "$t" = flanneld ]; then
+    if ! printf '%s\n' "1.26" "$gov" | sort -V -C; then
+      echo "build.sh: flanneld needs Go >= 1.26, have $gov" >&2; exit 1
+    fi
+    (cd flanneld && go build -trimpath -buildvcs=false -ldflags "-s -w $ld" -o "$tmp" .)
+  else
+    go build -trimpath -buildvcs=false -ldflags "-s -w $ld" -o "$tmp" "$pkg"
+  fi
   mv -f "$tmp" "$bin/$t"
   echo "build.sh: built $t in $(since "$s")s ($(( $(stat -c %s "$bin/$t") / 1048576 )) MiB)"
 done

@@ -178,6 +178,11 @@ impl ApiServer {
             .map_err(|e| Error::new(format!("waiting for kube-lab: {e}")))
     }
 
+    /// The port the server listens on, on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn is_running(&self) -> bool {
         self.process.is_some()
     }

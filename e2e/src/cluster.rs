@@ -13,6 +13,11 @@
 //!                                                        compile(snapshot, node).ruleset_hash()
 //! ```
 //!
+//! Every node runs the real flanneld ([`crate::flannel`]: kube subnet manager, vxlan backend),
+//! which programs `flannel.1`, its routes, neighbours and fdb entries from the Node objects'
+//! `spec.podCIDR`; the lab makes only the underlay ([`Overlay::External`]). A new node's
+//! overlay is waited for: every node routes every other node's subnet.
+//!
 //! Objects are registered as a cluster sees them: a new pod is created Pending, its interface
 //! appears in the lab (the CNI's part), then its address is reported through the status
 //! subresource (the kubelet's part). Between the two, fail-closed drops the new interface's
@@ -34,7 +39,8 @@ use policyc_compiler::{CompileOptions, Compiler, ObjectRef, Snapshot};
 use serde_json::{json, Value};
 
 use crate::apiserver::{self, ApiServer, Tools};
-use crate::lab::{Lab, LabOptions};
+use crate::flannel::{self, Flanneld};
+use crate::lab::{Lab, LabOptions, Overlay};
 use crate::verify::Enforcer;
 use crate::{cleanup, sys, Error};
 
@@ -44,6 +50,9 @@ const AGENT_GROUPS: [&str; 2] = ["system:serviceaccounts", "system:authenticated
 
 /// How long an agent may take from start to its first complete sync.
 const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long flanneld may take to program a new node's overlay on every node.
+const OVERLAY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Pause between two polls of a condition.
 const POLL: Duration = Duration::from_millis(20);
@@ -90,6 +99,12 @@ impl ClusterOptions {
         };
         let tools = Tools::in_repo();
         tools.check()?;
+        if !tools.path("flanneld").is_file() {
+            return Err(Error::new(format!(
+                "{} is not built (bash e2e/apiserver/build.sh flanneld)",
+                tools.path("flanneld").display()
+            )));
+        }
         Ok(ClusterOptions {
             lab: LabOptions::default(),
             tools,
@@ -127,6 +142,13 @@ pub struct ClusterLab {
     namespaces: BTreeMap<String, Labels>,
     pods: BTreeMap<ObjectRef, Pod>,
     manifests: usize,
+    /// One flanneld per node of the lab.
+    flanneld: BTreeMap<String, Flanneld>,
+    /// flannel's `net-conf.json` (written at start, from the first topology).
+    net_conf: PathBuf,
+    flannel_kubeconfig: PathBuf,
+    /// When each node's Node object was created, and when every node routed its subnet.
+    overlay_times: BTreeMap<String, (Instant, Option<Instant>)>,
 }
 
 fn repo_path(rel: &str) -> PathBuf {
@@ -143,7 +165,11 @@ impl ClusterLab {
                 "a cluster lab starts without policies: apply them with kubectl",
             ));
         }
-        let lab = Lab::without_rules(snapshot, opts.lab.clone())?;
+        let lab_opts = LabOptions {
+            overlay: Overlay::External,
+            ..opts.lab.clone()
+        };
+        let lab = Lab::without_rules(snapshot, lab_opts)?;
         let dir = std::env::temp_dir().join(format!("{}-cluster", lab.prefix()));
         let _ = std::fs::remove_dir_all(&dir);
         let api = match ApiServer::start(&opts.tools, &dir) {
@@ -164,18 +190,14 @@ impl ClusterLab {
             namespaces: BTreeMap::new(),
             pods: BTreeMap::new(),
             manifests: 0,
+            flanneld: BTreeMap::new(),
+            net_conf: PathBuf::new(),
+            flannel_kubeconfig: PathBuf::new(),
+            overlay_times: BTreeMap::new(),
         };
         c.install()?;
+        // Nodes, their flanneld and their agents come with the objects.
         c.sync_objects(snapshot)?;
-        let nodes: Vec<String> = c.lab.topology().nodes.keys().cloned().collect();
-        for node in &nodes {
-            let port = apiserver::free_port()?;
-            let agent = c.spawn_agent(node, port)?;
-            c.agents.insert(node.clone(), agent);
-        }
-        for node in &nodes {
-            c.wait_agent_ready(node)?;
-        }
         c.wait_synced()?;
         Ok(c)
     }
@@ -215,9 +237,115 @@ impl ClusterLab {
             None,
         )?;
         self.kubectl(&["apply", "-f", "-"], Some(&rbac))?;
+        // flanneld's identity, RBAC and network config.
+        self.apply_items(&flannel::rbac())?;
+        self.flannel_kubeconfig = self.dir.join("flannel.kubeconfig");
+        self.api
+            .user_kubeconfig(flannel::USER, &flannel::GROUPS, &self.flannel_kubeconfig)?;
+        self.net_conf = self.dir.join("net-conf.json");
+        let conf = flannel::net_conf(self.lab.topology())?;
+        std::fs::write(&self.net_conf, conf.to_string())
+            .map_err(|e| Error::new(format!("{}: {e}", self.net_conf.display())))?;
         // The agents' `--kubeconfig`.
         self.api
             .user_kubeconfig(AGENT_USER, &AGENT_GROUPS, &self.agent_kubeconfig)
+    }
+
+    // === flanneld ===
+
+    /// Stops the flanneld of nodes the lab no longer has (or rebuilt), starts one for every
+    /// node without, and waits until every node routes every other node's subnet.
+    fn sync_flannel(&mut self) -> Result<(), Error> {
+        let topology = self.lab.topology().clone();
+        let stale: Vec<String> = self
+            .flanneld
+            .iter()
+            .filter(|(n, f)| topology.nodes.get(*n) != Some(&f.node))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut changed = !stale.is_empty();
+        for n in stale {
+            self.flanneld.remove(&n);
+        }
+        let port = self.api.port();
+        let api = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let binary = self.opts.tools.path("flanneld");
+        for n in topology.nodes.values() {
+            if self.flanneld.contains_key(&n.name) {
+                continue;
+            }
+            flannel::subnet(n)?;
+            let netns = self
+                .lab
+                .node_netns(&n.name)
+                .ok_or_else(|| Error::new(format!("no node {} in the lab", n.name)))?
+                .to_string();
+            let f = Flanneld::start(
+                &binary,
+                n,
+                &netns,
+                api,
+                &self.flannel_kubeconfig,
+                &self.net_conf,
+                &self.dir,
+            )?;
+            self.flanneld.insert(n.name.clone(), f);
+            changed = true;
+        }
+        match changed {
+            true => self.wait_overlay().map(|_| ()),
+            false => Ok(()),
+        }
+    }
+
+    /// Waits until every node's `flannel.1` routes every other node's subnet.
+    pub fn wait_overlay(&mut self) -> Result<Duration, Error> {
+        let topology = self.lab.topology();
+        let mut expected = BTreeMap::new();
+        let mut netns = BTreeMap::new();
+        for n in topology.nodes.values() {
+            let others: Vec<String> = topology
+                .nodes
+                .values()
+                .filter(|m| m.name != n.name)
+                .map(|m| flannel::subnet(m).map(|c| c.to_string()))
+                .collect::<Result<_, _>>()?;
+            expected.insert(n.name.clone(), others);
+            netns.insert(
+                n.name.clone(),
+                self.lab.node_netns(&n.name).unwrap_or_default().to_string(),
+            );
+        }
+        let start = Instant::now();
+        while start.elapsed() < OVERLAY_TIMEOUT {
+            if flannel::converged(&netns, &expected) {
+                let now = Instant::now();
+                for (_, ready) in self.overlay_times.values_mut() {
+                    ready.get_or_insert(now);
+                }
+                return Ok(start.elapsed());
+            }
+            for f in self.flanneld.values_mut() {
+                f.check_running()?;
+            }
+            std::thread::sleep(POLL);
+        }
+        let tails: Vec<String> = self.flanneld.values().map(Flanneld::log_tail).collect();
+        Err(Error::new(format!(
+            "flanneld did not program the overlay in {OVERLAY_TIMEOUT:?}: {}",
+            tails.join("; ")
+        )))
+    }
+
+    /// When a node's Node object was created, and when every node first routed every other
+    /// node's subnet after that.
+    pub fn overlay_times(&self, node: &str) -> Option<(Instant, Option<Instant>)> {
+        self.overlay_times.get(node).copied()
+    }
+
+    /// A node's flanneld (its log, subnet file, start time).
+    pub fn flanneld(&self, node: &str) -> Option<&Flanneld> {
+        self.flanneld.get(node)
     }
 
     pub fn lab(&self) -> &Lab {
@@ -332,10 +460,44 @@ impl ClusterLab {
             .collect();
         if !nodes.is_empty() {
             self.apply_items(&nodes)?;
+            let created = Instant::now();
             for n in nodes {
                 let name = n["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                self.overlay_times.insert(name.clone(), (created, None));
                 self.nodes.insert(name, n);
             }
+        }
+        self.sync_flannel()?;
+        self.sync_agents()
+    }
+
+    /// One agent per node of the lab: stops those of nodes gone, starts one on every new node
+    /// (after its flanneld) and waits until they are ready.
+    fn sync_agents(&mut self) -> Result<(), Error> {
+        let topology = self.lab.topology();
+        let gone: Vec<String> = self
+            .agents
+            .keys()
+            .filter(|n| !topology.nodes.contains_key(*n))
+            .cloned()
+            .collect();
+        let new: Vec<String> = topology
+            .nodes
+            .keys()
+            .filter(|n| !self.agents.contains_key(*n))
+            .cloned()
+            .collect();
+        for node in gone {
+            self.kill_agent(&node)?;
+            self.agents.remove(&node);
+        }
+        for node in &new {
+            let port = apiserver::free_port()?;
+            let agent = self.spawn_agent(node, port)?;
+            self.agents.insert(node.clone(), agent);
+        }
+        for node in &new {
+            self.wait_agent_ready(node)?;
         }
         Ok(())
     }
@@ -828,9 +990,13 @@ fn node_object(n: &crate::topo::NodePlan, snapshot: &Snapshot) -> Value {
         None => json!({"kubernetes.io/hostname": n.name}),
     };
     addresses.push(json!({"type": "Hostname", "address": n.name}));
+    // The lab's VTEP MAC, which flanneld takes from here (see crate::flannel).
+    let annotations = json!({
+        format!("{}/backend-data", flannel::ANNOTATION_PREFIX): flannel::backend_data(n),
+    });
     json!({
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": n.name, "labels": labels},
+        "metadata": {"name": n.name, "labels": labels, "annotations": annotations},
         "spec": spec,
         "status": {"addresses": addresses},
     })
@@ -885,6 +1051,8 @@ impl Drop for ClusterLab {
         for node in self.nodes() {
             let _ = self.kill_agent(&node);
         }
+        // flanneld and its relay hold their nodes' namespaces.
+        self.flanneld.clear();
         let _ = self.api.stop();
         if std::thread::panicking() {
             eprintln!(

@@ -5,7 +5,7 @@
 //!  <run>-underlay   br0 ── ul1 ─┐  ── ul2 ─┐ ...          (no address, no forwarding)
 //!                              │          │
 //!  <run>-node-N     eth0 (underlay IP/32, MTU 1500)
-//!                   flannel.1  VXLAN VNI 1, port 8472, nolearning, MTU 1450, local = node IP
+//!                   flannel.1  VXLAN VNI 1, port 8472, nolearning, MTU 1450, local = node IP, txqueuelen 0
 //!                     per other node M: route <M prefix> via <M VTEP address> dev flannel.1 onlink
 //!                                       neigh <M VTEP address> lladdr <M VTEP MAC> permanent
 //!                                       fdb   <M VTEP MAC> dst <M node IP>
@@ -43,6 +43,20 @@ pub struct LabOptions {
     pub timeout: Duration,
     /// Host-side interface name prefix of pod veths (what the rules match on).
     pub interface_prefix: String,
+    /// Who programs the VXLAN overlay (`flannel.1`, its routes, neighbours and fdb entries).
+    pub overlay: Overlay,
+}
+
+/// Who programs the nodes' VXLAN overlay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overlay {
+    /// The lab itself, from its plan, the way flannel's vxlan backend does (no API server
+    /// needed: `probe`, `verify`).
+    #[default]
+    Lab,
+    /// Something else, in each node's namespace: the lab only makes the underlay (`eth0`).
+    /// The agents' tier runs the real flanneld ([`crate::flannel`]).
+    External,
 }
 
 impl Default for LabOptions {
@@ -50,6 +64,7 @@ impl Default for LabOptions {
         Self {
             timeout: Duration::from_millis(1000),
             interface_prefix: "cali".into(),
+            overlay: Overlay::Lab,
         }
     }
 }
@@ -350,7 +365,8 @@ impl Lab {
         // As for pods: free the underlay port's name now.
         sys::batch_force("ip", Some(&self.underlay_netns()), &ports)?;
         // Remaining nodes forget the overlay entries of the removed ones.
-        for (name, state) in &self.nodes {
+        let lab_overlay = self.opts.overlay == Overlay::Lab;
+        for (name, state) in self.nodes.iter().filter(|_| lab_overlay) {
             let (ip_cmds, fdb_cmds) = overlay_commands(&old, name, false);
             sys::batch_force("ip", Some(&state.netns), &ip_cmds)?;
             sys::batch_force("bridge", Some(&state.netns), &fdb_cmds)?;
@@ -406,8 +422,17 @@ impl Lab {
                 // Every node address is on the underlay segment. (The default route also lets
                 // the node answer proxy ARP for the pods' gateway, as a real node's does.)
                 "route add default dev eth0".into(),
-                format!(
-                    "link add {dev} address {mac} mtu {mtu} type vxlan id {id} local {ip} dev eth0 dstport {port} nolearning",
+            ];
+            if self.opts.overlay == Overlay::External {
+                sys::batch("ip", Some(ns), &cmds)?;
+                ul_cmds.push(format!("link set {port} master br0"));
+                ul_cmds.push(format!("link set {port} up"));
+                continue;
+            }
+            // As flanneld makes it (github.com/vishvananda/netlink sends a zero txqueuelen),
+            // so that tests can compare the two line by line.
+            cmds.extend([format!(
+                    "link add {dev} address {mac} mtu {mtu} txqueuelen 0 type vxlan id {id} local {ip} dev eth0 dstport {port} nolearning",
                     dev = topo::VXLAN_DEVICE,
                     mac = n.vtep_mac,
                     mtu = topo::POD_MTU,
@@ -415,7 +440,7 @@ impl Lab {
                     ip = n.ip,
                     port = topo::VXLAN_PORT,
                 ),
-            ];
+            ]);
             if let Some(gw) = n.gateway_v4 {
                 cmds.push(format!("addr add {gw}/32 dev {}", topo::VXLAN_DEVICE));
             }
@@ -426,6 +451,9 @@ impl Lab {
         }
         sys::batch("ip", Some(&ul), &ul_cmds)?;
 
+        if self.opts.overlay == Overlay::External {
+            return Ok(());
+        }
         // Overlay entries: every node learns every other node that is new, and new nodes learn
         // all others.
         let all: Vec<NodePlan> = self.topology.nodes.values().cloned().collect();

@@ -29,6 +29,7 @@ pub mod cleanup;
 pub mod cluster;
 pub mod conntrack;
 pub mod counters;
+pub mod flannel;
 pub mod lab;
 pub mod listen;
 pub mod probe;
@@ -38,7 +39,7 @@ pub mod topo;
 pub mod traffic;
 pub mod verify;
 
-pub use lab::{Lab, LabOptions, ProbeMatrix};
+pub use lab::{Lab, LabOptions, Overlay, ProbeMatrix};
 pub use probe::Outcome;
 
 /// A lab failure, as one line.

@@ -1657,3 +1657,111 @@ fn wait_enforced_covers_every_change() {
         started.elapsed()
     );
 }
+
+/// One DF ping of `payload` bytes from a pod's namespace; `wait` is ping's -W.
+fn ping_df(netns: &Path, to: IpAddr, payload: usize, wait: &str) -> bool {
+    std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args([
+            "ping",
+            "-n",
+            "-q",
+            "-M",
+            "do",
+            "-c1",
+            "-W",
+            wait,
+            "-s",
+            &payload.to_string(),
+        ])
+        .arg(to.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// flanneld in every node: its overlay is the one the direct lab makes by hand (link details,
+/// addresses, routes, neighbours, fdb, node by node), the MTU is the underlay's minus VXLAN's
+/// 50 bytes, and a new node's pods reach the others; measured from its Node's creation.
+#[test]
+fn flanneld_programs_the_same_overlay_as_the_lab() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let opts = require_cluster!();
+    if policyc_testhost::on_path(&["ping", "nsenter"]).is_err() {
+        policyc_testhost::skip("ping or nsenter is not installed (iputils-ping, util-linux)");
+        return;
+    }
+    let started = Instant::now();
+    let two = [
+        pod("app", "a", "node-1", "10.244.1.10", "pod: a"),
+        pod("app", "c", "node-1", "10.244.1.11", "pod: c"),
+        pod("app", "b", "node-2", "10.244.2.10", "pod: b"),
+    ]
+    .concat();
+    let s = snapshot(&two);
+    let mut cluster = ClusterLab::start(&s, opts.clone()).expect("starting the cluster lab");
+    let up = started.elapsed();
+
+    // Side by side with the lab's own overlay for the same nodes.
+    let direct = policyc_lab::Lab::without_rules(&s, opts.lab.clone()).expect("direct lab");
+    let mut diffs = Vec::new();
+    for node in cluster.nodes() {
+        let ns_f = cluster.lab().node_netns(&node).unwrap().to_string();
+        let ns_l = direct.node_netns(&node).unwrap().to_string();
+        let f = policyc_lab::flannel::OverlayView::read(&ns_f).expect("flanneld's overlay");
+        let l = policyc_lab::flannel::OverlayView::read(&ns_l).expect("the lab's overlay");
+        eprintln!("{node} flanneld: {f:#?}\n{node} lab:      {l:#?}");
+        assert!(
+            !f.routes.is_empty() && !f.fdb.is_empty() && !f.neigh.is_empty(),
+            "{f:?}"
+        );
+        diffs.extend(
+            f.diff(&l, "flanneld", "lab")
+                .into_iter()
+                .map(|d| format!("{node}: {d}")),
+        );
+        let env = std::fs::read_to_string(&cluster.flanneld(&node).unwrap().subnet_file).unwrap();
+        assert!(env.contains("FLANNEL_MTU=1450"), "{node} subnet.env: {env}");
+    }
+    drop(direct);
+    assert!(diffs.is_empty(), "flanneld and the lab differ:\n{}", diffs.join("\n"));
+
+    // The MTU over flanneld's overlay: 1422 + 8 (ICMP) + 20 (IPv4) = 1450.
+    let a = pod_netns(&cluster, "app", "a");
+    let b_ip = ip_of(&cluster, "app", "b");
+    assert!(ping_df(&a, b_ip, 1422, "1"), "1422-byte DF ping across nodes must pass");
+    assert!(!ping_df(&a, b_ip, 1423, "1"), "1423-byte DF ping must not pass");
+
+    // A new node: from its Node object to the first packet between its pod and another node's.
+    let three = snapshot(&[two.clone(), pod("app", "d", "node-3", "10.244.3.10", "pod: d")].concat());
+    cluster.sync_objects(&three).expect("adding node-3");
+    let after_sync = Instant::now();
+    let d = pod_netns(&cluster, "app", "d");
+    let a_ip = ip_of(&cluster, "app", "a");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ping_df(&d, a_ip, 56, "0.2") {
+        assert!(Instant::now() < deadline, "node-3's pod never reached node-1's");
+    }
+    let first_packet = Instant::now();
+    let (created, routed) = cluster.overlay_times("node-3").expect("node-3 created");
+    let routed = routed.expect("node-3's subnet routed everywhere");
+    let started_f = cluster.flanneld("node-3").unwrap().started;
+    eprintln!(
+        "flanneld: Node node-3 created → flanneld started {:?} → every node routes every subnet {:?} \
+         → pods reported {:?} → first cross-node packet {:?} (in all {:?}); cluster of 2 up in {up:?}",
+        started_f.duration_since(created),
+        routed.duration_since(created),
+        after_sync.duration_since(created),
+        first_packet.duration_since(after_sync),
+        first_packet.duration_since(created),
+    );
+    cluster.wait_synced().expect("agents synced");
+    assert!(ping_df(
+        &pod_netns(&cluster, "app", "b"),
+        ip_of(&cluster, "app", "d"),
+        1422,
+        "1"
+    ));
+    eprintln!("test took {:?}", started.elapsed());
+}
