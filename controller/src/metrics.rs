@@ -2,10 +2,10 @@
 //!
 //! Gauges and histograms are updated by the sync loop. Packet counters come from the kernel: every
 //! accept rule and every final drop in the ruleset carries a counter and a comment naming the
-//! policy rule or the pod, and each scrape reads them (`nft -j list table inet policyc`).
+//! policy rule or the pod, and each scrape reads them with one nf_tables rule dump over netlink
+//! (`policyc_dataplane::counters`; no `nft` process).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -206,7 +206,7 @@ impl KernelCounters {
     fn refresh(&self) {
         match read_counters(self.netns.as_deref()) {
             Ok(c) => *self.last.lock().expect("not poisoned") = c,
-            Err(e) => tracing::debug!("reading nft counters: {e}"),
+            Err(e) => tracing::debug!("{e}"),
         }
     }
 }
@@ -257,57 +257,37 @@ impl prometheus_client::collector::Collector for KernelCounters {
     }
 }
 
-/// Runs `nft -j list table inet policyc` (in `netns` when given) and sums the counters per
-/// policy rule and per pod drop, by the comments the renderer writes.
+/// Dumps the rules of `table inet policyc` (in `netns` when given) over netlink and sums their
+/// counters per policy rule and per pod drop, by the comments the renderer writes.
 pub fn read_counters(netns: Option<&Path>) -> Result<Vec<RuleCounter>, String> {
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net={}", ns.display())).arg("nft");
-            c
-        }
-        None => Command::new("nft"),
-    };
-    let out = cmd
-        .args([
-            "-t",
-            "-j",
-            "list",
-            "table",
-            "inet",
-            policyc_compiler::render::nft::TABLE,
-        ])
-        .output()
-        .map_err(|e| format!("running nft: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    Ok(parse_counters(&v))
+    let rules = policyc_dataplane::counters::rule_counters(netns, policyc_compiler::render::nft::TABLE)
+        .map_err(|e| error_chain(&e))?;
+    Ok(parse_counters(&rules))
 }
 
-/// Extracts counters from `nft -j` output.
-pub fn parse_counters(v: &serde_json::Value) -> Vec<RuleCounter> {
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(e) = source {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        source = e.source();
+    }
+    s
+}
+
+/// Sums the counters of the dumped rules per policy rule (chains `np_*`, comments
+/// `ns/policy direction[index]`) and per pod drop (chains `ep_*`, comments
+/// `ns/pod direction denied: …`); other rules are left out.
+pub fn parse_counters(rules: &[policyc_dataplane::counters::RuleCounters]) -> Vec<RuleCounter> {
     /// (namespace, policy or pod, direction, rule index) → (packets, bytes)
     type Key = (String, String, String, Option<usize>);
     let mut sums: std::collections::BTreeMap<Key, (u64, u64)> = Default::default();
-    for item in v["nftables"].as_array().into_iter().flatten() {
-        let Some(rule) = item.get("rule") else { continue };
-        let (Some(chain), Some(comment)) = (rule["chain"].as_str(), rule["comment"].as_str()) else {
+    for rule in rules {
+        let (chain, Some(comment)) = (rule.chain.as_str(), rule.comment.as_deref()) else {
             continue;
         };
-        let Some(counter) = rule["expr"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find_map(|e| e.get("counter"))
-        else {
-            continue;
-        };
-        let (packets, bytes) = (
-            counter["packets"].as_u64().unwrap_or(0),
-            counter["bytes"].as_u64().unwrap_or(0),
-        );
+        let (packets, bytes) = (rule.packets, rule.bytes);
         let key = if chain.starts_with("np_") {
             // "ns/policy ingress[3]"
             let Some((id, rest)) = comment.split_once(' ') else {
@@ -353,17 +333,26 @@ pub fn parse_counters(v: &serde_json::Value) -> Vec<RuleCounter> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use policyc_dataplane::counters::RuleCounters;
 
     #[test]
-    fn counters_from_nft_json() {
-        let v = serde_json::json!({"nftables": [
-            {"metainfo": {}},
-            {"rule": {"chain": "np_abc_in", "comment": "x/allow ingress[1]", "expr": [{"counter": {"packets": 3, "bytes": 180}}, {"accept": null}]}},
-            {"rule": {"chain": "np_abc_in", "comment": "x/allow ingress[1]", "expr": [{"counter": {"packets": 2, "bytes": 120}}, {"accept": null}]}},
-            {"rule": {"chain": "ep_def_in", "comment": "x/a ingress denied: selected by x/allow", "expr": [{"counter": {"packets": 7, "bytes": 420}}, {"drop": null}]}},
-            {"rule": {"chain": "ep_def_in", "comment": "x/a to itself", "expr": [{"accept": null}]}}
-        ]});
-        let c = parse_counters(&v);
+    fn counters_from_dumped_rules() {
+        let rule = |chain: &str, handle, comment: Option<&str>, packets, bytes| RuleCounters {
+            chain: chain.into(),
+            handle,
+            comment: comment.map(str::to_string),
+            packets,
+            bytes,
+        };
+        let rules = [
+            rule("np_abc_in", 4, Some("x/allow ingress[1]"), 3, 180),
+            rule("np_abc_in", 5, Some("x/allow ingress[1]"), 2, 120),
+            rule("ep_def_in", 9, Some("x/a ingress denied: selected by x/allow"), 7, 420),
+            rule("ep_def_in", 10, None, 1, 60),
+            rule("ep_def_in", 11, Some("x/a to itself"), 1, 60),
+            rule("np_abc_in", 12, Some("no brackets"), 1, 60),
+        ];
+        let c = parse_counters(&rules);
         assert_eq!(c.len(), 2);
         let rule = c.iter().find(|c| c.rule == Some(1)).unwrap();
         assert_eq!((rule.name.as_str(), rule.packets, rule.bytes), ("allow", 5, 300));

@@ -61,28 +61,16 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 
+use crate::nla::{
+    be16, be32, fixed, nfnl_msg_type, Attrs, Messages, MsgBuilder, NFGENMSG_LEN, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
+    NLMSG_OVERRUN, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+};
 use crate::socket::{NlSocket, SocketError};
-
-// --- netlink (linux/netlink.h) ---
-const NLMSG_HDRLEN: usize = 16;
-const NLMSG_NOOP: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_OVERRUN: u16 = 4;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP_INTR: u16 = 0x10;
-const NLM_F_DUMP: u16 = 0x300;
-const NLA_HDRLEN: usize = 4;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 // --- nfnetlink (linux/netfilter/nfnetlink.h, nfnetlink_conntrack.h) ---
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
-const NFGENMSG_LEN: usize = 4;
-const NFNETLINK_V0: u8 = 0;
 const AF_UNSPEC: u8 = 0;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -440,7 +428,12 @@ impl Conntrack {
     fn dump_once(&self, inner: &mut Inner) -> Result<Option<Vec<Entry>>, CtError> {
         const OP: &str = "dump";
         let seq = inner.next_seq();
-        let mut req = MsgBuilder::new(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, AF_UNSPEC);
+        let mut req = MsgBuilder::new(
+            ct_msg_type(IPCTNL_MSG_CT_GET),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            seq,
+            AF_UNSPEC,
+        );
         let req = req.finish();
         self.socket(inner)?;
         let Inner { sock, buf, .. } = inner;
@@ -472,12 +465,10 @@ impl Conntrack {
                 }
                 match msg.ty {
                     NLMSG_DONE => {
-                        // The dump callback's result: 0, or a negative errno.
-                        if let Some(err) = msg.payload.get(..4) {
-                            let err = i32::from_ne_bytes(err.try_into().expect("4 bytes"));
-                            if err < 0 {
-                                return Err(CtError::kernel(OP, Errno::from_raw(-err)));
-                            }
+                        // The dump callback's result: 0, or an errno.
+                        match msg.done_error() {
+                            0 => {}
+                            errno => return Err(CtError::kernel(OP, Errno::from_raw(errno))),
                         }
                         return Ok((!interrupted).then_some(entries));
                     }
@@ -639,13 +630,13 @@ impl Conntrack {
 }
 
 fn ct_msg_type(msg: u16) -> u16 {
-    (NFNL_SUBSYS_CTNETLINK << 8) | msg
+    nfnl_msg_type(NFNL_SUBSYS_CTNETLINK, msg)
 }
 
 /// The `IPCTNL_MSG_CT_NEW` update (no `NLM_F_CREATE`) that sets `entry`'s mark.
 fn update_request(entry: &Entry, value: u32, mask: u32, seq: u32) -> Vec<u8> {
     let family = if entry.is_ipv6() { AF_INET6 } else { AF_INET };
-    let mut m = MsgBuilder::new(IPCTNL_MSG_CT_NEW, NLM_F_REQUEST | NLM_F_ACK, seq, family);
+    let mut m = MsgBuilder::new(ct_msg_type(IPCTNL_MSG_CT_NEW), NLM_F_REQUEST | NLM_F_ACK, seq, family);
     put_tuple(&mut m, CTA_TUPLE_ORIG, &entry.orig);
     if let Some(zone) = entry.zone {
         m.put(CTA_ZONE, &zone.to_be_bytes());
@@ -700,147 +691,6 @@ fn v6(a: IpAddr) -> Ipv6Addr {
         IpAddr::V6(a) => a,
         IpAddr::V4(a) => a.to_ipv6_mapped(),
     }
-}
-
-/// Builds one netlink message: header, `nfgenmsg`, attributes.
-struct MsgBuilder {
-    buf: Vec<u8>,
-}
-
-impl MsgBuilder {
-    fn new(msg: u16, flags: u16, seq: u32, family: u8) -> MsgBuilder {
-        let mut buf = Vec::with_capacity(128);
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set by finish
-        buf.extend_from_slice(&ct_msg_type(msg).to_ne_bytes());
-        buf.extend_from_slice(&flags.to_ne_bytes());
-        buf.extend_from_slice(&seq.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-        buf.extend_from_slice(&[family, NFNETLINK_V0, 0, 0]); // res_id 0 (big-endian u16)
-        MsgBuilder { buf }
-    }
-
-    fn pad(&mut self) {
-        self.buf.resize(self.buf.len().next_multiple_of(4), 0);
-    }
-
-    fn put(&mut self, ty: u16, data: &[u8]) {
-        let len = u16::try_from(NLA_HDRLEN + data.len()).expect("attribute under 64 KiB");
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        self.pad();
-    }
-
-    /// Starts a nested attribute; returns where its header is, for [`nest_end`](Self::nest_end).
-    fn nest_start(&mut self, ty: u16) -> usize {
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-        at
-    }
-
-    fn nest_end(&mut self, at: usize) {
-        let len = u16::try_from(self.buf.len() - at).expect("attribute under 64 KiB");
-        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    fn finish(&mut self) -> Vec<u8> {
-        let len = self.buf.len() as u32;
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        std::mem::take(&mut self.buf)
-    }
-}
-
-/// One netlink message of a received datagram.
-#[derive(Debug)]
-struct NlMsg<'a> {
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    payload: &'a [u8],
-}
-
-impl NlMsg<'_> {
-    /// The errno of an `NLMSG_ERROR` message, positive (0 for an acknowledgement).
-    fn error(&self) -> Result<i32, String> {
-        let err = self.payload.get(..4).ok_or("NLMSG_ERROR shorter than its error code")?;
-        Ok(-i32::from_ne_bytes(err.try_into().expect("4 bytes")))
-    }
-}
-
-/// The messages of a datagram; stops at the first malformed one.
-struct Messages<'a>(&'a [u8]);
-
-impl<'a> Iterator for Messages<'a> {
-    type Item = Result<NlMsg<'a>, String>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let buf = self.0;
-        if buf.is_empty() {
-            return None;
-        }
-        if buf.len() < NLMSG_HDRLEN {
-            self.0 = &[];
-            return Some(Err(format!("{} trailing bytes, less than a message header", buf.len())));
-        }
-        let len = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            self.0 = &[];
-            return Some(Err(format!("message length {len} with {} bytes left", buf.len())));
-        }
-        let msg = NlMsg {
-            ty: u16::from_ne_bytes([buf[4], buf[5]]),
-            flags: u16::from_ne_bytes([buf[6], buf[7]]),
-            seq: u32::from_ne_bytes(buf[8..12].try_into().expect("4 bytes")),
-            payload: &buf[NLMSG_HDRLEN..len],
-        };
-        self.0 = &buf[len.next_multiple_of(4).min(buf.len())..];
-        Some(Ok(msg))
-    }
-}
-
-/// The attributes of a buffer, type without the nested/byte-order flags.
-struct Attrs<'a>(&'a [u8]);
-
-impl<'a> Iterator for Attrs<'a> {
-    type Item = Result<(u16, &'a [u8]), String>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let buf = self.0;
-        if buf.is_empty() {
-            return None;
-        }
-        self.0 = &[];
-        if buf.len() < NLA_HDRLEN {
-            return Some(Err(format!(
-                "{} trailing bytes, less than an attribute header",
-                buf.len()
-            )));
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-        if len < NLA_HDRLEN || len > buf.len() {
-            return Some(Err(format!(
-                "attribute {ty} of length {len} with {} bytes left",
-                buf.len()
-            )));
-        }
-        self.0 = &buf[len.next_multiple_of(4).min(buf.len())..];
-        Some(Ok((ty, &buf[NLA_HDRLEN..len])))
-    }
-}
-
-fn fixed<const N: usize>(what: &str, data: &[u8]) -> Result<[u8; N], String> {
-    data.try_into()
-        .map_err(|_| format!("{what}: {} bytes, expected {N}", data.len()))
-}
-
-fn be16(what: &str, data: &[u8]) -> Result<u16, String> {
-    fixed::<2>(what, data).map(u16::from_be_bytes)
-}
-
-fn be32(what: &str, data: &[u8]) -> Result<u32, String> {
-    fixed::<4>(what, data).map(u32::from_be_bytes)
 }
 
 /// An entry from the payload (`nfgenmsg` and attributes) of an `IPCTNL_MSG_CT_NEW` message.
@@ -937,31 +787,8 @@ fn parse_tuple(family: u8, data: &[u8]) -> Result<Tuple, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn attr(ty: u16, data: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-        v.extend_from_slice(&ty.to_ne_bytes());
-        v.extend_from_slice(data);
-        v.resize(v.len().next_multiple_of(4), 0);
-        v
-    }
-
-    fn nest(ty: u16, parts: &[Vec<u8>]) -> Vec<u8> {
-        attr(ty | NLA_F_NESTED, &parts.concat())
-    }
-
-    fn message(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
-        v.extend_from_slice(&ty.to_ne_bytes());
-        v.extend_from_slice(&flags.to_ne_bytes());
-        v.extend_from_slice(&seq.to_ne_bytes());
-        v.extend_from_slice(&4242u32.to_ne_bytes());
-        v.extend_from_slice(payload);
-        v.resize(v.len().next_multiple_of(4), 0);
-        v
-    }
+    use crate::nla::testing::{attr, message, nest};
+    use crate::nla::{NlMsg, NLMSG_HDRLEN};
 
     /// A conntrack message as the kernel dumps it: UDP 10.0.0.1:5353 → 10.0.0.2:53.
     fn kernel_udp_entry() -> Vec<u8> {

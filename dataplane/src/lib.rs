@@ -1,5 +1,6 @@
 //! policyc's kernel side: programs the kernel's `table inet policyc` for an [`Ir`], loads the
-//! iptables rendering instead when asked, and cuts the conntrack entries of flows a change denies.
+//! iptables rendering instead when asked, cuts the conntrack entries of flows a change denies, and
+//! reads the rules' counters ([`counters`]).
 //! No Kubernetes dependency: the agent (`policyc-controller`) drives it, and so can anything that
 //! has an [`Ir`].
 //!
@@ -45,9 +46,11 @@
 //! the socket goes through `nix`, and answers are parsed from bytes.
 
 pub mod conntrack;
+pub mod counters;
 pub mod ctnetlink;
 mod iptables;
 mod nl;
+mod nla;
 mod plan;
 mod socket;
 
