@@ -4,11 +4,12 @@
 //! is judged only where its pod is an endpoint of the IR; traffic from a pod to itself is always
 //! allowed (it never leaves the pod).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use serde::Serialize;
 
+use crate::cidr::Family;
 use crate::ir::*;
 use crate::model::*;
 
@@ -398,7 +399,74 @@ pub fn flow_addresses(src: &Endpoint, dst: &Endpoint) -> Option<(IpAddr, IpAddr)
 
 impl Matrix {
     /// Evaluates every ordered pair of the IR's endpoints for one port and protocol.
+    ///
+    /// The same verdicts as [`Matrix::evaluate_per_flow`], computed per side rather than per
+    /// flow: for each endpoint and direction, the peers it allows form a bitset over the
+    /// endpoints, built by walking its tiers once with every rule's peers as bitsets (see
+    /// [`SideSets`]). Endpoints with the same policies share the walk.
     pub fn evaluate(ir: &Ir, protocol: Protocol, port: u16) -> Matrix {
+        let pods = ir.endpoints.iter().map(|e| e.pod.to_string()).collect();
+        let ev = Evaluator::new(ir);
+        let n = ir.endpoints.len();
+        // Pods by number, so that a pod reaching itself through another endpoint's address is
+        // told without comparing names per pair.
+        let mut pod_ids: HashMap<&ObjectRef, usize> = HashMap::new();
+        let pod_of: Vec<usize> = ir
+            .endpoints
+            .iter()
+            .map(|e| {
+                let next = pod_ids.len();
+                *pod_ids.entry(&e.pod).or_insert(next)
+            })
+            .collect();
+        // Per family and endpoint: the pod its address belongs to (the endpoint whose policies
+        // judge it; the same address is the same pod), and its egress and ingress sides.
+        #[derive(Clone, Copy, Default)]
+        struct At {
+            pod: usize,
+            egress: usize,
+            ingress: usize,
+        }
+        let mut sides: Vec<SideSets<'_>> = Vec::new();
+        let mut at: Vec<Vec<At>> = Vec::new();
+        // Bit 0: has an IPv4 address, bit 1: IPv6.
+        let mut families = vec![0u8; n];
+        for (fi, f) in [Family::V4, Family::V6].into_iter().enumerate() {
+            let mut side = SideSets::new(ir, &ev, f, protocol, port);
+            let mut v = vec![At::default(); n];
+            for (j, a) in side.addrs.clone().into_iter().enumerate() {
+                let Some(addr) = a else { continue };
+                families[j] |= 1 << fi;
+                let k = ev.by_ip[&addr];
+                v[j] = At {
+                    pod: pod_of[k],
+                    egress: side.side(k, Direction::Egress, addr),
+                    ingress: side.side(k, Direction::Ingress, addr),
+                };
+            }
+            sides.push(side);
+            at.push(v);
+        }
+        let mut allowed = vec![vec![false; n]; n];
+        for (si, row) in allowed.iter_mut().enumerate() {
+            for (di, cell) in row.iter_mut().enumerate() {
+                // IPv4 when both have it, else IPv6 (as `flow_addresses`).
+                let common = families[si] & families[di];
+                if common == 0 {
+                    *cell = pod_of[si] == pod_of[di];
+                    continue;
+                }
+                let f = usize::from(common & 1 == 0);
+                let (s, d) = (&at[f][si], &at[f][di]);
+                *cell = s.pod == d.pod || (sides[f].results[s.egress].get(di) && sides[f].results[d.ingress].get(si));
+            }
+        }
+        Matrix { pods, allowed }
+    }
+
+    /// The reference: every ordered pair evaluated as one flow by the [`Evaluator`] (slow; for
+    /// tests and the benchmark).
+    pub fn evaluate_per_flow(ir: &Ir, protocol: Protocol, port: u16) -> Matrix {
         let ev = Evaluator::new(ir);
         let pods = ir.endpoints.iter().map(|e| e.pod.to_string()).collect();
         let allowed = ir
@@ -449,5 +517,259 @@ impl Matrix {
         let s = self.pods.iter().position(|p| p == src)?;
         let d = self.pods.iter().position(|p| p == dst)?;
         Some(self.allowed[s][d])
+    }
+}
+
+// === Matrix by bitsets ===
+
+/// A set of endpoints (by index).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn none(n: usize) -> Bits {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+
+    fn all(n: usize) -> Bits {
+        let mut b = Bits(vec![u64::MAX; n.div_ceil(64)]);
+        if n % 64 != 0 {
+            if let Some(last) = b.0.last_mut() {
+                *last = (1u64 << (n % 64)) - 1;
+            }
+        }
+        b
+    }
+
+    fn set(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    fn get(&self, i: usize) -> bool {
+        self.0[i / 64] >> (i % 64) & 1 == 1
+    }
+
+    fn and(&self, o: &Bits) -> Bits {
+        Bits(self.0.iter().zip(&o.0).map(|(a, b)| a & b).collect())
+    }
+
+    fn or_assign(&mut self, o: &Bits) {
+        self.0.iter_mut().zip(&o.0).for_each(|(a, b)| *a |= b);
+    }
+
+    fn and_not_assign(&mut self, o: &Bits) {
+        self.0.iter_mut().zip(&o.0).for_each(|(a, b)| *a &= !b);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+}
+
+/// What a rule's port match says for the matrix's protocol and port.
+enum PortBits {
+    Yes,
+    No,
+    /// An egress named port: where it resolves on the destination (the peer).
+    Peers(Bits),
+}
+
+/// The peers each endpoint allows per direction, for one address family, protocol and port.
+/// Bit `j` stands for endpoint `j`'s first address of the family.
+struct SideSets<'a> {
+    ir: &'a Ir,
+    ev: &'a Evaluator<'a>,
+    protocol: Protocol,
+    port: u16,
+    /// Each endpoint's first address of the family.
+    addrs: Vec<Option<IpAddr>>,
+    /// Members of NetworkPolicy sets (`false`) and admin peer sets (`true`).
+    peer_bits: HashMap<(bool, &'a str), Bits>,
+    named_bits: HashMap<&'a str, Bits>,
+    /// Per what decides a side: index into `results`.
+    by_key: HashMap<SideKey<'a>, usize>,
+    results: Vec<Bits>,
+}
+
+/// What a side's walk depends on: its policies, and for ingress named ports its own address.
+#[derive(PartialEq, Eq, Hash)]
+struct SideKey<'a> {
+    direction: Direction,
+    isolation: &'a Isolation,
+    own: Option<IpAddr>,
+}
+
+impl<'a> SideSets<'a> {
+    fn new(ir: &'a Ir, ev: &'a Evaluator<'a>, family: Family, protocol: Protocol, port: u16) -> Self {
+        let addrs = ir
+            .endpoints
+            .iter()
+            .map(|e| e.ips.iter().find(|ip| Family::of(ip) == family).copied())
+            .collect();
+        Self {
+            ir,
+            ev,
+            protocol,
+            port,
+            addrs,
+            peer_bits: HashMap::new(),
+            named_bits: HashMap::new(),
+            by_key: HashMap::new(),
+            results: Vec::new(),
+        }
+    }
+
+    /// The result index of endpoint `k`'s side `d` when its address in the flow is `at`.
+    fn side(&mut self, k: usize, d: Direction, at: IpAddr) -> usize {
+        let ir = self.ir;
+        let ep = &ir.endpoints[k];
+        let iso = ep.isolation(d);
+        let named = |pm: &PortMatch| matches!(pm, PortMatch::Named { .. });
+        let has_named = d == Direction::Ingress
+            && (iso
+                .chains
+                .iter()
+                .any(|c| ir.chains[c].rules.iter().any(|r| named(&r.ports)))
+                || iso
+                    .admin
+                    .iter()
+                    .chain(&iso.baseline)
+                    .flat_map(|p| self.ev.admin_rules.get(&(p, d)).into_iter().flatten())
+                    .any(|c| ir.admin_rules[*c].ports.iter().any(named)));
+        let key = SideKey {
+            direction: d,
+            isolation: iso,
+            own: has_named.then_some(at),
+        };
+        if let Some(i) = self.by_key.get(&key) {
+            return *i;
+        }
+        let bits = self.walk(iso, d, key.own);
+        self.results.push(bits);
+        let i = self.results.len() - 1;
+        self.by_key.insert(key, i);
+        i
+    }
+
+    /// The tier walk of [`Evaluator::evaluate`] over every peer at once.
+    fn walk(&mut self, iso: &'a Isolation, d: Direction, own: Option<IpAddr>) -> Bits {
+        let n = self.ir.endpoints.len();
+        let all = Bits::all(n);
+        let mut allow = Bits::none(n);
+        // Admin tier: the first matching rule decides; Pass skips to the next tier.
+        let mut undecided = all.clone();
+        let mut passed = Bits::none(n);
+        for (bits, action) in self.admin_rules(&iso.admin, d, own) {
+            let m = undecided.and(&bits);
+            match action {
+                AdminAction::Accept => allow.or_assign(&m),
+                AdminAction::Deny => {}
+                AdminAction::Pass => passed.or_assign(&m),
+            }
+            undecided.and_not_assign(&m);
+            if undecided.is_empty() {
+                break;
+            }
+        }
+        undecided.or_assign(&passed);
+        if iso.isolated() {
+            let mut any = Bits::none(n);
+            for c in &iso.chains {
+                for r in &self.ir.chains[c].rules {
+                    let peers = self.peer(false, &r.peer);
+                    match self.port(&r.ports, d, own) {
+                        PortBits::Yes => any.or_assign(&peers),
+                        PortBits::No => {}
+                        PortBits::Peers(p) => any.or_assign(&peers.and(&p)),
+                    }
+                }
+            }
+            allow.or_assign(&undecided.and(&any));
+            return allow;
+        }
+        // Baseline tier: first match; Pass and no match are allowed by default.
+        for (bits, action) in self.admin_rules(&iso.baseline, d, own) {
+            let m = undecided.and(&bits);
+            if action != AdminAction::Deny {
+                allow.or_assign(&m);
+            }
+            undecided.and_not_assign(&m);
+        }
+        allow.or_assign(&undecided);
+        allow
+    }
+
+    /// The rules of admin policies in evaluation order: the peers each matches, and its action.
+    fn admin_rules(&mut self, policies: &'a [AdminRef], d: Direction, own: Option<IpAddr>) -> Vec<(Bits, AdminAction)> {
+        let ev = self.ev;
+        let mut out = Vec::new();
+        for p in policies {
+            for chain in ev.admin_rules.get(&(p, d)).into_iter().flatten() {
+                let r = &self.ir.admin_rules[*chain];
+                let mut peers = Bits::none(self.ir.endpoints.len());
+                for pm in &r.peers {
+                    peers.or_assign(&self.peer(true, pm));
+                }
+                let mut ports = Bits::none(self.ir.endpoints.len());
+                for pm in &r.ports {
+                    match self.port(pm, d, own) {
+                        PortBits::Yes => ports = Bits::all(self.ir.endpoints.len()),
+                        PortBits::No => {}
+                        PortBits::Peers(b) => ports.or_assign(&b),
+                    }
+                }
+                out.push((peers.and(&ports), r.action));
+            }
+        }
+        out
+    }
+
+    fn peer(&mut self, admin: bool, p: &'a PeerMatch) -> Bits {
+        let n = self.ir.endpoints.len();
+        let s = match p {
+            PeerMatch::Any => return Bits::all(n),
+            PeerMatch::Set(s) => s.as_str(),
+        };
+        if let Some(b) = self.peer_bits.get(&(admin, s)) {
+            return b.clone();
+        }
+        let set = if admin { &self.ir.tier_sets[s] } else { &self.ir.sets[s] };
+        let mut b = Bits::none(n);
+        for (j, a) in self.addrs.iter().enumerate() {
+            if a.is_some_and(|a| set.contains(&a)) {
+                b.set(j);
+            }
+        }
+        self.peer_bits.insert((admin, s), b.clone());
+        b
+    }
+
+    fn port(&mut self, m: &'a PortMatch, d: Direction, own: Option<IpAddr>) -> PortBits {
+        let yes = |b: bool| if b { PortBits::Yes } else { PortBits::No };
+        match m {
+            PortMatch::Any => PortBits::Yes,
+            PortMatch::Ports(ranges) => yes(ranges.iter().any(|r| r.contains(self.protocol, self.port))),
+            PortMatch::Named { set, protocol } => {
+                if *protocol != self.protocol {
+                    return PortBits::No;
+                }
+                let ps = &self.ir.port_sets[set];
+                if d == Direction::Ingress {
+                    // Resolves on the destination: the endpoint itself.
+                    return yes(own.is_some_and(|ip| ps.contains(ip, self.port)));
+                }
+                if let Some(b) = self.named_bits.get(set.as_str()) {
+                    return PortBits::Peers(b.clone());
+                }
+                let mut b = Bits::none(self.ir.endpoints.len());
+                for (j, a) in self.addrs.iter().enumerate() {
+                    if a.is_some_and(|a| ps.contains(a, self.port)) {
+                        b.set(j);
+                    }
+                }
+                self.named_bits.insert(set, b.clone());
+                PortBits::Peers(b)
+            }
+        }
     }
 }
