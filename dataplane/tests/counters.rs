@@ -9,8 +9,7 @@
 //! * Dumps while the table is replaced over and over each return one whole generation.
 //! * A missing table is an error, as for `nft`.
 //!
-//! `scrape_cost` (ignored; `-- --ignored --nocapture`) times one read of the 10,000-pod synthetic
-//! node ruleset both ways.
+//! `examples/scrape_bench.rs` times one read of the 10,000-pod synthetic node ruleset both ways.
 //!
 //! Without root, `ip` or `nft` the tests print `skipped: <test>: <reason>` and pass, unless `CI` is
 //! set: then they fail.
@@ -18,7 +17,7 @@
 use std::fs::File;
 use std::io::Write as _;
 use std::net::UdpSocket;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -356,48 +355,4 @@ fn dumps_during_commits_are_consistent() {
     });
     eprintln!("{dumps} consistent dumps during {generations} commits");
     assert!(dumps > 10 && generations > 10, "{dumps} dumps, {generations} commits");
-}
-
-/// One metrics scrape's read of the counters, on the 10,000-pod synthetic cluster's ruleset for
-/// one node: `nft -t -j list table` (what the agent ran before) against the netlink dump.
-#[test]
-#[ignore = "a measurement: cargo test -p policyc-dataplane --test counters -- --ignored --nocapture"]
-fn scrape_cost() {
-    if !available() {
-        return;
-    }
-    let snapshot = cluster(Shape::LARGE, 42);
-    let opts = CompileOptions {
-        node: Some("node-7".into()),
-        ..CompileOptions::default()
-    };
-    let ir = compile(&snapshot, &opts);
-    let ns = Netns::new("cost");
-    ns.nft(&["-f", "-"], Some(&render(&ir, true).expect("valid IR")));
-    let rules = assert_same_as_nft(&ns, "LARGE node-7");
-    let path = ns.0.path();
-    let runs = 10;
-    let t = Instant::now();
-    for _ in 0..runs {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", path.display()))
-            .args(["nft", "-t", "-j", "list", "table", "inet", TABLE])
-            .output()
-            .expect("nft");
-        assert!(out.status.success());
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-        assert!(v["nftables"].is_array());
-    }
-    let nft = t.elapsed() / runs;
-    let t = Instant::now();
-    for _ in 0..runs {
-        assert_eq!(rule_counters(Some(&path), TABLE).expect("dump").len(), rules.len());
-    }
-    let netlink = t.elapsed() / runs;
-    eprintln!(
-        "{} counted rules: nsenter nft -t -j list table + JSON parse {:.1} ms, netlink rule dump {:.2} ms",
-        rules.len(),
-        nft.as_secs_f64() * 1e3,
-        netlink.as_secs_f64() * 1e3
-    );
 }
