@@ -131,6 +131,8 @@ fn load_optional(files: &[PathBuf], interface_prefix: &str) -> Result<Snapshot> 
     let f = Files {
         files: files.to_vec(),
         interface_prefix: interface_prefix.to_string(),
+        attachment: crate::AttachmentArg::Canal,
+        bridge: "cni0".into(),
     };
     Ok(crate::load(&f)?.snapshot)
 }

@@ -36,6 +36,30 @@ struct Files {
     /// Host-side interface name prefix of pod veths (Calico/Canal: cali).
     #[arg(long, default_value = "cali", value_name = "PREFIX")]
     interface_prefix: String,
+    /// How pods are attached: canal (routed cali* veths) or flannel (the cni0 bridge of plain
+    /// Flannel; see --bridge).
+    #[arg(long, value_enum, default_value_t = AttachmentArg::Canal)]
+    attachment: AttachmentArg,
+    /// The bridge of the flannel attachment.
+    #[arg(long, default_value = "cni0", value_name = "NAME")]
+    bridge: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AttachmentArg {
+    Canal,
+    Flannel,
+}
+
+impl Files {
+    fn attachment(&self) -> policyc_compiler::ir::AttachmentKind {
+        match self.attachment {
+            AttachmentArg::Canal => policyc_compiler::ir::AttachmentKind::Canal,
+            AttachmentArg::Flannel => policyc_compiler::ir::AttachmentKind::Bridge {
+                bridge: self.bridge.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +244,8 @@ fn options(files: &Files, node: Option<String>) -> CompileOptions {
         node,
         interface_prefix: files.interface_prefix.clone(),
         fail_closed: false,
+        attachment: files.attachment(),
+        ..Default::default()
     }
 }
 

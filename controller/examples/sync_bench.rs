@@ -205,6 +205,7 @@ fn main() -> anyhow::Result<()> {
             node: Some(NODE.into()),
             interface_prefix: "cali".into(),
             fail_closed: true,
+            ..Default::default()
         },
         writer: NetlinkWriter::in_netns(format!("/run/netns/{}", netns.0)),
         applied: None,

@@ -281,6 +281,7 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
         node: Some(cfg.node_name.clone()),
         interface_prefix: cfg.interface_prefix.clone(),
         fail_closed: cfg.fail_closed,
+        ..Default::default()
     };
     let mut writer: Box<dyn Dataplane + Send> = match (cfg.backend, &cfg.netns) {
         (Backend::Nftables, Some(ns)) => Box::new(NetlinkWriter::in_netns(ns)),

@@ -124,6 +124,7 @@ pub(crate) fn encode_replace(rs: &Ruleset) -> Result<Encoded, DataplaneError> {
         let mut c = Chain::new(cstring(&spec.name)?, &t);
         if let Some(base) = spec.base {
             let hook = match base.hook {
+                plan::Hook::Prerouting => Hook::PreRouting,
                 plan::Hook::Forward => Hook::Forward,
                 plan::Hook::Input => Hook::In,
             };

@@ -799,7 +799,7 @@ fn fail_closed_ruleset() {
             ..CompileOptions::default()
         },
     );
-    assert!(ir.fail_closed.is_some());
+    assert!(ir.fail_closed);
     check("fail_closed", &ir);
 }
 
@@ -904,7 +904,7 @@ fn baseline_tier_fail_closed() {
         },
     );
     assert_tiers(&ir);
-    assert!(ir.fail_closed.is_some());
+    assert!(ir.fail_closed);
     let text = render(&ir, true).expect("a compiled IR is valid");
     for construct in ["jump bl_", "jump adm_", "jump np_", "counter drop comment", ": accept"] {
         assert!(text.contains(construct), "{construct} missing from\n{text}");

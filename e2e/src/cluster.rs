@@ -705,6 +705,7 @@ impl ClusterLab {
                     node: Some(node.clone()),
                     interface_prefix: self.opts.lab.interface_prefix.clone(),
                     fail_closed: true,
+                    ..Default::default()
                 });
                 (node.clone(), ir.ruleset_hash())
             })

@@ -19,6 +19,11 @@ pub struct CompileOptions {
     /// Drop traffic of pod interfaces (by prefix) that the ruleset does not know yet: a new pod is
     /// denied until a sync includes it, rather than allowed.
     pub fail_closed: bool,
+    /// How pods are attached to the node: routed veths (Canal) or a bridge (plain Flannel).
+    pub attachment: AttachmentKind,
+    /// Bridge attachment: each local pod's bridge port (host-side veth), as discovered on the
+    /// node. A pod without one gets no per-port source guard yet (see [`Attachment`]).
+    pub ports: BTreeMap<ObjectRef, String>,
 }
 
 impl Default for CompileOptions {
@@ -27,6 +32,8 @@ impl Default for CompileOptions {
             node: None,
             interface_prefix: "cali".into(),
             fail_closed: false,
+            attachment: AttachmentKind::Canal,
+            ports: BTreeMap::new(),
         }
     }
 }
@@ -181,7 +188,13 @@ impl<'a> Compiler<'a> {
 
         let mut ir = Ir {
             node: opts.node.clone(),
-            fail_closed: opts.fail_closed.then(|| opts.interface_prefix.clone()),
+            fail_closed: opts.fail_closed,
+            attachment: match &opts.attachment {
+                AttachmentKind::Canal => Attachment::Canal {
+                    prefix: opts.interface_prefix.clone(),
+                },
+                AttachmentKind::Bridge { bridge } => Attachment::Bridge { bridge: bridge.clone() },
+            },
             endpoints: Vec::with_capacity(local.len()),
             chains: BTreeMap::new(),
             sets: BTreeMap::new(),
@@ -227,7 +240,10 @@ impl<'a> Compiler<'a> {
                 }
             }
             ir.endpoints.push(Endpoint {
-                interface: interface_name(&opts.interface_prefix, &id),
+                interface: match &opts.attachment {
+                    AttachmentKind::Canal => interface_name(&opts.interface_prefix, &id),
+                    AttachmentKind::Bridge { .. } => opts.ports.get(&id).cloned().unwrap_or_default(),
+                },
                 pod: id,
                 node: pod.node.clone(),
                 ips: pod.ips.clone(),

@@ -45,8 +45,11 @@ pub use validate::IrError;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Ir {
     pub node: Option<String>,
-    /// With fail-closed, the interface prefix whose unknown interfaces are dropped.
-    pub fail_closed: Option<String>,
+    /// Drop traffic of pods the ruleset does not know yet (unknown `cali*` interfaces, unknown
+    /// source or destination addresses on the bridge) instead of allowing it.
+    pub fail_closed: bool,
+    /// How the node's pods are attached, which decides how traffic is dispatched to endpoints.
+    pub attachment: Attachment,
     pub endpoints: Vec<Endpoint>,
     pub chains: BTreeMap<String, PolicyChain>,
     pub sets: BTreeMap<String, AddrSet>,
@@ -64,6 +67,37 @@ pub struct Ir {
     /// Peer address sets of admin rules (explain and evaluation use them; the ruleset holds
     /// their addresses in the tier tables instead).
     pub tier_sets: BTreeMap<String, AddrSet>,
+}
+
+/// How pods are attached, as the compiler is told ([`CompileOptions::attachment`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub enum AttachmentKind {
+    /// Routed veths named by the CNI plugin from the pod (Calico's, and so Canal's).
+    #[default]
+    Canal,
+    /// Veths enslaved to a Linux bridge (Flannel's CNI plugin delegating to `bridge`).
+    Bridge { bridge: String },
+}
+
+/// How the IR's endpoints are reached.
+///
+/// - `Canal`: every pod has its own routed interface, `PREFIX` + a hash of its name; traffic is
+///   dispatched by interface, and the source guard sits on that interface.
+/// - `Bridge`: pods share one bridge (`cni0`); traffic is dispatched by pod address, which is
+///   only sound because a per-port source guard in a `bridge` table drops every frame whose
+///   source address is not its port's pod. Same-node traffic is seen by the `inet` hooks only
+///   through `br_netfilter`: the `inet` forward chain marks what it saw, and the `bridge` forward
+///   chain drops pod traffic it did not see (fail closed when `br_netfilter` is off).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Attachment {
+    Canal { prefix: String },
+    Bridge { bridge: String },
+}
+
+impl Default for Attachment {
+    fn default() -> Self {
+        Attachment::Canal { prefix: "cali".into() }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -88,7 +122,8 @@ pub struct PolicyInfo {
 pub struct Endpoint {
     pub pod: ObjectRef,
     pub node: Option<String>,
-    /// Host-side interface of the pod's veth.
+    /// Host-side interface of the pod's veth: Canal's routed `cali…` veth (derived from the
+    /// pod's name), or the pod's bridge port; empty when the bridge port is not known yet.
     pub interface: String,
     pub ips: Vec<IpAddr>,
     pub ingress: Isolation,
@@ -101,6 +136,11 @@ impl Endpoint {
             Direction::Ingress => &self.ingress,
             Direction::Egress => &self.egress,
         }
+    }
+
+    /// Name of this endpoint's source guard chain.
+    pub fn guard_chain_name(&self) -> String {
+        format!("guard_{}", short_hash(&self.pod.to_string()))
     }
 
     /// Name of this endpoint's chain for a direction.

@@ -3,12 +3,13 @@
 //! verdict. The printer and the netlink writer only spell out what this builds.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use crate::cidr::Family;
+use crate::cidr::{Family, IpRange};
 use crate::ir::*;
 use crate::model::{AdminAction, Direction, ObjectRef, Protocol};
-use crate::render::{CUT_COMMENT, CUT_MARK};
+use crate::render::{CUT_COMMENT, CUT_MARK, SEEN_MARK};
 
 use super::model::*;
 use super::{comment, labels};
@@ -26,6 +27,196 @@ pub fn lower(ir: &Ir) -> Result<Table, IrError> {
 pub fn lower_after(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Result<Table, IrError> {
     ir.validate()?;
     Ok(lower_valid(prev, ir))
+}
+
+/// The bridge attachment's `table bridge policyc`: the per-port source guard, and the drop of
+/// bridged pod traffic that the `inet` table did not see. `None` for the Canal attachment, whose
+/// guard sits in the `inet` table. Small (a chain per local pod), so it is always lowered whole.
+pub fn lower_bridge(ir: &Ir) -> Result<Option<Table>, IrError> {
+    ir.validate()?;
+    let Attachment::Bridge { .. } = &ir.attachment else {
+        return Ok(None);
+    };
+    let mut sets = vec![guard_map(ir)];
+    for f in [Family::V4, Family::V6] {
+        sets.push(Set {
+            name: set_name(LOCAL_PODS, f),
+            key: KeyType::Addr(f),
+            verdict_map: false,
+            interval: false,
+            comment: Some(comment("addresses of this node's pods")),
+            elements: local_addrs(ir, f)
+                .into_iter()
+                .map(|ip| Element::key(Key::Addr(IpRange::single(ip))))
+                .collect(),
+        });
+    }
+    let mut prerouting = vec![Rule {
+        matches: Vec::new(),
+        counter: false,
+        action: Action::Vmap {
+            key: VmapKey::Ifname(Iface::In),
+            map: GUARD_MAP.into(),
+        },
+        comment: None,
+    }];
+    let mut forward = Vec::new();
+    for f in [Family::V4, Family::V6] {
+        // Ports the guard map does not know yet: their pods' addresses are not known either, but
+        // they must not send as a pod this node knows.
+        prerouting.push(Rule {
+            matches: vec![Match::AddrInSet {
+                family: f,
+                end: End::Source,
+                set: set_name(LOCAL_PODS, f),
+            }],
+            counter: true,
+            action: Action::Verdict(Verdict::Drop),
+            comment: Some(comment(labels::SPOOFED_UNKNOWN_PORT)),
+        });
+        for end in [End::Source, End::Destination] {
+            forward.push(Rule {
+                matches: vec![
+                    Match::MarkClear(SEEN_MARK),
+                    Match::AddrInSet {
+                        family: f,
+                        end,
+                        set: set_name(LOCAL_PODS, f),
+                    },
+                ],
+                counter: true,
+                action: Action::Verdict(Verdict::Drop),
+                comment: Some(comment(labels::UNSEEN_BRIDGED)),
+            });
+        }
+    }
+    let mut chains = vec![
+        Chain {
+            name: "prerouting_guard".into(),
+            hook: Some(BaseHook {
+                hook: Hook::Prerouting,
+                priority: 0,
+            }),
+            rules: prerouting,
+        },
+        // After br_netfilter's forward hook (priority -1), which runs the inet forward chains.
+        Chain {
+            name: "forward_unseen".into(),
+            hook: Some(BaseHook {
+                hook: Hook::Forward,
+                priority: 201,
+            }),
+            rules: forward,
+        },
+    ];
+    chains.extend(
+        ir.endpoints
+            .iter()
+            .filter(|ep| !ep.interface.is_empty())
+            .map(|ep| guard_chain(ep, true)),
+    );
+    Ok(Some(Table {
+        family: TableFamily::Bridge,
+        summary: format!(
+            "policyc bridge guard for {}: {} pod ports",
+            ir.node
+                .as_deref()
+                .map(|n| format!("node {n}"))
+                .unwrap_or_else(|| "all endpoints".into()),
+            ir.endpoints.iter().filter(|ep| !ep.interface.is_empty()).count()
+        ),
+        sets: sets.into_iter().map(Arc::new).collect(),
+        chains: chains.into_iter().map(Arc::new).collect(),
+    }))
+}
+
+/// The source guard's map: pod interface → `goto guard_<pod>`.
+const GUARD_MAP: &str = "source_guard";
+/// The bridge table's sets of local pod addresses (`local_pods_v4`, `_v6`).
+const LOCAL_PODS: &str = "local_pods";
+
+fn local_addrs(ir: &Ir, f: Family) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = ir
+        .endpoints
+        .iter()
+        .flat_map(|ep| ep.ips.iter().copied())
+        .filter(|ip| Family::of(ip) == f)
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+fn guard_map(ir: &Ir) -> Set {
+    Set {
+        name: GUARD_MAP.into(),
+        key: KeyType::Ifname,
+        verdict_map: true,
+        interval: false,
+        comment: None,
+        elements: ir
+            .endpoints
+            .iter()
+            .filter(|ep| !ep.interface.is_empty())
+            .map(|ep| Element {
+                key: Key::Ifname(ep.interface.clone()),
+                verdict: Some(Verdict::Goto(ep.guard_chain_name())),
+            })
+            .collect(),
+    }
+}
+
+/// A pod's source guard: its own addresses (and IPv6 link-local and unspecified sources, for
+/// neighbour discovery) pass; on a bridge, so do ARP packets sent as itself; everything else from
+/// its interface is dropped, counted and named.
+fn guard_chain(ep: &Endpoint, bridge: bool) -> Chain {
+    let mut rules = Vec::new();
+    let accept = |m: Match| Rule {
+        matches: vec![m],
+        counter: false,
+        action: Action::Verdict(Verdict::Accept),
+        comment: None,
+    };
+    for f in [Family::V4, Family::V6] {
+        let own: Vec<IpAddr> = ep.ips.iter().filter(|ip| Family::of(ip) == f).copied().collect();
+        if !own.is_empty() {
+            rules.push(accept(Match::AddrIn {
+                family: f,
+                end: End::Source,
+                addrs: own,
+            }));
+        }
+    }
+    rules.push(accept(Match::AddrPrefix {
+        family: Family::V6,
+        end: End::Source,
+        net: IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)),
+        len: 10,
+    }));
+    rules.push(accept(Match::AddrIn {
+        family: Family::V6,
+        end: End::Source,
+        addrs: vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
+    }));
+    if bridge {
+        let mut own: Vec<Ipv4Addr> = ep
+            .ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        // ARP probes (duplicate address detection) are sent from 0.0.0.0.
+        own.push(Ipv4Addr::UNSPECIFIED);
+        rules.push(accept(Match::ArpSenderIn(own)));
+    }
+    rules.push(Rule::always(true, Verdict::Drop, Some(comment(&labels::spoofed(ep)))));
+    Chain {
+        name: ep.guard_chain_name(),
+        hook: None,
+        rules,
+    }
 }
 
 /// The parts of a previous lowering, by name, and the IR they came from.
@@ -109,16 +300,30 @@ fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
             }
         }
     }
-    // The dispatch maps are lowered from the endpoints alone.
-    let same_endpoints = was(&|p| p.endpoints == ir.endpoints);
-    for d in [Direction::Ingress, Direction::Egress] {
-        sets.push(set_or(prev, same_endpoints, &dispatch_map_name(d), || {
-            dispatch_map(ir, d)
-        }));
+    // The dispatch maps (and the Canal source guard's map) are lowered from the endpoints and
+    // the attachment alone.
+    let same_endpoints = was(&|p| p.endpoints == ir.endpoints && p.attachment == ir.attachment);
+    match &ir.attachment {
+        Attachment::Canal { .. } => {
+            for d in [Direction::Ingress, Direction::Egress] {
+                sets.push(set_or(prev, same_endpoints, &dispatch_map_name(d), || {
+                    dispatch_map(ir, d)
+                }));
+            }
+            sets.push(set_or(prev, same_endpoints, GUARD_MAP, || guard_map(ir)));
+        }
+        Attachment::Bridge { .. } => {
+            for d in [Direction::Ingress, Direction::Egress] {
+                for f in [Family::V4, Family::V6] {
+                    let name = set_name(&dispatch_map_name(d), f);
+                    sets.push(set_or(prev, same_endpoints, &name, || addr_dispatch_map(ir, d, f)));
+                }
+            }
+        }
     }
 
-    // The base chains are lowered from the fail-closed prefix alone.
-    let same_base = was(&|p| p.fail_closed == ir.fail_closed);
+    // The base chains are lowered from the attachment and fail-closed alone.
+    let same_base = was(&|p| p.fail_closed == ir.fail_closed && p.attachment == ir.attachment);
     let mut chains: Vec<Arc<Chain>> = base_chains(ir)
         .into_iter()
         .map(|c| {
@@ -130,6 +335,10 @@ fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
     // are named after the policies, which the comments name).
     for ep in &ir.endpoints {
         let same = prev.is_some_and(|p| p.endpoints.get(&ep.pod) == Some(&ep));
+        if matches!(ir.attachment, Attachment::Canal { .. }) && !ep.interface.is_empty() {
+            let same = same && was(&|p| p.attachment == ir.attachment);
+            chains.push(chain_or(prev, same, &ep.guard_chain_name(), || guard_chain(ep, false)));
+        }
         for d in [Direction::Ingress, Direction::Egress] {
             if ep.isolation(d).enforced() {
                 chains.push(chain_or(prev, same, &ep.chain_name(d), || endpoint_chain(ir, ep, d)));
@@ -159,7 +368,12 @@ fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
         let same = was(&|p| p.admin_rules.get(name) == Some(rule));
         chains.push(chain_or(prev, same, name, || admin_rule_chain(name, rule)));
     }
-    Table { summary, sets, chains }
+    Table {
+        family: TableFamily::Inet,
+        summary,
+        sets,
+        chains,
+    }
 }
 
 // === names ===
@@ -294,37 +508,169 @@ fn dispatch_map(ir: &Ir, d: Direction) -> Set {
     }
 }
 
+/// The bridge attachment's dispatch: a local pod's address → its chain, or accept when the pod is
+/// not isolated in that direction.
+fn addr_dispatch_map(ir: &Ir, d: Direction, f: Family) -> Set {
+    let mut elements: Vec<Element> = ir
+        .endpoints
+        .iter()
+        .flat_map(|ep| {
+            let verdict = match ep.isolation(d).enforced() {
+                true => Verdict::Jump(ep.chain_name(d)),
+                false => Verdict::Accept,
+            };
+            ep.ips
+                .iter()
+                .filter(move |ip| Family::of(ip) == f)
+                .map(move |ip| Element {
+                    key: Key::Addr(IpRange::single(*ip)),
+                    verdict: Some(verdict.clone()),
+                })
+        })
+        .collect();
+    elements.sort();
+    Set {
+        name: set_name(&dispatch_map_name(d), f),
+        key: KeyType::Addr(f),
+        verdict_map: true,
+        interval: false,
+        comment: None,
+        elements,
+    }
+}
+
 // === chains ===
 
-/// The three base chains; with fail-closed, unknown pod interfaces are dropped after dispatch.
+/// The base chains: on Canal, dispatch by pod interface; on a bridge, by pod address.
 fn base_chains(ir: &Ir) -> Vec<Chain> {
-    let base = |name: &str, hook, priority, iface, d: Direction| {
-        let mut rules = vec![
-            Rule {
-                matches: vec![Match::CtMarkAll(CUT_MARK)],
-                counter: true,
-                action: Action::Verdict(Verdict::Drop),
-                comment: Some(comment(CUT_COMMENT)),
-            },
-            Rule {
-                matches: vec![Match::CtState(CtStates(CtStates::ESTABLISHED | CtStates::RELATED))],
+    match &ir.attachment {
+        Attachment::Canal { prefix } => canal_base_chains(ir, prefix),
+        Attachment::Bridge { bridge } => bridge_base_chains(ir, bridge),
+    }
+}
+
+/// The two first rules of every base chain: cut flows dropped, established flows accepted.
+fn cut_and_established() -> Vec<Rule> {
+    vec![
+        Rule {
+            matches: vec![Match::CtMarkAll(CUT_MARK)],
+            counter: true,
+            action: Action::Verdict(Verdict::Drop),
+            comment: Some(comment(CUT_COMMENT)),
+        },
+        Rule {
+            matches: vec![Match::CtState(CtStates(CtStates::ESTABLISHED | CtStates::RELATED))],
+            counter: false,
+            action: Action::Verdict(Verdict::Accept),
+            comment: None,
+        },
+    ]
+}
+
+/// ICMPv6 router and neighbour discovery: pods on one bridge resolve each other directly, and
+/// conntrack does not track these messages.
+const ND_TYPES: [u8; 4] = [133, 134, 135, 136];
+
+/// The bridge attachment's base chains. Pod traffic enters from and leaves to the bridge (`iif`
+/// or `oif` the bridge, both for same-node traffic seen through `br_netfilter`); the pod address
+/// picks the endpoint chain, which is sound because the `bridge` table's source guard drops
+/// forged source addresses before these chains run. The first forward chain marks bridged
+/// traffic as seen ([`SEEN_MARK`]).
+fn bridge_base_chains(ir: &Ir, bridge: &str) -> Vec<Chain> {
+    let base = |name: &str, hook, priority, iface: Iface, d: Direction| {
+        let mut rules = Vec::new();
+        if hook == Hook::Forward && d == Direction::Egress {
+            rules.push(Rule {
+                matches: vec![
+                    Match::Ifname(Iface::In, bridge.to_string()),
+                    Match::Ifname(Iface::Out, bridge.to_string()),
+                ],
                 counter: false,
-                action: Action::Verdict(Verdict::Accept),
+                action: Action::SetMarkBits(SEEN_MARK),
                 comment: None,
-            },
-            Rule {
-                matches: Vec::new(),
+            });
+        }
+        rules.extend(cut_and_established());
+        rules.push(Rule {
+            matches: vec![Match::Icmpv6Types(ND_TYPES.to_vec())],
+            counter: false,
+            action: Action::Verdict(Verdict::Accept),
+            comment: None,
+        });
+        let end = match d {
+            Direction::Egress => End::Source,
+            Direction::Ingress => End::Destination,
+        };
+        for f in [Family::V4, Family::V6] {
+            rules.push(Rule {
+                matches: vec![Match::Ifname(iface, bridge.to_string())],
                 counter: false,
                 action: Action::Vmap {
-                    key: VmapKey::Ifname(iface),
-                    map: dispatch_map_name(d),
+                    key: VmapKey::Addr(f, end),
+                    map: set_name(&dispatch_map_name(d), f),
                 },
                 comment: None,
-            },
-        ];
-        if let Some(prefix) = &ir.fail_closed {
+            });
+        }
+        if ir.fail_closed {
             rules.push(Rule {
-                matches: vec![Match::IfnamePrefix(iface, prefix.clone())],
+                matches: vec![Match::Ifname(iface, bridge.to_string())],
+                counter: true,
+                action: Action::Verdict(Verdict::Drop),
+                comment: Some(comment(&labels::fail_closed_bridge(bridge, d))),
+            });
+        }
+        Chain {
+            name: name.to_string(),
+            hook: Some(BaseHook { hook, priority }),
+            rules,
+        }
+    };
+    vec![
+        base("forward_egress", Hook::Forward, -1, Iface::In, Direction::Egress),
+        base("forward_ingress", Hook::Forward, 0, Iface::Out, Direction::Ingress),
+        base("input_egress", Hook::Input, -1, Iface::In, Direction::Egress),
+    ]
+}
+
+/// Canal's base chains, and its source guard before conntrack (priority raw); with
+/// fail-closed, unknown pod interfaces are dropped after dispatch.
+fn canal_base_chains(ir: &Ir, prefix: &str) -> Vec<Chain> {
+    let mut chains = vec![Chain {
+        name: "prerouting_guard".into(),
+        hook: Some(BaseHook {
+            hook: Hook::Prerouting,
+            priority: -300,
+        }),
+        rules: vec![Rule {
+            matches: Vec::new(),
+            counter: false,
+            action: Action::Vmap {
+                key: VmapKey::Ifname(Iface::In),
+                map: GUARD_MAP.into(),
+            },
+            comment: None,
+        }],
+    }];
+    chains.extend(canal_policy_chains(ir, prefix));
+    chains
+}
+
+fn canal_policy_chains(ir: &Ir, prefix: &str) -> Vec<Chain> {
+    let base = |name: &str, hook, priority, iface, d: Direction| {
+        let mut rules = cut_and_established();
+        rules.extend([Rule {
+            matches: Vec::new(),
+            counter: false,
+            action: Action::Vmap {
+                key: VmapKey::Ifname(iface),
+                map: dispatch_map_name(d),
+            },
+            comment: None,
+        }]);
+        if ir.fail_closed {
+            rules.push(Rule {
+                matches: vec![Match::IfnamePrefix(iface, prefix.to_string())],
                 counter: true,
                 action: Action::Verdict(Verdict::Drop),
                 comment: Some(comment(&labels::fail_closed(prefix))),

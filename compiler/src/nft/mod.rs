@@ -16,7 +16,9 @@ mod lower;
 pub mod model;
 mod print;
 
-pub use self::lower::{class_map_name, dispatch_map_name, lower, lower_after, peer_end, set_name, table_map_name};
+pub use self::lower::{
+    class_map_name, dispatch_map_name, lower, lower_after, lower_bridge, peer_end, set_name, table_map_name,
+};
 pub use self::model::*;
 pub use self::print::print;
 

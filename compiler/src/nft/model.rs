@@ -5,15 +5,17 @@
 //! (`policyc-dataplane`) encodes the very same objects as nf_tables expressions, and compares two
 //! models to update the kernel in place. Nothing below the model decides layout.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use crate::cidr::{Family, IpRange};
 use crate::model::Protocol;
 
-/// `table inet policyc { ... }`.
+/// `table inet policyc { ... }` (or, for the bridge attachment's per-port guard, `table bridge
+/// policyc`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Table {
+    pub family: TableFamily,
     /// One line saying what the ruleset is for (printed as a `#` comment above the table).
     pub summary: String,
     /// Named sets and maps, in declaration order. Shared (`Arc`) with the table lowered before
@@ -21,6 +23,33 @@ pub struct Table {
     pub sets: Vec<Arc<Set>>,
     /// Chains in declaration order, each with its rules; shared like the sets.
     pub chains: Vec<Arc<Chain>>,
+}
+
+/// The address family of a table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TableFamily {
+    /// `inet`: IPv4 and IPv6, routed (and, through `br_netfilter`, bridged) traffic.
+    #[default]
+    Inet,
+    /// `bridge`: frames crossing a Linux bridge, by port.
+    Bridge,
+}
+
+impl TableFamily {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableFamily::Inet => "inet",
+            TableFamily::Bridge => "bridge",
+        }
+    }
+
+    /// The numeric priority nft calls `filter` in this family.
+    pub fn filter_priority(self) -> i32 {
+        match self {
+            TableFamily::Inet => 0,
+            TableFamily::Bridge => -200,
+        }
+    }
 }
 
 /// A named set or map.
@@ -93,6 +122,7 @@ pub struct BaseHook {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
+    Prerouting,
     Forward,
     Input,
 }
@@ -150,6 +180,21 @@ pub enum Match {
     CtState(CtStates),
     /// `iifname "cali*"`: the interface name starts with the prefix.
     IfnamePrefix(Iface, String),
+    /// `iifname "cni0"`: exactly this interface.
+    Ifname(Iface, String),
+    /// `meta mark & BITS == 0x00000000`: none of the bits is set.
+    MarkClear(u32),
+    /// `icmpv6 type { nd-neighbor-solicit, ... }`: any of these ICMPv6 types.
+    Icmpv6Types(Vec<u8>),
+    /// `ip6 saddr fe80::/10`: the address is in the prefix.
+    AddrPrefix {
+        family: Family,
+        end: End,
+        net: IpAddr,
+        len: u8,
+    },
+    /// `arp saddr ip { 10.0.0.1, 0.0.0.0 }`: the ARP sender's protocol address (bridge family).
+    ArpSenderIn(Vec<Ipv4Addr>),
     /// `ip saddr @set_v4`, `ip6 daddr @set_v6`
     AddrInSet { family: Family, end: End, set: String },
     /// `ip saddr 10.0.0.1` or `ip saddr { 10.0.0.1, 10.0.0.2 }`
@@ -174,6 +219,8 @@ pub enum Match {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Verdict(Verdict),
+    /// `meta mark set meta mark | BITS`, then on to the next rule.
+    SetMarkBits(u32),
     /// `KEY vmap @MAP`: the map's verdict for the key; nothing when the key is not in it.
     Vmap {
         key: VmapKey,

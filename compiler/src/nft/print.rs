@@ -15,10 +15,11 @@ use super::TABLE;
 pub fn print(table: &Table, replace: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# {}", table.summary);
+    let family = table.family.as_str();
     if replace {
-        let _ = writeln!(out, "table inet {TABLE}\ndelete table inet {TABLE}");
+        let _ = writeln!(out, "table {family} {TABLE}\ndelete table {family} {TABLE}");
     }
-    let _ = writeln!(out, "table inet {TABLE} {{");
+    let _ = writeln!(out, "table {family} {TABLE} {{");
     for set in &table.sets {
         print_set(&mut out, set);
     }
@@ -149,6 +150,7 @@ fn print_chain(out: &mut String, chain: &Chain) {
     let _ = writeln!(out, "\tchain {} {{", chain.name);
     if let Some(base) = chain.hook {
         let hook = match base.hook {
+            Hook::Prerouting => "prerouting",
             Hook::Forward => "forward",
             Hook::Input => "input",
         };
@@ -167,6 +169,7 @@ fn print_chain(out: &mut String, chain: &Chain) {
         words.push(match &rule.action {
             Action::Verdict(v) => verdict(v),
             Action::Vmap { key, map } => format!("{} vmap @{map}", vmap_key(*key)),
+            Action::SetMarkBits(bits) => format!("meta mark set meta mark | {bits:#010x}"),
         });
         if let Some(c) = &rule.comment {
             words.push(format!("comment {}", quoted(c)));
@@ -184,6 +187,17 @@ fn vmap_key(k: VmapKey) -> String {
     }
 }
 
+/// nft's names of the ICMPv6 types the rulesets use.
+fn icmpv6_type(t: u8) -> String {
+    match t {
+        133 => "nd-router-solicit".into(),
+        134 => "nd-router-advert".into(),
+        135 => "nd-neighbor-solicit".into(),
+        136 => "nd-neighbor-advert".into(),
+        t => t.to_string(),
+    }
+}
+
 fn match_text(m: &Match) -> String {
     match m {
         Match::CtMarkAll(bits) => format!("ct mark & {bits:#010x} == {bits:#010x}"),
@@ -196,6 +210,22 @@ fn match_text(m: &Match) -> String {
             format!("ct state {}", names.join(","))
         }
         Match::IfnamePrefix(i, prefix) => format!("{} {}", iface_kw(*i), quoted(&format!("{prefix}*"))),
+        Match::Ifname(i, name) => format!("{} {}", iface_kw(*i), quoted(name)),
+        Match::MarkClear(bits) => format!("meta mark & {bits:#010x} == 0x00000000"),
+        Match::Icmpv6Types(types) => {
+            let names: Vec<String> = types.iter().map(|t| icmpv6_type(*t)).collect();
+            match names.as_slice() {
+                [one] => format!("icmpv6 type {one}"),
+                many => format!("icmpv6 type {{ {} }}", many.join(", ")),
+            }
+        }
+        Match::AddrPrefix { family, end, net, len } => {
+            format!("{} {} {net}/{len}", ip_kw(*family), addr_field(*end))
+        }
+        Match::ArpSenderIn(addrs) => {
+            let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            format!("arp saddr ip {{ {} }}", list.join(", "))
+        }
         Match::AddrInSet { family, end, set } => format!("{} {} @{set}", ip_kw(*family), addr_field(*end)),
         Match::AddrIn { family, end, addrs } => {
             // Always as a set (nft loads a one-element set as a comparison).

@@ -42,3 +42,19 @@ pub fn fail_closed(prefix: &str) -> String {
 pub fn named_port(set: &PortSet) -> String {
     format!("named port {}/{}", set.port_name, set.protocol)
 }
+
+/// The bridge attachment's fail-closed drop: `cni0 egress: pod address not programmed yet: fail closed`.
+pub fn fail_closed_bridge(bridge: &str, d: Direction) -> String {
+    format!("{bridge} {d}: pod address not programmed yet: fail closed")
+}
+
+/// A pod's source guard: `ns/pod: source address not the pod's: spoofed, dropped`.
+pub fn spoofed(ep: &Endpoint) -> String {
+    format!("{}: source address not the pod's: spoofed, dropped", ep.pod)
+}
+
+/// An unknown bridge port sending with a known pod's address.
+pub const SPOOFED_UNKNOWN_PORT: &str = "bridge port not programmed yet sends as a local pod: spoofed, dropped";
+
+/// Bridged pod traffic that the `inet` hooks did not see.
+pub const UNSEEN_BRIDGED: &str = "bridged pod traffic not seen by policyc (br_netfilter off): fail closed";

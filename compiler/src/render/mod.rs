@@ -11,6 +11,9 @@ pub mod nft;
 /// (an echo, a delayed ACK) or a server that keeps sending cannot open the flow again the other
 /// way round, as it would in a fresh entry the policy allows.
 pub const CUT_MARK: u32 = 0x0040_0000;
+/// Packet mark bit the bridge attachment's `inet` forward chain sets on bridged pod traffic, so
+/// that the `bridge` forward chain can drop what the `inet` hooks never saw (`br_netfilter` off).
+pub const SEEN_MARK: u32 = 0x0020_0000;
 
 /// Comment of the rules that drop cut flows.
 pub const CUT_COMMENT: &str = "flow cut: a policy change denies it";

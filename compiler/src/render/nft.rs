@@ -31,6 +31,14 @@ pub use crate::nft::TABLE;
 /// Renders the IR as an nft script that creates (or, with `replace`, atomically replaces) the
 /// table: [`crate::nft::print`] of [`crate::nft::lower`]. Fails, naming the reference, on an IR
 /// whose parts name something it does not hold.
+///
+/// With the bridge attachment the script also holds `table bridge policyc`
+/// ([`crate::nft::lower_bridge`]): the per-port source guard and the drop of bridged pod traffic
+/// the `inet` hooks did not see.
 pub fn render(ir: &Ir, replace: bool) -> Result<String, IrError> {
-    Ok(crate::nft::print(&crate::nft::lower(ir)?, replace))
+    let mut out = crate::nft::print(&crate::nft::lower(ir)?, replace);
+    if let Some(bridge) = crate::nft::lower_bridge(ir)? {
+        out.push_str(&crate::nft::print(&bridge, replace));
+    }
+    Ok(out)
 }

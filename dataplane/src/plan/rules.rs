@@ -40,6 +40,7 @@ pub(super) fn rule(r: &Rule) -> Result<RuleSpec, DataplaneError> {
     }
     match &r.action {
         Action::Verdict(v) => out.exprs.push(Expr::Verdict(v.clone())),
+        Action::SetMarkBits(_) => return Err(DataplaneError::Unrepresentable(format!("{:?}", r.action))),
         Action::Vmap { key, map } => {
             match *key {
                 VmapKey::Ifname(i) => out.exprs.push(Expr::Meta(iface_key(i))),
@@ -172,6 +173,11 @@ fn lower_match(m: &Match, out: &mut RuleSpec, nfproto_known: &mut bool) -> Resul
                 }
             }
         }
+        Match::Ifname(..)
+        | Match::MarkClear(_)
+        | Match::Icmpv6Types(_)
+        | Match::AddrPrefix { .. }
+        | Match::ArpSenderIn(_) => return Err(DataplaneError::Unrepresentable(format!("{m:?}"))),
         // `ip daddr . tcp dport @set`: address into register 1, port into the next 32-bit slot
         // after it.
         Match::AddrDportInSet { family, protocol, set } => {
