@@ -46,12 +46,15 @@ use crate::nla::{
 };
 use crate::socket::{NlSocket, SocketError};
 
+pub use policyc_compiler::nft::TableFamily;
+
 // --- linux/netfilter/nfnetlink.h, nf_tables.h, netfilter.h ---
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFPROTO_INET: u8 = 1;
+const NFPROTO_BRIDGE: u8 = 7;
 
 const NFTA_TABLE_NAME: u16 = 1;
 
@@ -104,7 +107,8 @@ pub enum CountersError {
         #[source]
         source: io::Error,
     },
-    #[error("reading rule counters: no table inet {0}")]
+    /// No such table: its family and name, e.g. `inet policyc`.
+    #[error("reading rule counters: no table {0}")]
     NoTable(String),
     #[error("reading rule counters: the kernel refused the {what} ({errno})")]
     Kernel {
@@ -154,7 +158,18 @@ fn nft_msg_type(msg: u16) -> u16 {
 /// The counted rules of `table inet <table>` in the network namespace at `netns` (a file such as
 /// `/run/netns/NAME` or `/proc/PID/ns/net`), or in the caller's when `None`.
 pub fn rule_counters(netns: Option<&Path>, table: &str) -> Result<Vec<RuleCounters>, CountersError> {
-    let mut reader = Reader::open(netns)?;
+    rule_counters_of(netns, TableFamily::Inet, table)
+}
+
+/// [`rule_counters`] of the table of another family: `TableFamily::Bridge` for the bridge
+/// attachment's `table bridge policyc` (the source guard's drops). Rules are keyed by family,
+/// table, chain and handle; the caller picks the family.
+pub fn rule_counters_of(
+    netns: Option<&Path>,
+    family: TableFamily,
+    table: &str,
+) -> Result<Vec<RuleCounters>, CountersError> {
+    let mut reader = Reader::open(netns, family)?;
     reader.check_table(table)?;
     for _ in 0..DUMP_ATTEMPTS {
         match reader.dump_once(table) {
@@ -162,21 +177,38 @@ pub fn rule_counters(netns: Option<&Path>, table: &str) -> Result<Vec<RuleCounte
             // Interrupted: the dump ran to its end, the socket is fine.
             Ok(None) => {}
             // Lost messages or an error midway: a fresh socket, so nothing left over is read.
-            Err(e) if e.is_transient() => reader = Reader::open(netns)?,
+            Err(e) if e.is_transient() => reader = Reader::open(netns, family)?,
             Err(e) => return Err(e),
         }
     }
     Err(CountersError::Inconsistent(DUMP_ATTEMPTS))
 }
 
+/// Whether the kernel has `table FAMILY <table>` (one table lookup).
+pub fn table_exists(netns: Option<&Path>, family: TableFamily, table: &str) -> Result<bool, CountersError> {
+    match Reader::open(netns, family)?.check_table(table) {
+        Ok(()) => Ok(true),
+        Err(CountersError::NoTable(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn nfproto(family: TableFamily) -> u8 {
+    match family {
+        TableFamily::Inet => NFPROTO_INET,
+        TableFamily::Bridge => NFPROTO_BRIDGE,
+    }
+}
+
 struct Reader {
     sock: NlSocket,
     seq: u32,
     buf: Vec<u8>,
+    family: TableFamily,
 }
 
 impl Reader {
-    fn open(netns: Option<&Path>) -> Result<Reader, CountersError> {
+    fn open(netns: Option<&Path>, family: TableFamily) -> Result<Reader, CountersError> {
         let open_err = |e: SocketError| match (netns, e.op) {
             (Some(path), "setns") => CountersError::Netns {
                 path: path.to_path_buf(),
@@ -206,12 +238,13 @@ impl Reader {
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(1),
             buf: vec![0; RECV_BUF],
+            family,
         })
     }
 
     fn request(&mut self, msg: u16, flags: u16, attrs: impl FnOnce(&mut MsgBuilder)) -> Result<u32, CountersError> {
         self.seq = self.seq.wrapping_add(1);
-        let mut m = MsgBuilder::new(nft_msg_type(msg), NLM_F_REQUEST | flags, self.seq, NFPROTO_INET);
+        let mut m = MsgBuilder::new(nft_msg_type(msg), NLM_F_REQUEST | flags, self.seq, nfproto(self.family));
         attrs(&mut m);
         self.sock.send(&m.finish()).map_err(|e| CountersError::io("send", e))?;
         Ok(self.seq)
@@ -225,7 +258,7 @@ impl Reader {
         }
     }
 
-    /// `NoTable` unless the kernel has `table inet <table>`.
+    /// `NoTable` unless the kernel has `table FAMILY <table>`.
     fn check_table(&mut self, table: &str) -> Result<(), CountersError> {
         let seq = self.request(NFT_MSG_GETTABLE, NLM_F_ACK, |m| m.put_str(NFTA_TABLE_NAME, table))?;
         loop {
@@ -237,7 +270,9 @@ impl Reader {
                 }
                 return match msg.error().map_err(CountersError::Malformed)? {
                     0 => Ok(()),
-                    errno if errno == Errno::ENOENT as i32 => Err(CountersError::NoTable(table.to_string())),
+                    errno if errno == Errno::ENOENT as i32 => {
+                        Err(CountersError::NoTable(format!("{} {table}", self.family.as_str())))
+                    }
                     errno => Err(CountersError::kernel("table lookup", Errno::from_raw(errno))),
                 };
             }
@@ -273,7 +308,8 @@ impl Reader {
                     NLMSG_OVERRUN => return Err(CountersError::io("recv", Errno::ENOBUFS)),
                     NLMSG_NOOP => {}
                     ty if ty == nft_msg_type(NFT_MSG_NEWRULE) => {
-                        if let Some(rule) = parse_rule(msg.payload, table).map_err(CountersError::Malformed)? {
+                        let rule = parse_rule(msg.payload, nfproto(self.family), table);
+                        if let Some(rule) = rule.map_err(CountersError::Malformed)? {
                             rules.push(rule);
                         }
                     }
@@ -286,7 +322,7 @@ impl Reader {
 
 /// The counter of a rule from the payload (`nfgenmsg` and attributes) of an `NFT_MSG_NEWRULE`
 /// message; `None` for a rule of another table or family, or without a counter.
-fn parse_rule(payload: &[u8], table: &str) -> Result<Option<RuleCounters>, String> {
+fn parse_rule(payload: &[u8], want_family: u8, table: &str) -> Result<Option<RuleCounters>, String> {
     let family = *payload.first().ok_or("empty rule message")?;
     let attrs = payload
         .get(NFGENMSG_LEN..)
@@ -303,7 +339,7 @@ fn parse_rule(payload: &[u8], table: &str) -> Result<Option<RuleCounters>, Strin
             _ => {}
         }
     }
-    if family != NFPROTO_INET || rule_table.as_deref() != Some(table) {
+    if family != want_family || rule_table.as_deref() != Some(table) {
         return Ok(None);
     }
     let Some((packets, bytes)) = counter else {
@@ -423,7 +459,7 @@ mod tests {
     #[test]
     fn parses_a_kernel_rule() {
         let payload = kernel_rule("policyc", 42, &udata_comment("x/allow ingress[1]"), Some((3, 180)));
-        let r = parse_rule(&payload, "policyc").unwrap().unwrap();
+        let r = parse_rule(&payload, NFPROTO_INET, "policyc").unwrap().unwrap();
         assert_eq!(
             r,
             RuleCounters {
@@ -435,9 +471,9 @@ mod tests {
             }
         );
         // Another table, or no counter: not reported.
-        assert_eq!(parse_rule(&payload, "other").unwrap(), None);
+        assert_eq!(parse_rule(&payload, NFPROTO_INET, "other").unwrap(), None);
         let payload = kernel_rule("policyc", 43, &udata_comment("c"), None);
-        assert_eq!(parse_rule(&payload, "policyc").unwrap(), None);
+        assert_eq!(parse_rule(&payload, NFPROTO_INET, "policyc").unwrap(), None);
     }
 
     #[test]
@@ -456,18 +492,23 @@ mod tests {
         assert!(parse_comment(&[1, 0, 5]).is_err());
         // No comment item: the rule still counts.
         let payload = kernel_rule("policyc", 1, &[], Some((1, 2)));
-        assert_eq!(parse_rule(&payload, "policyc").unwrap().unwrap().comment, None);
+        assert_eq!(
+            parse_rule(&payload, NFPROTO_INET, "policyc").unwrap().unwrap().comment,
+            None
+        );
     }
 
     #[test]
     fn rejects_malformed_rules() {
         let good = kernel_rule("policyc", 42, &udata_comment("a"), Some((1, 2)));
-        assert!(parse_rule(&good[..good.len() - 9], "policyc").is_err());
-        assert!(parse_rule(&[], "policyc").is_err());
+        assert!(parse_rule(&good[..good.len() - 9], NFPROTO_INET, "policyc").is_err());
+        assert!(parse_rule(&[], NFPROTO_INET, "policyc").is_err());
         // A 4-byte handle.
         let mut bad = good[..4].to_vec();
         bad.extend(attr(NFTA_RULE_HANDLE, &[0, 0, 0, 1]));
-        assert!(parse_rule(&bad, "policyc").unwrap_err().contains("NFTA_RULE_HANDLE"));
+        assert!(parse_rule(&bad, NFPROTO_INET, "policyc")
+            .unwrap_err()
+            .contains("NFTA_RULE_HANDLE"));
         // A counter with a 4-byte packet count.
         let bad = [
             vec![NFPROTO_INET, 0, 0, 0],
@@ -477,7 +518,7 @@ mod tests {
             ),
         ]
         .concat();
-        assert!(parse_rule(&bad, "policyc")
+        assert!(parse_rule(&bad, NFPROTO_INET, "policyc")
             .unwrap_err()
             .contains("NFTA_COUNTER_PACKETS"));
     }

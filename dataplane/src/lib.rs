@@ -62,7 +62,7 @@ use std::time::{Duration, Instant};
 
 use policyc_compiler::Ir;
 
-use policyc_compiler::nft::{lower, lower_after, Table};
+use policyc_compiler::nft::{lower, lower_after, lower_bridge, Table, TableFamily};
 
 use self::plan::{Committed, InPlace, Ruleset};
 use self::socket::NlSocket;
@@ -182,6 +182,70 @@ pub struct NetlinkWriter {
     /// The plan of this writer's last successful transaction, i.e. what the kernel holds as far
     /// as this writer knows, with the IR parts it came from; forgotten after a failure.
     committed: Option<Committed>,
+    /// What the kernel holds of `table bridge policyc`, as far as this writer knows.
+    bridge: BridgeState,
+}
+
+/// The writer's knowledge of the bridge attachment's `table bridge policyc`.
+#[derive(Debug, Default)]
+enum BridgeState {
+    /// A new writer, or after a failed transaction: the kernel is asked when it matters.
+    #[default]
+    Unknown,
+    Absent,
+    /// The table lowered from the IR of the last transaction.
+    Holds(Table),
+}
+
+/// What one transaction does to `table bridge policyc`, and what the kernel holds after it.
+#[derive(Debug)]
+struct BridgeChange {
+    op: BridgeOp,
+    after: BridgeState,
+}
+
+#[derive(Debug)]
+enum BridgeOp {
+    Keep,
+    /// The whole (small) table replaced: add, delete, create anew, as `nft -f` of the rendered
+    /// text does.
+    Replace(Ruleset),
+    /// Deleted (the attachment is no longer the bridge).
+    Remove,
+}
+
+impl BridgeChange {
+    fn keep(after: BridgeState) -> BridgeChange {
+        BridgeChange {
+            op: BridgeOp::Keep,
+            after,
+        }
+    }
+
+    /// Its messages, after those for the inet table: one batch, one transaction, so that
+    /// packets never meet a new inet table with an old guard or the other way round. The order
+    /// within the batch is that of the rendered text (inet first), which the table handles
+    /// follow.
+    fn encode(&self, b: &mut nl::Builder) -> Result<(), DataplaneError> {
+        match &self.op {
+            BridgeOp::Keep => Ok(()),
+            BridgeOp::Replace(rs) => b.replace(rs),
+            BridgeOp::Remove => {
+                b.remove(TableFamily::Bridge);
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds what the bridge table's replace creates to `stats`.
+    fn count(&self, stats: &mut ApplyStats) {
+        if let BridgeOp::Replace(rs) = &self.op {
+            stats.chains += rs.chains.len();
+            stats.rules += rs.rule_count();
+            stats.sets += rs.sets.len() + rs.anon_set_count();
+            stats.elements_added += rs.element_count();
+        }
+    }
 }
 
 impl NetlinkWriter {
@@ -224,10 +288,51 @@ impl NetlinkWriter {
         Ok(t.elapsed())
     }
 
-    /// Replaces the table with `rs`, the encoding of `table`, planned since `started`.
-    fn replace_with(&mut self, table: Table, rs: Ruleset, started: Instant) -> Result<ApplyStats, DataplaneError> {
+    /// What to do with the bridge table for `new` (`lower_bridge` of the new IR): nothing when
+    /// the kernel holds it already (unless `force`), a replace when it changed, a deletion of a
+    /// leftover when the attachment is not the bridge. A writer that does not know whether a
+    /// bridge table is left over asks the kernel (one table lookup), so that a Canal node does
+    /// not create and delete a table on every replace.
+    fn bridge_change(&self, new: Option<Table>, force: bool) -> Result<BridgeChange, DataplaneError> {
+        Ok(match (new, &self.bridge) {
+            (Some(t), BridgeState::Holds(old)) if !force && *old == t => BridgeChange::keep(BridgeState::Holds(t)),
+            (Some(t), _) => BridgeChange {
+                op: BridgeOp::Replace(Ruleset::from_table(&t)?),
+                after: BridgeState::Holds(t),
+            },
+            (None, BridgeState::Absent) => BridgeChange::keep(BridgeState::Absent),
+            (None, BridgeState::Holds(_)) => BridgeChange {
+                op: BridgeOp::Remove,
+                after: BridgeState::Absent,
+            },
+            (None, BridgeState::Unknown) => {
+                // If the kernel cannot say, delete whatever is there.
+                match counters::table_exists(self.netns.as_deref(), TableFamily::Bridge, TABLE) {
+                    Ok(false) => BridgeChange::keep(BridgeState::Absent),
+                    Ok(true) | Err(_) => BridgeChange {
+                        op: BridgeOp::Remove,
+                        after: BridgeState::Absent,
+                    },
+                }
+            }
+        })
+    }
+
+    /// Replaces the table with `rs`, the encoding of `table`, and changes the bridge table as
+    /// `bridge` says, in one batch; planned since `started`.
+    fn replace_with(
+        &mut self,
+        table: Table,
+        rs: Ruleset,
+        bridge: BridgeChange,
+        started: Instant,
+    ) -> Result<ApplyStats, DataplaneError> {
         self.committed = None;
-        let enc = nl::encode_replace(&rs)?;
+        self.bridge = BridgeState::Unknown;
+        let mut b = nl::Builder::new();
+        b.replace(&rs)?;
+        bridge.encode(&mut b)?;
+        let enc = b.finish();
         let plan_time = started.elapsed();
         let kernel_time = self.send(&enc)?;
         // Closed after a replace, unlike after smaller batches: the close waits for the kernel
@@ -235,7 +340,7 @@ impl NetlinkWriter {
         // next replace then commits sooner (measured with agent_bench: p50 3.0 ms instead of
         // 5.3 ms after the debounce, p99 5 ms instead of 14 ms).
         self.socket = None;
-        let stats = ApplyStats {
+        let mut stats = ApplyStats {
             messages: enc.what.len(),
             bytes: enc.len(),
             chains: rs.chains.len(),
@@ -246,37 +351,48 @@ impl NetlinkWriter {
             plan_time,
             kernel_time,
         };
+        bridge.count(&mut stats);
         self.committed = Some(Committed { table, plan: rs });
+        self.bridge = bridge.after;
         Ok(stats)
     }
 
     /// Turns the kernel's `old` into `new` by element updates, or `Ok(None)` when they do not
-    /// suffice; planned since `started`.
+    /// suffice; planned since `started`. The bridge table must not change (`bridge` is the
+    /// table the kernel holds before and after).
     fn update_with(
         &mut self,
         old: &Ruleset,
         new_table: Table,
         new: Ruleset,
+        bridge: Option<Table>,
         started: Instant,
     ) -> Result<Option<ApplyStats>, DataplaneError> {
         self.committed = None;
+        self.bridge = BridgeState::Unknown;
         let Some(change) = plan::in_place_update(old, &new).filter(|c| c.chains.is_empty()) else {
             return Ok(None);
         };
-        let stats = self.send_in_place(&new, &change, started)?;
+        let after = match bridge {
+            Some(t) => BridgeState::Holds(t),
+            None => BridgeState::Absent,
+        };
+        let stats = self.send_in_place(&new, &change, &BridgeChange::keep(BridgeState::Unknown), started)?;
         self.committed = Some(Committed {
             table: new_table,
             plan: new,
         });
+        self.bridge = after;
         Ok(Some(stats))
     }
 
-    /// Sends an in-place change of the table holding `rs` (nothing when there is none);
-    /// planned since `started`.
+    /// Sends an in-place change of the table holding `rs`, with the bridge table's change
+    /// (nothing when there is none); planned since `started`.
     fn send_in_place(
         &mut self,
         rs: &Ruleset,
         change: &InPlace,
+        bridge: &BridgeChange,
         started: Instant,
     ) -> Result<ApplyStats, DataplaneError> {
         let rules = || change.chains.iter().flat_map(|&i| &rs.chains[i].rules);
@@ -289,11 +405,15 @@ impl NetlinkWriter {
             elements_removed: change.sets.iter().map(|d| d.remove.len()).sum(),
             ..ApplyStats::default()
         };
-        if change.sets.is_empty() && change.chains.is_empty() {
+        bridge.count(&mut stats);
+        let mut b = nl::Builder::new();
+        b.in_place(rs, change)?;
+        bridge.encode(&mut b)?;
+        if b.is_empty() {
             stats.plan_time = started.elapsed();
             return Ok(stats);
         }
-        let enc = nl::encode_in_place(rs, change)?;
+        let enc = b.finish();
         stats.plan_time = started.elapsed();
         stats.kernel_time = self.send(&enc)?;
         stats.messages = enc.what.len();
@@ -303,24 +423,40 @@ impl NetlinkWriter {
 }
 
 impl Dataplane for NetlinkWriter {
+    /// Replaces `table inet policyc` and, for the bridge attachment, `table bridge policyc` in
+    /// one batch; with the Canal attachment a leftover bridge table is deleted in it.
     fn replace(&mut self, ir: &Ir) -> Result<ApplyStats, DataplaneError> {
         let started = Instant::now();
         let table = lower(ir)?;
         let rs = Ruleset::from_table(&table)?;
-        self.replace_with(table, rs, started)
+        let bridge = self.bridge_change(lower_bridge(ir)?, true)?;
+        self.replace_with(table, rs, bridge, started)
     }
 
+    /// Element updates of the inet table only: `Ok(None)` when the bridge tables of `old` and
+    /// `new` differ (a pod port came or went, or the attachment changed).
     fn update_elements(&mut self, old: &Ir, new: &Ir) -> Result<Option<ApplyStats>, DataplaneError> {
         let started = Instant::now();
+        let bridge = lower_bridge(new)?;
+        if lower_bridge(old)? != bridge {
+            return Ok(None);
+        }
         let old = Ruleset::from_table(&lower(old)?)?;
         let table = lower(new)?;
         let plan = Ruleset::from_table(&table)?;
-        self.update_with(&old, table, plan, started)
+        self.update_with(&old, table, plan, bridge, started)
     }
 
+    /// Deletes both tables, in one batch.
     fn remove(&mut self) -> Result<(), DataplaneError> {
         self.committed = None;
-        self.send(&nl::encode_remove()).map(drop)
+        self.bridge = BridgeState::Unknown;
+        let mut b = nl::Builder::new();
+        b.remove(TableFamily::Inet);
+        b.remove(TableFamily::Bridge);
+        self.send(&b.finish())?;
+        self.bridge = BridgeState::Absent;
+        Ok(())
     }
 
     /// Lowers `new` once, sharing with the model this writer last committed what did not change
@@ -345,19 +481,23 @@ impl Dataplane for NetlinkWriter {
                 table.and_then(|table| Ruleset::from_table(&table).ok().map(|plan| Committed { table, plan }))
             }
         };
+        // The bridge table is small: lowered whole, replaced whole when it changed.
+        let bridge = self.bridge_change(lower_bridge(new)?, false)?;
+        self.bridge = BridgeState::Unknown;
         let Some(old) = old else {
             let rs = Ruleset::from_table(&new_table)?;
-            return self.replace_with(new_table, rs, started);
+            return self.replace_with(new_table, rs, bridge, started);
         };
         let (plan, change) = plan::replan(old, &new_table)?;
         if let Some(change) = change {
             // A rejected batch (the kernel did not hold `old` after all) changes nothing: fall
             // back to a replace.
-            if let Ok(stats) = self.send_in_place(&plan, &change, started) {
+            if let Ok(stats) = self.send_in_place(&plan, &change, &bridge, started) {
                 self.committed = Some(Committed { table: new_table, plan });
+                self.bridge = bridge.after;
                 return Ok(stats);
             }
         }
-        self.replace_with(new_table, plan, started)
+        self.replace_with(new_table, plan, bridge, started)
     }
 }

@@ -35,7 +35,8 @@ use nftnl::nftnl_sys::{self as sys, libc};
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, NlMsg, Policy, ProtoFamily, Rule, Table};
 
 use super::plan::{
-    self, ChainSpec, CmpOp, Elem, Expr, InPlace, MetaKey, PayloadBase, Ruleset, SetDelta, SetRef, SetSpec, Verdict,
+    self, ChainSpec, CmpOp, Elem, Expr, InPlace, MetaKey, PayloadBase, Ruleset, SetDelta, SetRef, SetSpec, TableFamily,
+    Verdict,
 };
 use super::DataplaneError;
 
@@ -67,17 +68,23 @@ impl Encoded {
     }
 }
 
-/// Builds a batch, remembering what each message is about.
-struct Builder {
+/// Builds one batch, remembering what each message is about. Changes of several tables go into
+/// one batch, so that the kernel commits them as one transaction.
+pub(crate) struct Builder {
     batch: Batch,
     what: Vec<String>,
+    /// nft numbers sets 1, 2, ... in the order it creates them; lookups name a set and give its
+    /// ID, which the kernel uses to find a set created earlier in the same batch. Unique across
+    /// the batch, whichever table a set belongs to.
+    next_id: u32,
 }
 
 impl Builder {
-    fn new() -> Builder {
+    pub(crate) fn new() -> Builder {
         Builder {
             batch: Batch::new(),
             what: Vec::new(),
+            next_id: 1,
         }
     }
 
@@ -86,11 +93,87 @@ impl Builder {
         self.what.push(what.into());
     }
 
-    fn finish(self) -> Encoded {
+    /// No message so far.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.what.is_empty()
+    }
+
+    fn take_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    pub(crate) fn finish(self) -> Encoded {
         Encoded {
             batch: self.batch.finalize(),
             what: self.what,
         }
+    }
+
+    /// Replaces the whole table of `rs`'s family with `rs`.
+    pub(crate) fn replace(&mut self, rs: &Ruleset) -> Result<(), DataplaneError> {
+        let t = table(rs.family);
+        let label = table_label(rs.family);
+        add_delete_table(self, &t, rs.family);
+        self.add(&t, MsgType::Add, label);
+
+        let mut chains = Vec::with_capacity(rs.chains.len());
+        for spec in &rs.chains {
+            let mut c = Chain::new(cstring(&spec.name)?, &t);
+            if let Some(base) = spec.base {
+                let hook = match base.hook {
+                    plan::Hook::Prerouting => Hook::PreRouting,
+                    plan::Hook::Forward => Hook::Forward,
+                    plan::Hook::Input => Hook::In,
+                };
+                // The model's priority is relative to the family's `filter`.
+                c.set_hook(hook, rs.family.filter_priority() + base.priority);
+                c.set_type(ChainType::Filter);
+                c.set_policy(Policy::Accept);
+            }
+            self.add(&c, MsgType::Add, format!("chain {}{}", spec.name, in_table(rs.family)));
+            chains.push(c);
+        }
+
+        let mut ids: HashMap<&str, u32> = HashMap::new();
+        for spec in &rs.sets {
+            let id = self.take_id();
+            ids.insert(&spec.name, id);
+            add_set(self, rs.family, spec, SetOp::Create(id), &spec.elements)?;
+        }
+
+        for (spec, chain) in rs.chains.iter().zip(&chains) {
+            add_rules(self, rs.family, chain, spec, &ids)?;
+        }
+        Ok(())
+    }
+
+    /// Changes the table holding `rs` in place ([`InPlace`]): element deletions, element
+    /// additions, then each changed chain flushed and its rules added again. Other chains, their
+    /// rules and counters stay as they are.
+    pub(crate) fn in_place(&mut self, rs: &Ruleset, change: &InPlace) -> Result<(), DataplaneError> {
+        add_element_changes(self, rs.family, &change.sets)?;
+        let t = table(rs.family);
+        // The named sets exist: lookups find them by name (batch ID 0 names no new set).
+        let ids: HashMap<&str, u32> = rs.sets.iter().map(|s| (s.name.as_str(), 0)).collect();
+        for &i in &change.chains {
+            let spec = &rs.chains[i];
+            let chain = Chain::new(cstring(&spec.name)?, &t);
+            // A rule message without a handle deletes every rule of the chain (`flush chain`).
+            self.add(
+                &Rule::new(&chain),
+                MsgType::Del,
+                format!("flush of chain {}{}", spec.name, in_table(rs.family)),
+            );
+            add_rules(self, rs.family, &chain, spec, &ids)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the table of `family` if it exists.
+    pub(crate) fn remove(&mut self, family: TableFamily) {
+        add_delete_table(self, &table(family), family);
     }
 }
 
@@ -101,72 +184,49 @@ fn cstring(s: &str) -> Result<CString, DataplaneError> {
 /// `policyc_compiler::render::nft::TABLE`, as libnftnl wants it.
 const TABLE: &CStr = c"policyc";
 
-fn table() -> Table {
-    Table::new(TABLE, ProtoFamily::Inet)
+fn table(family: TableFamily) -> Table {
+    let f = match family {
+        TableFamily::Inet => ProtoFamily::Inet,
+        TableFamily::Bridge => ProtoFamily::Bridge,
+    };
+    Table::new(TABLE, f)
 }
 
-/// `table inet policyc` + `delete table inet policyc`: removes the table whether or not it
+/// How error messages name the table: "table" for the main (inet) one, as before.
+fn table_label(family: TableFamily) -> &'static str {
+    match family {
+        TableFamily::Inet => "table",
+        TableFamily::Bridge => "bridge table",
+    }
+}
+
+fn in_table(family: TableFamily) -> &'static str {
+    match family {
+        TableFamily::Inet => "",
+        TableFamily::Bridge => " (bridge table)",
+    }
+}
+
+/// `table FAMILY policyc` + `delete table FAMILY policyc`: removes the table whether or not it
 /// exists.
-fn add_delete_table(b: &mut Builder, t: &Table) {
-    b.add(t, MsgType::Add, "table");
-    b.add(t, MsgType::Del, "table deletion");
-}
-
-/// One batch that replaces the whole table with `rs`.
-pub(crate) fn encode_replace(rs: &Ruleset) -> Result<Encoded, DataplaneError> {
-    let mut b = Builder::new();
-    let t = table();
-    add_delete_table(&mut b, &t);
-    b.add(&t, MsgType::Add, "table");
-
-    let mut chains = Vec::with_capacity(rs.chains.len());
-    for spec in &rs.chains {
-        let mut c = Chain::new(cstring(&spec.name)?, &t);
-        if let Some(base) = spec.base {
-            let hook = match base.hook {
-                plan::Hook::Prerouting => Hook::PreRouting,
-                plan::Hook::Forward => Hook::Forward,
-                plan::Hook::Input => Hook::In,
-            };
-            c.set_hook(hook, base.priority);
-            c.set_type(ChainType::Filter);
-            c.set_policy(Policy::Accept);
-        }
-        b.add(&c, MsgType::Add, format!("chain {}", spec.name));
-        chains.push(c);
-    }
-
-    // nft numbers sets 1, 2, ... in the order it creates them; lookups name a set and give its
-    // ID, which the kernel uses to find a set created earlier in the same batch.
-    let mut next_id = 1u32;
-    let mut ids: HashMap<&str, u32> = HashMap::new();
-    for spec in &rs.sets {
-        let id = next_id;
-        next_id += 1;
-        ids.insert(&spec.name, id);
-        add_set(&mut b, spec, SetOp::Create(id), &spec.elements)?;
-    }
-
-    for (spec, chain) in rs.chains.iter().zip(&chains) {
-        add_rules(&mut b, chain, spec, &ids, &mut next_id)?;
-    }
-    Ok(b.finish())
+fn add_delete_table(b: &mut Builder, t: &Table, family: TableFamily) {
+    b.add(t, MsgType::Add, table_label(family));
+    b.add(t, MsgType::Del, format!("{} deletion", table_label(family)));
 }
 
 /// The rules of `spec` into `chain`, each preceded by its anonymous set if it has one.
 fn add_rules(
     b: &mut Builder,
+    family: TableFamily,
     chain: &Chain<'_>,
     spec: &ChainSpec,
     ids: &HashMap<&str, u32>,
-    next_id: &mut u32,
 ) -> Result<(), DataplaneError> {
     for (i, r) in spec.rules.iter().enumerate() {
         let anon = match &r.anon_set {
             Some(set) => {
-                let id = *next_id;
-                *next_id += 1;
-                add_set(b, set, SetOp::Create(id), &set.elements)?;
+                let id = b.take_id();
+                add_set(b, family, set, SetOp::Create(id), &set.elements)?;
                 Some(id)
             }
             None => None,
@@ -183,33 +243,13 @@ fn add_rules(
             rule.set_comment(cstring(c)?)
                 .map_err(|e| DataplaneError::Unrepresentable(format!("comment {c:?}: {e}")))?;
         }
-        b.add(&rule, MsgType::Add, format!("rule {} of chain {}", i + 1, spec.name));
+        b.add(
+            &rule,
+            MsgType::Add,
+            format!("rule {} of chain {}{}", i + 1, spec.name, in_table(family)),
+        );
     }
     Ok(())
-}
-
-/// One batch that changes the table in place ([`InPlace`]): element deletions, element
-/// additions, then each changed chain flushed and its rules added again. Other chains, their
-/// rules and counters stay as they are.
-pub(crate) fn encode_in_place(rs: &Ruleset, change: &InPlace) -> Result<Encoded, DataplaneError> {
-    let mut b = Builder::new();
-    add_element_changes(&mut b, &change.sets)?;
-    let t = table();
-    // The named sets exist: lookups find them by name (batch ID 0 names no new set).
-    let ids: HashMap<&str, u32> = rs.sets.iter().map(|s| (s.name.as_str(), 0)).collect();
-    let mut next_id = 1u32;
-    for &i in &change.chains {
-        let spec = &rs.chains[i];
-        let chain = Chain::new(cstring(&spec.name)?, &t);
-        // A rule message without a handle deletes every rule of the chain (`flush chain`).
-        b.add(
-            &Rule::new(&chain),
-            MsgType::Del,
-            format!("flush of chain {}", spec.name),
-        );
-        add_rules(&mut b, &chain, spec, &ids, &mut next_id)?;
-    }
-    Ok(b.finish())
 }
 
 /// Name and batch ID of the set a lookup refers to.
@@ -228,19 +268,12 @@ fn resolve(set: &SetRef, ids: &HashMap<&str, u32>, anon: Option<u32>) -> Result<
     }
 }
 
-/// One batch that deletes the table if it exists.
-pub(crate) fn encode_remove() -> Encoded {
-    let mut b = Builder::new();
-    add_delete_table(&mut b, &table());
-    b.finish()
-}
-
-fn add_element_changes(b: &mut Builder, deltas: &[SetDelta]) -> Result<(), DataplaneError> {
+fn add_element_changes(b: &mut Builder, family: TableFamily, deltas: &[SetDelta]) -> Result<(), DataplaneError> {
     for d in deltas.iter().filter(|d| !d.remove.is_empty()) {
-        add_set(b, &d.set, SetOp::DeleteElements, &d.remove)?;
+        add_set(b, family, &d.set, SetOp::DeleteElements, &d.remove)?;
     }
     for d in deltas.iter().filter(|d| !d.add.is_empty()) {
-        add_set(b, &d.set, SetOp::AddElements, &d.add)?;
+        add_set(b, family, &d.set, SetOp::AddElements, &d.add)?;
     }
     Ok(())
 }
@@ -256,19 +289,25 @@ enum SetOp {
 }
 
 /// Messages for a set and its elements.
-fn add_set(b: &mut Builder, spec: &SetSpec, op: SetOp, elements: &[Elem]) -> Result<(), DataplaneError> {
+fn add_set(
+    b: &mut Builder,
+    family: TableFamily,
+    spec: &SetSpec,
+    op: SetOp,
+    elements: &[Elem],
+) -> Result<(), DataplaneError> {
     let id = match op {
         SetOp::Create(id) => Some(id),
         _ => None,
     };
-    let mut set = NlSet::new(spec, id)?;
+    let mut set = NlSet::new(family, spec, id)?;
     for e in elements {
         set.add(e)?;
     }
     let label = if spec.name.starts_with("__set") {
-        "anonymous set".to_string()
+        format!("anonymous set{}", in_table(family))
     } else {
-        format!("set {}", spec.name)
+        format!("set {}{}", spec.name, in_table(family))
     };
     if id.is_some() {
         b.add(&set, MsgType::Add, label.clone());
@@ -299,6 +338,8 @@ fn add_set(b: &mut Builder, spec: &SetSpec, op: SetOp, elements: &[Elem]) -> Res
 /// An `nftnl_set` with its elements.
 struct NlSet {
     ptr: NonNull<sys::nftnl_set>,
+    /// `NFPROTO_*` of its table, for the message headers.
+    family: u16,
 }
 
 fn alloc<T>(p: *mut T) -> NonNull<T> {
@@ -309,17 +350,18 @@ fn alloc<T>(p: *mut T) -> NonNull<T> {
 impl NlSet {
     /// A set to create, with its batch-local `id`; without one, just what an element message
     /// for an existing set needs (table and name).
-    fn new(spec: &SetSpec, id: Option<u32>) -> Result<NlSet, DataplaneError> {
+    fn new(family: TableFamily, spec: &SetSpec, id: Option<u32>) -> Result<NlSet, DataplaneError> {
         let name = cstring(&spec.name)?;
         // SAFETY: nftnl_set_alloc has no preconditions; `alloc` aborts on NULL.
         let ptr = alloc(unsafe { sys::nftnl_set_alloc() });
-        let set = NlSet { ptr };
+        let family = plan::nfproto(family);
+        let set = NlSet { ptr, family };
         let s = set.ptr.as_ptr();
         let u32_attr = |attr: u32, v: u32| {
             // SAFETY: `s` is a live set owned by `set`; u32 attributes take no pointers.
             unsafe { sys::nftnl_set_set_u32(s, attr as u16, v) };
         };
-        u32_attr(sys::NFTNL_SET_FAMILY, u32::from(plan::NFPROTO_INET));
+        u32_attr(sys::NFTNL_SET_FAMILY, u32::from(family));
         // SAFETY: `s` is live; both strings are NUL-terminated and copied by libnftnl.
         unsafe {
             sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, TABLE.as_ptr());
@@ -422,7 +464,7 @@ unsafe impl NlMsg for NlSet {
             let nlh = sys::nftnl_nlmsg_build_hdr(
                 buf.cast::<c_char>(),
                 libc::NFT_MSG_NEWSET as u16,
-                plan::NFPROTO_INET,
+                self.family,
                 (libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16,
                 seq,
             );
@@ -434,7 +476,7 @@ unsafe impl NlMsg for NlSet {
 /// Iterator over a set's elements, for building element messages.
 struct ElemIter<'a> {
     ptr: NonNull<sys::nftnl_set_elems_iter>,
-    _set: &'a NlSet,
+    set: &'a NlSet,
 }
 
 impl<'a> ElemIter<'a> {
@@ -442,7 +484,7 @@ impl<'a> ElemIter<'a> {
         ElemIter {
             // SAFETY: `set.ptr` is live and outlives the iterator (borrowed for 'a).
             ptr: alloc(unsafe { sys::nftnl_set_elems_iter_create(set.ptr.as_ptr()) }),
-            _set: set,
+            set,
         }
     }
 }
@@ -478,8 +520,13 @@ unsafe impl NlMsg for ElemChunk<'_> {
         };
         // SAFETY: see the impl's contract; the iterator and its set are live.
         let rc = unsafe {
-            let nlh =
-                sys::nftnl_nlmsg_build_hdr(buf.cast::<c_char>(), msg as u16, plan::NFPROTO_INET, flags as u16, seq);
+            let nlh = sys::nftnl_nlmsg_build_hdr(
+                buf.cast::<c_char>(),
+                msg as u16,
+                self.iter.set.family,
+                flags as u16,
+                seq,
+            );
             sys::nftnl_set_elems_nlmsg_build_payload_iter(nlh, self.iter.ptr.as_ptr())
         };
         // 1: the message is full and elements remain; 0: done.
@@ -501,8 +548,11 @@ impl Expression for NlExpr<'_> {
                 MetaKey::L4Proto => Meta::L4Proto,
                 MetaKey::IifName => Meta::IifName,
                 MetaKey::OifName => Meta::OifName,
+                MetaKey::Protocol => Meta::Protocol,
+                MetaKey::Mark => Meta::Mark { set: false },
             }
             .to_expr(rule),
+            Expr::MetaSetMark => Meta::Mark { set: true }.to_expr(rule),
             Expr::CtState => Conntrack::State.to_expr(rule),
             Expr::CtMark => Conntrack::Mark { set: false }.to_expr(rule),
             Expr::Bitwise { mask, xor } => Bitwise::new(mask.as_slice(), xor.as_slice()).to_expr(rule),
@@ -546,6 +596,7 @@ impl Expression for NlExpr<'_> {
 /// `payload load LEN @ BASE + OFFSET => reg DREG`.
 fn payload(base: PayloadBase, offset: u32, len: u32, dreg: u32) -> NonNull<sys::nftnl_expr> {
     let base = match base {
+        PayloadBase::Link => libc::NFT_PAYLOAD_LL_HEADER,
         PayloadBase::Network => libc::NFT_PAYLOAD_NETWORK_HEADER,
         PayloadBase::Transport => libc::NFT_PAYLOAD_TRANSPORT_HEADER,
     } as u32;

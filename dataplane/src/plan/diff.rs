@@ -38,7 +38,8 @@ pub(crate) struct InPlace {
 /// named after their contents, so a change renames them anyway and this costs no element update
 /// in practice.
 pub(crate) fn in_place_update(old: &Ruleset, new: &Ruleset) -> Option<InPlace> {
-    let same_skeleton = old.chains.len() == new.chains.len()
+    let same_skeleton = old.family == new.family
+        && old.chains.len() == new.chains.len()
         && old
             .chains
             .iter()
@@ -244,15 +245,18 @@ pub(crate) fn replan(old: Committed, new: &Table) -> Result<(Ruleset, Option<InP
             &mut fresh_chains,
             old.map(|(_, spec)| spec),
             same,
-            || rules::chain(c),
+            || rules::chain(new.family, c),
         )?;
     }
+    let same_family = old_plan.family == new.family;
     let plan = Ruleset {
+        family: new.family,
         chains: chain_specs,
         sets: set_specs,
     };
 
-    let same_skeleton = plan.sets.iter().map(|s| &s.name).eq(old_set_order.iter())
+    let same_skeleton = same_family
+        && plan.sets.iter().map(|s| &s.name).eq(old_set_order.iter())
         && plan
             .chains
             .iter()
@@ -286,7 +290,7 @@ mod tests {
     use super::*;
     use policyc_compiler::cidr::{Family, IpRange};
     use policyc_compiler::model::{AdminAction, Protocol};
-    use policyc_compiler::nft::{lower, lower_after, Key, KeyType, Verdict};
+    use policyc_compiler::nft::{lower, lower_after, Key, KeyType, TableFamily, Verdict};
 
     fn lowered(ir: &policyc_compiler::Ir) -> (Table, Ruleset) {
         let table = lower(ir).unwrap();
@@ -299,7 +303,7 @@ mod tests {
         let map = |elements| SetSpec {
             name: "adm_x_in_v4".into(),
             flags: NFT_SET_INTERVAL | NFT_SET_MAP,
-            key: KeyType::Addr(Family::V4),
+            key: KeyType::Addr(Family::V4).into(),
             verdict_map: true,
             size: None,
             udata: Vec::new(),
@@ -308,7 +312,7 @@ mod tests {
         let dispatch = |elements| SetSpec {
             name: "ingress_dispatch".into(),
             flags: NFT_SET_MAP,
-            key: KeyType::Ifname,
+            key: KeyType::Ifname.into(),
             verdict_map: true,
             size: None,
             udata: Vec::new(),
@@ -316,6 +320,7 @@ mod tests {
         };
         let goto = |c: &str| Some(Verdict::Goto(c.into()));
         let rs = |ranges: Vec<(u128, u128, Option<Verdict>)>, ifaces: &[&str]| Ruleset {
+            family: TableFamily::Inet,
             chains: Vec::new(),
             sets: vec![
                 map(sets::elements(&interval_map(&ranges), &interval_map(&ranges).elements).unwrap()),

@@ -28,12 +28,13 @@ mod udata;
 pub(crate) use self::diff::{in_place_update, replan, Committed, InPlace, SetDelta};
 
 use policyc_compiler::cidr::Family;
-pub(crate) use policyc_compiler::nft::{BaseHook, Hook, KeyType, Table, Verdict};
+pub(crate) use policyc_compiler::nft::{BaseHook, Hook, KeyType, Table, TableFamily, Verdict};
 
 use super::DataplaneError;
 
 // nf_tables constants (linux/netfilter/nf_tables.h, linux/netfilter.h).
 pub(crate) const NFPROTO_INET: u16 = 1;
+pub(crate) const NFPROTO_BRIDGE: u16 = 7;
 pub(crate) const NFT_SET_ANONYMOUS: u32 = 0x1;
 pub(crate) const NFT_SET_CONSTANT: u32 = 0x2;
 pub(crate) const NFT_SET_INTERVAL: u32 = 0x4;
@@ -44,9 +45,18 @@ pub(crate) const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 /// `IFNAMSIZ`: interface names are 16-byte NUL-padded keys.
 const IFNAMSIZ: usize = 16;
 
+/// `NFPROTO_*` of a table family.
+pub(crate) fn nfproto(f: TableFamily) -> u16 {
+    match f {
+        TableFamily::Inet => NFPROTO_INET,
+        TableFamily::Bridge => NFPROTO_BRIDGE,
+    }
+}
+
 /// The whole table, as one replace batch creates it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Ruleset {
+    pub family: TableFamily,
     /// Every chain in declaration order, with its rules.
     pub chains: Vec<ChainSpec>,
     /// Named sets and maps in declaration order.
@@ -73,6 +83,8 @@ pub(crate) struct RuleSpec {
 pub(crate) enum Expr {
     /// `meta load KEY => reg 1`
     Meta(MetaKey),
+    /// `meta set mark with reg 1`
+    MetaSetMark,
     /// `ct load state => reg 1`
     CtState,
     /// `ct load mark => reg 1`
@@ -102,6 +114,9 @@ pub(crate) enum MetaKey {
     L4Proto,
     IifName,
     OifName,
+    /// The link layer protocol (ethertype, big-endian): the bridge family's network dependency.
+    Protocol,
+    Mark,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +129,8 @@ pub(crate) enum CmpOp {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PayloadBase {
+    /// The link layer header (`ether type` at offset 12 in the bridge family).
+    Link,
     Network,
     Transport,
 }
@@ -132,7 +149,7 @@ pub(crate) struct SetSpec {
     pub name: String,
     /// `NFT_SET_*` flags.
     pub flags: u32,
-    pub key: KeyType,
+    pub key: SetKey,
     /// Verdict map: `type KEY : verdict`.
     pub verdict_map: bool,
     /// `NFTA_SET_DESC_SIZE`, which nft sets on anonymous sets only.
@@ -143,15 +160,34 @@ pub(crate) struct SetSpec {
     pub elements: Vec<Elem>,
 }
 
+/// The key type of a set: one of the model's, or one only anonymous sets of a statement have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum SetKey {
+    Model(KeyType),
+    /// `icmpv6_type`: `icmpv6 type { ... }`.
+    Icmpv6Type,
+}
+
+impl From<KeyType> for SetKey {
+    fn from(k: KeyType) -> SetKey {
+        SetKey::Model(k)
+    }
+}
+
 const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
 const TYPE_INET_SERVICE: u32 = 13;
+const TYPE_ICMP6_TYPE: u32 = 29;
 const TYPE_IFNAME: u32 = 41;
 /// nft's `concat_subtype_add`: each component shifts the id left by `TYPE_BITS`.
 const TYPE_BITS: u32 = 6;
 
 /// nftables `datatype.h` id of a key type.
-pub(crate) fn type_id(k: KeyType) -> u32 {
+pub(crate) fn type_id(k: SetKey) -> u32 {
+    let k = match k {
+        SetKey::Model(k) => k,
+        SetKey::Icmpv6Type => return TYPE_ICMP6_TYPE,
+    };
     match k {
         KeyType::Addr(f) => addr_type_id(f),
         KeyType::InetService => TYPE_INET_SERVICE,
@@ -161,7 +197,11 @@ pub(crate) fn type_id(k: KeyType) -> u32 {
 }
 
 /// Key length in bytes; each concatenation component takes a multiple of 4 bytes.
-pub(crate) fn key_len(k: KeyType) -> u32 {
+pub(crate) fn key_len(k: SetKey) -> u32 {
+    let k = match k {
+        SetKey::Model(k) => k,
+        SetKey::Icmpv6Type => return 1,
+    };
     match k {
         KeyType::Addr(f) => addr_len(f) as u32,
         KeyType::InetService => 2,
@@ -211,8 +251,13 @@ impl Ruleset {
     /// Spells out every set and chain of the model.
     pub fn from_table(table: &Table) -> Result<Ruleset, DataplaneError> {
         Ok(Ruleset {
+            family: table.family,
             sets: table.sets.iter().map(|s| sets::set(s)).collect::<Result<_, _>>()?,
-            chains: table.chains.iter().map(|c| rules::chain(c)).collect::<Result<_, _>>()?,
+            chains: table
+                .chains
+                .iter()
+                .map(|c| rules::chain(table.family, c))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -280,8 +325,8 @@ mod tests {
 
     #[test]
     fn key_types() {
-        assert_eq!(type_id(KeyType::AddrService(Family::V4)), 0x1cd);
-        assert_eq!(type_id(KeyType::AddrService(Family::V6)), 0x20d);
-        assert_eq!(key_len(KeyType::AddrService(Family::V6)), 20);
+        assert_eq!(type_id(KeyType::AddrService(Family::V4).into()), 0x1cd);
+        assert_eq!(type_id(KeyType::AddrService(Family::V6).into()), 0x20d);
+        assert_eq!(key_len(KeyType::AddrService(Family::V6).into()), 20);
     }
 }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use policyc_compiler::nft::{Element, Key, KeyType, Set, Verdict};
 
 use super::udata::*;
-use super::{DataplaneError, Elem, SetSpec, IFNAMSIZ, NFT_SET_ANONYMOUS, NFT_SET_CONSTANT};
+use super::{DataplaneError, Elem, SetKey, SetSpec, IFNAMSIZ, NFT_SET_ANONYMOUS, NFT_SET_CONSTANT};
 use super::{NFT_SET_ELEM_INTERVAL_END, NFT_SET_INTERVAL, NFT_SET_MAP};
 
 /// Longest range of a non-interval set that is expanded into single elements.
@@ -23,7 +23,7 @@ pub(super) fn set(s: &Set) -> Result<SetSpec, DataplaneError> {
     Ok(SetSpec {
         name: s.name.clone(),
         flags,
-        key: s.key,
+        key: s.key.into(),
         verdict_map: s.verdict_map,
         size: None,
         udata: set_udata(s),
@@ -57,7 +57,7 @@ fn set_udata(s: &Set) -> Vec<u8> {
 /// The kernel elements of `elements` (all of `s`'s, or some of them for a set without
 /// intervals), in their order.
 pub(super) fn elements(s: &Set, elements: &[Element]) -> Result<Vec<Elem>, DataplaneError> {
-    let width = super::key_len(s.key) as usize;
+    let width = super::key_len(s.key.into()) as usize;
     if s.interval {
         let ranges = elements
             .iter()
@@ -107,7 +107,7 @@ fn unrepresentable(s: &Set, what: &str) -> DataplaneError {
 }
 
 /// An anonymous constant set, as nft creates one for `{ a, b, ... }`.
-pub(super) fn anon_set(key: KeyType, interval: bool, udata: Vec<u8>, elements: Vec<Elem>, size: u32) -> SetSpec {
+pub(super) fn anon_set(key: SetKey, interval: bool, udata: Vec<u8>, elements: Vec<Elem>, size: u32) -> SetSpec {
     let mut flags = NFT_SET_ANONYMOUS | NFT_SET_CONSTANT;
     if interval {
         flags |= NFT_SET_INTERVAL;
@@ -130,7 +130,7 @@ pub(super) fn addr_bytes(ip: &IpAddr) -> Vec<u8> {
     }
 }
 
-fn ifname_key(name: &str) -> Vec<u8> {
+pub(super) fn ifname_key(name: &str) -> Vec<u8> {
     let mut key = name.as_bytes().to_vec();
     key.resize(IFNAMSIZ.max(key.len()), 0);
     key

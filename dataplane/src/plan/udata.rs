@@ -25,12 +25,18 @@ pub(super) const PROTO_DESC_TCP: u32 = 8;
 pub(super) const PROTO_DESC_SCTP: u32 = 10;
 pub(super) const PROTO_DESC_IP: u32 = 12;
 pub(super) const PROTO_DESC_IP6: u32 = 13;
+pub(super) const PROTO_DESC_ICMPV6: u32 = 14;
+pub(super) const PROTO_DESC_ARP: u32 = 15;
 /// Header field indexes in nft's protocol templates.
 pub(super) const IPHDR_SADDR: u32 = 11;
 pub(super) const IPHDR_DADDR: u32 = 12;
 pub(super) const IP6HDR_SADDR: u32 = 8;
 pub(super) const IP6HDR_DADDR: u32 = 9;
 pub(super) const THDR_DPORT: u32 = 2;
+/// `icmpv6 type`
+pub(super) const ICMP6HDR_TYPE: u32 = 1;
+/// `arp saddr ip`: the sender's protocol address.
+pub(super) const ARPHDR_SADDR_IP: u32 = 7;
 
 /// A userdata buffer being built.
 #[derive(Default)]
