@@ -22,7 +22,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use policyc_compiler::cidr::IpRange;
-use policyc_compiler::ir::{compile, CompileOptions, Ir};
+use policyc_compiler::ir::{compile, AttachmentKind, CompileOptions, Ir};
+use policyc_compiler::model::ObjectRef;
 use policyc_compiler::render::nft::render;
 use policyc_compiler::synth::{add_admin_policies, cluster, Shape};
 use policyc_compiler::{Loader, Severity};
@@ -92,9 +93,27 @@ impl Netns {
     }
 
     fn list(&self, extra: &[&str]) -> String {
+        self.list_family("inet", extra)
+    }
+
+    fn list_family(&self, family: &str, extra: &[&str]) -> String {
         let mut args = extra.to_vec();
-        args.extend_from_slice(&["list", "table", "inet", "policyc"]);
+        args.extend_from_slice(&["list", "table", family, "policyc"]);
         self.nft(&args, None).expect("nft list")
+    }
+
+    /// `nft list ruleset`: every table of the namespace (inet and, for the bridge attachment,
+    /// bridge).
+    fn ruleset(&self, extra: &[&str]) -> String {
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["list", "ruleset"]);
+        self.nft(&args, None).expect("nft list ruleset")
+    }
+
+    fn has_bridge_table(&self) -> bool {
+        self.nft(&["list", "tables"], None)
+            .expect("nft list tables")
+            .contains("bridge policyc")
     }
 
     fn has_table(&self) -> bool {
@@ -103,12 +122,16 @@ impl Netns {
             .contains("inet policyc")
     }
 
-    /// The three listings the two sides must agree on.
-    fn listings(&self) -> [String; 3] {
+    /// The listings the two sides must agree on: the inet table, and the whole ruleset (the
+    /// bridge table too, and no table left over).
+    fn listings(&self) -> [String; 6] {
         [
             self.list(&[]),
             self.list(&["-a"]),
             sort_elements(&self.list(&["--debug=netlink"])),
+            self.ruleset(&[]),
+            self.ruleset(&["-a"]),
+            sort_elements(&self.ruleset(&["--debug=netlink"])),
         ]
     }
 }
@@ -133,9 +156,16 @@ fn sort_elements(s: &str) -> String {
 
 fn assert_same(a: &Netns, b: &Netns, what: &str) {
     let (la, lb) = (a.listings(), b.listings());
-    for (i, kind) in ["nft list", "nft -a list", "nft --debug=netlink list"]
-        .iter()
-        .enumerate()
+    for (i, kind) in [
+        "nft list",
+        "nft -a list",
+        "nft --debug=netlink list",
+        "nft list ruleset",
+        "nft -a list ruleset",
+        "nft --debug=netlink list ruleset",
+    ]
+    .iter()
+    .enumerate()
     {
         if la[i] != lb[i] {
             let diff: Vec<String> = la[i]
@@ -604,7 +634,16 @@ fn element_only_update() {
 /// `nft --debug=netlink list` without what differs between a table created at once and one
 /// changed in place: rule handles, the kernel's names of anonymous sets, element order.
 fn netlink_listing(ns: &Netns) -> String {
-    let text = sort_elements(&ns.list(&["--debug=netlink"]));
+    normalized_netlink(&ns.list(&["--debug=netlink"]))
+}
+
+/// [`netlink_listing`] of the whole ruleset.
+fn netlink_ruleset(ns: &Netns) -> String {
+    normalized_netlink(&ns.ruleset(&["--debug=netlink"]))
+}
+
+fn normalized_netlink(listing: &str) -> String {
+    let text = sort_elements(listing);
     text.lines()
         .map(|l| {
             let words: Vec<String> = l
@@ -614,10 +653,12 @@ fn netlink_listing(ns: &Netns) -> String {
                     _ => w.to_string(),
                 })
                 .collect();
-            // Rule headers: `inet policyc CHAIN HANDLE POSITION`.
+            // Rule headers: `inet policyc CHAIN HANDLE POSITION` (or `bridge ...`).
             match words.as_slice() {
-                [f, t, chain, handle, ..] if f == "inet" && t == "policyc" && handle.parse::<u64>().is_ok() => {
-                    format!("inet policyc {chain}")
+                [f, t, chain, handle, ..]
+                    if (f == "inet" || f == "bridge") && t == "policyc" && handle.parse::<u64>().is_ok() =>
+                {
+                    format!("{f} policyc {chain}")
                 }
                 _ => words.join(" "),
             }
@@ -1163,4 +1204,245 @@ fn changed_tier_map_is_structural() {
     let c = Netns::new("c");
     c.load_text(&ir2);
     assert_eq!(c.list(&[]), b.list(&[]), "changed tier map from the committed plan");
+}
+
+// === source guards and the bridge attachment ===
+
+/// Canal: every local pod gets a source guard (`prerouting_guard`, the `source_guard` map, a
+/// `guard_*` chain with `ip6 saddr fe80::/10` and `ip6 saddr ::`), written like `nft -f` does.
+#[test]
+fn canal_source_guard() {
+    let yaml = basic_pods() + &pod("prod", "v6", "app: v6", "n1", &["10.0.0.20", "fd00::20"], "");
+    let ir = ir_from_yaml(&(yaml + &policy("prod", "deny", "  podSelector: {}\n")), Some("n1"));
+    if !available() {
+        return;
+    }
+    check("canal_source_guard", &ir);
+    let (_, b) = Netns::pair();
+    b.writer().replace(&ir).expect("replace");
+    let listing = b.list(&[]);
+    for want in [
+        "chain prerouting_guard",
+        "iifname vmap @source_guard",
+        "ip6 saddr fe80::/10 accept",
+        "ip6 saddr fd00::20 accept",
+        "ip6 saddr :: accept",
+    ] {
+        assert!(listing.contains(want), "{want} missing:\n{listing}");
+    }
+    assert!(!b.has_bridge_table());
+}
+
+/// The bridge attachment (plain Flannel) on node n1 with these pods' ports.
+fn bridge_opts(bridge: &str, ports: &[(&str, &str, &str)]) -> CompileOptions {
+    CompileOptions {
+        node: Some("n1".into()),
+        attachment: AttachmentKind::Bridge { bridge: bridge.into() },
+        ports: ports
+            .iter()
+            .map(|(ns, name, port)| (ObjectRef::new(*ns, *name), port.to_string()))
+            .collect(),
+        fail_closed: true,
+        ..CompileOptions::default()
+    }
+}
+
+/// basic_pods with a dual-stack pod and an IPv6-only one on n1, and a policy for web.
+fn bridge_yaml() -> String {
+    basic_pods()
+        + &pod(
+            "prod",
+            "dual",
+            "app: api",
+            "n1",
+            &["10.0.0.30", "fd00::30"],
+            "{name: http, containerPort: 8080}",
+        )
+        + &pod("prod", "six", "app: api", "n1", &["fd00::31"], "")
+        + &policy(
+            "prod",
+            "web",
+            "  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: api}}}]
+    ports: [{port: http}]
+  egress:
+  - to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.9.0.0/16]}}]
+",
+        )
+}
+
+const BRIDGE_PORTS: [(&str, &str, &str); 4] = [
+    ("prod", "web", "veth1a2b3c4d"),
+    ("prod", "db", "veth00000001"),
+    ("prod", "dual", "veth00000002"),
+    ("prod", "six", "veth00000003"),
+];
+
+fn assert_bridge_table(ns: &Netns) {
+    let listing = ns.list_family("bridge", &[]);
+    for want in [
+        "chain prerouting_guard",
+        "chain forward_unseen",
+        "arp saddr ip",
+        "ip6 saddr fe80::/10 accept",
+        "meta mark & 0x",
+    ] {
+        assert!(listing.contains(want), "{want} missing:\n{listing}");
+    }
+}
+
+/// The bridge attachment: `table inet policyc` dispatching by address, and `table bridge
+/// policyc` with the per-port guard, written in one batch like `nft -f` of the rendered text.
+#[test]
+fn bridge_attachment() {
+    // cache (10.0.0.6) has no port yet: no guard chain, dropped by the unknown-port rule.
+    let ir = ir_with_options(&bridge_yaml(), &bridge_opts("cni0", &BRIDGE_PORTS));
+    if !available() {
+        return;
+    }
+    check("bridge_attachment", &ir);
+    let (_, b) = Netns::pair();
+    let mut w = b.writer();
+    let first = w.replace(&ir).expect("replace");
+    assert_bridge_table(&b);
+    let inet = b.list(&[]);
+    assert!(inet.contains("meta mark set meta mark | 0x"), "{inet}");
+    assert!(inet.contains("icmpv6 type {"), "{inet}");
+    // Replacing again sends the same batch.
+    let second = w.replace(&ir).expect("replace again");
+    assert_eq!(first.messages, second.messages);
+    assert_eq!(first.chains, second.chains);
+}
+
+/// Admin tiers under the bridge attachment: address dispatch and the tier maps together.
+#[test]
+fn bridge_attachment_admin_tiers() {
+    let ir = ir_with_options(
+        &tiers_yaml(&[("e1", "y", "10.0.9.1"), ("e2", "y", "fd00::9:2")]),
+        &bridge_opts("cni0", &[("x", "a", "vethaaaa"), ("y", "b", "vethbbbb")]),
+    );
+    assert_tiers(&ir);
+    check("bridge_attachment_admin_tiers", &ir);
+}
+
+/// Through `apply`: pods and ports change (the bridge table is replaced, the inet table changed
+/// in place), the bridge is renamed (another attachment), then the node goes back to Canal,
+/// which deletes the bridge table. After each step both tables list as the rendered text
+/// loaded into a fresh namespace.
+#[test]
+fn bridge_attachment_updates() {
+    let yaml1 = bridge_yaml();
+    let ir1 = ir_with_options(&yaml1, &bridge_opts("cni0", &BRIDGE_PORTS));
+    // cache gets its port, web's veth is renamed, a new pod comes with its port, dual leaves.
+    let yaml2 = bridge_yaml().replace("podIPs: [{ip: \"10.0.0.30\"}, {ip: \"fd00::30\"}]", "podIPs: []")
+        + &pod("prod", "new", "app: api", "n1", &["10.0.0.40", "fd00::40"], "");
+    let ports2 = [
+        ("prod", "web", "veth99999999"),
+        ("prod", "db", "veth00000001"),
+        ("prod", "cache", "veth00000005"),
+        ("prod", "six", "veth00000003"),
+        ("prod", "new", "veth00000004"),
+    ];
+    let ir2 = ir_with_options(&yaml2, &bridge_opts("cni0", &ports2));
+    let ir3 = ir_with_options(&yaml2, &bridge_opts("br-pods", &ports2));
+    let canal = ir_from_yaml(&yaml2, Some("n1"));
+    assert_ne!(ir1.endpoints, ir2.endpoints);
+    if !available() {
+        return;
+    }
+    let (_, b) = Netns::pair();
+    let mut w = b.writer();
+    w.apply(None, &ir1).expect("first apply");
+
+    // Only a port renamed: the inet table stays as it is (same handle, nothing sent for it),
+    // the bridge table is replaced.
+    let mut ports1b = BRIDGE_PORTS;
+    ports1b[0].2 = "veth77777777";
+    let ir1b = ir_with_options(&yaml1, &bridge_opts("cni0", &ports1b));
+    let table_line = |ns: &Netns| ns.list(&["-a"]).lines().next().unwrap_or_default().to_string();
+    let before = table_line(&b);
+    let stats = w.apply(Some(&ir1), &ir1b).expect("port renamed");
+    assert_eq!(table_line(&b), before, "the inet table was not replaced");
+    let bridge_chains = b.list_family("bridge", &[]).matches("\tchain ").count();
+    assert_eq!(
+        stats.chains, bridge_chains,
+        "only the bridge table is created: {stats:?}"
+    );
+    let a = Netns::new("a");
+    a.load_text(&ir1b);
+    assert_eq!(a.ruleset(&[]), b.ruleset(&[]), "port renamed: nft list ruleset");
+    assert_eq!(
+        netlink_ruleset(&a),
+        netlink_ruleset(&b),
+        "port renamed: nft --debug=netlink list ruleset"
+    );
+    drop(a);
+
+    let steps = [
+        (&ir1b, &ir2, "pods and ports"),
+        (&ir2, &ir3, "bridge renamed"),
+        (&ir3, &canal, "back to Canal"),
+    ];
+    for (from, to, what) in steps {
+        w.apply(Some(from), to).expect(what);
+        let a = Netns::new("a");
+        a.load_text(to);
+        assert_eq!(a.ruleset(&[]), b.ruleset(&[]), "{what}: nft list ruleset");
+        assert_eq!(
+            netlink_ruleset(&a),
+            netlink_ruleset(&b),
+            "{what}: nft --debug=netlink list ruleset"
+        );
+    }
+    assert!(!b.has_bridge_table(), "back to Canal: the bridge table is gone");
+
+    // Nothing changed: nothing sent, in either attachment.
+    assert_eq!(w.apply(Some(&canal), &canal).expect("no-op").messages, 0);
+    w.apply(Some(&canal), &ir2).expect("to the bridge again");
+    assert_bridge_table(&b);
+    assert_eq!(w.apply(Some(&ir2), &ir2).expect("no-op").messages, 0);
+    // An element-only update refuses a changed bridge table.
+    assert!(w.update_elements(&ir2, &ir1).expect("structure check").is_none());
+
+    // A new writer (it knows nothing) replacing with Canal deletes the leftover bridge table.
+    NetlinkWriter::in_netns(b.0.path()).replace(&canal).expect("replace");
+    assert!(!b.has_bridge_table());
+    let a = Netns::new("a");
+    a.load_text(&canal);
+    assert_eq!(a.ruleset(&[]), b.ruleset(&[]));
+
+    // remove() deletes both tables.
+    let mut w = b.writer();
+    w.replace(&ir2).expect("replace");
+    assert!(b.has_bridge_table());
+    w.remove().expect("remove");
+    assert!(!b.has_table() && !b.has_bridge_table());
+}
+
+/// The guard's counted drops in `table bridge policyc` read like those of the inet table.
+#[test]
+fn bridge_guard_counters() {
+    use policyc_dataplane::counters::{rule_counters_of, TableFamily};
+    let ir = ir_with_options(&bridge_yaml(), &bridge_opts("cni0", &BRIDGE_PORTS));
+    if !available() {
+        return;
+    }
+    let (_, b) = Netns::pair();
+    b.writer().replace(&ir).expect("replace");
+    let rules = rule_counters_of(Some(&b.0.path()), TableFamily::Bridge, "policyc").expect("bridge counters");
+    let listing = b.list_family("bridge", &[]);
+    assert_eq!(
+        rules.len(),
+        listing.matches("counter packets").count(),
+        "{rules:?}\n{listing}"
+    );
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.chain.starts_with("guard_") && r.comment.is_some()),
+        "{rules:?}"
+    );
+    assert!(rules.iter().all(|r| r.packets == 0));
 }
