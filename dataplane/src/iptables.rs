@@ -66,7 +66,12 @@ impl IptablesRestore {
 }
 
 impl Dataplane for IptablesRestore {
+    /// Refuses an IR of the bridge attachment ([`iptables::unsupported`]) before loading
+    /// anything.
     fn replace(&mut self, ir: &Ir) -> Result<ApplyStats, DataplaneError> {
+        if let Some(why) = iptables::unsupported(ir) {
+            return Err(DataplaneError::Unrepresentable(why));
+        }
         let sets = iptables::render_ipset(ir);
         self.run("ipset", &["restore", "-exist"], &sets)?;
         let mut rules = 0;

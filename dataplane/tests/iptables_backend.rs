@@ -74,3 +74,27 @@ fn iptables_backend_applies_and_prunes() {
         "the first ruleset had sets to prune"
     );
 }
+
+/// The bridge attachment is the nftables backend's only: the iptables backend refuses it, naming
+/// it, and loads nothing (no root needed: it fails before running a tool).
+#[test]
+fn bridge_attachment_is_refused() {
+    let mut l = Loader::new();
+    l.add_text(
+        "t",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\n\
+         spec: {nodeName: n1}\nstatus: {phase: Running, podIP: 10.9.0.1}\n",
+    );
+    let (snap, _) = l.finish();
+    let ir = compile(
+        &snap,
+        &CompileOptions {
+            node: Some("n1".into()),
+            attachment: policyc_compiler::ir::AttachmentKind::Bridge { bridge: "cni0".into() },
+            ..Default::default()
+        },
+    );
+    let mut b = IptablesRestore::new(Some("/nonexistent/netns".into()));
+    let err = b.replace(&ir).expect_err("refused").to_string();
+    assert!(err.contains("bridge attachment") && err.contains("cni0"), "{err}");
+}

@@ -94,6 +94,20 @@ const MULTIPORT_MAX: usize = 15;
 /// Fixed so that re-creating an existing set with `-exist` always matches its parameters.
 const SET_MAXELEM: u32 = 1 << 20;
 
+/// Why the iptables rendering cannot express `ir`, if it cannot: it supports the Canal
+/// attachment only. The bridge attachment (plain Flannel) needs a per-port source guard in the
+/// `bridge` family and the `br_netfilter` fail-closed check, which the nftables backend has and
+/// iptables does not; rendering it anyway would dispatch by interfaces that bridged traffic does
+/// not show. Callers check this before [`render_iptables`] and refuse.
+pub fn unsupported(ir: &Ir) -> Option<String> {
+    match &ir.attachment {
+        Attachment::Canal { .. } => None,
+        Attachment::Bridge { bridge } => Some(format!(
+            "the iptables backend supports the Canal attachment only, not the bridge attachment (pods on bridge {bridge}); use the nftables backend"
+        )),
+    }
+}
+
 // === Names ===
 
 fn family_digit(f: Family) -> &'static str {
