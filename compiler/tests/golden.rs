@@ -1,11 +1,15 @@
 //! Golden tests of every backend's output. Each directory under `tests/golden/` holds an input
 //! (`input.yaml`, or a `source` file naming a path relative to the directory) and the expected
 //! renderings: the whole cluster as one table (`all.*`) and each node's nft ruleset
-//! (`node-NAME.nft`). Run with `UPDATE_GOLDEN=1` to rewrite them, then review the diff.
+//! (`node-NAME.nft`), and each node's ruleset for the bridge attachment of plain Flannel
+//! (`node-NAME.flannel.nft`: bridge `cni0`, fail-closed, every pod's port named
+//! `interface_name("veth", pod)`). Run with `UPDATE_GOLDEN=1` to rewrite them, then review the
+//! diff.
 
 use std::path::{Path, PathBuf};
 
 use policyc_compiler::cidr::Family;
+use policyc_compiler::ir::{interface_name, AttachmentKind};
 use policyc_compiler::render::{iptables, nft};
 use policyc_compiler::{compile, compile_all_nodes, CompileOptions, Loader, Severity};
 
@@ -99,6 +103,24 @@ fn golden_outputs() {
             check(
                 &dir,
                 &format!("node-{node}.nft"),
+                &nft::render(&ir, true).expect("a compiled IR is valid"),
+                &mut failures,
+            );
+        }
+        let flannel = CompileOptions {
+            attachment: AttachmentKind::Bridge { bridge: "cni0".into() },
+            fail_closed: true,
+            ports: snap
+                .pods
+                .keys()
+                .map(|id| (id.clone(), interface_name("veth", id)))
+                .collect(),
+            ..CompileOptions::default()
+        };
+        for (node, ir) in compile_all_nodes(&snap, &flannel) {
+            check(
+                &dir,
+                &format!("node-{node}.flannel.nft"),
                 &nft::render(&ir, true).expect("a compiled IR is valid"),
                 &mut failures,
             );
