@@ -32,6 +32,17 @@
 //!   node.
 //! * [`Dataplane::remove`] deletes the table.
 //!
+//! With the bridge attachment (plain Flannel), an IR also has `table bridge policyc`
+//! (`policyc_compiler::nft::lower_bridge`: the per-port source guard and the drop of bridged pod
+//! traffic the inet hooks did not see). It goes into the same batch as the inet table's change,
+//! after it (the order of the rendered text, which the kernel's table handles follow), so one
+//! transaction switches both: the kernel never holds a new inet table, which dispatches by pod
+//! address, with an old guard that would let a new pod's address be forged, or the other way
+//! round. The bridge table is small (a chain per local pod) and is replaced whole when its model
+//! changed, never updated in place; with the Canal attachment a leftover one is deleted (a
+//! writer that does not know whether one is left asks the kernel first). Its counters are read
+//! with `counters::rule_counters_of(.., TableFamily::Bridge, ..)`.
+//!
 //! The writer keeps the plan of its last transaction (what the kernel holds), so each sync
 //! lowers only the new IR and compares it with that plan, not two IRs.
 //!

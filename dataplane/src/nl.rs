@@ -1,4 +1,5 @@
-//! Encoding a [`Ruleset`] as one nf_tables netlink batch.
+//! Encoding a [`Ruleset`] as one nf_tables netlink batch: the `inet` table, and the `bridge`
+//! table of the bridge attachment in the same batch ([`Builder`]).
 //!
 //! Tables, chains, rules and most expressions come from the `nftnl` crate. What it does not
 //! cover is done here with raw `nftnl_sys` calls, and only here:
