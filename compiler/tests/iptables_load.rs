@@ -267,7 +267,8 @@ fn our_rules(text: &str) -> BTreeMap<String, Vec<String>> {
         if let Some(rest) = l.strip_prefix("-A ") {
             let chain = rest.split(' ').next().unwrap_or_default();
             if chain.starts_with(ipt::CHAIN_PREFIX) || chain.starts_with("POLICYC-") {
-                m.entry(chain.to_string()).or_default().push(l.to_string());
+                // iptables-save escapes an apostrophe in a comment ("the pod\'s").
+                m.entry(chain.to_string()).or_default().push(l.replace("\\'", "'"));
             }
         }
     }
@@ -376,7 +377,8 @@ fn load_and_check(label: &str, ns: &Netns, ir: &Ir) -> (usize, usize) {
             ns.run(&[restore, "-w", "--noflush"], Some(&rules));
             ns.run(&["sh", "-c", &hooks], None);
         }
-        let saved = ns.run(&[save, "-t", "filter"], None);
+        // The filter table's chains and the raw table's source guard.
+        let saved = ns.run(&[save, "-t", "filter"], None) + &ns.run(&[save, "-t", "raw"], None);
         let want = our_rules(&rules);
         let got = our_rules(&saved);
         assert_eq!(
@@ -393,6 +395,11 @@ fn load_and_check(label: &str, ns: &Netns, ir: &Ir) -> (usize, usize) {
             "{label}"
         );
         assert_eq!(builtin_rules(&saved, "INPUT"), ["-A INPUT -j POLICYC-INPUT"], "{label}");
+        assert_eq!(
+            builtin_rules(&saved, "PREROUTING"),
+            ["-A PREROUTING -j POLICYC-GUARD"],
+            "{label}"
+        );
     }
     let list = ns.run(&["ipset", "list"], None);
     let listed = listed_sets(&list);
@@ -524,11 +531,11 @@ fn reload_with_other_policies_and_prune() {
         (Family::V6, "ip6tables-restore", "ip6tables-save"),
     ] {
         ns.run(&[restore, "-w", "--noflush"], Some(&render_iptables(&second, family)));
-        let saved = ns.run(&[save, "-t", "filter"], None);
+        let saved = ns.run(&[save, "-t", "filter"], None) + &ns.run(&[save, "-t", "raw"], None);
         let prune = ipt::render_iptables_prune(&second, &saved);
         assert!(prune.contains("-X PC-NP-"), "{prune}");
         ns.run(&[restore, "-w", "--noflush"], Some(&prune));
-        let saved = ns.run(&[save, "-t", "filter"], None);
+        let saved = ns.run(&[save, "-t", "filter"], None) + &ns.run(&[save, "-t", "raw"], None);
         assert_eq!(our_chains(&saved), our_chains(&render_iptables(&second, family)));
         assert_eq!(ipt::render_iptables_prune(&second, &saved), "");
     }

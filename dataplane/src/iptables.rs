@@ -2,8 +2,9 @@
 //! `ipset restore` and `iptables-restore --noflush` (each table restore is one kernel commit; each
 //! set is filled aside and swapped in), for nodes that must stay on iptables.
 //!
-//! Order per apply: sets (new members swapped in) → IPv4 and IPv6 rules → hooks (idempotent) →
-//! stale chains → stale sets. A failure leaves what was already committed and is retried.
+//! Order per apply: sets (new members swapped in) → IPv4 and IPv6 rules (the `filter` table, and
+//! the per-pod source guard in the `raw` table) → hooks (idempotent) → stale chains → stale
+//! sets. The bridge attachment is refused: it is the nftables backend's only. A failure leaves what was already committed and is retried.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -83,7 +84,8 @@ impl Dataplane for IptablesRestore {
             rules += text.lines().filter(|l| l.starts_with("-A ")).count();
             self.run(restore, &["-w", "--noflush"], &text)?;
             self.run("sh", &["-s"], &iptables::render_iptables_hooks(family))?;
-            let saved = self.run(save, &["-t", "filter"], "")?;
+            // The filter table's chains and the raw table's source guard.
+            let saved = self.run(save, &["-t", "filter"], "")? + &self.run(save, &["-t", "raw"], "")?;
             let prune = iptables::render_iptables_prune(ir, &saved);
             if !prune.is_empty() {
                 self.run(restore, &["-w", "--noflush"], &prune)?;

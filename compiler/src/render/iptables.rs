@@ -17,6 +17,11 @@
 //!  ├── PC-ADM-*, PC-BL-* an Admin / Baseline tier for one ordered list of admin policies: their
 //!  │                    rules in evaluation order, each peer × port match → goto PC-AR-<rule>
 //!  └── PC-AR-<rule>     Accept: set mark bit; Deny: DROP; Pass: RETURN (comment "cnp/x ingress[i]")
+//!
+//! raw table (before conntrack)
+//!  ├── POLICYC-GUARD    -i <pod interface> → goto PC-GUARD-<pod>
+//!  └── PC-GUARD-<pod>   own addresses (IPv6: and fe80::/10, ::) → RETURN; DROP (comment
+//!                       "ns/pod: source address not the pod's: spoofed, dropped")
 //! ```
 //!
 //! The endpoint chain jumps to its Admin tier chain first and RETURNs if the mark bit is set
@@ -52,7 +57,7 @@
 //! when the jump is missing.
 //!
 //! Chains and sets of pods and policies that are gone stay behind, unreferenced, after a
-//! reload. [`render_iptables_prune`] (given `iptables-save -t filter`) and [`render_ipset_prune`]
+//! reload. [`render_iptables_prune`] (given `iptables-save -t filter` and `-t raw`) and [`render_ipset_prune`]
 //! (given `ipset list -n`) produce the input that deletes them; run them after the new rules are
 //! in, rules before sets (a set cannot be destroyed while a rule uses it).
 
@@ -69,6 +74,8 @@ use super::{labels, CUT_COMMENT, CUT_MARK};
 pub const CHAIN_FORWARD: &str = "POLICYC-FORWARD";
 /// The chain the hook in `INPUT` jumps to.
 pub const CHAIN_INPUT: &str = "POLICYC-INPUT";
+/// The chain the hook in the `raw` table's `PREROUTING` jumps to: the per-pod source guard.
+pub const CHAIN_GUARD: &str = "POLICYC-GUARD";
 /// Prefix of every other chain policyc owns.
 pub const CHAIN_PREFIX: &str = "PC-";
 /// Prefix of every ipset policyc owns.
@@ -450,7 +457,60 @@ pub fn render_iptables(ir: &Ir, family: Family) -> String {
         let _ = writeln!(out, "-A {cname} -m comment --comment {c} {verdict}");
     }
     out.push_str("COMMIT\n");
+    render_guard(&mut out, ir, family);
     out
+}
+
+/// The per-pod source guard, in the `raw` table (before conntrack, like the nft ruleset's
+/// `prerouting_guard` at priority raw): `POLICYC-GUARD` sends each pod interface to its
+/// `PC-GUARD-<pod>` chain, which RETURNs the pod's own addresses (and, in IPv6, link-local and
+/// unspecified sources, for neighbour discovery) and DROPs everything else, counted and
+/// commented with the pod. One chain per pod because iptables cannot negate a list of
+/// addresses (`! -s a,b`).
+fn render_guard(out: &mut String, ir: &Ir, family: Family) {
+    out.push_str("*raw\n");
+    let guards = guard_chains(ir);
+    let _ = writeln!(out, ":{CHAIN_GUARD} - [0:0]");
+    for (_, c) in &guards {
+        let _ = writeln!(out, ":{c} - [0:0]");
+    }
+    let _ = writeln!(out, "-F {CHAIN_GUARD}");
+    for (_, c) in &guards {
+        let _ = writeln!(out, "-F {c}");
+    }
+    for (ep, c) in &guards {
+        let _ = writeln!(
+            out,
+            "-A {CHAIN_GUARD} -i {} -m comment --comment {} -g {c}",
+            ep.interface,
+            comment(&ep.pod.to_string())
+        );
+    }
+    for (ep, c) in &guards {
+        for ip in ep.ips.iter().filter(|ip| Family::of(ip) == family) {
+            let _ = writeln!(out, "-A {c} -s {ip}/{} -j RETURN", host_prefix(family));
+        }
+        if family == Family::V6 {
+            let _ = writeln!(out, "-A {c} -s fe80::/10 -j RETURN");
+            let _ = writeln!(out, "-A {c} -s ::/128 -j RETURN");
+        }
+        let _ = writeln!(
+            out,
+            "-A {c} -m comment --comment {} -j DROP",
+            comment(&labels::spoofed(ep))
+        );
+    }
+    out.push_str("COMMIT\n");
+}
+
+/// The endpoints with a source guard and their guard chains: every pod with an interface (the
+/// iptables rendering is the Canal attachment's, see [`unsupported`]).
+fn guard_chains(ir: &Ir) -> Vec<(&Endpoint, String)> {
+    ir.endpoints
+        .iter()
+        .filter(|ep| !ep.interface.is_empty())
+        .map(|ep| (ep, chain_name(&ep.guard_chain_name())))
+        .collect()
 }
 
 fn render_endpoint_chain(out: &mut String, ep: &Endpoint, d: Direction, f: Family, clear: &str) {
@@ -632,8 +692,8 @@ fn split_protocol(m: &str) -> (&str, &str) {
     }
 }
 
-/// A shell script that makes `FORWARD` and `INPUT` of the `filter` table jump to policyc's
-/// chains, inserted at position 1, each only if the jump is not there yet: safe to run any
+/// A shell script that makes `FORWARD` and `INPUT` of the `filter` table, and `PREROUTING` of the
+/// `raw` table (the source guard), jump to policyc's chains, inserted at position 1, each only if the jump is not there yet: safe to run any
 /// number of times. Run it after loading [`render_iptables`] (the chains must exist).
 pub fn render_iptables_hooks(family: Family) -> String {
     let cmd = restore_cmd(family);
@@ -641,47 +701,63 @@ pub fn render_iptables_hooks(family: Family) -> String {
     out.push_str("#!/bin/sh\n");
     let _ = writeln!(
         out,
-        "# policyc: jump from the {cmd} filter table's FORWARD and INPUT chains to policyc's chains, once."
+        "# policyc: jump from the {cmd} filter table's FORWARD and INPUT chains and the raw table's PREROUTING chain to policyc's chains, once."
     );
     out.push_str("set -e\n");
-    for (builtin, ours) in [("FORWARD", CHAIN_FORWARD), ("INPUT", CHAIN_INPUT)] {
+    for (table, builtin, ours) in [
+        ("filter", "FORWARD", CHAIN_FORWARD),
+        ("filter", "INPUT", CHAIN_INPUT),
+        ("raw", "PREROUTING", CHAIN_GUARD),
+    ] {
         let _ = writeln!(
             out,
-            "{cmd} -w -t filter -C {builtin} -j {ours} 2>/dev/null || {cmd} -w -t filter -I {builtin} 1 -j {ours}"
+            "{cmd} -w -t {table} -C {builtin} -j {ours} 2>/dev/null || {cmd} -w -t {table} -I {builtin} 1 -j {ours}"
         );
     }
     out
 }
 
 /// `iptables-restore --noflush` input deleting policyc's chains (those named `PC-…`) that
-/// `saved` (the output of `iptables-save -t filter` for the family) holds and this IR no longer
-/// renders. Load it after the new ruleset: nothing of the new ruleset refers to those chains, so
-/// flushing them all and then deleting them succeeds. Empty when nothing is stale.
+/// `saved` (the output of `iptables-save` for the family: the `filter` and `raw` tables, or
+/// either) holds and this IR no longer renders. Load it after the new ruleset: nothing of the new
+/// ruleset refers to those chains, so flushing them all and then deleting them succeeds. Empty
+/// when nothing is stale.
 pub fn render_iptables_prune(ir: &Ir, saved: &str) -> String {
-    let keep: BTreeSet<String> = chains(ir).into_iter().collect();
-    let mut in_filter = false;
-    let mut stale = BTreeSet::new();
+    let filter: BTreeSet<String> = chains(ir).into_iter().collect();
+    let raw: BTreeSet<String> = guard_chains(ir).into_iter().map(|(_, c)| c).collect();
+    let mut table = String::new();
+    let mut stale: Vec<(String, BTreeSet<String>)> = Vec::new();
     for line in saved.lines() {
-        if let Some(table) = line.strip_prefix('*') {
-            in_filter = table.trim() == "filter";
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim().to_string();
         } else if let Some(decl) = line.strip_prefix(':') {
             let name = decl.split_whitespace().next().unwrap_or_default();
-            if in_filter && name.starts_with(CHAIN_PREFIX) && !keep.contains(name) {
-                stale.insert(name.to_string());
+            let keep = match table.as_str() {
+                "filter" => &filter,
+                "raw" => &raw,
+                _ => continue,
+            };
+            if name.starts_with(CHAIN_PREFIX) && !keep.contains(name) {
+                match stale.iter_mut().find(|(t, _)| *t == table) {
+                    Some((_, names)) => {
+                        names.insert(name.to_string());
+                    }
+                    None => stale.push((table.clone(), BTreeSet::from([name.to_string()]))),
+                }
             }
         }
     }
-    if stale.is_empty() {
-        return String::new();
+    let mut out = String::new();
+    for (table, names) in &stale {
+        let _ = writeln!(out, "*{table}");
+        for c in names {
+            let _ = writeln!(out, "-F {c}");
+        }
+        for c in names {
+            let _ = writeln!(out, "-X {c}");
+        }
+        out.push_str("COMMIT\n");
     }
-    let mut out = String::from("*filter\n");
-    for c in &stale {
-        let _ = writeln!(out, "-F {c}");
-    }
-    for c in &stale {
-        let _ = writeln!(out, "-X {c}");
-    }
-    out.push_str("COMMIT\n");
     out
 }
 
@@ -994,6 +1070,41 @@ spec:
         let names: Vec<String> = ipset_names(&ir).into_iter().collect();
         let listed = format!("{}\npc-sel_gone-4\nother\n", names.join("\n"));
         assert_eq!(render_ipset_prune(&ir, &listed), "destroy pc-sel_gone-4\n");
+    }
+
+    /// Canal's per-pod source guard in the raw table, and its stale chains pruned.
+    #[test]
+    fn source_guard() {
+        let ir = full();
+        let ep = ir.endpoints.iter().find(|e| e.pod.name == "a").expect("pod a");
+        let c = chain_name(&ep.guard_chain_name());
+        let v6 = render_iptables(&ir, Family::V6);
+        let raw = &v6[v6.find("*raw\n").expect("a raw section")..];
+        assert!(raw.contains(&format!(
+            "-A {CHAIN_GUARD} -i {} -m comment --comment \"x/a\" -g {c}\n",
+            ep.interface
+        )));
+        for rule in [
+            "-s fd00::1/128 -j RETURN",
+            "-s fe80::/10 -j RETURN",
+            "-s ::/128 -j RETURN",
+        ] {
+            assert!(raw.contains(&format!("-A {c} {rule}\n")), "{rule}: {raw}");
+        }
+        assert!(raw.contains(&format!(
+            "-A {c} -m comment --comment \"x/a: source address not the pod's: spoofed, dropped\" -j DROP\n"
+        )));
+        let v4 = render_iptables(&ir, Family::V4);
+        assert!(v4.contains(&format!("-A {c} -s 10.0.0.1/32 -j RETURN\n")));
+        assert!(!v4.contains("fe80::/10"));
+        assert!(render_iptables_hooks(Family::V4)
+            .contains("iptables -w -t raw -C PREROUTING -j POLICYC-GUARD 2>/dev/null || iptables -w -t raw -I PREROUTING 1 -j POLICYC-GUARD\n"));
+
+        let saved = format!("{v4}*raw\n:PC-GUARD-0123456789AB - [0:0]\nCOMMIT\n");
+        assert_eq!(
+            render_iptables_prune(&ir, &saved),
+            "*raw\n-F PC-GUARD-0123456789AB\n-X PC-GUARD-0123456789AB\nCOMMIT\n"
+        );
     }
 
     #[test]
