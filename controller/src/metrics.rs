@@ -161,6 +161,10 @@ impl Metrics {
 // === Kernel counters ===
 
 /// Counters the kernel keeps for one policy rule, or for one pod's final drop.
+/// The `direction` of a source guard's drop ([`RuleCounter`]): packets a pod sent with an
+/// address not its own.
+pub const SPOOFED: &str = "spoofed";
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuleCounter {
     pub namespace: String,
@@ -186,6 +190,12 @@ struct PodLabels {
     namespace: String,
     pod: String,
     direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuardLabels {
+    namespace: String,
+    pod: String,
 }
 
 /// Reads the ruleset's counters on each scrape.
@@ -215,6 +225,7 @@ impl prometheus_client::collector::Collector for KernelCounters {
     fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let counters = self.last.lock().expect("not poisoned").clone();
         let (rules, drops): (Vec<_>, Vec<_>) = counters.into_iter().partition(|c| c.rule.is_some());
+        let (spoofed, drops): (Vec<_>, Vec<_>) = drops.into_iter().partition(|c| c.direction == SPOOFED);
         for (name, help, bytes) in [
             (
                 "policy_rule_packets",
@@ -253,15 +264,36 @@ impl prometheus_client::collector::Collector for KernelCounters {
             };
             ConstCounter::new(c.packets).encode(fam.encode_family(&labels)?)?;
         }
+        let mut fam = encoder.encode_descriptor(
+            "spoofed_packets",
+            "Packets a pod sent with a source address not its own, dropped by its source guard",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for c in &spoofed {
+            let labels = GuardLabels {
+                namespace: c.namespace.clone(),
+                pod: c.name.clone(),
+            };
+            ConstCounter::new(c.packets).encode(fam.encode_family(&labels)?)?;
+        }
         Ok(())
     }
 }
 
-/// Dumps the rules of `table inet policyc` (in `netns` when given) over netlink and sums their
-/// counters per policy rule and per pod drop, by the comments the renderer writes.
+/// Dumps the rules of `table inet policyc` and, with the bridge attachment, `table bridge
+/// policyc` (in `netns` when given) over netlink and sums their counters per policy rule, per pod
+/// drop and per pod source guard drop, by the comments the renderer writes.
 pub fn read_counters(netns: Option<&Path>) -> Result<Vec<RuleCounter>, String> {
-    let rules = policyc_dataplane::counters::rule_counters(netns, policyc_compiler::render::nft::TABLE)
-        .map_err(|e| error_chain(&e))?;
+    use policyc_dataplane::counters::{rule_counters, rule_counters_of, CountersError, TableFamily};
+    let table = policyc_compiler::render::nft::TABLE;
+    let mut rules = rule_counters(netns, table).map_err(|e| error_chain(&e))?;
+    match rule_counters_of(netns, TableFamily::Bridge, table) {
+        Ok(bridge) => rules.extend(bridge),
+        // The Canal attachment has no bridge table.
+        Err(CountersError::NoTable(_)) => {}
+        Err(e) => return Err(error_chain(&e)),
+    }
     Ok(parse_counters(&rules))
 }
 
@@ -277,8 +309,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Sums the counters of the dumped rules per policy rule (chains `np_*`, comments
-/// `ns/policy direction[index]`) and per pod drop (chains `ep_*`, comments
-/// `ns/pod direction denied: …`); other rules are left out.
+/// `ns/policy direction[index]`), per pod drop (chains `ep_*`, comments
+/// `ns/pod direction denied: …`) and per pod source guard drop (chains `guard_*`, comments
+/// `ns/pod: source address not the pod's: …`, direction [`SPOOFED`]); other rules are left out.
 pub fn parse_counters(rules: &[policyc_dataplane::counters::RuleCounters]) -> Vec<RuleCounter> {
     /// (namespace, policy or pod, direction, rule index) → (packets, bytes)
     type Key = (String, String, String, Option<usize>);
@@ -303,6 +336,13 @@ pub fn parse_counters(rules: &[policyc_dataplane::counters::RuleCounters]) -> Ve
                 direction.to_string(),
                 idx.parse().ok(),
             )
+        } else if chain.starts_with("guard_") {
+            // "ns/pod: source address not the pod's: spoofed, dropped"
+            let Some((id, _)) = comment.split_once(": ") else {
+                continue;
+            };
+            let Some((ns, name)) = id.split_once('/') else { continue };
+            (ns.to_string(), name.to_string(), SPOOFED.to_string(), None)
         } else if chain.starts_with("ep_") && comment.contains(" denied") {
             // "ns/pod ingress denied: selected by ..."
             let mut words = comment.split(' ');
@@ -351,12 +391,25 @@ mod tests {
             rule("ep_def_in", 10, None, 1, 60),
             rule("ep_def_in", 11, Some("x/a to itself"), 1, 60),
             rule("np_abc_in", 12, Some("no brackets"), 1, 60),
+            rule(
+                "guard_0123",
+                13,
+                Some("x/a: source address not the pod's: spoofed, dropped"),
+                4,
+                240,
+            ),
+            rule("prerouting_guard", 14, Some("bridge port not programmed yet"), 1, 60),
         ];
         let c = parse_counters(&rules);
-        assert_eq!(c.len(), 2);
+        assert_eq!(c.len(), 3);
+        let spoofed = c.iter().find(|c| c.direction == SPOOFED).unwrap();
+        assert_eq!(
+            (spoofed.namespace.as_str(), spoofed.name.as_str(), spoofed.packets),
+            ("x", "a", 4)
+        );
         let rule = c.iter().find(|c| c.rule == Some(1)).unwrap();
         assert_eq!((rule.name.as_str(), rule.packets, rule.bytes), ("allow", 5, 300));
-        let drop = c.iter().find(|c| c.rule.is_none()).unwrap();
+        let drop = c.iter().find(|c| c.rule.is_none() && c.direction != SPOOFED).unwrap();
         assert_eq!(
             (drop.name.as_str(), drop.direction.as_str(), drop.packets),
             ("a", "ingress", 7)
