@@ -490,6 +490,68 @@ fn proto_desc(p: Protocol) -> u32 {
 mod tests {
     use super::*;
 
+    fn prefix(net: &str, len: u8) -> Vec<Expr> {
+        let net: IpAddr = net.parse().unwrap();
+        let m = Match::AddrPrefix {
+            family: Family::of(&net),
+            end: End::Source,
+            net,
+            len,
+        };
+        let r = Rule {
+            matches: vec![m],
+            counter: false,
+            action: Action::Verdict(policyc_compiler::nft::Verdict::Accept),
+            comment: None,
+        };
+        let mut e = rule(TableFamily::Inet, &r).unwrap().exprs;
+        e.drain(..2); // meta nfproto
+        e.pop(); // accept
+        e
+    }
+
+    /// As `nft --debug=netlink` (1.0.6) shows them: whole-byte prefixes load just their bytes,
+    /// others load the address and mask it.
+    #[test]
+    fn address_prefixes_like_nft() {
+        let load = |offset, len| Expr::Payload {
+            base: PayloadBase::Network,
+            offset,
+            len,
+            dreg: 1,
+        };
+        let eq = |data: &[u8]| Expr::Cmp {
+            op: CmpOp::Eq,
+            data: data.to_vec(),
+        };
+        // ip saddr 10.0.0.0/8
+        assert_eq!(prefix("10.0.0.0", 8), [load(12, 1), eq(&[10])]);
+        // ip6 saddr fe80::/16, fe80::/64
+        assert_eq!(prefix("fe80::", 16), [load(8, 2), eq(&[0xfe, 0x80])]);
+        assert_eq!(prefix("fe80::", 64), [load(8, 8), eq(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0])]);
+        // ip saddr 10.0.0.0/9: ( reg 1 & 0xff800000 ) ^ 0
+        assert_eq!(
+            prefix("10.0.0.0", 9),
+            [
+                load(12, 4),
+                Expr::Bitwise {
+                    mask: vec![0xff, 0x80, 0, 0],
+                    xor: vec![0; 4]
+                },
+                eq(&[10, 0, 0, 0])
+            ]
+        );
+        // ip6 saddr fe80::/10
+        let mut mask = vec![0u8; 16];
+        mask[..2].copy_from_slice(&[0xff, 0xc0]);
+        let mut net = vec![0u8; 16];
+        net[..2].copy_from_slice(&[0xfe, 0x80]);
+        assert_eq!(
+            prefix("fe80::", 10),
+            [load(8, 16), Expr::Bitwise { mask, xor: vec![0; 16] }, eq(&net)]
+        );
+    }
+
     #[test]
     fn registers() {
         assert_eq!(register(0), 1);
