@@ -210,6 +210,11 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
 
 fn render_one(ir: &Ir, format: Format) -> Result<String> {
     ir.validate()?;
+    if matches!(format, Format::Iptables | Format::Ip6tables | Format::Ipset) {
+        if let Some(why) = iptables::unsupported(ir) {
+            anyhow::bail!("{why}");
+        }
+    }
     Ok(match format {
         Format::Nft => nft::render(ir, true)?,
         Format::Iptables => iptables::render_iptables(ir, Family::V4),
