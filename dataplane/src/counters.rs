@@ -6,6 +6,7 @@
 //!  rule_counters ── NFT_MSG_GETTABLE  NFTA_TABLE_NAME, ACK ──────────────────────► kernel
 //!                ◄─ NEWTABLE, ACK                (or ENOENT: CountersError::NoTable)
 //!                ── NFT_MSG_GETRULE, NLM_F_DUMP, NFPROTO_INET, NFTA_RULE_TABLE ──►
+//!                   (NFPROTO_BRIDGE for `table bridge policyc`: rule_counters_of)
 //!                ◄─ NEWRULE, NEWRULE, … (NLM_F_MULTI, same seq) … NLMSG_DONE
 //!                   └─► Vec<RuleCounters>: chain, handle, comment, packets, bytes
 //! ```
