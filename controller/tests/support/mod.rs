@@ -104,3 +104,56 @@ pub fn http_get(port: u16, timeout: Duration, path: &str) -> Option<(u16, String
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, text))
 }
+
+/// Installs policyc's CRD and the chart's RBAC, and writes a kubeconfig for the chart's
+/// ServiceAccount (a client certificate for that user name is what RBAC's ServiceAccount
+/// subjects match), so that an agent runs with exactly the chart's permissions.
+pub fn agent_kubeconfig(api: &ApiServer) -> PathBuf {
+    api.kubectl(
+        &["apply", "-f", repo().join("crds/yaml/crds.yaml").to_str().unwrap()],
+        None,
+    );
+    api.kubectl(
+        &[
+            "wait",
+            "--for",
+            "condition=established",
+            "crd/nodepolicystatuses.policyc.dev",
+        ],
+        None,
+    );
+    let rbac = api.tool(
+        "helm",
+        &[
+            "template",
+            "policyc",
+            repo().join("charts/policyc").to_str().unwrap(),
+            "-n",
+            "kube-system",
+            "--show-only",
+            "templates/rbac.yaml",
+        ],
+        None,
+    );
+    api.kubectl(&["apply", "-f", "-"], Some(&rbac));
+    // KUBECONFIG is a colon-separated list: a file name without colons.
+    let path = api.dir.join("agent.kubeconfig");
+    let out = Command::new(repo().join("e2e/bin/kube-lab"))
+        .args([
+            "kubeconfig",
+            "--dir",
+            api.dir.to_str().unwrap(),
+            "--user",
+            "system:serviceaccount:kube-system:policyc",
+            "--group",
+            "system:serviceaccounts",
+            "--group",
+            "system:authenticated",
+            "--out",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    path
+}
