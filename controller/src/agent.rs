@@ -5,12 +5,12 @@
 //!  watch Pods ──────┐
 //!  watch Namespaces ┤
 //!  watch Nodes ─────┼─► Index (one writer) ─version─► sync loop: debounce → compile(node) → hash
-//!  watch NetPols ───┤                                   │ unchanged: nothing
-//!  watch admin kinds┘ (those the API server serves)     │
-//!                                                       │ changed: writer.apply (elements, chains in place, or replace)
-//!                                                       ├─► conntrack: cut flows now denied
-//!                                                       ├─► metrics
-//!                                                       └─► NodePolicyStatus (server-side apply)
+//!  watch NetPols ───┤                                   ▲ │ unchanged: nothing
+//!  watch admin kinds┘ (those the API server serves)     │ │
+//!  node links, bridge ports ─► attach task ──state──────┘ │ changed: writer.apply (elements, chains in place, or replace)
+//!  (canal | flannel + ports, br_netfilter; crate::attach) ├─► conntrack: cut flows now denied
+//!                                                         ├─► metrics
+//!                                                         └─► NodePolicyStatus (server-side apply)
 //! ```
 //!
 //! Never leak: nothing is flushed at start or exit; the ruleset in the kernel is replaced only by a

@@ -45,7 +45,16 @@ impl Drop for Agent {
 fn start_agent(kubeconfig: &std::path::Path, ns: &Netns, port: u16) -> Agent {
     Agent(
         Command::new(env!("CARGO_BIN_EXE_policyc-agent"))
-            .args(["--node-name", "n1", "--debounce-ms", "20", "--metrics-addr"])
+            // A bare namespace shows no pod attachment: say it is Canal's.
+            .args([
+                "--node-name",
+                "n1",
+                "--debounce-ms",
+                "20",
+                "--attachment",
+                "canal",
+                "--metrics-addr",
+            ])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--netns")
             .arg(ns.0.path())
@@ -457,6 +466,8 @@ fn agent_logs_json() {
                 "--debounce-ms",
                 "20",
                 "--no-status",
+                "--attachment",
+                "canal",
                 "--log-format",
                 "json",
             ])
