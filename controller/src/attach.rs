@@ -258,8 +258,8 @@ pub async fn run(cfg: Config, shared: Arc<Shared>, mut index: watch::Receiver<u6
                 }
                 Err(e) => {
                     let pending = format!("listing the node's links failed: {e}");
-                    tracing::warn!("{pending}");
                     if state.pending != pending {
+                        tracing::warn!("{pending}");
                         state.pending = pending;
                         publish(&mut state, &tx);
                     }

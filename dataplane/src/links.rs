@@ -34,7 +34,7 @@
 //!
 //! # Fallbacks and limits
 //!
-//! * A port whose peer has no namespace id (never seen for veths on current kernels), or whose
+//! * A port whose peer is in the node's own namespace (no `IFLA_LINK_NETNSID`: no pod), or whose
 //!   address dump the kernel rejects (a kernel before 4.20: `EINVAL`/`ENOPROTOOPT`; no
 //!   permission: `EPERM`/`EACCES`), is returned with no addresses and [`BridgePort::error`]
 //!   saying why. The agent then knows no pod for that port; the compiled ruleset drops frames
@@ -462,7 +462,8 @@ pub fn bridge_ports(netns: Option<&Path>, bridge: &str) -> Result<Option<Vec<Bri
                 Ok(a) => port.addresses = a,
                 Err(e) => port.error = Some(e.to_string()),
             },
-            (Some(_), None) => port.error = Some("the kernel reports no namespace id for the veth's peer".into()),
+            // The kernel names the peer's namespace only when it is another one.
+            (Some(_), None) => port.error = Some("the veth's peer is in the node's own namespace: no pod".into()),
             (None, _) => port.error = Some("the kernel reports no peer for the veth".into()),
         }
         ports.push(port);

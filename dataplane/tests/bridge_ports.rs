@@ -219,6 +219,24 @@ fn discovers_each_pods_port_and_addresses() {
     let ports = bridge_ports(Some(&path), "cni0").unwrap().unwrap();
     assert_eq!(ports.len(), 2);
     assert!(ports.iter().all(|p| &p.name != gone));
+
+    // A veth whose peer stays in the node's namespace is no pod's, whatever its peer holds.
+    run(n
+        .node
+        .exec("ip")
+        .args(["link", "add", "vethhost0", "type", "veth", "peer", "name", "hostpeer0"]));
+    run(n
+        .node
+        .exec("ip")
+        .args(["addr", "add", "10.244.1.200/32", "dev", "hostpeer0"]));
+    run(n.node.exec("ip").args(["link", "set", "vethhost0", "master", "cni0"]));
+    let ports = bridge_ports(Some(&path), "cni0").unwrap().unwrap();
+    let host = ports.iter().find(|p| p.name == "vethhost0").expect("a port");
+    assert!(host.addresses.is_empty(), "{host:?}");
+    assert!(
+        host.error.as_deref().is_some_and(|e| e.contains("own namespace")),
+        "{host:?}"
+    );
 }
 
 #[test]
