@@ -369,12 +369,15 @@ async fn sync_loop(
                 .as_ref()
                 .is_some_and(|a| a.version == ix.version() && a.attach_version == att.version);
             let compiled = (!same).then(|| {
+                let ports = att.pod_ports(ix.snapshot(), &cfg.node_name);
+                let without = att.pods_without_port(ix.snapshot(), &cfg.node_name, &ports);
+                shared.metrics.pods_without_port.set(without as i64);
                 let opts = CompileOptions {
                     node: Some(cfg.node_name.clone()),
                     interface_prefix: cfg.interface_prefix.clone(),
                     fail_closed: cfg.fail_closed,
                     attachment: att.kind(&cfg.bridge),
-                    ports: att.pod_ports(ix.snapshot(), &cfg.node_name),
+                    ports,
                 };
                 (
                     ix.compile(&opts),

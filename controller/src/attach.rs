@@ -148,6 +148,17 @@ impl State {
             .collect()
     }
 
+    /// Flannel: how many local endpoint pods `ports` (from [`State::pod_ports`]) leaves without
+    /// a port.
+    pub fn pods_without_port(&self, snapshot: &Snapshot, node: &str, ports: &BTreeMap<ObjectRef, String>) -> usize {
+        if self.attachment != Some(Attachment::Flannel) {
+            return 0;
+        }
+        local_endpoints(snapshot, node)
+            .filter(|(id, _)| !ports.contains_key(id))
+            .count()
+    }
+
     /// Why the node's traffic does not pass the ruleset as intended, beyond applying it:
     /// `(reason, message)` for `Ready=False`.
     pub fn not_ready(&self) -> Option<(&'static str, String)> {
@@ -579,6 +590,7 @@ mod tests {
             ..State::default()
         };
         let got = state.pod_ports(&snap, "n1");
+        assert_eq!(state.pods_without_port(&snap, "n1", &got), 1, "c");
         assert_eq!(
             got,
             BTreeMap::from([

@@ -2,8 +2,8 @@
 //! node namespace: with neither Canal's `cali*` veths nor plain Flannel's `cni0` it enforces
 //! nothing and its NodePolicyStatus says so (Ready=False, NoPodAttachment, no attachment);
 //! once a `cni0` bridge with a pod's veth appears it reports `flannel`, turns br_netfilter on
-//! in the node namespace, and finds the pod's port and a later one; a node with a `cali…` veth
-//! reports `canal`.
+//! in the node namespace, and finds the pod's port (once its address appears, without a link
+//! change) and a later port (from the link event); a node with a `cali…` veth reports `canal`.
 //! Needs root and the built binaries; skipped with the reason otherwise, except under CI.
 
 use std::path::Path;
@@ -188,8 +188,32 @@ fn auto_attachment_waits_for_a_pod_attachment_then_finds_flannel() {
     run(node
         .exec("ip")
         .args(["link", "set", "vethpctest0", "master", "cni0", "up"]));
-    run(pod.exec("ip").args(["addr", "add", "10.244.1.2/24", "dev", "eth0"]));
     run(pod.exec("ip").args(["link", "set", "eth0", "up"]));
+
+    let without_port = |n: u32| {
+        let want = format!("policyc_pods_without_bridge_port {n}");
+        move || {
+            support::http_get(port, Duration::from_secs(2), "/metrics")
+                .filter(|(_, text)| text.lines().any(|l| l == want))
+        }
+    };
+    // The pod's interface has no address yet (its CNI ADD still running): pod a, which the API
+    // server says is at 10.244.1.2, has no port and fails closed...
+    eventually(
+        "policyc_pods_without_bridge_port 1",
+        Duration::from_secs(30),
+        without_port(1),
+    );
+    // ...until the address shows up behind the port (found by the 1 s rescan while a local pod
+    // has no port: no link changes for that).
+    run(pod.exec("ip").args(["addr", "add", "10.244.1.2/24", "dev", "eth0"]));
+    let t = Instant::now();
+    eventually(
+        "policyc_pods_without_bridge_port 0",
+        Duration::from_secs(5),
+        without_port(0),
+    );
+    eprintln!("pod's port found {:?} after its address appeared", t.elapsed());
 
     let st = eventually("status.attachment flannel", Duration::from_secs(30), || {
         status(&api).filter(|s| s["attachment"] == "flannel")
