@@ -99,7 +99,7 @@ fn policy(generation_marker: &str, port: u16) -> String {
 }
 
 fn status_generation(api: &ApiServer) -> Option<i64> {
-    let out = Command::new(repo().join("e2e/bin/kubectl"))
+    let out = Command::new(support::e2e_bin("kubectl"))
         .arg("--kubeconfig")
         .arg(&api.kubeconfig)
         .args(["get", "nodepolicystatus", "n1", "-o", "json"])
@@ -147,7 +147,7 @@ fn setup(api: &ApiServer) -> std::path::PathBuf {
     api.kubectl(&["apply", "-f", "-"], Some(&rbac));
     // KUBECONFIG is a colon-separated list: write the file under a name without colons.
     let agent_kubeconfig = api.dir.join("agent.kubeconfig");
-    let out = Command::new(repo().join("e2e/bin/kube-lab"))
+    let out = Command::new(support::e2e_bin("kube-lab"))
         .args([
             "kubeconfig",
             "--dir",
@@ -407,7 +407,7 @@ fn agent_picks_up_admin_policies_when_their_crds_arrive() {
             "wait returned before the kernel had it"
         );
     }
-    let out = Command::new(repo().join("e2e/bin/kubectl"))
+    let out = Command::new(support::e2e_bin("kubectl"))
         .arg("--kubeconfig")
         .arg(&api.kubeconfig)
         .args(["get", "nodepolicystatus", "n1", "-o", "json"])

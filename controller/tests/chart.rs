@@ -44,7 +44,7 @@ fn daemonset_of(manifests: &str) -> Value {
 
 #[test]
 fn chart_installs_with_least_privilege() {
-    if !repo().join("e2e/bin/helm").exists() {
+    if !support::e2e_bin("helm").exists() {
         policyc_testhost::skip("e2e/bin/helm not built (bash e2e/apiserver/build.sh)");
         return;
     }
