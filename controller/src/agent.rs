@@ -129,7 +129,7 @@ pub async fn run(client: Client, cfg: Config, shared: Arc<Shared>) {
     let status = cfg
         .report_status
         .then(|| StatusWriter::new(client, &cfg.node_name, cfg.status_progress));
-    let (attach_tx, attach_rx) = watch::channel(attach::State::default());
+    let (attach_tx, attach_rx) = watch::channel(attach::initial());
     tokio::spawn(attach::run(
         attach::Config {
             mode: cfg.attachment,

@@ -107,6 +107,14 @@ pub fn detect(links: &[Link], prefix: &str, bridge: &str) -> Option<Attachment> 
         .then_some(Attachment::Flannel)
 }
 
+/// The state before [`run`] has looked at the node.
+pub fn initial() -> State {
+    State {
+        pending: "looking for the pod attachment".into(),
+        ..State::default()
+    }
+}
+
 /// What the sync loop compiles with, published by [`run`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct State {
@@ -231,14 +239,19 @@ const PORT_RESCAN: Duration = Duration::from_secs(10);
 const UNMAPPED_RESCAN: Duration = Duration::from_secs(1);
 
 /// Decides the attachment and, for Flannel, keeps the ports current; publishes every change on
-/// `tx`. `index` hears of every index change (the local pods).
+/// `tx`, starting from what it holds ([`initial`]). `index` hears of every index change (the
+/// local pods).
 pub async fn run(cfg: Config, shared: Arc<Shared>, mut index: watch::Receiver<u64>, tx: watch::Sender<State>) {
-    let mut state = State::default();
+    let mut state = tx.borrow().clone();
     let publish = |state: &mut State, tx: &watch::Sender<State>| {
         state.version += 1;
         tx.send_replace(state.clone());
     };
-    let mut links_changed = link_events(cfg.netns.clone());
+    // Canal needs nothing from the links.
+    let mut links_changed = match cfg.mode {
+        Mode::Canal => None,
+        Mode::Auto | Mode::Flannel => link_events(cfg.netns.clone()),
+    };
     let decided = match cfg.mode {
         Mode::Canal => Attachment::Canal,
         Mode::Flannel => Attachment::Flannel,
