@@ -33,6 +33,11 @@
 //! running pods; restarting the agent detects again. `--attachment canal|flannel` skips
 //! detection.
 //!
+//! Limit: while undecided, no ruleset is in the kernel, so a node's very first pod is not
+//! filtered until its link event has been seen and the first ruleset applied (tens of
+//! milliseconds; fail-closed covers every later pod). Where that matters, give the attachment
+//! (`--attachment canal|flannel`): then the first ruleset is in place before any pod.
+//!
 //! # Flannel: ports
 //!
 //! `policyc_dataplane::links::bridge_ports` lists the bridge's veth ports and reads each peer's
