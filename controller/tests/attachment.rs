@@ -258,9 +258,10 @@ fn auto_attachment_waits_for_a_pod_attachment_then_finds_flannel() {
             .spawn()
             .unwrap(),
     );
-    eventually("n2's status.attachment canal", Duration::from_secs(30), || {
+    let n2 = eventually("n2's status.attachment canal", Duration::from_secs(30), || {
         status_of(&api, "n2").filter(|s| s["attachment"] == "canal")
     });
+    eprintln!("canal node: Ready {:?}", ready(&n2));
 
     // Discovery found the pod's port...
     let ports_logged = |n: u64| {
