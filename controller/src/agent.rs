@@ -5,12 +5,12 @@
 //!  watch Pods ──────┐
 //!  watch Namespaces ┤
 //!  watch Nodes ─────┼─► Index (one writer) ─version─► sync loop: debounce → compile(node) → hash
-//!  watch NetPols ───┤                                   │ unchanged: nothing
-//!  watch admin kinds┘ (those the API server serves)     │
-//!                                                       │ changed: writer.apply (elements, chains in place, or replace)
-//!                                                       ├─► conntrack: cut flows now denied
-//!                                                       ├─► metrics
-//!                                                       └─► NodePolicyStatus (server-side apply)
+//!  watch NetPols ───┤                                   ▲ │ unchanged: nothing
+//!  watch admin kinds┘ (those the API server serves)     │ │
+//!  node links, bridge ports ─► attach task ──state──────┘ │ changed: writer.apply (elements, chains in place, or replace)
+//!  (canal | flannel + ports, br_netfilter; crate::attach) ├─► conntrack: cut flows now denied
+//!                                                         ├─► metrics
+//!                                                         └─► NodePolicyStatus (server-side apply)
 //! ```
 //!
 //! Never leak: nothing is flushed at start or exit; the ruleset in the kernel is replaced only by a
@@ -33,6 +33,7 @@ use policyc_compiler::load::Kind;
 use policyc_compiler::{CompileOptions, Ir};
 use tokio::sync::watch;
 
+use crate::attach;
 use crate::index::Index;
 use crate::metrics::{ApplyLabels, ConntrackLabels, ErrorKind, Metrics};
 use crate::status::{Report, StatusWriter};
@@ -57,6 +58,10 @@ pub struct Config {
     /// Least time between status writes that only move `compiledFrom`.
     pub status_progress: Duration,
     pub backend: Backend,
+    /// How pods are attached: detected, or given (see [`crate::attach`]).
+    pub attachment: attach::Mode,
+    /// The bridge of the Flannel attachment.
+    pub bridge: String,
 }
 
 /// How rules reach the kernel.
@@ -124,7 +129,20 @@ pub async fn run(client: Client, cfg: Config, shared: Arc<Shared>) {
     let status = cfg
         .report_status
         .then(|| StatusWriter::new(client, &cfg.node_name, cfg.status_progress));
-    sync_loop(cfg, shared, rx, status).await;
+    let (attach_tx, attach_rx) = watch::channel(attach::initial());
+    tokio::spawn(attach::run(
+        attach::Config {
+            mode: cfg.attachment,
+            bridge: cfg.bridge.clone(),
+            interface_prefix: cfg.interface_prefix.clone(),
+            node_name: cfg.node_name.clone(),
+            netns: cfg.netns.clone(),
+        },
+        shared.clone(),
+        rx.clone(),
+        attach_tx,
+    ));
+    sync_loop(cfg, shared, rx, attach_rx, status).await;
 }
 
 /// Which admin policy kinds the API server serves (their CRDs are installed).
@@ -274,15 +292,17 @@ struct Applied {
     hash: String,
     /// [`Index::version`] `ir` was compiled at: while the index stays at it, nothing is compiled.
     version: u64,
+    /// [`attach::State::version`] `ir` was compiled with.
+    attach_version: u64,
 }
 
-async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64>, status: Option<StatusWriter>) {
-    let opts = CompileOptions {
-        node: Some(cfg.node_name.clone()),
-        interface_prefix: cfg.interface_prefix.clone(),
-        fail_closed: cfg.fail_closed,
-        ..Default::default()
-    };
+async fn sync_loop(
+    cfg: Config,
+    shared: Arc<Shared>,
+    mut rx: watch::Receiver<u64>,
+    mut attach_rx: watch::Receiver<attach::State>,
+    status: Option<StatusWriter>,
+) {
     let mut writer: Box<dyn Dataplane + Send> = match (cfg.backend, &cfg.netns) {
         (Backend::Nftables, Some(ns)) => Box::new(NetlinkWriter::in_netns(ns)),
         (Backend::Nftables, None) => Box::new(NetlinkWriter::new()),
@@ -307,11 +327,37 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
             .unwrap_or(Duration::from_secs(60));
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
+            r = attach_rx.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
         }
         tokio::time::sleep(cfg.debounce).await;
         rx.mark_unchanged();
+        let att = attach_rx.borrow_and_update().clone();
         let started = Instant::now();
+        if att.attachment.is_none() {
+            // No pod attachment found yet: nothing to enforce, and the status must not claim to.
+            if !shared.index.read().expect("index lock").ready() {
+                continue;
+            }
+            // The agent works; there is just nothing on this node to program yet.
+            shared.ready.store(true, Ordering::Release);
+            status_due = None;
+            if let Some(sw) = status.as_mut() {
+                let not_ready = att.not_ready();
+                let report = Report {
+                    enforced: None,
+                    invalid: &invalid,
+                    apply_error: None,
+                    open_flows: 0,
+                    compiled_from: Vec::new(),
+                    synced_at: jiff::Timestamp::now(),
+                    attachment: None,
+                    not_ready: not_ready.as_ref().map(|(r, m)| (*r, m.as_str())),
+                };
+                status_due = publish_status(sw, report, &shared.metrics).await;
+            }
+            continue;
+        }
         // Under one read lock: what the ruleset is compiled from, and (when the snapshot changed
         // since the applied ruleset was compiled, or nothing is applied) the ruleset.
         let (compiled, compiled_from) = {
@@ -319,8 +365,20 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
             if !ix.ready() {
                 continue;
             }
-            let same = applied.as_ref().is_some_and(|a| a.version == ix.version());
+            let same = applied
+                .as_ref()
+                .is_some_and(|a| a.version == ix.version() && a.attach_version == att.version);
             let compiled = (!same).then(|| {
+                let ports = att.pod_ports(ix.snapshot(), &cfg.node_name);
+                let without = att.pods_without_port(ix.snapshot(), &cfg.node_name, &ports);
+                shared.metrics.pods_without_port.set(without as i64);
+                let opts = CompileOptions {
+                    node: Some(cfg.node_name.clone()),
+                    interface_prefix: cfg.interface_prefix.clone(),
+                    fail_closed: cfg.fail_closed,
+                    attachment: att.kind(&cfg.bridge),
+                    ports,
+                };
                 (
                     ix.compile(&opts),
                     ix.snapshot().policies.len() + ix.snapshot().admin_policies.len(),
@@ -355,6 +413,7 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
                     // Same rules; policy generations and selection counts (the status) may be new.
                     a.ir = ir;
                     a.version = version;
+                    a.attach_version = att.version;
                 } else {
                     let current = applied.take();
                     let t = Instant::now();
@@ -397,6 +456,7 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
                                 ir: ir_back,
                                 hash,
                                 version,
+                                attach_version: att.version,
                             });
                             retry = None;
                         }
@@ -445,25 +505,33 @@ async fn sync_loop(cfg: Config, shared: Arc<Shared>, mut rx: watch::Receiver<u64
             }
         }
         // After the kernel commit and the cut: the status says what the kernel holds.
+        // Also when nothing is applied (the first apply failed): the status then claims nothing.
         status_due = None;
-        if let (Some(sw), Some(a)) = (status.as_mut(), applied.as_ref()) {
+        if let Some(sw) = status.as_mut() {
+            let not_ready = att.not_ready();
             let report = Report {
-                ir: &a.ir,
-                hash: &a.hash,
+                enforced: applied.as_ref().map(|a| (&a.ir, a.hash.as_str())),
                 invalid: &invalid,
                 apply_error: apply_error.as_deref(),
                 open_flows,
                 compiled_from,
                 synced_at,
+                attachment: att.attachment.map(attach::Attachment::as_str),
+                not_ready: not_ready.as_ref().map(|(r, m)| (*r, m.as_str())),
             };
-            match sw.publish(report).await {
-                Ok(later) => status_due = later,
-                Err(e) => {
-                    tracing::warn!("writing NodePolicyStatus: {e}");
-                    m.error(ErrorKind::Status);
-                    status_due = Some(Duration::from_secs(1));
-                }
-            }
+            status_due = publish_status(sw, report, m).await;
+        }
+    }
+}
+
+/// Writes the status; returns when to write again (put off, or failed).
+async fn publish_status(sw: &mut StatusWriter, report: Report<'_>, m: &Metrics) -> Option<Duration> {
+    match sw.publish(report).await {
+        Ok(later) => later,
+        Err(e) => {
+            tracing::warn!("writing NodePolicyStatus: {e}");
+            m.error(ErrorKind::Status);
+            Some(Duration::from_secs(1))
         }
     }
 }

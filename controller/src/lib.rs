@@ -9,6 +9,7 @@
 //! ```
 
 pub mod agent;
+pub mod attach;
 pub mod http;
 pub mod index;
 pub mod metrics;

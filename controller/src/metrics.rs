@@ -65,6 +65,8 @@ pub struct Metrics {
     pub endpoints: Gauge,
     pub policies: Gauge,
     pub invalid_objects: Gauge,
+    /// Flannel attachment: local pods whose bridge port is not known (fail closed).
+    pub pods_without_port: Gauge,
     pub last_sync: Gauge<f64, AtomicU64>,
     pub conntrack_cut: Counter,
     pub conntrack_updates: Family<ConntrackLabels, Counter>,
@@ -89,6 +91,7 @@ impl Metrics {
             endpoints: Gauge::default(),
             policies: Gauge::default(),
             invalid_objects: Gauge::default(),
+            pods_without_port: Gauge::default(),
             last_sync: Gauge::default(),
             conntrack_cut: Counter::default(),
             conntrack_updates: Family::default(),
@@ -125,6 +128,11 @@ impl Metrics {
             "invalid_objects",
             "Objects skipped as invalid",
             m.invalid_objects.clone(),
+        );
+        registry.register(
+            "pods_without_bridge_port",
+            "Flannel attachment: pods on this node whose bridge port is not known, so their traffic is dropped (fail closed)",
+            m.pods_without_port.clone(),
         );
         registry.register(
             "last_successful_sync_timestamp_seconds",

@@ -28,11 +28,12 @@ pub struct StatusWriter {
 /// What one sync put in the kernel, for [`StatusWriter::publish`].
 #[derive(Debug)]
 pub struct Report<'a> {
-    pub ir: &'a Ir,
-    /// [`Ir::ruleset_hash`] of `ir`.
-    pub hash: &'a str,
+    /// The ruleset the kernel holds and its [`Ir::ruleset_hash`]; `None` when the agent put
+    /// none there (no pod attachment found yet, or the first apply failed): the status then
+    /// claims nothing (no policies, no hash, no `compiledFrom`) and `Ready` is `False`.
+    pub enforced: Option<(&'a Ir, &'a str)>,
     pub invalid: &'a [InvalidObject],
-    /// The newest ruleset was rejected (the kernel keeps `ir`).
+    /// The newest ruleset was rejected (the kernel keeps the previous one, if any).
     pub apply_error: Option<&'a str>,
     /// Established flows the ruleset denies whose conntrack entries could not be marked yet.
     pub open_flows: usize,
@@ -40,6 +41,12 @@ pub struct Report<'a> {
     pub compiled_from: Vec<KindProgress>,
     /// When the kernel held `ir` (after the commit).
     pub synced_at: jiff::Timestamp,
+    /// How pods are attached (`canal`, `flannel`), when known.
+    pub attachment: Option<&'a str>,
+    /// Why the node's traffic does not pass the ruleset as intended even when it is applied
+    /// (`(reason, message)`, e.g. `BrNetfilterOff`), or why nothing is applied
+    /// (`NoPodAttachment`): `Ready` is `False` with it.
+    pub not_ready: Option<(&'a str, &'a str)>,
 }
 
 /// RFC 3339 with microseconds.
@@ -71,18 +78,26 @@ impl StatusWriter {
         }
     }
 
-    /// The status for an applied IR; `hash` is its [`Ir::ruleset_hash`]: the SHA-256 (hex) of
-    /// everything of the IR that reaches the kernel. Anyone who compiles the same cluster for the
-    /// node can tell whether the node's kernel holds it.
+    /// The status for an applied IR and its hash (`enforced`; `None`: nothing applied);
+    /// `hash` is the IR's [`Ir::ruleset_hash`]: the SHA-256 (hex) of everything of the IR
+    /// that reaches the kernel. Anyone who compiles the same cluster for the node can tell
+    /// whether the node's kernel holds it.
     /// `open_flows`: established flows the ruleset denies whose conntrack entries could not be
-    /// marked yet (the cut is retried); they are reported as `Degraded`.
+    /// marked yet (the cut is retried); they are reported as `Degraded`. `not_ready`: a reason
+    /// and message that make `Ready` `False` although the apply succeeded (or nothing was
+    /// applied for that reason).
     pub fn status(
-        ir: &Ir,
-        hash: &str,
+        enforced: Option<(&Ir, &str)>,
         invalid: &[InvalidObject],
         apply_error: Option<&str>,
         open_flows: usize,
+        not_ready: Option<(&str, &str)>,
     ) -> NodePolicyStatusStatus {
+        let empty = Ir::default();
+        let (ir, hash) = match enforced {
+            Some((ir, hash)) => (ir, Some(hash.to_string())),
+            None => (&empty, None),
+        };
         let policies: Vec<EnforcedPolicy> = ir
             .policies
             .iter()
@@ -137,10 +152,20 @@ impl StatusWriter {
             None if !errors.is_empty() => format!("{} invalid object(s) skipped", errors.len()),
             None => String::new(),
         };
+        let (ready, ready_reason, ready_msg) = match (apply_error, not_ready, enforced) {
+            (Some(e), _, _) => (
+                false,
+                "ApplyFailed",
+                format!("the kernel rejected the newest ruleset: {e}"),
+            ),
+            (None, Some((reason, msg)), _) => (false, reason, msg.to_string()),
+            (None, None, None) => (false, "NotSynced", "no ruleset applied yet".to_string()),
+            (None, None, Some(_)) => (true, "Synced", String::new()),
+        };
         NodePolicyStatusStatus {
             policy_count: policies.len() as i64,
             policies,
-            ruleset_hash: Some(hash.to_string()),
+            ruleset_hash: hash,
             endpoints: stats.endpoints as i64,
             rules: stats.rules as i64,
             sets: stats.sets as i64,
@@ -148,13 +173,9 @@ impl StatusWriter {
             last_sync_time: None,
             compiled_from: Vec::new(),
             errors,
+            attachment: None,
             conditions: vec![
-                cond(
-                    "Ready",
-                    apply_error.is_none(),
-                    if apply_error.is_none() { "Synced" } else { "ApplyFailed" },
-                    String::new(),
-                ),
+                cond("Ready", ready, ready_reason, ready_msg),
                 cond("Degraded", degraded, degraded_reason, degraded_msg),
             ],
         }
@@ -164,8 +185,12 @@ impl StatusWriter {
     /// when to call again if the write was put off: only `compiledFrom` moved, and the last
     /// write is more recent than the progress interval.
     pub async fn publish(&mut self, r: Report<'_>) -> Result<Option<Duration>, kube::Error> {
-        let mut status = Self::status(r.ir, r.hash, r.invalid, r.apply_error, r.open_flows);
-        status.compiled_from = r.compiled_from;
+        let mut status = Self::status(r.enforced, r.invalid, r.apply_error, r.open_flows, r.not_ready);
+        status.attachment = r.attachment.map(str::to_string);
+        // Compiled from nothing when nothing is enforced: `policyc wait` counts the node as lagging.
+        if r.enforced.is_some() {
+            status.compiled_from = r.compiled_from;
+        }
         let (same_enforced, same_progress) = match &self.last {
             Some(l) => (
                 enforced_part(l) == enforced_part(&status),
@@ -192,7 +217,7 @@ impl StatusWriter {
                 _ => t.clone(),
             };
         }
-        status.last_sync_time = Some(t);
+        status.last_sync_time = r.enforced.is_some().then_some(t);
         let pp = PatchParams::apply(MANAGER).force();
         if !self.created {
             let obj = json!({
@@ -244,8 +269,9 @@ mod tests {
 
     fn report<'a>(ir: &'a Ir, hash: &'a str, pod_rv: u64) -> Report<'a> {
         Report {
-            ir,
-            hash,
+            enforced: Some((ir, hash)),
+            attachment: Some("canal"),
+            not_ready: None,
             invalid: &[],
             apply_error: None,
             open_flows: 0,
@@ -263,6 +289,31 @@ mod tests {
             ],
             synced_at: "2025-03-01T10:00:00.123456789Z".parse().unwrap(),
         }
+    }
+
+    fn ready(s: &NodePolicyStatusStatus) -> (&str, &str) {
+        let c = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    /// Without a ruleset in the kernel the status claims nothing; a ruleset that traffic does
+    /// not fully pass (br_netfilter off) is not Ready; a rejected apply says so first.
+    #[test]
+    fn ready_says_whether_traffic_passes_the_ruleset() {
+        let none = StatusWriter::status(None, &[], None, 0, Some(("NoPodAttachment", "nothing found")));
+        assert_eq!(ready(&none), ("False", "NoPodAttachment"));
+        assert!(none.ruleset_hash.is_none() && none.policies.is_empty() && none.rules == 0);
+        let ir = ir();
+        let ok = StatusWriter::status(Some((&ir, "abc")), &[], None, 0, None);
+        assert_eq!(ready(&ok), ("True", "Synced"));
+        let brnf = StatusWriter::status(Some((&ir, "abc")), &[], None, 0, Some(("BrNetfilterOff", "off")));
+        assert_eq!(ready(&brnf), ("False", "BrNetfilterOff"));
+        assert_eq!(brnf.ruleset_hash.as_deref(), Some("abc"));
+        assert_eq!(brnf.policies.len(), 1, "what is enforced is still reported");
+        let failed = StatusWriter::status(None, &[], Some("EINVAL"), 0, Some(("BrNetfilterOff", "off")));
+        assert_eq!(ready(&failed), ("False", "ApplyFailed"));
+        let never = StatusWriter::status(None, &[], None, 0, None);
+        assert_eq!(ready(&never), ("False", "NotSynced"));
     }
 
     /// The writer creates the object with server-side apply, then applies the status subresource;
@@ -322,6 +373,7 @@ mod tests {
         assert_eq!(status["policies"][0]["name"], "deny");
         assert_eq!(status["policies"][0]["generation"], 4);
         assert_eq!(status["rulesetHash"], "abc");
+        assert_eq!(status["attachment"], "canal");
         assert_eq!(status["conditions"][0]["type"], "Ready");
         assert_eq!(status["conditions"][0]["status"], "True");
         // The sync time, to the microsecond; what the ruleset was compiled from, per kind.

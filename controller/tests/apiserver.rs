@@ -45,7 +45,16 @@ impl Drop for Agent {
 fn start_agent(kubeconfig: &std::path::Path, ns: &Netns, port: u16) -> Agent {
     Agent(
         Command::new(env!("CARGO_BIN_EXE_policyc-agent"))
-            .args(["--node-name", "n1", "--debounce-ms", "20", "--metrics-addr"])
+            // A bare namespace shows no pod attachment: say it is Canal's.
+            .args([
+                "--node-name",
+                "n1",
+                "--debounce-ms",
+                "20",
+                "--attachment",
+                "canal",
+                "--metrics-addr",
+            ])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--netns")
             .arg(ns.0.path())
@@ -90,7 +99,7 @@ fn policy(generation_marker: &str, port: u16) -> String {
 }
 
 fn status_generation(api: &ApiServer) -> Option<i64> {
-    let out = Command::new(repo().join("e2e/bin/kubectl"))
+    let out = Command::new(support::e2e_bin("kubectl"))
         .arg("--kubeconfig")
         .arg(&api.kubeconfig)
         .args(["get", "nodepolicystatus", "n1", "-o", "json"])
@@ -138,7 +147,7 @@ fn setup(api: &ApiServer) -> std::path::PathBuf {
     api.kubectl(&["apply", "-f", "-"], Some(&rbac));
     // KUBECONFIG is a colon-separated list: write the file under a name without colons.
     let agent_kubeconfig = api.dir.join("agent.kubeconfig");
-    let out = Command::new(repo().join("e2e/bin/kube-lab"))
+    let out = Command::new(support::e2e_bin("kube-lab"))
         .args([
             "kubeconfig",
             "--dir",
@@ -398,7 +407,7 @@ fn agent_picks_up_admin_policies_when_their_crds_arrive() {
             "wait returned before the kernel had it"
         );
     }
-    let out = Command::new(repo().join("e2e/bin/kubectl"))
+    let out = Command::new(support::e2e_bin("kubectl"))
         .arg("--kubeconfig")
         .arg(&api.kubeconfig)
         .args(["get", "nodepolicystatus", "n1", "-o", "json"])
@@ -457,6 +466,8 @@ fn agent_logs_json() {
                 "--debounce-ms",
                 "20",
                 "--no-status",
+                "--attachment",
+                "canal",
                 "--log-format",
                 "json",
             ])

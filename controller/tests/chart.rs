@@ -44,7 +44,7 @@ fn daemonset_of(manifests: &str) -> Value {
 
 #[test]
 fn chart_installs_with_least_privilege() {
-    if !repo().join("e2e/bin/helm").exists() {
+    if !support::e2e_bin("helm").exists() {
         policyc_testhost::skip("e2e/bin/helm not built (bash e2e/apiserver/build.sh)");
         return;
     }
@@ -71,6 +71,10 @@ fn chart_installs_with_least_privilege() {
         .collect();
     assert!(
         args.contains(&"--backend=nftables") && args.contains(&"--fail-closed=true"),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--attachment=auto") && args.contains(&"--bridge=cni0"),
         "{args:?}"
     );
     let names: Vec<String> = crds_of(&defaults).into_iter().map(|(name, _)| name).collect();
@@ -107,6 +111,10 @@ fn chart_installs_with_least_privilege() {
             "cutConntrack=false",
             "--set",
             "nodeSelector.role=edge",
+            "--set",
+            "agent.attachment=flannel",
+            "--set",
+            "agent.bridge=cbr0",
         ],
         None,
     );
@@ -118,6 +126,8 @@ fn chart_installs_with_least_privilege() {
         "--fail-closed=false",
         "--log-format=text",
         "--no-conntrack",
+        "--attachment=flannel",
+        "--bridge=cbr0",
     ] {
         assert!(args.contains(want), "{want} in {args}");
     }
@@ -126,6 +136,15 @@ fn chart_installs_with_least_privilege() {
 
     let (ok, _, err) = api.try_tool("helm", &["template", "policyc", &chart, "--set", "backend=ebpf"], None);
     assert!(!ok && err.contains("backend must be nftables or iptables"), "{err}");
+    let (ok, _, err) = api.try_tool(
+        "helm",
+        &["template", "policyc", &chart, "--set", "agent.attachment=calico"],
+        None,
+    );
+    assert!(
+        !ok && err.contains("agent.attachment must be auto, canal or flannel"),
+        "{err}"
+    );
 
     // Server-side dry run of the rendered manifests (CRDs first, as Helm installs them).
     api.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&defaults));

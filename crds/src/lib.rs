@@ -7,6 +7,7 @@
 //!           rulesetHash, endpoints, rules, sets, setElements, lastSyncTime (RFC 3339, sub-second)
 //!           compiledFrom[] {kind, resourceVersion, objects}           ← what that ruleset was compiled from
 //!           errors[] {object, field, message}                      ← objects skipped as invalid
+//!           attachment                                             ← canal | flannel: how pods are reached
 //!           conditions[] Ready / Degraded
 //! ```
 //!
@@ -39,6 +40,7 @@ pub const GROUP: &str = "policyc.dev";
     printcolumn = r#"{"name":"Policies","type":"integer","jsonPath":".status.policyCount"}"#,
     printcolumn = r#"{"name":"Endpoints","type":"integer","jsonPath":".status.endpoints"}"#,
     printcolumn = r#"{"name":"Rules","type":"integer","jsonPath":".status.rules"}"#,
+    printcolumn = r#"{"name":"Attachment","type":"string","jsonPath":".status.attachment"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.lastSyncTime"}"#
 )]
@@ -83,6 +85,12 @@ pub struct NodePolicyStatusStatus {
     /// Objects skipped because they are invalid; everything else stays enforced.
     #[serde(default)]
     pub errors: Vec<ObjectError>,
+    /// How this node's pods are attached, which decides how the ruleset tells them apart:
+    /// `canal` (Calico's routed `cali*` veths, one per pod) or `flannel` (veths enslaved to
+    /// plain Flannel's bridge, `cni0`; pods told apart by address behind a per-port source
+    /// guard). Absent while the agent has not found either (see the `Ready` condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<String>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }
@@ -132,8 +140,11 @@ pub struct ObjectError {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// `Ready`: the kernel holds the ruleset for the current policies. `Degraded`: some objects
-    /// are invalid and skipped, or the last apply failed.
+    /// `Ready`: the kernel holds the ruleset for the current policies and the node's traffic
+    /// passes it as intended (`False` with reason `NoPodAttachment`: no pod attachment found
+    /// yet, nothing enforced; `ApplyFailed`; `BrNetfilterOff`: bridged traffic skips the
+    /// `inet` hooks, so same-node pod traffic is dropped). `Degraded`: some objects are invalid
+    /// and skipped, the last apply failed, or denied flows are still open.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.

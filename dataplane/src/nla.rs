@@ -1,7 +1,7 @@
-//! Netlink messages and attributes as bytes, for the nfnetlink clients that build and parse
-//! their messages themselves ([`crate::ctnetlink`], [`crate::counters`]): a message builder
-//! (header, `nfgenmsg`, attributes, nests) and length-checked iterators over received messages
-//! and attributes. Nothing here panics on what the kernel sends: a malformed message or
+//! Netlink messages and attributes as bytes, for the clients that build and parse their
+//! messages themselves ([`crate::ctnetlink`], [`crate::counters`], [`crate::links`]): a message
+//! builder (header, `nfgenmsg` or another family header, attributes, nests) and length-checked
+//! iterators over received messages and attributes. Nothing here panics on what the kernel sends: a malformed message or
 //! attribute is an `Err(String)` describing it.
 
 // --- netlink (linux/netlink.h) ---
@@ -43,6 +43,21 @@ impl MsgBuilder {
         buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
         buf.extend_from_slice(&[family, NFNETLINK_V0, 0, 0]); // res_id 0 (big-endian u16)
         MsgBuilder { buf }
+    }
+
+    /// A message of netlink type `ty` whose family header is `header` (e.g. rtnetlink's
+    /// `ifinfomsg` or `ifaddrmsg`, already encoded) instead of an `nfgenmsg`.
+    pub(crate) fn with_header(ty: u16, flags: u16, seq: u32, header: &[u8]) -> MsgBuilder {
+        let mut buf = Vec::with_capacity(64 + header.len());
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set by finish
+        buf.extend_from_slice(&ty.to_ne_bytes());
+        buf.extend_from_slice(&flags.to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+        buf.extend_from_slice(header);
+        let mut b = MsgBuilder { buf };
+        b.pad();
+        b
     }
 
     fn pad(&mut self) {

@@ -1,6 +1,7 @@
-//! The netfilter netlink socket: opening it (in another network namespace if asked), sending a
+//! The netlink sockets: opening one (in another network namespace if asked), sending a
 //! batch in one `sendmsg` and checking the kernel's answer to every message (nf_tables), or
-//! plain `send`/`recv` of whole messages (ctnetlink, [`crate::ctnetlink`]).
+//! plain `send`/`recv` of whole messages (ctnetlink, [`crate::ctnetlink`]; rtnetlink,
+//! [`crate::links`]).
 
 use std::fs::File;
 use std::io;
@@ -26,8 +27,8 @@ const NLMSG_HDRLEN: usize = 16;
 /// Largest reply: an error quoting a whole 64 KiB request, plus headers.
 const RECV_BUF: usize = 256 * 1024;
 
-/// A bound `NETLINK_NETFILTER` socket. The network namespace is the one of the thread that
-/// created it, for its whole life.
+/// A bound `NETLINK_NETFILTER` (or, from [`NlSocket::open_route_in`], `NETLINK_ROUTE`) socket.
+/// The network namespace is the one of the thread that created it, for its whole life.
 #[derive(Debug)]
 pub(crate) struct NlSocket {
     fd: OwnedFd,
@@ -62,17 +63,56 @@ fn sock_err(op: &'static str) -> impl FnOnce(Errno) -> DataplaneError {
     move |e| err(op)(e).into()
 }
 
+// `NETLINK_GET_STRICT_CHK` (linux/netlink.h, kernel >= 4.20): the kernel checks dump requests
+// strictly and honours their filters, among them `IFA_TARGET_NETNSID` and the interface index of
+// an address dump, which it ignores otherwise. nix has no wrapper for it; its `sockopt_impl!`
+// macro makes one from nix's own `setsockopt` code for an `int` option (no unsafe code here).
+use nix::{setsockopt_impl, sockopt_impl};
+sockopt_impl!(
+    /// `NETLINK_GET_STRICT_CHK` on `SOL_NETLINK`.
+    NetlinkGetStrictChk,
+    SetOnly,
+    libc::SOL_NETLINK,
+    NETLINK_GET_STRICT_CHK,
+    bool
+);
+const NETLINK_GET_STRICT_CHK: i32 = 12;
+
 impl NlSocket {
     fn open_here() -> Result<NlSocket, SocketError> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkNetFilter,
-        )
-        .map_err(err("socket"))?;
-        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(err("bind"))?;
+        NlSocket::open_proto_here(SockProtocol::NetlinkNetFilter, 0)
+    }
+
+    /// A socket of `protocol` bound to the multicast `groups` (a bit mask; 0: none).
+    fn open_proto_here(protocol: SockProtocol, groups: u32) -> Result<NlSocket, SocketError> {
+        let fd =
+            socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, protocol).map_err(err("socket"))?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups)).map_err(err("bind"))?;
         Ok(NlSocket { fd })
+    }
+
+    /// A `NETLINK_ROUTE` socket in the network namespace of an open namespace file (the
+    /// caller's when `None`), bound to the rtnetlink multicast `groups` (`RTMGRP_*` bits; 0 for
+    /// requests only). Entered the way [`NlSocket::open_in`] does.
+    pub fn open_route_in(netns: Option<&File>, groups: u32) -> Result<NlSocket, SocketError> {
+        let open = || NlSocket::open_proto_here(SockProtocol::NetlinkRoute, groups);
+        let Some(file) = netns else {
+            return open();
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(file, CloneFlags::CLONE_NEWNET).map_err(err("setns"))?;
+                open()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// Asks the kernel to check this socket's dump requests strictly and to apply their filters
+    /// (`NETLINK_GET_STRICT_CHK`); `ENOPROTOOPT` on kernels before 4.20.
+    pub fn set_strict_check(&self) -> Result<(), SocketError> {
+        setsockopt(&self.fd, NetlinkGetStrictChk, &true).map_err(err("setsockopt(NETLINK_GET_STRICT_CHK)"))
     }
 
     /// Opens a socket in the network namespace at `netns` (a file such as `/run/netns/NAME` or

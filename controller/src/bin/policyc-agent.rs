@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use policyc_controller::agent::{self, Config, Shared};
+use policyc_controller::attach;
 use policyc_controller::metrics::Metrics;
 
 #[derive(Debug, Parser)]
@@ -33,6 +34,15 @@ struct Args {
     /// Host-side interface name prefix of pod veths (Calico/Canal: cali).
     #[arg(long, default_value = "cali")]
     interface_prefix: String,
+    /// How pods are attached: canal (Calico's routed veths named by --interface-prefix),
+    /// flannel (veths on plain Flannel's bridge, see --bridge), or auto: canal when such veths
+    /// exist, else flannel when the bridge exists, else nothing is enforced (status Ready=False,
+    /// NoPodAttachment) and the node is looked at again until one appears.
+    #[arg(long, value_enum, default_value_t = AttachmentArg::Auto)]
+    attachment: AttachmentArg,
+    /// The bridge the flannel attachment's pods are on.
+    #[arg(long, default_value = "cni0")]
+    bridge: String,
     /// Program the ruleset of this network namespace (e.g. /run/netns/NAME) instead of the agent's own.
     #[arg(long)]
     netns: Option<PathBuf>,
@@ -65,6 +75,13 @@ struct Args {
 enum BackendArg {
     Nftables,
     Iptables,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AttachmentArg {
+    Auto,
+    Canal,
+    Flannel,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -129,6 +146,12 @@ async fn main() -> anyhow::Result<()> {
             BackendArg::Nftables => agent::Backend::Nftables,
             BackendArg::Iptables => agent::Backend::Iptables,
         },
+        attachment: match args.attachment {
+            AttachmentArg::Auto => attach::Mode::Auto,
+            AttachmentArg::Canal => attach::Mode::Canal,
+            AttachmentArg::Flannel => attach::Mode::Flannel,
+        },
+        bridge: args.bridge,
     };
     tracing::info!(node = %cfg.node_name, "starting; the ruleset in the kernel stays until a complete new one replaces it");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -11,6 +11,15 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A tool `e2e/apiserver/build.sh` builds (kube-lab, kubectl, helm): from `POLICYC_E2E_BIN` when
+/// set (e.g. another checkout's `e2e/bin`, to reuse its Go builds), else this checkout's `e2e/bin`.
+pub fn e2e_bin(tool: &str) -> PathBuf {
+    match std::env::var_os("POLICYC_E2E_BIN") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join(tool),
+        _ => repo().join("e2e/bin").join(tool),
+    }
+}
+
 pub struct ApiServer {
     child: Child,
     pub kubeconfig: PathBuf,
@@ -20,9 +29,9 @@ pub struct ApiServer {
 impl ApiServer {
     /// Starts kube-lab in a fresh directory; `None` (after printing why) when it is not built.
     pub fn start(tag: &str) -> Option<ApiServer> {
-        let bin = repo().join("e2e/bin/kube-lab");
+        let bin = e2e_bin("kube-lab");
         if !bin.exists() {
-            policyc_testhost::skip("e2e/bin/kube-lab not built (bash e2e/apiserver/build.sh)");
+            policyc_testhost::skip("e2e/bin/kube-lab not built (bash e2e/apiserver/build.sh, or POLICYC_E2E_BIN=DIR)");
             return None;
         }
         let dir = std::env::temp_dir().join(format!("policyc-{tag}-{}", std::process::id()));
@@ -57,7 +66,7 @@ impl ApiServer {
 
     /// Runs a tool from e2e/bin; returns success, stdout and stderr.
     pub fn try_tool(&self, tool: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-        let mut child = Command::new(repo().join("e2e/bin").join(tool))
+        let mut child = Command::new(e2e_bin(tool))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(args)
@@ -103,4 +112,57 @@ pub fn http_get(port: u16, timeout: Duration, path: &str) -> Option<(u16, String
     s.read_to_string(&mut text).ok()?;
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, text))
+}
+
+/// Installs policyc's CRD and the chart's RBAC, and writes a kubeconfig for the chart's
+/// ServiceAccount (a client certificate for that user name is what RBAC's ServiceAccount
+/// subjects match), so that an agent runs with exactly the chart's permissions.
+pub fn agent_kubeconfig(api: &ApiServer) -> PathBuf {
+    api.kubectl(
+        &["apply", "-f", repo().join("crds/yaml/crds.yaml").to_str().unwrap()],
+        None,
+    );
+    api.kubectl(
+        &[
+            "wait",
+            "--for",
+            "condition=established",
+            "crd/nodepolicystatuses.policyc.dev",
+        ],
+        None,
+    );
+    let rbac = api.tool(
+        "helm",
+        &[
+            "template",
+            "policyc",
+            repo().join("charts/policyc").to_str().unwrap(),
+            "-n",
+            "kube-system",
+            "--show-only",
+            "templates/rbac.yaml",
+        ],
+        None,
+    );
+    api.kubectl(&["apply", "-f", "-"], Some(&rbac));
+    // KUBECONFIG is a colon-separated list: a file name without colons.
+    let path = api.dir.join("agent.kubeconfig");
+    let out = Command::new(e2e_bin("kube-lab"))
+        .args([
+            "kubeconfig",
+            "--dir",
+            api.dir.to_str().unwrap(),
+            "--user",
+            "system:serviceaccount:kube-system:policyc",
+            "--group",
+            "system:serviceaccounts",
+            "--group",
+            "system:authenticated",
+            "--out",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    path
 }
