@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(nftables iproute2 iptables ipset conntrack util-linux iputils-ping iperf3 libnftnl-dev libmnl-dev pkg-config)
+packages=(nftables iproute2 iptables ipset conntrack util-linux iputils-ping iperf3 containernetworking-plugins libnftnl-dev libmnl-dev pkg-config)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

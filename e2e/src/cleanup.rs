@@ -104,8 +104,14 @@ pub fn delete_namespaces(names: &[String]) -> Result<usize, Error> {
     Ok(n)
 }
 
-/// Removes every namespace of one run.
+/// The directory of one run's files (the flannel attachment's host-local leases).
+pub fn run_dir(prefix: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(prefix)
+}
+
+/// Removes every namespace of one run, and its directory.
 pub fn remove_prefix(prefix: &str) -> Result<usize, Error> {
+    let _ = std::fs::remove_dir_all(run_dir(prefix));
     let prefix = format!("{prefix}-");
     delete_namespaces(&namespaces_with_prefix(&prefix))
 }
