@@ -35,6 +35,7 @@ pub mod lab;
 pub mod listen;
 pub mod probe;
 pub mod sctp;
+pub mod spoof;
 pub mod sys;
 pub mod topo;
 pub mod traffic;
