@@ -283,3 +283,61 @@ fn flannel_without_br_netfilter_fails_closed() {
     assert_eq!(cross, Outcome::Connected);
     lab.teardown().unwrap();
 }
+
+/// The IPv6 link-local address of a pod's eth0 and the interface index, in its namespace.
+fn link_local(netns: &std::path::Path) -> (std::net::Ipv6Addr, u32) {
+    let name = netns.file_name().unwrap().to_str().unwrap().to_string();
+    let out = sys::netns_exec(
+        &name,
+        &["ip", "-j", "-6", "addr", "show", "dev", "eth0", "scope", "link"],
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ll = v[0]["addr_info"][0]["local"].as_str().unwrap().parse().unwrap();
+    let index = v[0]["ifindex"].as_u64().unwrap() as u32;
+    (ll, index)
+}
+
+/// Pods on one bridge share a link: a pod reaching another by its IPv6 link-local address must
+/// be judged too (x/c's ingress is denied to everyone). Whether x/a connected, and the rules
+/// that counted the attempt.
+fn link_local_between_pods(attachment: Attachment, fail_closed: bool) -> Option<(bool, Vec<RuleHit>)> {
+    let lab = lab(attachment, fail_closed, &[CLUSTER, DENY_ALL_INGRESS])?;
+    let c = pod_netns(&lab, "c");
+    let listener = sys::in_netns(&c, || std::net::TcpListener::bind("[::]:8081"))
+        .unwrap()
+        .unwrap();
+    let (ll, _) = link_local(&c);
+    let a = pod_netns(&lab, "a");
+    let (_, a_index) = link_local(&a);
+    let to = std::net::SocketAddrV6::new(ll, 8081, 0, a_index);
+    let before = lab.counters().unwrap();
+    let connected = sys::in_netns(&a, || {
+        TcpStream::connect_timeout(&to.into(), Duration::from_millis(500)).is_ok()
+    })
+    .unwrap();
+    let hits = before.diff(&lab.counters().unwrap());
+    drop(listener);
+    lab.teardown().unwrap();
+    Some((connected, hits))
+}
+
+#[test]
+fn link_local_between_pods_is_judged() {
+    require_lab!();
+    let (connected, _) = link_local_between_pods(Attachment::Canal, false).unwrap();
+    assert!(!connected, "canal: pods are on different links");
+    for fail_closed in [false, true] {
+        let Some((connected, hits)) = link_local_between_pods(Attachment::Flannel, fail_closed) else {
+            return;
+        };
+        let text: Vec<String> = hits.iter().map(ToString::to_string).collect();
+        assert!(!connected, "flannel, fail-closed {fail_closed}: {text:?}");
+        assert!(
+            text.iter()
+                .any(|t| t
+                    == "dropped by \"cni0: link-local traffic between pods has no pod address: dropped\" on node-1"),
+            "{text:?}"
+        );
+    }
+}
