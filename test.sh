@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 packages=(nftables iproute2 iptables ipset conntrack util-linux iputils-ping iperf3 libnftnl-dev libmnl-dev pkg-config
-  containernetworking-plugins)  # the bridge + host-local CNI plugins of the port discovery test
+  containernetworking-plugins)  # the bridge + host-local CNI plugins of the lab's flannel attachment and the port discovery test
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

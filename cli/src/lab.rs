@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use policyc_compiler::expect::Expectations;
 use policyc_compiler::{Protocol, Snapshot};
 use policyc_lab::verify::{self, Check, Report, StepResult, VerifyOptions};
-use policyc_lab::{bench, cleanup, Lab, LabOptions};
+use policyc_lab::{bench, cleanup, Attachment, Lab, LabOptions};
 
 use crate::{Files, TableJson};
 
@@ -53,6 +53,10 @@ pub struct VerifyArgs {
     /// of its `expect` blocks checked.
     #[arg(long, value_name = "FILE")]
     scenario: Option<PathBuf>,
+    /// How the lab attaches pods: canal (routed cali* veths) or flannel (the real bridge and
+    /// host-local CNI plugins with Flannel's delegate config; br_netfilter on).
+    #[arg(long, value_enum, default_value_t = crate::AttachmentArg::Canal)]
+    attachment: crate::AttachmentArg,
     #[arg(short = 'o', long, value_enum, default_value_t = ReportFormat::Text)]
     output: ReportFormat,
     /// How long a probe waits for an answer before the packet counts as dropped.
@@ -87,25 +91,42 @@ pub enum LabCommand {
         /// selecting the pair, the one accepting the benchmark's ports evaluated last.
         #[arg(long)]
         admin: bool,
+        /// Attachments to measure, side by side (canal, flannel).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "canal")]
+        attachment: Vec<crate::AttachmentArg>,
         #[arg(short = 'o', long, value_enum, default_value_t = crate::TextJson::Text)]
         output: crate::TextJson,
     },
 }
 
-fn lab_options(timeout: u64, interface_prefix: &str) -> Result<LabOptions> {
+pub(crate) fn lab_attachment(a: crate::AttachmentArg) -> Attachment {
+    match a {
+        crate::AttachmentArg::Canal => Attachment::Canal,
+        crate::AttachmentArg::Flannel => Attachment::Flannel,
+    }
+}
+
+fn lab_options(timeout: u64, interface_prefix: &str, attachment: crate::AttachmentArg) -> Result<LabOptions> {
     if timeout == 0 {
         bail!("--timeout must be at least 1 ms");
     }
     Ok(LabOptions {
         timeout: Duration::from_millis(timeout),
         interface_prefix: interface_prefix.to_string(),
+        attachment: lab_attachment(attachment),
         ..LabOptions::default()
     })
 }
 
 pub fn probe(args: ProbeArgs) -> Result<ExitCode> {
     let loaded = crate::load(&args.input)?;
-    let opts = lab_options(args.timeout, &args.input.interface_prefix)?;
+    if args.input.attachment == crate::AttachmentArg::Flannel && args.input.bridge != policyc_lab::cni::BRIDGE {
+        bail!(
+            "the lab's flannel attachment uses the bridge plugin's default bridge, {}",
+            policyc_lab::cni::BRIDGE
+        );
+    }
+    let opts = lab_options(args.timeout, &args.input.interface_prefix, args.input.attachment)?;
     let lab = Lab::new(&loaded.snapshot, opts)?;
     eprintln!(
         "lab {}: {} nodes, {} pods; probing {}/{}",
@@ -138,7 +159,7 @@ fn load_optional(files: &[PathBuf], interface_prefix: &str) -> Result<Snapshot> 
 }
 
 pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
-    let opts = lab_options(args.timeout, &args.interface_prefix)?;
+    let opts = lab_options(args.timeout, &args.interface_prefix, args.attachment)?;
     let vopts = VerifyOptions::default();
     let base = load_optional(&args.files, &args.interface_prefix)?;
     let report = match &args.scenario {
@@ -233,6 +254,7 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
             policies,
             nft_only,
             admin,
+            attachment,
             output,
         } => {
             let opts = bench::BenchOptions {
@@ -241,6 +263,7 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
                 policy_counts: policies,
                 iptables: !nft_only,
                 admin,
+                attachments: attachment.into_iter().map(lab_attachment).collect(),
             };
             let result = bench::run(&opts, &mut |line| eprintln!("{line}"))?;
             match output {

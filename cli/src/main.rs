@@ -46,7 +46,7 @@ struct Files {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum AttachmentArg {
+pub(crate) enum AttachmentArg {
     Canal,
     Flannel,
 }

@@ -27,7 +27,7 @@ use policyc_compiler::{Loader, ObjectRef, Snapshot};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::lab::{Lab, LabOptions};
+use crate::lab::{Attachment, Lab, LabOptions};
 use crate::{sys, Error};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +42,8 @@ pub struct BenchOptions {
     pub repeat: usize,
     /// Admin-tier ClusterNetworkPolicies instead of NetworkPolicies.
     pub admin: bool,
+    /// Attachments to measure, each in its own lab, side by side.
+    pub attachments: Vec<Attachment>,
 }
 
 impl Default for BenchOptions {
@@ -52,6 +54,7 @@ impl Default for BenchOptions {
             iptables: true,
             repeat: 3,
             admin: false,
+            attachments: vec![Attachment::Canal],
         }
     }
 }
@@ -59,6 +62,8 @@ impl Default for BenchOptions {
 /// One configuration's figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchRow {
+    /// `canal` or `flannel`.
+    pub attachment: String,
     /// `none`, `nft` or `iptables`.
     pub backend: String,
     pub policies: usize,
@@ -303,19 +308,48 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs the benchmark; `progress` receives one line per step.
+/// Runs the benchmark, one lab per attachment; `progress` receives one line per step.
 pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(String)) -> Result<BenchResult, Error> {
     for tool in ["iperf3"] {
         if sys::output("sh", &["-c", &format!("command -v {tool}")]).is_err() {
             return Err(Error::new(format!("{tool} is not installed (apt-get install {tool})")));
         }
     }
+    let mut result = BenchResult {
+        seconds: opts.seconds,
+        repeat: opts.repeat.max(1),
+        rows: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let attachments = if opts.attachments.is_empty() {
+        vec![Attachment::Canal]
+    } else {
+        opts.attachments.clone()
+    };
+    for a in attachments {
+        let (rows, skipped) = run_attachment(opts, a, progress)?;
+        result.rows.extend(rows);
+        result.skipped.extend(skipped);
+    }
+    Ok(result)
+}
+
+fn run_attachment(
+    opts: &BenchOptions,
+    attachment: Attachment,
+    progress: &mut dyn FnMut(String),
+) -> Result<(Vec<BenchRow>, Vec<String>), Error> {
     let server = ObjectRef::new("bench", "server");
     let client = ObjectRef::new("bench", "client");
-    let mut lab = Lab::new(&snapshot(0, false)?, LabOptions::default())?;
+    let lab_opts = LabOptions {
+        attachment,
+        ..LabOptions::default()
+    };
+    let mut lab = Lab::new(&snapshot(0, false)?, lab_opts)?;
     progress(format!(
-        "lab {}: bench/server on node-1, bench/client on node-2",
-        lab.prefix()
+        "lab {} ({} attachment): bench/server on node-1, bench/client on node-2",
+        lab.prefix(),
+        attachment.name()
     ));
     let server_ns = lab.pod_netns(&server).expect("server pod").to_string();
     let client_ns = lab.pod_netns(&client).expect("client pod").to_string();
@@ -340,7 +374,9 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(String)) -> Result<Benc
     let mut configs: Vec<(&str, usize)> = vec![("none", 0)];
     configs.extend(opts.policy_counts.iter().map(|n| ("nft", *n)));
     let mut skipped = Vec::new();
-    if opts.iptables {
+    if opts.iptables && attachment == Attachment::Flannel {
+        skipped.push("iptables: the iptables rendering has no bridge attachment".into());
+    } else if opts.iptables {
         let missing: Vec<&str> = ["ipset", "iptables-restore", "ip6tables-restore"]
             .into_iter()
             .filter(|t| sys::output("sh", &["-c", &format!("command -v {t}")]).is_err())
@@ -378,6 +414,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(String)) -> Result<Benc
         let base = rows.first();
         let ratio = |v: f64, b: Option<f64>| b.map_or(1.0, |b| if b > 0.0 { v / b } else { 0.0 });
         let row = BenchRow {
+            attachment: attachment.name().to_string(),
             backend: backend.to_string(),
             policies: n,
             tcp_gbit_s: tcp,
@@ -388,18 +425,14 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(String)) -> Result<Benc
             connections_ratio: ratio(conns, base.map(|b| b.connections_per_s)),
         };
         progress(format!(
-            "{backend:<8} {n:>5} policies: TCP {tcp:.2} Gbit/s, UDP {udp:.0} kpps, {conns:.0} connections/s"
+            "{:<8} {backend:<8} {n:>5} policies: TCP {tcp:.2} Gbit/s, UDP {udp:.0} kpps, {conns:.0} connections/s",
+            attachment.name()
         ));
         rows.push(row);
     }
     drop(_server);
     lab.teardown()?;
-    Ok(BenchResult {
-        seconds: opts.seconds,
-        repeat: opts.repeat.max(1),
-        rows,
-        skipped,
-    })
+    Ok((rows, skipped))
 }
 
 impl BenchResult {
@@ -407,18 +440,19 @@ impl BenchResult {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "median of {} runs of {} s each (connections: 1 s); ratios to the run without any ruleset",
+            "median of {} runs of {} s each (connections: 1 s); ratios to the same attachment's run without any ruleset",
             self.repeat, self.seconds
         );
         let _ = writeln!(
             out,
-            "{:<9} {:>8}  {:>10} {:>6}  {:>13} {:>6}  {:>9} {:>6}",
-            "backend", "policies", "TCP Gbit/s", "ratio", "UDP kpps 64B", "ratio", "conn/s", "ratio"
+            "{:<10} {:<9} {:>8}  {:>10} {:>6}  {:>13} {:>6}  {:>9} {:>6}",
+            "attachment", "backend", "policies", "TCP Gbit/s", "ratio", "UDP kpps 64B", "ratio", "conn/s", "ratio"
         );
         for r in &self.rows {
             let _ = writeln!(
                 out,
-                "{:<9} {:>8}  {:>10.2} {:>6.2}  {:>13.0} {:>6.2}  {:>9.0} {:>6.2}",
+                "{:<10} {:<9} {:>8}  {:>10.2} {:>6.2}  {:>13.0} {:>6.2}  {:>9.0} {:>6.2}",
+                r.attachment,
                 r.backend,
                 r.policies,
                 r.tcp_gbit_s,

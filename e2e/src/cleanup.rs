@@ -104,8 +104,14 @@ pub fn delete_namespaces(names: &[String]) -> Result<usize, Error> {
     Ok(n)
 }
 
-/// Removes every namespace of one run.
+/// The directory of one run's files (the flannel attachment's host-local leases).
+pub fn run_dir(prefix: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(prefix)
+}
+
+/// Removes every namespace of one run, and its directory.
 pub fn remove_prefix(prefix: &str) -> Result<usize, Error> {
+    let _ = std::fs::remove_dir_all(run_dir(prefix));
     let prefix = format!("{prefix}-");
     delete_namespaces(&namespaces_with_prefix(&prefix))
 }
@@ -128,6 +134,21 @@ pub fn down(include_live: bool) -> Result<Vec<String>, Error> {
         .filter(|n| include_live || !owner_pid(n).is_some_and(process_alive))
         .collect();
     delete_namespaces(&names)?;
+    // And the run directories (host-local leases of the flannel attachment) of the same runs.
+    let tmp = std::env::temp_dir();
+    let dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&tmp)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(NAME_PREFIX))
+                .filter(|n| include_live || !owner_pid(n).is_some_and(process_alive))
+                .map(|n| tmp.join(n))
+                .collect()
+        })
+        .unwrap_or_default();
+    for d in dirs.iter().filter(|d| d.is_dir()) {
+        let _ = std::fs::remove_dir_all(d);
+    }
     Ok(names)
 }
 

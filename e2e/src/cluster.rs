@@ -165,6 +165,11 @@ impl ClusterLab {
                 "a cluster lab starts without policies: apply them with kubectl",
             ));
         }
+        if opts.lab.attachment != crate::lab::Attachment::Canal {
+            return Err(Error::new(
+                "the agents' tier runs the Canal attachment only: the agent's netlink writer does not encode the bridge table yet",
+            ));
+        }
         let lab_opts = LabOptions {
             overlay: Overlay::External,
             ..opts.lab.clone()

@@ -1,5 +1,5 @@
-//! Which rule took a packet: snapshot the counters of every node's `table inet policyc`
-//! (`nft -j list table inet policyc` in the node's namespace), send the packet, snapshot again,
+//! Which rule took a packet: snapshot the counters of every node's policyc tables
+//! (`nft -j list ruleset` in the node's namespace), send the packet, snapshot again,
 //! and report the rules whose counters moved, with their comments.
 
 use std::collections::BTreeMap;
@@ -66,12 +66,20 @@ fn verdict_of(exprs: &[Value]) -> String {
     String::new()
 }
 
-/// Parses `nft -j list table …` output into the counted rules.
+/// Parses `nft -j list …` output into the counted rules of policyc's tables. Chains of the
+/// bridge table (the flannel attachment's source guard) are named `bridge <chain>`.
 pub fn parse(node: &str, json: &str) -> Result<Vec<RuleCounter>, Error> {
     let v: Value = serde_json::from_str(json).map_err(|e| Error::new(format!("nft -j output on {node}: {e}")))?;
     let mut out = Vec::new();
     for item in v.get("nftables").and_then(Value::as_array).into_iter().flatten() {
         let Some(rule) = item.get("rule") else { continue };
+        if rule
+            .get("table")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t != policyc_compiler::render::nft::TABLE)
+        {
+            continue;
+        }
         let exprs = rule.get("expr").and_then(Value::as_array).cloned().unwrap_or_default();
         let Some(packets) = exprs
             .iter()
@@ -79,9 +87,14 @@ pub fn parse(node: &str, json: &str) -> Result<Vec<RuleCounter>, Error> {
         else {
             continue;
         };
+        let chain = rule.get("chain").and_then(Value::as_str).unwrap_or("");
+        let chain = match rule.get("family").and_then(Value::as_str) {
+            Some("bridge") => format!("bridge {chain}"),
+            _ => chain.to_string(),
+        };
         out.push(RuleCounter {
             node: node.to_string(),
-            chain: rule.get("chain").and_then(Value::as_str).unwrap_or("").to_string(),
+            chain,
             handle: rule.get("handle").and_then(Value::as_u64).unwrap_or(0),
             comment: rule.get("comment").and_then(Value::as_str).map(str::to_string),
             verdict: verdict_of(&exprs),
@@ -91,19 +104,10 @@ pub fn parse(node: &str, json: &str) -> Result<Vec<RuleCounter>, Error> {
     Ok(out)
 }
 
-/// Reads the counters of one node's table.
+/// Reads the counters of one node's tables (`table inet policyc`, and `table bridge policyc`
+/// when the node has one).
 pub fn read_node(node: &str, netns: &str) -> Result<Vec<RuleCounter>, Error> {
-    let json = sys::netns_exec(
-        netns,
-        &[
-            "nft",
-            "-j",
-            "list",
-            "table",
-            "inet",
-            policyc_compiler::render::nft::TABLE,
-        ],
-    )?;
+    let json = sys::netns_exec(netns, &["nft", "-j", "list", "ruleset"])?;
     parse(node, &json)
 }
 

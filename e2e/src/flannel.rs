@@ -409,6 +409,8 @@ mod tests {
             prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
             gateway_v4: None,
             gateway_v6: None,
+            bridge_gateway_v4: None,
+            bridge_gateway_v6: None,
         }
     }
 

@@ -25,7 +25,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use policyc_compiler::ir::Ir;
+use policyc_compiler::cidr::Cidr;
+use policyc_compiler::ir::{AttachmentKind, Ir};
 use policyc_compiler::render::nft::TABLE;
 use policyc_compiler::{CompileOptions, Compiler, Matrix, ObjectRef, Protocol, Snapshot};
 use serde::Serialize;
@@ -45,6 +46,32 @@ pub struct LabOptions {
     pub interface_prefix: String,
     /// Who programs the VXLAN overlay (`flannel.1`, its routes, neighbours and fdb entries).
     pub overlay: Overlay,
+    /// How pods are attached to their node.
+    pub attachment: Attachment,
+    /// Compile the nodes' rules fail-closed (as the agent does): traffic of pods the ruleset
+    /// does not know yet is dropped.
+    pub fail_closed: bool,
+}
+
+/// How the lab attaches pods to their node, and so which attachment the rules are compiled for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Attachment {
+    /// Canal: a routed veth per pod named `cali…`, /32 routes, proxy ARP, gateway 169.254.1.1.
+    #[default]
+    Canal,
+    /// Plain Flannel: Flannel's CNI plugin's delegate config run through the real `bridge` and
+    /// `host-local` plugins ([`crate::cni`]): veths on `cni0`, which is the pods' gateway;
+    /// `br_netfilter` on in every node.
+    Flannel,
+}
+
+impl Attachment {
+    pub fn name(self) -> &'static str {
+        match self {
+            Attachment::Canal => "canal",
+            Attachment::Flannel => "flannel",
+        }
+    }
 }
 
 /// Who programs the nodes' VXLAN overlay.
@@ -65,6 +92,8 @@ impl Default for LabOptions {
             timeout: Duration::from_millis(1000),
             interface_prefix: "cali".into(),
             overlay: Overlay::Lab,
+            attachment: Attachment::Canal,
+            fail_closed: false,
         }
     }
 }
@@ -79,6 +108,8 @@ struct NodeState {
 #[derive(Debug)]
 struct PodState {
     netns: String,
+    /// Flannel attachment: the pod's bridge port (host-side veth the bridge plugin made).
+    port: Option<String>,
     _listener: Listener,
 }
 
@@ -168,6 +199,9 @@ impl Lab {
 
     fn empty(opts: LabOptions) -> Result<Lab, Error> {
         sys::check_environment()?;
+        if opts.attachment == Attachment::Flannel {
+            crate::cni::check()?;
+        }
         raise_fd_limit();
         let prefix = format!(
             "{}{}-{}",
@@ -244,12 +278,104 @@ impl Lab {
         policyc_compiler::compile(&self.snapshot, &self.compile_options(None))
     }
 
-    fn compile_options(&self, node: Option<String>) -> CompileOptions {
+    /// What the rules of a node (or of the whole cluster) are compiled with: the lab's
+    /// attachment, and for the flannel attachment every pod's bridge port.
+    pub fn compile_options(&self, node: Option<String>) -> CompileOptions {
+        let attachment = match self.opts.attachment {
+            Attachment::Canal => AttachmentKind::Canal,
+            Attachment::Flannel => AttachmentKind::Bridge {
+                bridge: crate::cni::BRIDGE.into(),
+            },
+        };
         CompileOptions {
             node,
             interface_prefix: self.opts.interface_prefix.clone(),
-            ..CompileOptions::default()
+            fail_closed: self.opts.fail_closed,
+            attachment,
+            ports: self
+                .pods
+                .iter()
+                .filter_map(|(id, p)| Some((id.clone(), p.port.clone()?)))
+                .collect(),
         }
+    }
+
+    /// A pod's bridge port (flannel attachment), or its routed `cali…` veth (Canal).
+    pub fn pod_port(&self, pod: &ObjectRef) -> Option<String> {
+        match self.opts.attachment {
+            Attachment::Canal => self.topology.pods.get(pod).map(|p| p.interface.clone()),
+            Attachment::Flannel => self.pods.get(pod).and_then(|p| p.port.clone()),
+        }
+    }
+
+    /// The lab's own directory (host-local's leases of the flannel attachment).
+    fn dir(&self) -> std::path::PathBuf {
+        cleanup::run_dir(&self.prefix)
+    }
+
+    fn ipam_dir(&self, node: &str) -> std::path::PathBuf {
+        self.dir().join("ipam").join(node)
+    }
+
+    /// The subnet.env a node's flanneld would write, for the families of `ips`: each address's
+    /// subnet on its node, the bridge's address when not host-local's default, and the network
+    /// covering every node's subnet of that family.
+    fn subnet_envs(&self, plan: &PodPlan) -> Result<Vec<crate::cni::SubnetEnv>, Error> {
+        use policyc_compiler::cidr::Family;
+        let node = self
+            .topology
+            .nodes
+            .get(&plan.node)
+            .ok_or_else(|| Error::new(format!("node {} is missing", plan.node)))?;
+        let mut envs = Vec::new();
+        for f in [Family::V4, Family::V6] {
+            let Some(ip) = plan.ips.iter().find(|ip| Family::of(ip) == f) else {
+                continue;
+            };
+            let subnet = topo::bridge_subnet(&node.prefixes, f)
+                .filter(|c| c.contains(ip))
+                .ok_or_else(|| {
+                    Error::new(format!(
+                        "the flannel attachment needs a pod subnet on node {} holding {} ({ip}); it has {:?}",
+                        plan.node,
+                        plan.id,
+                        node.prefixes.iter().map(ToString::to_string).collect::<Vec<_>>()
+                    ))
+                })?;
+            let gateway = match f {
+                Family::V4 => node.bridge_gateway_v4.map(IpAddr::V4),
+                Family::V6 => node.bridge_gateway_v6.map(IpAddr::V6),
+            };
+            let first_host = match subnet.addr() {
+                IpAddr::V4(a) => IpAddr::V4((u32::from(a) + 1).into()),
+                IpAddr::V6(a) => IpAddr::V6((u128::from(a) + 1).into()),
+            };
+            let subnets: Vec<Cidr> = self
+                .topology
+                .nodes
+                .values()
+                .filter_map(|n| topo::bridge_subnet(&n.prefixes, f))
+                .collect();
+            envs.push(crate::cni::SubnetEnv {
+                subnet,
+                gateway: gateway.filter(|g| *g != first_host),
+                network: topo::covering(&subnets, if f == Family::V4 { 16 } else { 48 }),
+            });
+        }
+        Ok(envs)
+    }
+
+    fn cni_config(&self, plan: &PodPlan) -> Result<serde_json::Value, Error> {
+        Ok(crate::cni::delegate_config(
+            &self.subnet_envs(plan)?,
+            topo::POD_MTU,
+            &self.ipam_dir(&plan.node),
+            &plan.ips,
+        ))
+    }
+
+    fn container_id(&self, pod: &ObjectRef) -> String {
+        format!("{}-{}.{}", self.prefix, pod.namespace, pod.name)
     }
 
     fn create_underlay(&mut self) -> Result<(), Error> {
@@ -323,6 +449,21 @@ impl Lab {
         let mut names = Vec::new();
         let mut per_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for p in pods {
+            if self.opts.attachment == Attachment::Flannel {
+                // CNI DEL, as the kubelet does: host-local releases the address, the veth goes.
+                if let (Some(state), Some(plan)) = (self.pods.get(p), self.topology.pods.get(p)) {
+                    if let (Some(node), Ok(conf)) = (self.nodes.get(&plan.node), self.cni_config(plan)) {
+                        let netns = sys::netns_path(&state.netns);
+                        if let Err(e) = crate::cni::del(&node.netns, &netns, &self.container_id(p), &conf) {
+                            eprintln!("lab {}: {e}", self.prefix);
+                        }
+                    }
+                }
+                if let Some(state) = self.pods.remove(p) {
+                    names.push(state.netns.clone());
+                }
+                continue;
+            }
             if let Some(state) = self.pods.remove(p) {
                 // Dropping the state stops the listener thread and closes its sockets.
                 names.push(state.netns.clone());
@@ -358,6 +499,7 @@ impl Lab {
             if let Some(state) = self.nodes.remove(n) {
                 names.push(state.netns);
             }
+            let _ = std::fs::remove_dir_all(self.ipam_dir(n));
             if let Some(plan) = self.topology.nodes.get(n) {
                 ports.push(format!("link del ul{}", plan.index));
             }
@@ -407,6 +549,16 @@ impl Lab {
                     ("net.ipv6.icmp.ratelimit".into(), "0"),
                 ],
             )?;
+            if self.opts.attachment == Attachment::Flannel {
+                // br_netfilter: bridged (same-node) pod traffic goes through the inet hooks.
+                sys::sysctls(
+                    ns,
+                    &[
+                        ("net.bridge.bridge-nf-call-iptables".into(), "1"),
+                        ("net.bridge.bridge-nf-call-ip6tables".into(), "1"),
+                    ],
+                )?;
+            }
             let port = format!("ul{}", n.index);
             let mut cmds = vec![
                 "link set lo up".to_string(),
@@ -494,6 +646,9 @@ impl Lab {
                     ("net.ipv6.icmp.ratelimit".into(), "0"),
                 ],
             )?;
+            if self.opts.attachment == Attachment::Flannel {
+                continue;
+            }
             let links = per_node_links.entry(p.node.as_str()).or_default();
             links.push(format!(
                 "link add {} address {} type veth peer name eth0 netns {ns}",
@@ -514,7 +669,24 @@ impl Lab {
                 .ok_or_else(|| Error::new(format!("node {node} is missing")))?;
             sys::batch("ip", Some(&state.netns), cmds)?;
         }
+        let mut ports: BTreeMap<ObjectRef, String> = BTreeMap::new();
+        if self.opts.attachment == Attachment::Flannel {
+            for (p, ns) in new.iter().zip(&names) {
+                sys::batch("ip", Some(ns), &["link set lo up".to_string()])?;
+                let node = self
+                    .nodes
+                    .get(&p.node)
+                    .ok_or_else(|| Error::new(format!("node {} is missing", p.node)))?;
+                let conf = self.cni_config(p)?;
+                let port = crate::cni::add(&node.netns, &sys::netns_path(ns), &self.container_id(&p.id), &conf)?;
+                ports.insert(p.id.clone(), port);
+            }
+            self.forget_neighbours(new)?;
+        }
         for (p, ns) in new.iter().zip(&names) {
+            if self.opts.attachment == Attachment::Flannel {
+                break;
+            }
             let mut cmds = vec![
                 "link set lo up".to_string(),
                 format!("link set eth0 mtu {}", topo::POD_MTU),
@@ -553,9 +725,33 @@ impl Lab {
                 p.id.clone(),
                 PodState {
                     netns: ns,
+                    port: ports.remove(&p.id),
                     _listener: listener,
                 },
             );
+        }
+        Ok(())
+    }
+
+    /// A new pod on a bridge may have the address of a pod just deleted: its node and the other
+    /// pods on its bridge would keep the old MAC (the bridge plugin sends no gratuitous ARP)
+    /// until the neighbour entry times out. A kubelet would not help either; the lab forgets
+    /// those entries so that probes right after the change judge the rules, not ARP.
+    fn forget_neighbours(&self, new: &[PodPlan]) -> Result<(), Error> {
+        let mut per_netns: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for p in new {
+            let cmds: Vec<String> = p.ips.iter().map(|ip| format!("neigh flush to {ip}")).collect();
+            if let Some(node) = self.nodes.get(&p.node) {
+                per_netns.entry(node.netns.clone()).or_default().extend(cmds.clone());
+            }
+            for other in self.topology.pods_of(&p.node).filter(|o| o.id != p.id) {
+                if let Some(state) = self.pods.get(&other.id) {
+                    per_netns.entry(state.netns.clone()).or_default().extend(cmds.clone());
+                }
+            }
+        }
+        for (ns, cmds) in &per_netns {
+            let _ = sys::batch_force("ip", Some(ns), cmds);
         }
         Ok(())
     }
@@ -570,12 +766,13 @@ impl Lab {
     /// tier runs it for real.
     pub fn reload(&mut self) -> Result<(), Error> {
         let mut compiler = Compiler::new(&self.snapshot);
+        let options: BTreeMap<String, CompileOptions> = self
+            .nodes
+            .keys()
+            .map(|n| (n.clone(), self.compile_options(Some(n.clone()))))
+            .collect();
         for (name, state) in self.nodes.iter_mut() {
-            let ir = compiler.compile(&CompileOptions {
-                node: Some(name.clone()),
-                interface_prefix: self.opts.interface_prefix.clone(),
-                ..CompileOptions::default()
-            });
+            let ir = compiler.compile(&options[name]);
             let text = policyc_compiler::render::nft::render(&ir, true)
                 .map_err(|e| Error::new(format!("rendering the rules of {name}: {e}")))?;
             sys::netns_exec_stdin(&state.netns, &["nft", "-f", "-"], &text)
@@ -589,7 +786,9 @@ impl Lab {
     /// Removes policyc's table from every node (no rules at all), and empties conntrack.
     pub fn clear_rules(&mut self) -> Result<(), Error> {
         for (name, state) in self.nodes.iter_mut() {
-            let script = format!("table inet {TABLE}\ndelete table inet {TABLE}\n");
+            let script = format!(
+                "table inet {TABLE}\ndelete table inet {TABLE}\ntable bridge {TABLE}\ndelete table bridge {TABLE}\n"
+            );
             sys::netns_exec_stdin(&state.netns, &["nft", "-f", "-"], &script)
                 .map_err(|e| Error::new(format!("removing the rules of {name}: {e}")))?;
             state.applied = None;
@@ -607,11 +806,7 @@ impl Lab {
         self.clear_rules()?;
         let mut compiler = Compiler::new(&self.snapshot);
         for (name, state) in &self.nodes {
-            let ir = compiler.compile(&CompileOptions {
-                node: Some(name.clone()),
-                interface_prefix: self.opts.interface_prefix.clone(),
-                ..CompileOptions::default()
-            });
+            let ir = compiler.compile(&self.compile_options(Some(name.clone())));
             let ns = &state.netns;
             let feed = |args: &[&str], input: String| sys::netns_exec_stdin(ns, args, &input);
             feed(&["ipset", "restore", "-exist"], ipt::render_ipset(&ir))?;

@@ -27,6 +27,7 @@ pub mod apiserver;
 pub mod bench;
 pub mod cleanup;
 pub mod cluster;
+pub mod cni;
 pub mod conntrack;
 pub mod counters;
 pub mod flannel;
@@ -34,12 +35,13 @@ pub mod lab;
 pub mod listen;
 pub mod probe;
 pub mod sctp;
+pub mod spoof;
 pub mod sys;
 pub mod topo;
 pub mod traffic;
 pub mod verify;
 
-pub use lab::{Lab, LabOptions, Overlay, ProbeMatrix};
+pub use lab::{Attachment, Lab, LabOptions, Overlay, ProbeMatrix};
 pub use probe::Outcome;
 
 /// A lab failure, as one line.

@@ -53,6 +53,11 @@ pub struct NodePlan {
     /// Next hops other nodes use for this node's prefixes (flannel: the subnet's first address).
     pub gateway_v4: Option<Ipv4Addr>,
     pub gateway_v6: Option<Ipv6Addr>,
+    /// The flannel attachment's `cni0` address per family (the pods' gateway): host-local's
+    /// default, the subnet's first host, unless a pod of the snapshot has that address; then
+    /// the highest free address of the subnet. `None` without a subnet of that family.
+    pub bridge_gateway_v4: Option<Ipv4Addr>,
+    pub bridge_gateway_v6: Option<Ipv6Addr>,
 }
 
 /// One pod of the lab.
@@ -226,6 +231,8 @@ impl Topology {
                     prefixes: node.map(|n| n.pod_cidrs.clone()).unwrap_or_default(),
                     gateway_v4: None,
                     gateway_v6: None,
+                    bridge_gateway_v4: None,
+                    bridge_gateway_v6: None,
                 },
             );
         }
@@ -282,6 +289,17 @@ impl Topology {
                 IpAddr::V4(_) => unreachable!("IPv6 gateway"),
             });
         }
+        let taken: BTreeSet<IpAddr> = pods.values().flat_map(|p| p.ips.iter().copied()).collect();
+        for n in nodes.values_mut() {
+            n.bridge_gateway_v4 = bridge_gateway(&n.prefixes, Family::V4, &taken).map(|ip| match ip {
+                IpAddr::V4(v4) => v4,
+                IpAddr::V6(_) => unreachable!("IPv4 gateway"),
+            });
+            n.bridge_gateway_v6 = bridge_gateway(&n.prefixes, Family::V6, &taken).map(|ip| match ip {
+                IpAddr::V6(v6) => v6,
+                IpAddr::V4(_) => unreachable!("IPv6 gateway"),
+            });
+        }
         Ok(Topology { nodes, pods })
     }
 
@@ -289,6 +307,65 @@ impl Topology {
     pub fn pods_of<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a PodPlan> + 'a {
         self.pods.values().filter(move |p| p.node == node)
     }
+}
+
+/// A node's pod subnet of a family for the flannel attachment: its first prefix of that family
+/// that is a subnet (not a host route).
+pub fn bridge_subnet(prefixes: &[Cidr], f: Family) -> Option<Cidr> {
+    prefixes
+        .iter()
+        .find(|c| c.family() == f && c.prefix() < f.bits())
+        .copied()
+}
+
+/// The smallest prefix (at most a /`max_len`) covering every subnet: flannel's Network.
+pub fn covering(subnets: &[Cidr], max_len: u8) -> Cidr {
+    let bits = |c: &Cidr| match c.addr() {
+        IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
+        IpAddr::V6(a) => u128::from(a),
+    };
+    let Some(first) = subnets.first() else {
+        return Cidr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).expect("valid prefix");
+    };
+    let width = first.family().bits();
+    let mut len = subnets.iter().map(Cidr::prefix).min().unwrap_or(max_len).min(max_len);
+    for c in subnets.iter().filter(|c| c.family() == first.family()) {
+        len = len.min((bits(first) ^ bits(c)).leading_zeros().min(u32::from(width)) as u8);
+    }
+    let keep = bits(first) & !(u128::MAX.checked_shr(u32::from(len)).unwrap_or(0));
+    let addr = match first.addr() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from((keep >> 96) as u32)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(keep)),
+    };
+    Cidr::new(addr, len).expect("valid prefix")
+}
+
+/// The bridge's address in a node's subnet (see [`NodePlan::bridge_gateway_v4`]).
+fn bridge_gateway(prefixes: &[Cidr], f: Family, taken: &BTreeSet<IpAddr>) -> Option<IpAddr> {
+    let subnet = bridge_subnet(prefixes, f)?;
+    let (base, host_bits) = match subnet.addr() {
+        IpAddr::V4(a) => (u128::from(u32::from(a)), 32 - u32::from(subnet.prefix())),
+        IpAddr::V6(a) => (u128::from(a), 128 - u32::from(subnet.prefix())),
+    };
+    let at = |offset: u128| -> IpAddr {
+        match subnet.addr() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from((base + offset) as u32)),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(base + offset)),
+        }
+    };
+    if host_bits < 2 {
+        return None;
+    }
+    // The last address of an IPv4 subnet is its broadcast address.
+    let last = if host_bits >= 64 {
+        u64::MAX as u128
+    } else {
+        (1u128 << host_bits) - 2
+    };
+    std::iter::once(1u128)
+        .chain((1..=last).rev().take(4096))
+        .map(at)
+        .find(|ip| !taken.contains(ip))
 }
 
 /// Flannel's VTEP address: the first address of the node's first subnet of that family. A node
@@ -328,6 +405,35 @@ mod tests {
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{nodeName: {node}, containers: [{{name: c, image: i, ports: [{{containerPort: 80}}, {{containerPort: 80}}, {{containerPort: 53, protocol: UDP}}]}}]}}\nstatus: {{phase: Running, podIPs: [{}]}}\n",
             ips.join(", ")
         )
+    }
+
+    #[test]
+    fn covering_and_bridge_gateway() {
+        let c = |s: &str| -> Cidr { s.parse().unwrap() };
+        assert_eq!(
+            covering(&[c("10.244.1.0/24"), c("10.244.2.0/24")], 16),
+            c("10.244.0.0/16")
+        );
+        assert_eq!(
+            covering(&[c("10.244.1.0/24"), c("10.245.0.0/24")], 16),
+            c("10.244.0.0/15")
+        );
+        assert_eq!(
+            covering(&[c("fd00:40:1::/64"), c("fd00:40:2::/64")], 48),
+            c("fd00:40::/46")
+        );
+        let none = BTreeSet::new();
+        let p = [c("10.30.1.0/24")];
+        assert_eq!(
+            bridge_gateway(&p, Family::V4, &none),
+            Some("10.30.1.1".parse().unwrap())
+        );
+        let taken: BTreeSet<IpAddr> = ["10.30.1.1".parse().unwrap(), "10.30.1.254".parse().unwrap()].into();
+        assert_eq!(
+            bridge_gateway(&p, Family::V4, &taken),
+            Some("10.30.1.253".parse().unwrap())
+        );
+        assert_eq!(bridge_gateway(&[c("10.30.1.5/32")], Family::V4, &none), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use policyc_compiler::{Loader, ObjectRef, Protocol, Snapshot};
-use policyc_lab::{cleanup, topo, Lab, LabOptions, Outcome};
+use policyc_lab::{cleanup, topo, Attachment, Lab, LabOptions, Outcome};
 
 /// Two nodes, three pods: x/a and x/c on node-1, x/b on node-2.
 const CLUSTER: &str = "
@@ -68,14 +68,39 @@ fn ping(lab: &Lab, from: &ObjectRef, to: &str, payload: usize) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// A lab of `docs` with `attachment`; `None` (skipped) when the flannel attachment cannot run.
+fn lab_with(attachment: Attachment, docs: &[&str]) -> Option<Lab> {
+    if attachment == Attachment::Flannel && !policyc_testhost::require(policyc_lab::cni::check()) {
+        return None;
+    }
+    let opts = LabOptions {
+        attachment,
+        ..LabOptions::default()
+    };
+    Some(Lab::new(&snapshot(docs), opts).unwrap())
+}
+
 #[test]
-fn overlay_mtu_is_underlay_minus_vxlan() {
+fn overlay_mtu_is_underlay_minus_vxlan_canal() {
     require_lab!();
+    overlay_mtu(Attachment::Canal);
+}
+
+/// Also across the bridge: the bridge plugin gives pods, their veths and cni0 FLANNEL_MTU.
+#[test]
+fn overlay_mtu_is_underlay_minus_vxlan_flannel() {
+    require_lab!();
+    overlay_mtu(Attachment::Flannel);
+}
+
+fn overlay_mtu(attachment: Attachment) {
     if policyc_testhost::on_path(&["ping"]).is_err() {
         policyc_testhost::skip("ping is not installed (apt-get install iputils-ping)");
         return;
     }
-    let lab = Lab::new(&snapshot(&[CLUSTER]), LabOptions::default()).unwrap();
+    let Some(lab) = lab_with(attachment, &[CLUSTER]) else {
+        return;
+    };
     let a = pod("x", "a");
     // 1422 bytes of ICMP payload + 8 (ICMP) + 20 (IPv4) = 1450 = the pod MTU; with VXLAN's 50
     // bytes that is exactly the underlay's 1500.
@@ -91,13 +116,26 @@ fn overlay_mtu_is_underlay_minus_vxlan() {
     );
     // The same on one node (no overlay): the pod's eth0 is the limit.
     assert!(ping(&lab, &a, "10.60.1.2", fits));
+    assert!(!ping(&lab, &a, "10.60.1.2", fits + 1));
     lab.teardown().unwrap();
 }
 
 #[test]
-fn blocked_connections_time_out_and_never_get_rst() {
+fn blocked_connections_time_out_and_never_get_rst_canal() {
     require_lab!();
-    let mut lab = Lab::new(&snapshot(&[CLUSTER]), LabOptions::default()).unwrap();
+    blocked_connections(Attachment::Canal);
+}
+
+#[test]
+fn blocked_connections_time_out_and_never_get_rst_flannel() {
+    require_lab!();
+    blocked_connections(Attachment::Flannel);
+}
+
+fn blocked_connections(attachment: Attachment) {
+    let Some(mut lab) = lab_with(attachment, &[CLUSTER]) else {
+        return;
+    };
     let (a, b, c) = (pod("x", "a"), pod("x", "b"), pod("x", "c"));
 
     // Without rules: connected on a listening port, refused (RST) on another one.
@@ -135,9 +173,22 @@ fn blocked_connections_time_out_and_never_get_rst() {
 }
 
 #[test]
-fn pods_and_nodes_come_and_go() {
+fn pods_and_nodes_come_and_go_canal() {
     require_lab!();
-    let mut lab = Lab::new(&snapshot(&[CLUSTER]), LabOptions::default()).unwrap();
+    pods_and_nodes_come_and_go(Attachment::Canal);
+}
+
+/// With CNI DEL and ADD on the nodes' bridges.
+#[test]
+fn pods_and_nodes_come_and_go_flannel() {
+    require_lab!();
+    pods_and_nodes_come_and_go(Attachment::Flannel);
+}
+
+fn pods_and_nodes_come_and_go(attachment: Attachment) {
+    let Some(mut lab) = lab_with(attachment, &[CLUSTER]) else {
+        return;
+    };
     let prefix = lab.prefix().to_string();
     assert_eq!(lab.topology().nodes.len(), 2);
 
@@ -192,10 +243,22 @@ fn host_links() -> Vec<String> {
 }
 
 #[test]
-fn no_lab_namespace_reaches_the_host() {
+fn no_lab_namespace_reaches_the_host_canal() {
     require_lab!();
+    no_lab_namespace_reaches_the_host(Attachment::Canal);
+}
+
+#[test]
+fn no_lab_namespace_reaches_the_host_flannel() {
+    require_lab!();
+    no_lab_namespace_reaches_the_host(Attachment::Flannel);
+}
+
+fn no_lab_namespace_reaches_the_host(attachment: Attachment) {
     let host_before = host_links();
-    let lab = Lab::new(&snapshot(&[CLUSTER]), LabOptions::default()).unwrap();
+    let Some(lab) = lab_with(attachment, &[CLUSTER]) else {
+        return;
+    };
     let prefix = lab.prefix().to_string();
     let names = cleanup::namespaces_with_prefix(&format!("{prefix}-"));
     assert_eq!(names.len(), 1 + 2 + 3, "underlay, two nodes, three pods: {names:?}");

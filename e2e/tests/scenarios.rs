@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use policyc_lab::verify::{self, Report, VerifyOptions};
-use policyc_lab::{Lab, LabOptions};
+use policyc_lab::{Attachment, Lab, LabOptions};
 
 /// Number of `It` blocks in the upstream suite (test/e2e/network/netpol/network_policy.go).
 const UPSTREAM_TESTS: usize = 48;
@@ -56,8 +56,24 @@ fn scenario_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn every_scenario_with_real_packets() {
+fn every_scenario_with_real_packets_canal() {
     require_lab!();
+    every_scenario(Attachment::Canal);
+}
+
+/// The same scenarios with pods attached as plain Flannel attaches them (the real bridge and
+/// host-local CNI plugins, br_netfilter on): the rules dispatch by pod address behind the bridge
+/// table's per-port source guard.
+#[test]
+fn every_scenario_with_real_packets_flannel() {
+    require_lab!();
+    if !policyc_testhost::require(policyc_lab::cni::check()) {
+        return;
+    }
+    every_scenario(Attachment::Flannel);
+}
+
+fn every_scenario(attachment: Attachment) {
     let started = Instant::now();
     let files = scenario_files(&scenarios_dir());
     let upstream = files
@@ -86,7 +102,10 @@ fn every_scenario_with_real_packets() {
         (inc, f.clone())
     });
 
-    let opts = LabOptions::default();
+    let opts = LabOptions {
+        attachment,
+        ..LabOptions::default()
+    };
     let vopts = VerifyOptions::default();
     let mut lab: Option<Lab> = None;
     let (mut steps, mut ports) = (0usize, 0usize);
@@ -126,7 +145,8 @@ fn every_scenario_with_real_packets() {
         );
     }
     eprintln!(
-        "{} scenarios, {steps} steps, {ports} port checks in {:.1} s",
+        "{} attachment: {} scenarios, {steps} steps, {ports} port checks in {:.1} s",
+        attachment.name(),
         loaded.len(),
         started.elapsed().as_secs_f64()
     );

@@ -597,6 +597,27 @@ fn bridge_base_chains(ir: &Ir, bridge: &str) -> Vec<Chain> {
             action: Action::Verdict(Verdict::Accept),
             comment: None,
         });
+        if hook == Hook::Forward && d == Direction::Egress {
+            // Pods on one bridge share a link: one pod reaches another by its IPv6 link-local
+            // address, which no dispatch map holds. Neighbour discovery is accepted above;
+            // everything else between pods from a link-local source is dropped, or it would
+            // pass unjudged without fail-closed.
+            rules.push(Rule {
+                matches: vec![
+                    Match::Ifname(Iface::In, bridge.to_string()),
+                    Match::Ifname(Iface::Out, bridge.to_string()),
+                    Match::AddrPrefix {
+                        family: Family::V6,
+                        end: End::Source,
+                        net: IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)),
+                        len: 10,
+                    },
+                ],
+                counter: true,
+                action: Action::Verdict(Verdict::Drop),
+                comment: Some(comment(&labels::link_local_bridged(bridge))),
+            });
+        }
         let end = match d {
             Direction::Egress => End::Source,
             Direction::Ingress => End::Destination,

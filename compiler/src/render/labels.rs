@@ -56,5 +56,10 @@ pub fn spoofed(ep: &Endpoint) -> String {
 /// An unknown bridge port sending with a known pod's address.
 pub const SPOOFED_UNKNOWN_PORT: &str = "bridge port not programmed yet sends as a local pod: spoofed, dropped";
 
+/// IPv6 link-local traffic between pods on one bridge: it carries no pod address to dispatch on.
+pub fn link_local_bridged(bridge: &str) -> String {
+    format!("{bridge}: link-local traffic between pods has no pod address: dropped")
+}
+
 /// Bridged pod traffic that the `inet` hooks did not see.
 pub const UNSEEN_BRIDGED: &str = "bridged pod traffic not seen by policyc (br_netfilter off): fail closed";
