@@ -640,6 +640,19 @@ fn bridge_base_chains(ir: &Ir, bridge: &str) -> Vec<Chain> {
                 action: Action::Verdict(Verdict::Drop),
                 comment: Some(comment(&labels::fail_closed_bridge(bridge, d))),
             });
+        } else if hook == Hook::Forward && d == Direction::Ingress {
+            // Bridged traffic to an address no local pod has (subnet or limited broadcast,
+            // multicast) would reach every pod on the bridge unjudged; without fail-closed it
+            // is dropped here (with fail-closed, by the rule above).
+            rules.push(Rule {
+                matches: vec![
+                    Match::Ifname(Iface::In, bridge.to_string()),
+                    Match::Ifname(Iface::Out, bridge.to_string()),
+                ],
+                counter: true,
+                action: Action::Verdict(Verdict::Drop),
+                comment: Some(comment(&labels::bridged_to_no_pod(bridge))),
+            });
         }
         Chain {
             name: name.to_string(),

@@ -63,3 +63,8 @@ pub fn link_local_bridged(bridge: &str) -> String {
 
 /// Bridged pod traffic that the `inet` hooks did not see.
 pub const UNSEEN_BRIDGED: &str = "bridged pod traffic not seen by policyc (br_netfilter off): fail closed";
+
+/// Bridged traffic to an address no local pod has (broadcast, multicast), without fail-closed.
+pub fn bridged_to_no_pod(bridge: &str) -> String {
+    format!("{bridge}: bridged traffic to no pod of this node (broadcast, multicast): dropped")
+}
