@@ -165,11 +165,6 @@ impl ClusterLab {
                 "a cluster lab starts without policies: apply them with kubectl",
             ));
         }
-        if opts.lab.attachment != crate::lab::Attachment::Canal {
-            return Err(Error::new(
-                "the agents' tier runs the Canal attachment only: the agent's netlink writer does not encode the bridge table yet",
-            ));
-        }
         let lab_opts = LabOptions {
             overlay: Overlay::External,
             ..opts.lab.clone()
@@ -706,11 +701,11 @@ impl ClusterLab {
             .nodes
             .keys()
             .map(|node| {
+                // The agents fail closed; on a bridge each finds the ports the lab's CNI
+                // plugin made.
                 let ir = compiler.compile(&CompileOptions {
-                    node: Some(node.clone()),
-                    interface_prefix: self.opts.lab.interface_prefix.clone(),
                     fail_closed: true,
-                    ..Default::default()
+                    ..self.lab.compile_options(Some(node.clone()))
                 });
                 (node.clone(), ir.ruleset_hash())
             })
@@ -791,6 +786,7 @@ impl ClusterLab {
             .args(["--debounce-ms", &self.opts.debounce_ms.to_string()])
             .args(["--status-progress-ms", &self.opts.status_progress_ms.to_string()])
             .args(["--interface-prefix", &self.opts.lab.interface_prefix])
+            .args(["--attachment", self.opts.lab.attachment.name()])
             .arg("--kubeconfig")
             .arg(&self.agent_kubeconfig)
             .env_remove("KUBECONFIG")

@@ -106,6 +106,21 @@ pub fn send_udp(netns: &Path, dst: Ipv4Addr, dport: u16, payload: &[u8], count: 
     })?
 }
 
+/// Sends `count` UDP datagrams to a broadcast address from the namespace at `netns`.
+pub fn send_udp_broadcast(netns: &Path, dst: Ipv4Addr, dport: u16, payload: &[u8], count: usize) -> Result<(), Error> {
+    sys::in_netns(netns, || -> Result<(), Error> {
+        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| Error::new(format!("udp socket: {e}")))?;
+        s.set_broadcast(true)
+            .map_err(|e| Error::new(format!("SO_BROADCAST: {e}")))?;
+        for _ in 0..count {
+            s.send_to(payload, SocketAddr::from((dst, dport)))
+                .map_err(|e| Error::new(format!("broadcasting to {dst}: {e}")))?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    })?
+}
+
 /// A datagram received: its source and payload.
 type Datagram = (SocketAddr, Vec<u8>);
 

@@ -34,6 +34,7 @@ use policyc_compiler::render::CUT_MARK;
 use policyc_lab::cluster::{ClusterLab, ClusterOptions};
 use policyc_lab::traffic::{Expect, PairCounts, Prober};
 use policyc_lab::verify::{self, Report, VerifyOptions};
+use policyc_lab::Attachment;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -62,9 +63,30 @@ fn upstream_dir() -> PathBuf {
 }
 
 #[test]
-fn upstream_scenarios_through_apiserver_and_agents() {
+fn upstream_scenarios_through_apiserver_and_agents_canal() {
+    upstream_scenarios(Attachment::Canal);
+}
+
+#[test]
+fn upstream_scenarios_through_apiserver_and_agents_flannel() {
+    upstream_scenarios(Attachment::Flannel);
+}
+
+/// Cluster options for one attachment; `None` (skipped, or failed under CI) when the flannel
+/// attachment's CNI plugins or br_netfilter are missing.
+fn attachment_options(mut opts: ClusterOptions, attachment: Attachment) -> Option<ClusterOptions> {
+    if attachment == Attachment::Flannel && !policyc_testhost::require(policyc_lab::cni::check()) {
+        return None;
+    }
+    opts.lab.attachment = attachment;
+    Some(opts)
+}
+
+fn upstream_scenarios(attachment: Attachment) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let opts = require_cluster!();
+    let Some(opts) = attachment_options(require_cluster!(), attachment) else {
+        return;
+    };
     let started = Instant::now();
     let mut files: Vec<PathBuf> = std::fs::read_dir(upstream_dir())
         .expect("scenarios/upstream")
@@ -121,8 +143,9 @@ fn upstream_scenarios_through_apiserver_and_agents() {
     }
     drop(cluster);
     eprintln!(
-        "{} scenarios through the API server and agents: {steps} steps, {ports} port checks in {:.1} s",
+        "{} scenarios through the API server and agents ({}): {steps} steps, {ports} port checks in {:.1} s",
         loaded.len(),
+        attachment.name(),
         started.elapsed().as_secs_f64()
     );
     assert!(ports > 0, "no port was checked");
@@ -1764,4 +1787,87 @@ fn flanneld_programs_the_same_overlay_as_the_lab() {
         "1"
     ));
     eprintln!("test took {:?}", started.elapsed());
+}
+
+// === Anti-spoofing through the agents ===
+
+/// Pod x/b sends UDP datagrams carrying x/a's address to x/c, whose ingress admits only x/a,
+/// cross-node and (x/b2) same-node, with the agents programming the nodes: none arrives, x/a's own
+/// do, and the guard of the sender's interface counts them by name.
+fn forged_sources_through_agents(attachment: Attachment) {
+    use policyc_lab::spoof::{self, Receiver};
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(opts) = attachment_options(require_cluster!(), attachment) else {
+        return;
+    };
+    let yaml = [
+        pod("x", "a", "node-1", "10.71.1.2", "pod: a"),
+        pod("x", "c", "node-1", "10.71.1.3", "pod: c"),
+        pod("x", "b2", "node-1", "10.71.1.4", "pod: b2"),
+        pod("x", "b", "node-2", "10.71.2.2", "pod: b"),
+    ]
+    .concat();
+    let mut cluster = ClusterLab::start(&snapshot(&yaml), opts).expect("starting the cluster lab");
+    let policy = serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "only-a", "namespace": "x"},
+        "spec": {"podSelector": {"matchLabels": {"pod": "c"}}, "policyTypes": ["Ingress"],
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "a"}}}]}]}
+    });
+    cluster.enforce_policies(&[policy]).expect("policy enforced");
+    let (a, c) = (
+        std::net::Ipv4Addr::new(10, 71, 1, 2),
+        std::net::Ipv4Addr::new(10, 71, 1, 3),
+    );
+    let rx = Receiver::start(&pod_netns(&cluster, "x", "c"), 7777).unwrap();
+    let before = cluster.lab().counters().unwrap();
+    spoof::send_udp(&pod_netns(&cluster, "x", "a"), c, 7777, b"real-a", 5).unwrap();
+    spoof::send_udp_as(&pod_netns(&cluster, "x", "b"), a, c, 7777, b"forged-cross", 5).unwrap();
+    spoof::send_udp_as(&pod_netns(&cluster, "x", "b2"), a, c, 7777, b"forged-same", 5).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while rx.count(b"real-a") < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rx.count(b"real-a"), 5, "{}: x/a's own datagrams", attachment.name());
+    assert_eq!(
+        rx.count(b"forged-cross"),
+        0,
+        "{}: forged by x/b on node-2",
+        attachment.name()
+    );
+    assert_eq!(
+        rx.count(b"forged-same"),
+        0,
+        "{}: forged by x/b2 on node-1",
+        attachment.name()
+    );
+    let hits = before.diff(&cluster.lab().counters().unwrap());
+    let packets = |node: &str, pod: &str| -> u64 {
+        let comment = format!("x/{pod}: source address not the pod's: spoofed, dropped");
+        hits.iter()
+            .filter(|h| h.node == node && h.comment.as_deref() == Some(comment.as_str()))
+            .map(|h| h.packets)
+            .sum()
+    };
+    let text: Vec<String> = hits.iter().map(|h| format!("{h} ({} packets)", h.packets)).collect();
+    assert!(packets("node-2", "b") >= 5, "{}: {text:#?}", attachment.name());
+    assert!(packets("node-1", "b2") >= 5, "{}: {text:#?}", attachment.name());
+    eprintln!(
+        "{}: forged datagrams dropped by the agents' guards: node-2 x/b {}, node-1 x/b2 {}",
+        attachment.name(),
+        packets("node-2", "b"),
+        packets("node-1", "b2")
+    );
+    drop(rx);
+}
+
+#[test]
+fn forged_sources_are_dropped_through_agents_canal() {
+    forged_sources_through_agents(Attachment::Canal);
+}
+
+#[test]
+fn forged_sources_are_dropped_through_agents_flannel() {
+    forged_sources_through_agents(Attachment::Flannel);
 }

@@ -341,3 +341,47 @@ fn link_local_between_pods_is_judged() {
         );
     }
 }
+
+/// Without fail-closed, a broadcast from one pod must not reach a pod whose ingress denies
+/// everyone: no dispatch map holds a broadcast address, so the bridge attachment drops bridged
+/// traffic to no pod of the node.
+#[test]
+fn flannel_broadcasts_do_not_bypass_ingress() {
+    let Some(mut lab) = lab(Attachment::Flannel, false, &[CLUSTER]) else {
+        return;
+    };
+    let rx = Receiver::start(&pod_netns(&lab, "c"), UDP_PORT).unwrap();
+    let a = pod_netns(&lab, "a");
+    let subnet = Ipv4Addr::new(10, 70, 1, 255);
+
+    // Without rules the broadcasts arrive: the path works, only the rules stop them.
+    lab.clear_rules().unwrap();
+    spoof::send_udp_broadcast(&a, subnet, UDP_PORT, b"bare-subnet", COUNT).unwrap();
+    assert_eq!(arrived(&rx, b"bare-subnet", COUNT), COUNT, "subnet broadcast, no rules");
+
+    lab.update(&snapshot(&[CLUSTER, DENY_ALL_INGRESS])).unwrap();
+    let before = lab.counters().unwrap();
+    spoof::send_udp_broadcast(&a, subnet, UDP_PORT, b"denied-subnet", COUNT).unwrap();
+    spoof::send_udp_broadcast(&a, Ipv4Addr::BROADCAST, UDP_PORT, b"denied-limited", COUNT).unwrap();
+    assert_eq!(
+        arrived(&rx, b"denied-subnet", 1),
+        0,
+        "subnet broadcast through deny-all"
+    );
+    assert_eq!(
+        arrived(&rx, b"denied-limited", 1),
+        0,
+        "limited broadcast through deny-all"
+    );
+    let hits = before.diff(&lab.counters().unwrap());
+    let comment = policyc_compiler::render::labels::bridged_to_no_pod(policyc_lab::cni::BRIDGE);
+    assert!(
+        hit_packets(&hits, "node-1", &comment) >= COUNT as u64,
+        "{:#?}",
+        hits.iter()
+            .map(|h| format!("{h} ({} packets)", h.packets))
+            .collect::<Vec<_>>()
+    );
+    drop(rx);
+    lab.teardown().unwrap();
+}
