@@ -239,10 +239,21 @@ fn only_from(pods: &[&str]) -> serde_json::Value {
 /// resume; far stays cut.
 #[test]
 fn conntrack_cut_stops_denied_flows_and_keeps_allowed_ones() {
+    conntrack_cut_stops_denied_flows(Attachment::Canal);
+}
+
+#[test]
+fn conntrack_cut_stops_denied_flows_and_keeps_allowed_ones_flannel() {
+    conntrack_cut_stops_denied_flows(Attachment::Flannel);
+}
+
+fn conntrack_cut_stops_denied_flows(attachment: Attachment) {
     use policyc_lab::traffic::{Sink, Stream, STREAM_CHUNK};
 
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let opts = require_cluster!();
+    let Some(opts) = attachment_options(require_cluster!(), attachment) else {
+        return;
+    };
     let started = Instant::now();
     let s = snapshot(
         &[
