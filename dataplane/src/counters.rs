@@ -22,9 +22,17 @@
 //! * **Consistent dumps.** nf_tables flags a dump `NLM_F_DUMP_INTR` when the ruleset changed
 //!   while it was read (a commit in between); such a dump, and one the kernel ends with `EINTR`
 //!   or `EAGAIN`, or one whose messages were lost (`ENOBUFS`), is read again, up to
-//!   [`DUMP_ATTEMPTS`] times ([`CountersError::Inconsistent`] after that). So the rules returned
-//!   are those of one generation of the ruleset; their counters are read as the kernel walks
-//!   them, like `nft` does.
+//!   [`DUMP_ATTEMPTS`] times ([`CountersError::Inconsistent`] after that). The flag is not
+//!   enough: a commit bumps the generation number before it switches the rules over, so a dump
+//!   that starts in between sees a mix of both generations unflagged (seen on a loaded machine:
+//!   a 2,000-rule table dumped as empty, twice in a row, while the commit activated its rules).
+//!   So each dump is preceded by a barrier, an empty batch, which the kernel runs under its
+//!   commit mutex (it returns once any commit in progress has finished), and followed by the
+//!   generation number (`NFT_MSG_GETGEN`); a dump counts only when the next one has the same
+//!   generation and lists the same rules (chain and handle): at least two reads per call. A
+//!   dump torn by a commit differs from the one after the barrier that waited for that commit. So the rules returned are those of
+//!   one generation of the ruleset; their counters are read as the kernel walks them, like `nft`
+//!   does.
 //! * **Only counted rules.** Rules without a `counter` expression are left out; a rule with
 //!   several counters reports its first one.
 //! * **A missing table** is [`CountersError::NoTable`], as `nft list table` fails, not an empty
@@ -42,8 +50,8 @@ use std::time::Duration;
 use nix::errno::Errno;
 
 use crate::nla::{
-    be64, nfnl_msg_type, string, Attrs, Messages, MsgBuilder, NFGENMSG_LEN, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
-    NLMSG_OVERRUN, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    be32, be64, nfnl_msg_type, string, Attrs, Messages, MsgBuilder, NFGENMSG_LEN, NFNETLINK_V0, NLMSG_DONE,
+    NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use crate::socket::{NlSocket, SocketError};
 
@@ -54,6 +62,11 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_GEN_ID: u16 = 1;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFPROTO_INET: u8 = 1;
 const NFPROTO_BRIDGE: u8 = 7;
 
@@ -75,8 +88,8 @@ const NFTA_COUNTER_PACKETS: u16 = 2;
 // --- libnftnl/udata.h ---
 const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 
-/// How many times a dump is read again after an interruption.
-pub const DUMP_ATTEMPTS: u32 = 5;
+/// How many dumps one call reads at most (two agreeing ones end it).
+pub const DUMP_ATTEMPTS: u32 = 10;
 /// How long to wait for each message from the kernel.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// Dump datagrams are at most 32 KiB (`netlink_recvmsg` caps `max_recvmsg_len`).
@@ -172,9 +185,27 @@ pub fn rule_counters_of(
 ) -> Result<Vec<RuleCounters>, CountersError> {
     let mut reader = Reader::open(netns, family)?;
     reader.check_table(table)?;
+    // A dump counts when the next one, after a commit barrier and in the same generation, lists
+    // the same rules: see "Consistent dumps" above.
+    let mut previous: Option<(Vec<RuleCounters>, u32)> = None;
     for _ in 0..DUMP_ATTEMPTS {
-        match reader.dump_once(table) {
-            Ok(Some(rules)) => return Ok(rules),
+        let dumped = (|| -> Result<Option<(Vec<RuleCounters>, u32)>, CountersError> {
+            reader.barrier()?;
+            match reader.dump_once(table)? {
+                Some(rules) => Ok(Some((rules, reader.generation()?))),
+                None => Ok(None),
+            }
+        })();
+        match dumped {
+            Ok(Some((rules, generation))) => {
+                if previous
+                    .as_ref()
+                    .is_some_and(|(p, g)| *g == generation && same_rules(p, &rules))
+                {
+                    return Ok(rules);
+                }
+                previous = Some((rules, generation));
+            }
             // Interrupted: the dump ran to its end, the socket is fine.
             Ok(None) => {}
             // Lost messages or an error midway: a fresh socket, so nothing left over is read.
@@ -183,6 +214,11 @@ pub fn rule_counters_of(
         }
     }
     Err(CountersError::Inconsistent(DUMP_ATTEMPTS))
+}
+
+/// Whether two dumps list the same rules (chain and handle, in order); counters may differ.
+fn same_rules(a: &[RuleCounters], b: &[RuleCounters]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.handle == y.handle && x.chain == y.chain)
 }
 
 /// Whether the kernel has `table FAMILY <table>` (one table lookup).
@@ -256,6 +292,49 @@ impl Reader {
             Ok(n) => Ok(n),
             Err(Errno::EAGAIN) => Err(CountersError::Timeout(TIMEOUT)),
             Err(e) => Err(CountersError::io("recv", e)),
+        }
+    }
+
+    /// Waits until no commit is in progress: an empty batch, which the kernel handles under
+    /// the nf_tables commit mutex, synchronously within the send.
+    fn barrier(&mut self) -> Result<(), CountersError> {
+        // nfgenmsg with res_id = the nf_tables subsystem (big-endian), as batches carry it.
+        let header = [0u8, NFNETLINK_V0, 0, NFNL_SUBSYS_NFTABLES as u8];
+        let mut batch = Vec::new();
+        for ty in [NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END] {
+            self.seq = self.seq.wrapping_add(1);
+            batch.extend(MsgBuilder::with_header(ty, NLM_F_REQUEST, self.seq, &header).finish());
+        }
+        self.sock.send(&batch).map_err(|e| CountersError::io("send", e))
+    }
+
+    /// The ruleset's generation number (`NFT_MSG_GETGEN`).
+    fn generation(&mut self) -> Result<u32, CountersError> {
+        let seq = self.request(NFT_MSG_GETGEN, 0, |_| {})?;
+        loop {
+            let n = self.recv()?;
+            for msg in Messages(&self.buf[..n]) {
+                let msg = msg.map_err(CountersError::Malformed)?;
+                if msg.seq != seq {
+                    continue;
+                }
+                if msg.ty == NLMSG_ERROR {
+                    match msg.error().map_err(CountersError::Malformed)? {
+                        0 => continue,
+                        errno => return Err(CountersError::kernel("generation", Errno::from_raw(errno))),
+                    }
+                }
+                if msg.ty == nft_msg_type(NFT_MSG_NEWGEN) {
+                    let attrs = msg.payload.get(NFGENMSG_LEN..).unwrap_or_default();
+                    for attr in Attrs(attrs) {
+                        let (ty, data) = attr.map_err(CountersError::Malformed)?;
+                        if ty == NFTA_GEN_ID {
+                            return be32("generation id", data).map_err(CountersError::Malformed);
+                        }
+                    }
+                    return Err(CountersError::Malformed("NEWGEN without NFTA_GEN_ID".into()));
+                }
+            }
         }
     }
 
