@@ -1,0 +1,532 @@
+//! The real-node tier: the chart as users install it, on real kubelets with real pods.
+//!
+//! ```text
+//!  e2e/node/images.sh  the policyc image (Debian rootfs + this build's policyc-agent and policyc)
+//!                      and a pause image, as OCI archives
+//!  e2e/node/up.sh      kube-lab + kube-controller-manager + kube-scheduler; 2 nodes, each a
+//!                      kubelet + containerd + flanneld in its own network and mount namespaces
+//!  helm install        the unmodified chart, with only DIR/values.yaml (image, pullPolicy Never)
+//!  pods                x/a, x/b, y/a serving 80 TCP and UDP (`policyc serve`), probed from
+//!                      inside the pods (`kubectl exec … policyc connect`), as upstream e2e does
+//!  e2e/node/down.sh    removes it all
+//! ```
+//!
+//! Needs root, Debian's containerd, runc, containernetworking-plugins, jq and mmdebstrap, the
+//! Go-built e2e/bin (bash e2e/apiserver/build.sh kube-lab kubectl helm flanneld node) and this
+//! build's `policyc-agent` and `policyc`; skipped with the reason otherwise, except under CI.
+//! `POLICYC_NODE_KEEP=1` keeps the cluster (and prints its directory) for a look afterwards.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const TOOLS: [&str; 8] = [
+    "containerd",
+    "runc",
+    "jq",
+    "nsenter",
+    "unshare",
+    "ip",
+    "mmdebstrap",
+    "objcopy",
+];
+const GO_BINARIES: [&str; 8] = [
+    "kube-lab",
+    "kubectl",
+    "helm",
+    "flanneld",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "pause",
+];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo")
+        .to_path_buf()
+}
+
+/// The cargo target directory of this test binary (target/<profile>/deps/<test>).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("own executable");
+    exe.ancestors().nth(3).expect("target dir").to_path_buf()
+}
+
+/// Everything the tier needs that a test cannot make itself.
+fn ready() -> Result<(), String> {
+    policyc_testhost::root()?;
+    policyc_testhost::on_path(&TOOLS)?;
+    for b in GO_BINARIES {
+        let p = repo().join("e2e/bin").join(b);
+        if !p.is_file() {
+            return Err(format!(
+                "{} is not built (bash e2e/apiserver/build.sh kube-lab kubectl helm flanneld node)",
+                p.display()
+            ));
+        }
+    }
+    for b in ["policyc-agent", "policyc"] {
+        let p = target_dir().join("debug").join(b);
+        if !p.is_file() {
+            return Err(format!(
+                "{} is not built (cargo build -p policyc-controller -p policyc)",
+                p.display()
+            ));
+        }
+    }
+    if !Path::new("/usr/lib/cni/bridge").is_file() {
+        return Err("needs Debian's containernetworking-plugins (/usr/lib/cni)".into());
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    out
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The images, built from this build's binaries (the rootfs layer is cached).
+fn build_images() {
+    let t = Instant::now();
+    let out = run(Command::new("bash")
+        .arg(repo().join("e2e/node/images.sh"))
+        .arg(target_dir())
+        .stderr(Stdio::inherit()));
+    assert!(out.status.success(), "images.sh failed");
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("images built in {:.1}s", t.elapsed().as_secs_f64());
+}
+
+/// A cluster made by up.sh, removed by down.sh when dropped (panics included).
+struct Cluster {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    nodes: usize,
+}
+
+impl Cluster {
+    fn up(tag: &str, nodes: usize, attachment: &str) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("policyc-node-{tag}-{}", std::process::id()));
+        let t = Instant::now();
+        let out = run(Command::new("bash")
+            .arg(repo().join("e2e/node/up.sh"))
+            .arg(&dir)
+            .args(["--nodes", &nodes.to_string(), "--attachment", attachment])
+            .stderr(Stdio::inherit()));
+        let mut cluster = Cluster {
+            dir: dir.clone(),
+            kubeconfig: PathBuf::new(),
+            nodes,
+        };
+        if !out.status.success() {
+            for log in [
+                "kube-lab.log",
+                "kube-controller-manager.log",
+                "node-1/kubelet.log",
+                "node-1/containerd.log",
+            ] {
+                let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                eprintln!("--- {log} (last lines)");
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+            panic!("up.sh failed: {}", out.status);
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        cluster.kubeconfig = PathBuf::from(stdout.lines().last().expect("kubeconfig line").trim());
+        assert!(cluster.kubeconfig.is_file(), "up.sh's last line is no file: {stdout}");
+        eprintln!(
+            "up.sh ({attachment}, {nodes} nodes) took {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+        cluster
+    }
+
+    fn bin(name: &str) -> PathBuf {
+        repo().join("e2e/bin").join(name)
+    }
+
+    fn kubectl(&self) -> Command {
+        let mut c = Command::new(Self::bin("kubectl"));
+        c.arg("--kubeconfig").arg(&self.kubeconfig);
+        c
+    }
+
+    fn kubectl_ok(&self, args: &[&str]) -> String {
+        run_ok(self.kubectl().args(args))
+    }
+
+    fn get_json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl_ok(&a)).expect("kubectl json")
+    }
+
+    fn apply(&self, objects: &[Value]) {
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
+        let mut child = self
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl apply");
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(list.to_string().as_bytes()).expect("write");
+        }
+        let out = child.wait_with_output().expect("kubectl apply");
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Polls `check` every 0.5 s until it returns `Ok`, panicking with its last error after `limit`.
+    fn wait_until<T>(&self, what: &str, limit: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+        let t = Instant::now();
+        loop {
+            match check() {
+                Ok(v) => return v,
+                Err(e) if t.elapsed() > limit => panic!("{what}: not after {limit:?}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    }
+
+    /// `policyc wait --for=enforced`: every change so far is in every node's kernel.
+    fn wait_enforced(&self) {
+        run_ok(
+            Command::new(target_dir().join("debug/policyc"))
+                .args(["wait", "--for=enforced", "--timeout", "60s", "--kubeconfig"])
+                .arg(&self.kubeconfig),
+        );
+    }
+
+    /// One probe from inside pod `from` (NAMESPACE/POD): `policyc connect` to `to`.
+    fn connects(&self, from: &str, to: &str, protocol: &str) -> bool {
+        let (ns, pod) = from.split_once('/').expect("ns/pod");
+        let out = run(self.kubectl().args([
+            "exec",
+            "-n",
+            ns,
+            pod,
+            "--",
+            "/usr/local/bin/policyc",
+            "connect",
+            to,
+            "--protocol",
+            protocol,
+            "--timeout",
+            "1s",
+        ]));
+        match out.status.code() {
+            Some(0) => true,
+            Some(1) => false,
+            _ => panic!(
+                "kubectl exec {from} -- policyc connect {to}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::env::var_os("POLICYC_NODE_KEEP").is_some() {
+            eprintln!("kept the cluster: {} (e2e/node/down.sh {0})", self.dir.display());
+            return;
+        }
+        let t = Instant::now();
+        let out = run(Command::new("bash").arg(repo().join("e2e/node/down.sh")).arg(&self.dir));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        let _ = std::fs::remove_dir(&self.dir);
+        if !out.status.success() && !std::thread::panicking() {
+            panic!("down.sh failed: {}", out.status);
+        }
+        eprintln!("down.sh took {:.1}s ({} nodes)", t.elapsed().as_secs_f64(), self.nodes);
+    }
+}
+
+/// A probe pod: `policyc serve` on 80 and 81, TCP and UDP, on the given node.
+fn server_pod(ns: &str, name: &str, node: &str, image: &str) -> Value {
+    let ports: Vec<Value> = [("tcp", "TCP"), ("udp", "UDP")]
+        .iter()
+        .flat_map(|(n, p)| {
+            [80, 81]
+                .into_iter()
+                .map(move |port| json!({"name": format!("serve-{port}-{n}"), "containerPort": port, "protocol": p}))
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": {"pod": name}},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "serve", "image": image, "imagePullPolicy": "Never",
+                "command": ["/usr/local/bin/policyc", "serve", "--tcp", "80,81", "--udp", "80,81"],
+                "ports": ports,
+            }],
+        },
+    })
+}
+
+fn namespace(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+}
+
+/// x/a, x/b, y/a on alternating nodes, Running with their IPs: NAMESPACE/POD -> IP.
+fn start_pods(c: &Cluster, image: &str) -> Vec<(String, String)> {
+    let names = [("x", "a"), ("x", "b"), ("y", "a")];
+    let mut objects = vec![namespace("x"), namespace("y")];
+    for (i, (ns, pod)) in names.iter().enumerate() {
+        objects.push(server_pod(ns, pod, &format!("node-{}", i % c.nodes + 1), image));
+    }
+    // A namespace's default ServiceAccount comes from the controller-manager: wait for it.
+    c.apply(&objects[..2]);
+    for ns in ["x", "y"] {
+        c.wait_until("default ServiceAccount", Duration::from_secs(30), || {
+            run(c.kubectl().args(["get", "serviceaccount", "default", "-n", ns]))
+                .status
+                .success()
+                .then_some(())
+                .ok_or_else(|| "missing".to_string())
+        });
+    }
+    c.apply(&objects[2..]);
+    let t = Instant::now();
+    let ips = c.wait_until("probe pods Running", Duration::from_secs(120), || {
+        let mut ips = Vec::new();
+        for (ns, pod) in names {
+            let p = c.get_json(&["pod", "-n", ns, pod]);
+            let ready = p["status"]["containerStatuses"][0]["ready"] == json!(true);
+            match (p["status"]["phase"].as_str(), p["status"]["podIP"].as_str(), ready) {
+                (Some("Running"), Some(ip), true) => ips.push((format!("{ns}/{pod}"), ip.to_string())),
+                (phase, _, _) => return Err(format!("{ns}/{pod}: {phase:?}: {}", p["status"])),
+            }
+        }
+        Ok(ips)
+    });
+    eprintln!("3 probe pods Running in {:.1}s: {ips:?}", t.elapsed().as_secs_f64());
+    ips
+}
+
+/// Every cell (source pod -> destination pod, port 80, TCP and UDP), probed in parallel:
+/// (from, to, protocol, connected).
+fn probe_all(c: &Cluster, pods: &[(String, String)]) -> Vec<(String, String, &'static str, bool)> {
+    std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for (from, _) in pods {
+            for (to, ip) in pods {
+                if from == to {
+                    continue;
+                }
+                for proto in ["tcp", "udp"] {
+                    handles.push(s.spawn(move || {
+                        (
+                            from.clone(),
+                            to.clone(),
+                            proto,
+                            c.connects(from, &format!("{ip}:80"), proto),
+                        )
+                    }));
+                }
+            }
+        }
+        handles.into_iter().map(|h| h.join().expect("probe thread")).collect()
+    })
+}
+
+/// Probes every cell and compares with `allowed(from, to)`; the disagreeing cells in the panic.
+fn expect_matrix(c: &Cluster, pods: &[(String, String)], step: &str, allowed: impl Fn(&str, &str) -> bool) {
+    let t = Instant::now();
+    let cells = probe_all(c, pods);
+    let wrong: Vec<String> = cells
+        .iter()
+        .filter(|(f, to, _, ok)| *ok != allowed(f, to))
+        .map(|(f, to, p, ok)| {
+            format!(
+                "{f} -> {to} {p}: {}",
+                if *ok {
+                    "connected, should not"
+                } else {
+                    "blocked, should connect"
+                }
+            )
+        })
+        .collect();
+    eprintln!(
+        "{step}: {} cells probed in {:.1}s, {} wrong",
+        cells.len(),
+        t.elapsed().as_secs_f64(),
+        wrong.len()
+    );
+    assert!(wrong.is_empty(), "{step}: {wrong:#?}");
+}
+
+#[test]
+fn chart_on_real_nodes_enforces_between_real_pods() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !policyc_testhost::require(ready()) {
+        return;
+    }
+    build_images();
+    let c = Cluster::up("canal", 2, "canal");
+
+    // The unmodified chart, with only the values up.sh wrote.
+    let t = Instant::now();
+    run_ok(
+        Command::new(Cluster::bin("helm"))
+            .args(["install", "policyc"])
+            .arg(repo().join("charts/policyc"))
+            .args(["-n", "kube-system", "--wait", "--timeout", "3m", "-f"])
+            .arg(c.dir.join("values.yaml"))
+            .arg("--kubeconfig")
+            .arg(&c.kubeconfig),
+    );
+    eprintln!("helm install --wait took {:.1}s", t.elapsed().as_secs_f64());
+
+    // One agent pod Running per node, NET_ADMIN only: in the spec the API server stored, and
+    // in what the container's process got.
+    let pods = c.get_json(&["pods", "-n", "kube-system", "-l", "app.kubernetes.io/name=policyc"]);
+    let items = pods["items"].as_array().expect("items");
+    assert_eq!(items.len(), c.nodes, "one agent pod per node: {pods}");
+    let mut nodes: Vec<&str> = items
+        .iter()
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap_or(""))
+        .collect();
+    nodes.sort_unstable();
+    assert_eq!(nodes, ["node-1", "node-2"]);
+    for p in items {
+        let name = p["metadata"]["name"].as_str().expect("name");
+        assert_eq!(p["status"]["phase"], "Running", "{name}");
+        let sc = &p["spec"]["containers"][0]["securityContext"];
+        assert_eq!(sc["capabilities"]["add"], json!(["NET_ADMIN"]), "{name}: {sc}");
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{name}: {sc}");
+        assert_ne!(sc["privileged"], json!(true), "{name}");
+        let status = c.kubectl_ok(&[
+            "exec",
+            "-n",
+            "kube-system",
+            name,
+            "--",
+            "grep",
+            "^Cap",
+            "/proc/1/status",
+        ]);
+        for field in ["CapEff", "CapPrm", "CapBnd"] {
+            let line = status.lines().find(|l| l.starts_with(field)).expect(field);
+            // CAP_NET_ADMIN is capability 12.
+            assert!(
+                line.ends_with("0000000000001000"),
+                "{name}: {line} (want NET_ADMIN only)\n{status}"
+            );
+        }
+    }
+    let statuses = c.wait_until("NodePolicyStatus Ready on every node", Duration::from_secs(60), || {
+        let s = c.get_json(&["nodepolicystatuses"]);
+        let ready = s["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| {
+                i["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+            .count();
+        (ready == c.nodes).then_some(s).ok_or_else(|| format!("{ready} Ready"))
+    });
+    eprintln!(
+        "agents Running with NET_ADMIN only, {} NodePolicyStatus Ready",
+        statuses["items"].as_array().map_or(0, Vec::len)
+    );
+
+    let values = std::fs::read_to_string(c.dir.join("values.yaml")).expect("values.yaml");
+    let field = |k: &str| {
+        values
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(k))
+            .expect(k)
+            .trim()
+            .to_string()
+    };
+    let image = format!("{}:{}", field("repository:"), field("tag:"));
+    let pods = start_pods(&c, &image);
+
+    expect_matrix(&c, &pods, "no policy", |_, _| true);
+
+    c.apply(&[json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "default-deny-ingress", "namespace": "x"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    })]);
+    c.wait_enforced();
+    expect_matrix(&c, &pods, "default deny ingress in x", |_, to| !to.starts_with("x/"));
+
+    c.apply(&[json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "allow-y-a-to-a", "namespace": "x"},
+        "spec": {
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [{"from": [{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}},
+                "podSelector": {"matchLabels": {"pod": "a"}},
+            }]}],
+        },
+    })]);
+    c.wait_enforced();
+    expect_matrix(&c, &pods, "and allow y/a -> x/a", |from, to| {
+        !to.starts_with("x/") || (from == "y/a" && to == "x/a")
+    });
+}
+
+/// Plain Flannel (bridge + host-local): nodes, pods and pod-to-pod connectivity across and
+/// within nodes. Without policyc: on this branch the agent knows only Canal's veths.
+#[test]
+fn flannel_bridge_nodes_connect_pods() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !policyc_testhost::require(ready()) {
+        return;
+    }
+    build_images();
+    let c = Cluster::up("flannel", 2, "flannel");
+    let env = std::fs::read_to_string(repo().join("e2e/bin/images/images.env")).expect("images.env");
+    let get = |k: &str| env.lines().find_map(|l| l.strip_prefix(k)).expect(k).to_string();
+    let image = format!("{}:{}", get("POLICYC_IMAGE_REPOSITORY="), get("POLICYC_IMAGE_TAG="));
+    let pods = start_pods(&c, &image);
+    expect_matrix(&c, &pods, "flannel, no policy", |_, _| true);
+}
