@@ -11,6 +11,7 @@ dir="$(cd "$1" 2>/dev/null && pwd)" || { echo "down.sh: no $1" >&2; exit 0; }
 cg="$(sed -n 's/^CGROUP=//p' "$dir/state.env")"
 [[ "$cg" =~ ^pcnode-[0-9a-f]{8}$ ]] || { echo "down.sh: bad CGROUP in $dir/state.env" >&2; exit 1; }
 t0="$(date +%s.%N)"
+since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 
 trees() { # the cluster's cgroup directories in every hierarchy
   local h
@@ -25,6 +26,7 @@ pids() { # every process in the trees
 }
 # Polite first (kube-lab stops etcd cleanly, kubelet and containerd exit), then SIGKILL.
 mapfile -t procs < <(pids)
+count=${#procs[@]}
 if ((${#procs[@]})); then
   kill -TERM "${procs[@]}" 2>/dev/null || true
   for _ in $(seq 1 30); do
@@ -43,6 +45,8 @@ mapfile -t procs < <(pids)
 if ((${#procs[@]})); then
   echo "down.sh: processes survive in /$cg: ${procs[*]}" >&2; exit 1
 fi
+stopped="$(since "$t0")"
+t1="$(date +%s.%N)"
 # Deepest first.
 for t in $(trees); do find "$t" -depth -type d -exec rmdir {} + ; done
 # Mounts live in the nodes' mount namespaces, gone with their last process; refuse to delete
@@ -50,5 +54,7 @@ for t in $(trees); do find "$t" -depth -type d -exec rmdir {} + ; done
 if grep -q " $dir/" /proc/self/mountinfo; then
   echo "down.sh: mounts under $dir remain:" >&2; grep " $dir/" /proc/self/mountinfo >&2; exit 1
 fi
+cgroups="$(since "$t1")"
+t1="$(date +%s.%N)"
 find "$dir" -mindepth 1 -delete
-echo "down.sh: removed in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')s" >&2
+echo "down.sh: removed in $(since "$t0")s ($count processes ended in ${stopped}s, cgroups removed in ${cgroups}s, files in $(since "$t1")s)" >&2
