@@ -230,34 +230,6 @@ impl Cluster {
                 .arg(&self.kubeconfig),
         );
     }
-
-    /// One probe from inside pod `from` (NAMESPACE/POD): `policyc connect` to `to`.
-    fn connects(&self, from: &str, to: &str, protocol: &str) -> bool {
-        let (ns, pod) = from.split_once('/').expect("ns/pod");
-        let out = run(self.kubectl().args([
-            "exec",
-            "-n",
-            ns,
-            pod,
-            "--",
-            "/usr/local/bin/policyc",
-            "connect",
-            to,
-            "--protocol",
-            protocol,
-            "--timeout",
-            "1s",
-        ]));
-        match out.status.code() {
-            Some(0) => true,
-            Some(1) => false,
-            _ => panic!(
-                "kubectl exec {from} -- policyc connect {to}: {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        }
-    }
 }
 
 impl Drop for Cluster {
@@ -277,12 +249,17 @@ impl Drop for Cluster {
     }
 }
 
-/// A probe pod: `policyc serve` on 80 and 81, TCP and UDP, on the given node.
+/// The ports every probe pod serves, TCP and UDP (`policyc serve`); 53 stands in for DNS.
+const SERVED: [u16; 3] = [53, 80, 81];
+
+/// A probe pod of the upstream model on the given node: label `pod: NAME`, a named container
+/// port per served port and protocol (`serve-80-tcp`, …).
 fn server_pod(ns: &str, name: &str, node: &str, image: &str) -> Value {
+    let list = SERVED.map(|p| p.to_string()).join(",");
     let ports: Vec<Value> = [("tcp", "TCP"), ("udp", "UDP")]
         .iter()
         .flat_map(|(n, p)| {
-            [80, 81]
+            SERVED
                 .into_iter()
                 .map(move |port| json!({"name": format!("serve-{port}-{n}"), "containerPort": port, "protocol": p}))
         })
@@ -295,7 +272,7 @@ fn server_pod(ns: &str, name: &str, node: &str, image: &str) -> Value {
             "terminationGracePeriodSeconds": 0,
             "containers": [{
                 "name": "serve", "image": image, "imagePullPolicy": "Never",
-                "command": ["/usr/local/bin/policyc", "serve", "--tcp", "80,81", "--udp", "80,81"],
+                "command": ["/usr/local/bin/policyc", "serve", "--tcp", list, "--udp", list],
                 "ports": ports,
             }],
         },
@@ -306,16 +283,17 @@ fn namespace(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 }
 
-/// x/a, x/b, y/a on alternating nodes, Running with their IPs: NAMESPACE/POD -> IP.
+/// The upstream model's pods, NAMESPACE/POD -> IP once Running: namespaces x, y, z, pods a,
+/// b, c in each, spread over the nodes in turn.
 fn start_pods(c: &Cluster, image: &str) -> Vec<(String, String)> {
-    let names = [("x", "a"), ("x", "b"), ("y", "a")];
-    let mut objects = vec![namespace("x"), namespace("y")];
-    for (i, (ns, pod)) in names.iter().enumerate() {
-        objects.push(server_pod(ns, pod, &format!("node-{}", i % c.nodes + 1), image));
-    }
+    let names: Vec<(&str, &str)> = ["x", "y", "z"]
+        .iter()
+        .flat_map(|ns| ["a", "b", "c"].map(|p| (*ns, p)))
+        .collect();
+    let namespaces: Vec<Value> = ["x", "y", "z"].map(namespace).to_vec();
+    c.apply(&namespaces);
     // A namespace's default ServiceAccount comes from the controller-manager: wait for it.
-    c.apply(&objects[..2]);
-    for ns in ["x", "y"] {
+    for ns in ["x", "y", "z"] {
         c.wait_until("default ServiceAccount", Duration::from_secs(30), || {
             run(c.kubectl().args(["get", "serviceaccount", "default", "-n", ns]))
                 .status
@@ -324,60 +302,104 @@ fn start_pods(c: &Cluster, image: &str) -> Vec<(String, String)> {
                 .ok_or_else(|| "missing".to_string())
         });
     }
-    c.apply(&objects[2..]);
+    let pods: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, (ns, pod))| server_pod(ns, pod, &format!("node-{}", i % c.nodes + 1), image))
+        .collect();
+    c.apply(&pods);
     let t = Instant::now();
-    let ips = c.wait_until("probe pods Running", Duration::from_secs(120), || {
+    let ips = c.wait_until("probe pods Running", Duration::from_secs(180), || {
+        let list = c.get_json(&["pods", "-A", "-l", "pod"]);
         let mut ips = Vec::new();
-        for (ns, pod) in names {
-            let p = c.get_json(&["pod", "-n", ns, pod]);
+        for p in list["items"].as_array().into_iter().flatten() {
+            let name = format!(
+                "{}/{}",
+                p["metadata"]["namespace"].as_str().unwrap_or(""),
+                p["metadata"]["name"].as_str().unwrap_or("")
+            );
             let ready = p["status"]["containerStatuses"][0]["ready"] == json!(true);
             match (p["status"]["phase"].as_str(), p["status"]["podIP"].as_str(), ready) {
-                (Some("Running"), Some(ip), true) => ips.push((format!("{ns}/{pod}"), ip.to_string())),
-                (phase, _, _) => return Err(format!("{ns}/{pod}: {phase:?}: {}", p["status"])),
+                (Some("Running"), Some(ip), true) => ips.push((name, ip.to_string())),
+                (phase, _, _) => return Err(format!("{name}: {phase:?}")),
             }
         }
-        Ok(ips)
+        if ips.len() == names.len() {
+            ips.sort();
+            Ok(ips)
+        } else {
+            Err(format!("{} of {} pods", ips.len(), names.len()))
+        }
     });
-    eprintln!("3 probe pods Running in {:.1}s: {ips:?}", t.elapsed().as_secs_f64());
+    eprintln!("{} probe pods Running in {:.1}s", ips.len(), t.elapsed().as_secs_f64());
     ips
 }
 
-/// Every cell (source pod -> destination pod, port 80, TCP and UDP), probed in parallel:
-/// (from, to, protocol, connected).
-fn probe_all(c: &Cluster, pods: &[(String, String)]) -> Vec<(String, String, &'static str, bool)> {
+/// One cell: source pod, destination pod, port, protocol ("tcp"/"udp").
+type Cell = (String, String, u16, &'static str);
+
+/// Probes every cell (every ordered pair of distinct pods × `ports` × TCP and UDP) from inside
+/// the source pods: one `kubectl exec` per source, its connects in parallel (1 s timeout).
+fn probe_all(c: &Cluster, pods: &[(String, String)], ports: &[u16]) -> Vec<(Cell, bool)> {
     std::thread::scope(|s| {
         let mut handles = Vec::new();
         for (from, _) in pods {
-            for (to, ip) in pods {
-                if from == to {
-                    continue;
+            handles.push(s.spawn(move || {
+                let mut script = String::new();
+                let mut cells = Vec::new();
+                for (to, ip) in pods.iter().filter(|(to, _)| to != from) {
+                    for &port in ports {
+                        for proto in ["tcp", "udp"] {
+                            let i = cells.len();
+                            script.push_str(&format!(
+                                "(/usr/local/bin/policyc connect {ip}:{port} --protocol {proto} --timeout 1s >/dev/null 2>&1 && echo {i} ok || echo {i} no) &\n"
+                            ));
+                            cells.push((from.clone(), to.clone(), port, proto));
+                        }
+                    }
                 }
-                for proto in ["tcp", "udp"] {
-                    handles.push(s.spawn(move || {
-                        (
-                            from.clone(),
-                            to.clone(),
-                            proto,
-                            c.connects(from, &format!("{ip}:80"), proto),
-                        )
-                    }));
+                script.push_str("wait\n");
+                let (ns, pod) = from.split_once('/').expect("ns/pod");
+                let out = run_ok(c.kubectl().args(["exec", "-n", ns, pod, "--", "sh", "-c", &script]));
+                let mut seen = vec![None; cells.len()];
+                for line in out.lines() {
+                    if let Some((i, r)) = line.split_once(' ') {
+                        seen[i.parse::<usize>().expect("cell index")] = Some(r == "ok");
+                    }
                 }
-            }
+                cells
+                    .into_iter()
+                    .zip(seen)
+                    .map(|(cell, ok)| {
+                        let ok = ok.unwrap_or_else(|| panic!("no result for {cell:?} in {out}"));
+                        (cell, ok)
+                    })
+                    .collect::<Vec<_>>()
+            }));
         }
-        handles.into_iter().map(|h| h.join().expect("probe thread")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("probe thread"))
+            .collect()
     })
 }
 
-/// Probes every cell and compares with `allowed(from, to)`; the disagreeing cells in the panic.
-fn expect_matrix(c: &Cluster, pods: &[(String, String)], step: &str, allowed: impl Fn(&str, &str) -> bool) {
+/// Probes every cell and compares with `allowed`; the disagreeing cells in the panic.
+fn expect_matrix(
+    c: &Cluster,
+    pods: &[(String, String)],
+    step: &str,
+    ports: &[u16],
+    allowed: impl Fn(&str, &str, u16, &str) -> bool,
+) {
     let t = Instant::now();
-    let cells = probe_all(c, pods);
+    let cells = probe_all(c, pods, ports);
     let wrong: Vec<String> = cells
         .iter()
-        .filter(|(f, to, _, ok)| *ok != allowed(f, to))
-        .map(|(f, to, p, ok)| {
+        .filter(|((f, to, port, proto), ok)| *ok != allowed(f, to, *port, proto))
+        .map(|((f, to, port, proto), ok)| {
             format!(
-                "{f} -> {to} {p}: {}",
+                "{f} -> {to} {proto}/{port}: {}",
                 if *ok {
                     "connected, should not"
                 } else {
@@ -387,12 +409,20 @@ fn expect_matrix(c: &Cluster, pods: &[(String, String)], step: &str, allowed: im
         })
         .collect();
     eprintln!(
-        "{step}: {} cells probed in {:.1}s, {} wrong",
+        "step {step:?}: {} cells ({} allowed) probed in {:.1}s, {} wrong",
         cells.len(),
+        cells.iter().filter(|(_, ok)| *ok).count(),
         t.elapsed().as_secs_f64(),
         wrong.len()
     );
     assert!(wrong.is_empty(), "{step}: {wrong:#?}");
+}
+
+fn netpol(ns: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec,
+    })
 }
 
 #[test]
@@ -486,32 +516,127 @@ fn chart_on_real_nodes_enforces_between_real_pods() {
     };
     let image = format!("{}:{}", field("repository:"), field("tag:"));
     let pods = start_pods(&c, &image);
+    let ip = |name: &str| pods.iter().find(|(n, _)| n == name).expect("pod").1.clone();
+    let web = [80, 81];
+    let t = Instant::now();
 
-    expect_matrix(&c, &pods, "no policy", |_, _| true);
+    expect_matrix(&c, &pods, "no policy", &web, |_, _, _, _| true);
 
-    c.apply(&[json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"name": "default-deny-ingress", "namespace": "x"},
-        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
-    })]);
+    // Upstream: "should support a 'default-deny-ingress' policy".
+    c.apply(&[netpol(
+        "x",
+        "deny-ingress",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    )]);
     c.wait_enforced();
-    expect_matrix(&c, &pods, "default deny ingress in x", |_, to| !to.starts_with("x/"));
+    expect_matrix(&c, &pods, "default deny ingress in x", &web, |_, to, _, _| {
+        !to.starts_with("x/")
+    });
 
-    c.apply(&[json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"name": "allow-y-a-to-a", "namespace": "x"},
-        "spec": {
+    // Namespace and pod selectors in one peer: from pods labelled pod=a in namespace y.
+    c.apply(&[netpol(
+        "x",
+        "allow-y-a",
+        json!({
             "podSelector": {"matchLabels": {"pod": "a"}},
             "ingress": [{"from": [{
                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}},
                 "podSelector": {"matchLabels": {"pod": "a"}},
             }]}],
-        },
-    })]);
+        }),
+    )]);
     c.wait_enforced();
-    expect_matrix(&c, &pods, "and allow y/a -> x/a", |from, to| {
-        !to.starts_with("x/") || (from == "y/a" && to == "x/a")
+    expect_matrix(
+        &c,
+        &pods,
+        "allow x/a from y pods labelled pod=a",
+        &web,
+        |from, to, _, _| !to.starts_with("x/") || (to == "x/a" && from == "y/a"),
+    );
+
+    // Upstream: "should allow ingress access from updated pod": y/b relabelled mid-test.
+    c.kubectl_ok(&["label", "pod", "-n", "y", "b", "pod=a", "--overwrite"]);
+    c.wait_enforced();
+    expect_matrix(&c, &pods, "y/b relabelled pod=a", &web, |from, to, _, _| {
+        !to.starts_with("x/") || (to == "x/a" && (from == "y/a" || from == "y/b"))
     });
+    c.kubectl_ok(&["label", "pod", "-n", "y", "b", "pod=b", "--overwrite"]);
+    c.kubectl_ok(&["delete", "networkpolicy", "-n", "x", "--all"]);
+
+    // A named port: x/a admits TCP on its port named serve-81-tcp only, from anywhere.
+    c.apply(&[netpol(
+        "x",
+        "named-port",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"ports": [{"port": "serve-81-tcp"}]}]}),
+    )]);
+    c.wait_enforced();
+    expect_matrix(
+        &c,
+        &pods,
+        "named port serve-81-tcp on x/a",
+        &web,
+        |_, to, port, proto| to != "x/a" || (port == 81 && proto == "tcp"),
+    );
+    c.kubectl_ok(&["delete", "networkpolicy", "-n", "x", "--all"]);
+
+    // endPort: x/a admits UDP 80-81 (and nothing on TCP).
+    c.apply(&[netpol(
+        "x",
+        "end-port",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}},
+               "ingress": [{"ports": [{"protocol": "UDP", "port": 80, "endPort": 81}]}]}),
+    )]);
+    c.wait_enforced();
+    expect_matrix(&c, &pods, "endPort UDP 80-81 on x/a", &web, |_, to, _, proto| {
+        to != "x/a" || proto == "udp"
+    });
+    c.kubectl_ok(&["delete", "networkpolicy", "-n", "x", "--all"]);
+
+    // ipBlock with except: x/a admits the pod network except y/a's address.
+    let except = format!("{}/32", ip("y/a"));
+    c.apply(&[netpol(
+        "x",
+        "ip-block",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}},
+               "ingress": [{"from": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": [except]}}]}]}),
+    )]);
+    c.wait_enforced();
+    expect_matrix(
+        &c,
+        &pods,
+        "ipBlock 10.244.0.0/16 except y/a on x/a",
+        &web,
+        |from, to, _, _| !(to == "x/a" && from == "y/a"),
+    );
+    c.kubectl_ok(&["delete", "networkpolicy", "-n", "x", "--all"]);
+
+    // Upstream: "should enforce policy to allow traffic only from/to ... default-deny-egress".
+    c.apply(&[netpol(
+        "y",
+        "deny-egress",
+        json!({"podSelector": {}, "policyTypes": ["Egress"]}),
+    )]);
+    c.wait_enforced();
+    expect_matrix(&c, &pods, "default deny egress in y", &web, |from, _, _, _| {
+        !from.starts_with("y/")
+    });
+
+    // Egress allowing DNS (port 53, UDP and TCP) only, as upstream's egress tests add it.
+    c.apply(&[netpol(
+        "y",
+        "allow-dns",
+        json!({"podSelector": {}, "policyTypes": ["Egress"],
+               "egress": [{"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]}),
+    )]);
+    c.wait_enforced();
+    expect_matrix(
+        &c,
+        &pods,
+        "deny egress in y, DNS allowed",
+        &[53, 80],
+        |from, _, port, _| !from.starts_with("y/") || port == 53,
+    );
+    eprintln!("9 steps in {:.1}s", t.elapsed().as_secs_f64());
 }
 
 /// Plain Flannel (bridge + host-local): nodes, pods and pod-to-pod connectivity across and
@@ -528,5 +653,5 @@ fn flannel_bridge_nodes_connect_pods() {
     let get = |k: &str| env.lines().find_map(|l| l.strip_prefix(k)).expect(k).to_string();
     let image = format!("{}:{}", get("POLICYC_IMAGE_REPOSITORY="), get("POLICYC_IMAGE_TAG="));
     let pods = start_pods(&c, &image);
-    expect_matrix(&c, &pods, "flannel, no policy", |_, _| true);
+    expect_matrix(&c, &pods, "flannel, no policy", &SERVED, |_, _, _, _| true);
 }
