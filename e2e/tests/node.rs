@@ -637,6 +637,151 @@ fn chart_on_real_nodes_enforces_between_real_pods() {
         |from, _, port, _| !from.starts_with("y/") || port == 53,
     );
     eprintln!("9 steps in {:.1}s", t.elapsed().as_secs_f64());
+    c.kubectl_ok(&["delete", "networkpolicy", "-n", "y", "--all"]);
+
+    helm_upgrade_leaks_nothing(&c, &pods, &image);
+}
+
+/// One prober in pod `from`: TCP and UDP connects to `to` port 80 in a loop for `secs`
+/// seconds; (attempts, connected).
+fn prober(c: &Cluster, from: &str, to_ip: &str, secs: u32, timeout: &str) -> (u64, u64) {
+    let script = format!(
+        "end=$(( $(date +%s) + {secs} )); n=0; ok=0
+         while [ \"$(date +%s)\" -lt \"$end\" ]; do
+           for p in tcp udp; do
+             n=$((n + 1))
+             /usr/local/bin/policyc connect {to_ip}:80 --protocol $p --timeout {timeout} >/dev/null 2>&1 && ok=$((ok + 1))
+           done
+         done
+         echo \"$n $ok\""
+    );
+    let (ns, pod) = from.split_once('/').expect("ns/pod");
+    let out = run_ok(c.kubectl().args(["exec", "-n", ns, pod, "--", "sh", "-c", &script]));
+    let mut it = out.split_whitespace().map(|n| n.parse::<u64>().expect("count"));
+    (it.next().expect("attempts"), it.next().expect("connected"))
+}
+
+/// `helm upgrade` to a new image tag rolls the agents while denied pairs (across nodes and
+/// within one) and an allowed control pair are probed continuously: no denied connection gets
+/// through (the old ruleset stays in the kernel until the new agent replaces it atomically).
+fn helm_upgrade_leaks_nothing(c: &Cluster, pods: &[(String, String)], image: &str) {
+    let ip = |name: &str| pods.iter().find(|(n, _)| n == name).expect("pod").1.clone();
+    c.apply(&[
+        netpol(
+            "x",
+            "deny-ingress",
+            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        ),
+        netpol(
+            "x",
+            "allow-y-a",
+            json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}},
+                "podSelector": {"matchLabels": {"pod": "a"}}}]}]}),
+        ),
+    ]);
+    c.wait_enforced();
+    // The new tag: the same image under another name in every node's containerd (no registry
+    // to push to); the pod template changes, so the DaemonSet rolls.
+    let (repo_name, tag) = image.rsplit_once(':').expect("repo:tag");
+    let new_tag = format!("{tag}-next");
+    let state = std::fs::read_to_string(c.dir.join("state.env")).expect("state.env");
+    for i in 1..=c.nodes {
+        let pid = state
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("NODE_{i}_PID=")))
+            .expect("node pid");
+        run_ok(
+            Command::new("nsenter")
+                .arg(format!("--net=/proc/{pid}/ns/net"))
+                .arg(format!("--mount=/proc/{pid}/ns/mnt"))
+                .args([
+                    "ctr",
+                    "--address",
+                    "/run/containerd/containerd.sock",
+                    "-n",
+                    "k8s.io",
+                    "images",
+                    "tag",
+                ])
+                .arg(image)
+                .arg(format!("{repo_name}:{new_tag}")),
+        );
+    }
+    let old_pods: Vec<String> = c.get_json(&["pods", "-n", "kube-system", "-l", "app.kubernetes.io/name=policyc"])
+        ["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().expect("name").to_string())
+        .collect();
+    let secs = 30;
+    let x_a = ip("x/a");
+    let (denied, upgrade_took) = std::thread::scope(|s| {
+        let cross = s.spawn(|| prober(c, "x/b", &x_a, secs, "300ms"));
+        let same = s.spawn(|| prober(c, "z/c", &x_a, secs, "300ms"));
+        let control = s.spawn(|| prober(c, "y/a", &x_a, secs, "1s"));
+        std::thread::sleep(Duration::from_secs(3));
+        let t = Instant::now();
+        run_ok(
+            Command::new(Cluster::bin("helm"))
+                .args(["upgrade", "policyc"])
+                .arg(repo().join("charts/policyc"))
+                .args(["-n", "kube-system", "--wait", "--timeout", "2m", "-f"])
+                .arg(c.dir.join("values.yaml"))
+                .args(["--set", &format!("image.tag={new_tag}"), "--kubeconfig"])
+                .arg(&c.kubeconfig),
+        );
+        // helm's --wait counts a DaemonSet ready with maxUnavailable pods still rolling: wait
+        // for the whole rollout, within the probes' time.
+        c.kubectl_ok(&[
+            "rollout",
+            "status",
+            "daemonset/policyc",
+            "-n",
+            "kube-system",
+            "--timeout",
+            "60s",
+        ]);
+        let took = t.elapsed();
+        let denied = [
+            ("x/b -> x/a (across nodes)", cross.join().expect("prober")),
+            ("z/c -> x/a (same node)", same.join().expect("prober")),
+            ("y/a -> x/a (allowed control)", control.join().expect("prober")),
+        ];
+        (denied, took)
+    });
+    eprintln!(
+        "helm upgrade + rollout took {:.1}s; probes over {secs}s: {denied:?}",
+        upgrade_took.as_secs_f64()
+    );
+    assert!(
+        upgrade_took < Duration::from_secs(secs as u64 - 3),
+        "the rollout outlasted the probes"
+    );
+    for (pair, (sent, connected)) in &denied[..2] {
+        assert!(*sent > 10, "{pair}: only {sent} probes");
+        assert_eq!(
+            *connected, 0,
+            "{pair}: {connected} of {sent} denied connections got through"
+        );
+    }
+    let (sent, connected) = denied[2].1;
+    assert!(
+        connected * 10 >= sent * 9,
+        "control pair: only {connected} of {sent} connected"
+    );
+    // The agents were replaced, run the new tag and report Ready.
+    let now = c.get_json(&["pods", "-n", "kube-system", "-l", "app.kubernetes.io/name=policyc"]);
+    let items = now["items"].as_array().expect("items");
+    assert_eq!(items.len(), c.nodes);
+    for p in items {
+        let name = p["metadata"]["name"].as_str().expect("name");
+        assert!(!old_pods.iter().any(|o| o == name), "{name} was not replaced");
+        let img = p["spec"]["containers"][0]["image"].as_str().expect("image");
+        assert!(img.ends_with(&new_tag), "{name}: {img}");
+        assert_eq!(p["status"]["phase"], "Running", "{name}");
+    }
 }
 
 /// Plain Flannel (bridge + host-local): nodes, pods and pod-to-pod connectivity across and
