@@ -128,6 +128,7 @@ struct Cluster {
 
 impl Cluster {
     fn up(tag: &str, nodes: usize, attachment: &str) -> Cluster {
+        remove_leftovers();
         let dir = std::env::temp_dir().join(format!("policyc-node-{tag}-{}", std::process::id()));
         let t = Instant::now();
         let out = run(Command::new("bash")
@@ -229,6 +230,26 @@ impl Cluster {
                 .args(["wait", "--for=enforced", "--timeout", "60s", "--kubeconfig"])
                 .arg(&self.kubeconfig),
         );
+    }
+}
+
+/// Clusters of test processes that died without their Drop (SIGKILL): `policyc-node-*-PID`
+/// directories whose PID is gone, removed with down.sh.
+fn remove_leftovers() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("policyc-node-").and_then(|r| r.rsplit('-').next()) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_err() || Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        eprintln!("removing the leftover cluster {}", e.path().display());
+        run(Command::new("bash").arg(repo().join("e2e/node/down.sh")).arg(e.path()));
+        let _ = std::fs::remove_dir(e.path());
     }
 }
 
