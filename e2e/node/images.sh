@@ -8,12 +8,12 @@
 #   pause.oci.tar    the sandbox image: e2e/bin/pause (build.sh pause), alone
 # and images.env (their names). The binaries are the test build's (debug, debug info stripped
 # into the image); the rootfs layer is cached and rebuilt only when the package list changes.
-# Usage: e2e/node/images.sh [TARGET_DIR]   (default: $CARGO_TARGET_DIR or ./target; needs
-#        debug/policyc-agent and debug/policyc there: cargo build -p policyc -p policyc-controller)
+# Usage: e2e/node/images.sh [BIN_DIR]   (the directory holding policyc-agent and policyc; default
+#        $CARGO_TARGET_DIR/debug or ./target/debug: cargo build -p policyc -p policyc-controller)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-target="${1:-${CARGO_TARGET_DIR:-$root/target}}"
+bins="${1:-${CARGO_TARGET_DIR:-$root/target}/debug}"
 out="$root/e2e/bin/images"
 packages="$root/images/runtime-packages.txt"
 mkdir -p "$out"
@@ -81,7 +81,7 @@ image() {
   echo "$name $repo $tag"
 }
 
-for b in "$target/debug/policyc-agent" "$target/debug/policyc" "$root/e2e/bin/pause"; do
+for b in "$bins/policyc-agent" "$bins/policyc" "$root/e2e/bin/pause"; do
   [ -x "$b" ] || { echo "images.sh: $b missing (cargo build -p policyc -p policyc-controller; e2e/apiserver/build.sh pause)" >&2; exit 1; }
 done
 s="$(now)"
@@ -90,8 +90,8 @@ if [ ! -s "$out/rootfs.tar.gz" ] || [ "$base" -nt "$out/rootfs.tar.gz" ]; then
 fi
 # The binaries' layer: debug builds with their debug info left out (objcopy), 0755 root.
 mkdir -p "$work/bin-layer/usr/local/bin" "$work/pause-layer"
-objcopy --strip-debug "$target/debug/policyc-agent" "$work/bin-layer/usr/local/bin/policyc-agent"
-objcopy --strip-debug "$target/debug/policyc" "$work/bin-layer/usr/local/bin/policyc"
+objcopy --strip-debug "$bins/policyc-agent" "$work/bin-layer/usr/local/bin/policyc-agent"
+objcopy --strip-debug "$bins/policyc" "$work/bin-layer/usr/local/bin/policyc"
 cp "$root/e2e/bin/pause" "$work/pause-layer/pause"
 chmod 0755 "$work"/bin-layer/usr/local/bin/* "$work/pause-layer/pause"
 layer() { tar -C "$1" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - . | gzip -n -1 >"$2"; }

@@ -53,10 +53,10 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// The cargo target directory of this test binary (target/<profile>/deps/<test>).
-fn target_dir() -> PathBuf {
+/// The directory of this build's binaries: target/<profile> (this test is target/<profile>/deps/<test>).
+fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("own executable");
-    exe.ancestors().nth(3).expect("target dir").to_path_buf()
+    exe.ancestors().nth(2).expect("target/<profile>").to_path_buf()
 }
 
 /// Everything the tier needs that a test cannot make itself.
@@ -73,7 +73,7 @@ fn ready() -> Result<(), String> {
         }
     }
     for b in ["policyc-agent", "policyc"] {
-        let p = target_dir().join("debug").join(b);
+        let p = bin_dir().join(b);
         if !p.is_file() {
             return Err(format!(
                 "{} is not built (cargo build -p policyc-controller -p policyc)",
@@ -112,7 +112,7 @@ fn build_images() {
     let t = Instant::now();
     let out = run(Command::new("bash")
         .arg(repo().join("e2e/node/images.sh"))
-        .arg(target_dir())
+        .arg(bin_dir())
         .stderr(Stdio::inherit()));
     assert!(out.status.success(), "images.sh failed");
     eprint!("{}", String::from_utf8_lossy(&out.stdout));
@@ -226,7 +226,7 @@ impl Cluster {
     /// `policyc wait --for=enforced`: every change so far is in every node's kernel.
     fn wait_enforced(&self) {
         run_ok(
-            Command::new(target_dir().join("debug/policyc"))
+            Command::new(bin_dir().join("policyc"))
                 .args(["wait", "--for=enforced", "--timeout", "60s", "--kubeconfig"])
                 .arg(&self.kubeconfig),
         );
