@@ -5,6 +5,7 @@ mod cluster;
 mod explain;
 mod input;
 mod lab;
+mod pod;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -120,6 +121,11 @@ enum Command {
     /// expectations, or a multi-step scenario), cell by cell, naming the rule behind every
     /// disagreement. Exit status: 0 all agree, 1 a disagreement, 2 error.
     Verify(lab::VerifyArgs),
+    /// Serve TCP (accept) and UDP (echo) ports until killed: the probe image's server mode.
+    Serve(pod::ServeArgs),
+    /// Connect to ADDRESS:PORT once (TCP connect, or a UDP datagram and its echo): the probe
+    /// image's client mode. Exit status: 0 connected, 1 not, 2 error.
+    Connect(pod::ConnectArgs),
     /// The lab itself: remove leftovers, measure the dataplane.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -342,6 +348,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Probe(args) => lab::probe(args),
         Command::Verify(args) => lab::verify(args),
         Command::Lab(cmd) => lab::lab(cmd),
+        Command::Serve(args) => pod::serve(args),
+        Command::Connect(args) => pod::connect(args),
         Command::Status { kubeconfig, output } => {
             block_on(cluster::status(kubeconfig.as_deref(), output == TextJson::Json))?;
             Ok(ExitCode::SUCCESS)

@@ -287,3 +287,44 @@ fn wait_without_policies_is_an_error_not_a_timeout() {
         text(&out.stderr)
     );
 }
+
+/// The probe image's modes: `serve` accepts TCP and echoes UDP; `connect` exits 0 when it
+/// got through, 1 when not (a closed port, no echo), 2 on a usage error (SCTP).
+#[test]
+fn serve_and_connect_probe_tcp_and_udp() {
+    // Free ports now (a race with other tests is unlikely on loopback ports picked by the kernel).
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_policyc"))
+        .args(["serve", "--tcp", &tcp.to_string(), "--udp", &udp.to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stderr.take().unwrap()), &mut ready).unwrap();
+    assert_eq!(ready.trim(), "policyc serve: ready");
+    let connect = |to: String, proto: &str| {
+        policyc(&["connect", &to, "--protocol", proto, "--timeout", "300ms"], None)
+            .status
+            .code()
+    };
+    let tcp_ok = connect(format!("127.0.0.1:{tcp}"), "tcp");
+    let udp_ok = connect(format!("127.0.0.1:{udp}"), "udp");
+    let udp_closed = connect(format!("127.0.0.1:{tcp}"), "udp");
+    let tcp_closed = connect(format!("127.0.0.1:{udp}"), "tcp");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!((tcp_ok, udp_ok), (Some(0), Some(0)));
+    assert_eq!((udp_closed, tcp_closed), (Some(1), Some(1)));
+    let sctp = policyc(&["serve", "--sctp", "80"], None);
+    assert_eq!(sctp.status.code(), Some(2));
+    assert!(text(&sctp.stderr).contains("no SCTP sockets"), "{}", text(&sctp.stderr));
+}

@@ -6,10 +6,14 @@
 #   e2e/bin/helm      helm.sh/helm/v3/cmd/helm, on the same k8s libraries
 #   e2e/bin/flanneld  flannel's daemon cut to the kube subnet manager + vxlan backend
 #                     (flanneld/main.go, its own go.mod: see flanneld/README.md)
+#   e2e/bin/kube-controller-manager, kube-scheduler, kubelet  the same k8s.io/kubernetes
+#                     version, and pause (pause/main.go, the sandbox image's process), for the
+#                     real-node tier (e2e/node/); not built by default (target node = these four)
 # Versions are pinned by go.mod/go.sum beside this script (flanneld: flanneld/go.mod/go.sum;
 # flannel needs Go >= 1.26). A binary is rebuilt
 # only when it is older than a source (*.go, go.mod, go.sum, this script);
-# FORCE=1 rebuilds all. Usage: e2e/apiserver/build.sh [kube-lab|kubectl|helm|flanneld]...
+# FORCE=1 rebuilds all. Usage: e2e/apiserver/build.sh [kube-lab|kubectl|helm|flanneld|node|
+#   kube-controller-manager|kube-scheduler|kubelet|pause]...
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="$(cd "$here/.." && pwd)/bin"
@@ -24,9 +28,16 @@ fi
 
 export CGO_ENABLED=0   # static binaries, no C toolchain needed
 targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(kube-lab kubectl helm flanneld)
+node_targets=(kube-controller-manager kube-scheduler kubelet pause)
+expanded=()
+for t in "${targets[@]}"; do
+  if [ "$t" = node ]; then expanded+=("${node_targets[@]}"); else expanded+=("$t"); fi
+done
+targets=("${expanded[@]}")
 
 stale() { # stale BINARY: missing, forced, or older than a source
   local b="$bin/$1" s sources=(*.go go.mod go.sum build.sh)
+  [ "$1" = pause ] && sources=(pause/*.go build.sh)
   [ "$1" = flanneld ] && sources=(flanneld/*.go flanneld/go.mod flanneld/go.sum build.sh)
   [ "${FORCE:-0}" = 1 ] && return 0
   [ -x "$b" ] || return 0
@@ -36,7 +47,7 @@ stale() { # stale BINARY: missing, forced, or older than a source
 
 todo=()
 for t in "${targets[@]}"; do
-  case "$t" in kube-lab|kubectl|helm|flanneld) ;; *) echo "build.sh: unknown target $t" >&2; exit 2;; esac
+  case "$t" in kube-lab|kubectl|helm|flanneld|kube-controller-manager|kube-scheduler|kubelet|pause) ;; *) echo "build.sh: unknown target $t" >&2; exit 2;; esac
   if stale "$t"; then todo+=("$t"); else echo "build.sh: $t up to date"; fi
 done
 [ ${#todo[@]} -gt 0 ] || exit 0
@@ -67,7 +78,9 @@ for t in "${todo[@]}"; do
   case "$t" in
     kube-lab) pkg=.;                             ld="$k8s_ld" ;;
     kubectl)  pkg=k8s.io/kubernetes/cmd/kubectl; ld="$k8s_ld" ;;
+    kube-controller-manager|kube-scheduler|kubelet) pkg="k8s.io/kubernetes/cmd/$t"; ld="$k8s_ld" ;;
     helm)     pkg=helm.sh/helm/v3/cmd/helm;      ld="$helm_ld" ;;
+    pause)    pkg=./pause;                       ld="" ;;
     # Its own module (flannel needs go 1.26 and newer shared dependencies than kube-lab's).
     flanneld) pkg=flanneld;                      ld="$flannel_ld" ;;
   esac

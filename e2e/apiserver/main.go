@@ -29,6 +29,17 @@ const usage = `kube-lab: a real kube-apiserver + embedded etcd for tests
       Sign a client cert for NAME/groups with the lab CA and write a
       kubeconfig for it (default DIR/kubeconfig-NAME); prints its path.
 
+  kube-lab relay LISTEN TARGET
+      Copy every connection accepted on LISTEN to a new connection to TARGET
+      (each tcp:HOST:PORT or unix:PATH), until SIGTERM. A unix socket crosses
+      network namespaces: the real-node tier (e2e/node) pairs two relays to
+      reach the API server from a node's namespace.
+
+  kube-lab connect-proxy unix:PATH
+      An HTTP CONNECT proxy on a unix socket (the API server's egress selector
+      "cluster" transport): run inside the nodes' underlay namespace, it lets
+      the API server on the host's loopback reach the kubelets.
+
   kube-lab version
 `
 
@@ -43,6 +54,10 @@ func main() {
 		err = cmdServe(os.Args[2:])
 	case "kubeconfig":
 		err = cmdKubeconfig(os.Args[2:])
+	case "relay":
+		err = cmdRelay(os.Args[2:])
+	case "connect-proxy":
+		err = cmdConnectProxy(os.Args[2:])
 	case "version", "--version":
 		fmt.Printf("kube-apiserver %s\netcd %s\n", k8sVersion(), etcdversion.Version)
 	case "help", "-h", "--help":

@@ -39,6 +39,7 @@ func cmdServe(args []string) error {
 	dir := fs.String("dir", "", "lab directory: certs, kubeconfig, etcd data (required; created if missing)")
 	port := fs.Int("port", 0, "apiserver port on 127.0.0.1 (0 = a free port)")
 	exitOnEOF := fs.Bool("exit-on-stdin-eof", false, "shut down cleanly when stdin reaches EOF (a parent holding the pipe died or closed it)")
+	saAdmission := fs.Bool("service-account-admission", false, "keep the ServiceAccount admission plugin (a controller-manager runs: pods get their token volume)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -103,7 +104,15 @@ func cmdServe(args []string) error {
 	}
 	server := "https://127.0.0.1:" + strconv.Itoa(apiPort)
 	p := func(name string) string { return filepath.Join(d, name) }
-	cmd.SetArgs(append([]string{
+	admission := []string{
+		// No controller-manager runs, so nothing would create the ServiceAccounts this
+		// plugin waits for.
+		"--disable-admission-plugins=ServiceAccount",
+	}
+	if *saAdmission {
+		admission = nil // the real-node tier runs kube-controller-manager
+	}
+	cmd.SetArgs(append(append([]string{
 		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
@@ -117,15 +126,12 @@ func cmdServe(args []string) error {
 		"--service-account-signing-key-file=" + p(saKeyFile),
 		"--authorization-mode=RBAC",
 		"--service-cluster-ip-range=10.96.0.0/16",
-		// No controller-manager runs, so nothing would create the token
-		// Secrets this plugin waits for.
-		"--disable-admission-plugins=ServiceAccount",
 		// Agents (DaemonSets) are often privileged pods.
 		"--allow-privileged=true",
 		// Endpoints may not point at loopback; nothing could reach it anyway.
 		"--endpoint-reconciler-type=none",
 		"--profiling=false",
-	}, extra...))
+	}, admission...), extra...))
 
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- cmd.Execute() }()
