@@ -9,8 +9,9 @@ cd "$(dirname "$0")"
 
 packages=(nftables iproute2 iptables ipset conntrack util-linux iputils-ping iperf3 libnftnl-dev libmnl-dev pkg-config
   # The bridge and host-local CNI plugins (the lab's flannel attachment, the port discovery
-  # test, the real-node tier); for the real-node tier (e2e/node): containerd and runc per node, mmdebstrap for the image's rootfs, jq for up.sh and the Canal-like CNI plugin,
-  # objcopy (binutils) to leave debug info out of the image.
+  # test, the real-node tier); for the real-node tier (e2e/node): containerd and runc per node,
+  # mmdebstrap for the image's rootfs, jq for up.sh and the Canal-like CNI plugin, objcopy
+  # (binutils) to leave debug info out of the image.
   containerd runc containernetworking-plugins mmdebstrap jq binutils)
 missing=()
 for p in "${packages[@]}"; do

@@ -336,6 +336,10 @@ image:
   repository: $POLICYC_IMAGE_REPOSITORY
   tag: $POLICYC_IMAGE_TAG
   pullPolicy: Never
+# The nodes' attachment, as up.sh made it: with the chart's default (auto) a node that has no pod
+# yet cannot tell, and says NoPodAttachment until its first pod.
+agent:
+  attachment: $attachment
 YAML
 echo "KUBECONFIG=$kubeconfig" >>"$dir/state.env"
 echo "up.sh: up in $(since "$t0")s: $nodes nodes, $attachment; chart values $dir/values.yaml" >&2
