@@ -198,6 +198,11 @@ for i in $(seq 1 "$nodes"); do
     ip link set eth0 up
     ip route add default dev eth0
     sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0"
+  # A plain Flannel node passes bridged traffic through iptables/nftables (br_netfilter), as
+  # kube-proxy and Flannel's manifest require; per network namespace on this kernel.
+  if [ "$attachment" = flannel ]; then
+    nodex sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1
+  fi
   start "$cg/$n/system" "$nd/relay.log" nsenter --net="/proc/$pid/ns/net" --mount="/proc/$pid/ns/mnt" \
     "$bin/kube-lab" relay tcp:10.96.0.1:443 "unix:$dir/api.sock" >/dev/null
 

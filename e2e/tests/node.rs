@@ -448,12 +448,22 @@ fn netpol(ns: &str, name: &str, spec: Value) -> Value {
 
 #[test]
 fn chart_on_real_nodes_enforces_between_real_pods() {
+    chart_enforces("canal", true);
+}
+
+/// The same on plain Flannel nodes (bridge + host-local), without the upgrade.
+#[test]
+fn chart_on_real_flannel_nodes_enforces_between_real_pods() {
+    chart_enforces("flannel", false);
+}
+
+fn chart_enforces(attachment: &str, upgrade: bool) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     if !policyc_testhost::require(ready()) {
         return;
     }
     build_images();
-    let c = Cluster::up("canal", 2, "canal");
+    let c = Cluster::up(attachment, 2, attachment);
 
     // The unmodified chart, with only the values up.sh wrote.
     let t = Instant::now();
@@ -525,6 +535,9 @@ fn chart_on_real_nodes_enforces_between_real_pods() {
         "agents Running with NET_ADMIN only, {} NodePolicyStatus Ready",
         statuses["items"].as_array().map_or(0, Vec::len)
     );
+    for item in statuses["items"].as_array().into_iter().flatten() {
+        assert_eq!(item["status"]["attachment"], attachment, "{item}");
+    }
 
     let values = std::fs::read_to_string(c.dir.join("values.yaml")).expect("values.yaml");
     let field = |k: &str| {
@@ -660,7 +673,9 @@ fn chart_on_real_nodes_enforces_between_real_pods() {
     eprintln!("9 steps in {:.1}s", t.elapsed().as_secs_f64());
     c.kubectl_ok(&["delete", "networkpolicy", "-n", "y", "--all"]);
 
-    helm_upgrade_leaks_nothing(&c, &pods, &image);
+    if upgrade {
+        helm_upgrade_leaks_nothing(&c, &pods, &image);
+    }
 }
 
 /// One prober in pod `from`: TCP and UDP connects to `to` port 80 in a loop for `secs`
@@ -803,21 +818,4 @@ fn helm_upgrade_leaks_nothing(c: &Cluster, pods: &[(String, String)], image: &st
         assert!(img.ends_with(&new_tag), "{name}: {img}");
         assert_eq!(p["status"]["phase"], "Running", "{name}");
     }
-}
-
-/// Plain Flannel (bridge + host-local): nodes, pods and pod-to-pod connectivity across and
-/// within nodes. Without policyc: on this branch the agent knows only Canal's veths.
-#[test]
-fn flannel_bridge_nodes_connect_pods() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    if !policyc_testhost::require(ready()) {
-        return;
-    }
-    build_images();
-    let c = Cluster::up("flannel", 2, "flannel");
-    let env = std::fs::read_to_string(repo().join("e2e/bin/images/images.env")).expect("images.env");
-    let get = |k: &str| env.lines().find_map(|l| l.strip_prefix(k)).expect(k).to_string();
-    let image = format!("{}:{}", get("POLICYC_IMAGE_REPOSITORY="), get("POLICYC_IMAGE_TAG="));
-    let pods = start_pods(&c, &image);
-    expect_matrix(&c, &pods, "flannel, no policy", &SERVED, |_, _, _, _| true);
 }
