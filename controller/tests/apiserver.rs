@@ -116,56 +116,7 @@ fn status_generation(api: &ApiServer) -> Option<i64> {
 /// Installs policyc's CRD and the chart's RBAC, writes a kubeconfig for the chart's
 /// ServiceAccount, and creates namespace x with pods a, b (node n1) and c (node n2).
 fn setup(api: &ApiServer) -> std::path::PathBuf {
-    api.kubectl(
-        &["apply", "-f", repo().join("crds/yaml/crds.yaml").to_str().unwrap()],
-        None,
-    );
-    api.kubectl(
-        &[
-            "wait",
-            "--for",
-            "condition=established",
-            "crd/nodepolicystatuses.policyc.dev",
-        ],
-        None,
-    );
-    // The agent runs as the chart's ServiceAccount with exactly the chart's RBAC: a client
-    // certificate for that user name is what RBAC's ServiceAccount subjects match.
-    let rbac = api.tool(
-        "helm",
-        &[
-            "template",
-            "policyc",
-            repo().join("charts/policyc").to_str().unwrap(),
-            "-n",
-            "kube-system",
-            "--show-only",
-            "templates/rbac.yaml",
-        ],
-        None,
-    );
-    api.kubectl(&["apply", "-f", "-"], Some(&rbac));
-    // KUBECONFIG is a colon-separated list: write the file under a name without colons.
-    let agent_kubeconfig = api.dir.join("agent.kubeconfig");
-    let out = Command::new(support::e2e_bin("kube-lab"))
-        .args([
-            "kubeconfig",
-            "--dir",
-            api.dir.to_str().unwrap(),
-            "--user",
-            "system:serviceaccount:kube-system:policyc",
-        ])
-        .args([
-            "--group",
-            "system:serviceaccounts",
-            "--group",
-            "system:authenticated",
-            "--out",
-        ])
-        .arg(&agent_kubeconfig)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let agent_kubeconfig = support::agent_kubeconfig(api);
     api.kubectl(&["create", "namespace", "x"], None);
     for (name, node, ip) in [
         ("a", "n1", "10.244.1.5"),
