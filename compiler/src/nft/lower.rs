@@ -51,15 +51,7 @@ pub fn lower_bridge(ir: &Ir) -> Result<Option<Table>, IrError> {
                 .collect(),
         });
     }
-    let mut prerouting = vec![Rule {
-        matches: Vec::new(),
-        counter: false,
-        action: Action::Vmap {
-            key: VmapKey::Ifname(Iface::In),
-            map: GUARD_MAP.into(),
-        },
-        comment: None,
-    }];
+    let mut prerouting = vec![guard_dispatch()];
     let mut forward = Vec::new();
     for f in [Family::V4, Family::V6] {
         // Ports the guard map does not know yet: their pods' addresses are not known either, but
@@ -187,12 +179,7 @@ fn guard_chain(ep: &Endpoint, bridge: bool) -> Chain {
             }));
         }
     }
-    rules.push(accept(Match::AddrPrefix {
-        family: Family::V6,
-        end: End::Source,
-        net: IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)),
-        len: 10,
-    }));
+    rules.push(accept(link_local_source()));
     rules.push(accept(Match::AddrIn {
         family: Family::V6,
         end: End::Source,
@@ -567,6 +554,45 @@ fn cut_and_established() -> Vec<Rule> {
     ]
 }
 
+/// The base chains both attachments hook, in declaration order: name, hook, priority (relative to
+/// `filter`), the interface the pod side is on, and the direction they judge.
+const BASE_CHAINS: [(&str, Hook, i32, Iface, Direction); 3] = [
+    ("forward_egress", Hook::Forward, -1, Iface::In, Direction::Egress),
+    ("forward_ingress", Hook::Forward, 0, Iface::Out, Direction::Ingress),
+    ("input_egress", Hook::Input, -1, Iface::In, Direction::Egress),
+];
+
+/// `iifname vmap @source_guard`: a pod interface's frames to its source guard.
+fn guard_dispatch() -> Rule {
+    Rule {
+        matches: Vec::new(),
+        counter: false,
+        action: Action::Vmap {
+            key: VmapKey::Ifname(Iface::In),
+            map: GUARD_MAP.into(),
+        },
+        comment: None,
+    }
+}
+
+/// `iifname "cni0" oifname "cni0"`: bridged traffic between the bridge's ports.
+fn bridged(bridge: &str) -> Vec<Match> {
+    vec![
+        Match::Ifname(Iface::In, bridge.to_string()),
+        Match::Ifname(Iface::Out, bridge.to_string()),
+    ]
+}
+
+/// `ip6 saddr fe80::/10`.
+fn link_local_source() -> Match {
+    Match::AddrPrefix {
+        family: Family::V6,
+        end: End::Source,
+        net: IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)),
+        len: 10,
+    }
+}
+
 /// ICMPv6 router and neighbour discovery: pods on one bridge resolve each other directly, and
 /// conntrack does not track these messages.
 const ND_TYPES: [u8; 4] = [133, 134, 135, 136];
@@ -581,10 +607,7 @@ fn bridge_base_chains(ir: &Ir, bridge: &str) -> Vec<Chain> {
         let mut rules = Vec::new();
         if hook == Hook::Forward && d == Direction::Egress {
             rules.push(Rule {
-                matches: vec![
-                    Match::Ifname(Iface::In, bridge.to_string()),
-                    Match::Ifname(Iface::Out, bridge.to_string()),
-                ],
+                matches: bridged(bridge),
                 counter: false,
                 action: Action::SetMarkBits(SEEN_MARK),
                 comment: None,
@@ -603,16 +626,7 @@ fn bridge_base_chains(ir: &Ir, bridge: &str) -> Vec<Chain> {
             // everything else between pods from a link-local source is dropped, or it would
             // pass unjudged without fail-closed.
             rules.push(Rule {
-                matches: vec![
-                    Match::Ifname(Iface::In, bridge.to_string()),
-                    Match::Ifname(Iface::Out, bridge.to_string()),
-                    Match::AddrPrefix {
-                        family: Family::V6,
-                        end: End::Source,
-                        net: IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)),
-                        len: 10,
-                    },
-                ],
+                matches: [bridged(bridge), vec![link_local_source()]].concat(),
                 counter: true,
                 action: Action::Verdict(Verdict::Drop),
                 comment: Some(comment(&labels::link_local_bridged(bridge))),
@@ -645,10 +659,7 @@ fn bridge_base_chains(ir: &Ir, bridge: &str) -> Vec<Chain> {
             // multicast) would reach every pod on the bridge unjudged; without fail-closed it
             // is dropped here (with fail-closed, by the rule above).
             rules.push(Rule {
-                matches: vec![
-                    Match::Ifname(Iface::In, bridge.to_string()),
-                    Match::Ifname(Iface::Out, bridge.to_string()),
-                ],
+                matches: bridged(bridge),
                 counter: true,
                 action: Action::Verdict(Verdict::Drop),
                 comment: Some(comment(&labels::bridged_to_no_pod(bridge))),
@@ -660,11 +671,10 @@ fn bridge_base_chains(ir: &Ir, bridge: &str) -> Vec<Chain> {
             rules,
         }
     };
-    vec![
-        base("forward_egress", Hook::Forward, -1, Iface::In, Direction::Egress),
-        base("forward_ingress", Hook::Forward, 0, Iface::Out, Direction::Ingress),
-        base("input_egress", Hook::Input, -1, Iface::In, Direction::Egress),
-    ]
+    BASE_CHAINS
+        .iter()
+        .map(|&(name, hook, priority, iface, d)| base(name, hook, priority, iface, d))
+        .collect()
 }
 
 /// Canal's base chains, and its source guard before conntrack (priority raw); with
@@ -676,15 +686,7 @@ fn canal_base_chains(ir: &Ir, prefix: &str) -> Vec<Chain> {
             hook: Hook::Prerouting,
             priority: -300,
         }),
-        rules: vec![Rule {
-            matches: Vec::new(),
-            counter: false,
-            action: Action::Vmap {
-                key: VmapKey::Ifname(Iface::In),
-                map: GUARD_MAP.into(),
-            },
-            comment: None,
-        }],
+        rules: vec![guard_dispatch()],
     }];
     chains.extend(canal_policy_chains(ir, prefix));
     chains
@@ -693,7 +695,7 @@ fn canal_base_chains(ir: &Ir, prefix: &str) -> Vec<Chain> {
 fn canal_policy_chains(ir: &Ir, prefix: &str) -> Vec<Chain> {
     let base = |name: &str, hook, priority, iface, d: Direction| {
         let mut rules = cut_and_established();
-        rules.extend([Rule {
+        rules.push(Rule {
             matches: Vec::new(),
             counter: false,
             action: Action::Vmap {
@@ -701,7 +703,7 @@ fn canal_policy_chains(ir: &Ir, prefix: &str) -> Vec<Chain> {
                 map: dispatch_map_name(d),
             },
             comment: None,
-        }]);
+        });
         if ir.fail_closed {
             rules.push(Rule {
                 matches: vec![Match::IfnamePrefix(iface, prefix.to_string())],
@@ -716,11 +718,10 @@ fn canal_policy_chains(ir: &Ir, prefix: &str) -> Vec<Chain> {
             rules,
         }
     };
-    vec![
-        base("forward_egress", Hook::Forward, -1, Iface::In, Direction::Egress),
-        base("forward_ingress", Hook::Forward, 0, Iface::Out, Direction::Ingress),
-        base("input_egress", Hook::Input, -1, Iface::In, Direction::Egress),
-    ]
+    BASE_CHAINS
+        .iter()
+        .map(|&(name, hook, priority, iface, d)| base(name, hook, priority, iface, d))
+        .collect()
 }
 
 fn endpoint_chain(ir: &Ir, ep: &Endpoint, d: Direction) -> Chain {
