@@ -105,18 +105,7 @@ fn auto_attachment_waits_for_a_pod_attachment_then_finds_flannel() {
     run(node
         .exec("ip")
         .args(["link", "add", "eth0", "type", "veth", "peer", "name", "uplink0"]));
-    run(node.exec("ip").args([
-        "link",
-        "add",
-        "flannel.1",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "dstport",
-        "8472",
-        "nolearning",
-    ]));
+    add_flannel_vxlan(&node);
     let has_br_netfilter = Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists();
     if has_br_netfilter {
         run(node
@@ -233,18 +222,7 @@ fn auto_attachment_waits_for_a_pod_attachment_then_finds_flannel() {
     run(canal
         .exec("ip")
         .args(["link", "add", "cali0123456789a", "type", "veth", "peer", "name", "p0"]));
-    run(canal.exec("ip").args([
-        "link",
-        "add",
-        "flannel.1",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "dstport",
-        "8472",
-        "nolearning",
-    ]));
+    add_flannel_vxlan(&canal);
     let _canal_agent = Agent(
         Command::new(env!("CARGO_BIN_EXE_policyc-agent"))
             .args(["--node-name", "n2", "--debounce-ms", "20", "--attachment", "auto"])
@@ -306,4 +284,20 @@ fn auto_attachment_waits_for_a_pod_attachment_then_finds_flannel() {
     assert_eq!(reason, "Synced", "{message}");
     let rules = run(node.exec("nft").args(["list", "table", "bridge", "policyc"]));
     assert!(rules.contains("\"vethpctest0\" : goto guard_"), "{rules}");
+}
+
+/// Flannel's VXLAN device, as both attachments' nodes have it.
+fn add_flannel_vxlan(ns: &policyc_testhost::Netns) {
+    run(ns.exec("ip").args([
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "dstport",
+        "8472",
+        "nolearning",
+    ]));
 }
