@@ -189,14 +189,7 @@ pub fn rule_counters_of(
     // the same rules: see "Consistent dumps" above.
     let mut previous: Option<(Vec<RuleCounters>, u32)> = None;
     for _ in 0..DUMP_ATTEMPTS {
-        let dumped = (|| -> Result<Option<(Vec<RuleCounters>, u32)>, CountersError> {
-            reader.barrier()?;
-            match reader.dump_once(table)? {
-                Some(rules) => Ok(Some((rules, reader.generation()?))),
-                None => Ok(None),
-            }
-        })();
-        match dumped {
+        match reader.dump_after_barrier(table) {
             Ok(Some((rules, generation))) => {
                 if previous
                     .as_ref()
@@ -306,6 +299,16 @@ impl Reader {
             batch.extend(MsgBuilder::with_header(ty, NLM_F_REQUEST, self.seq, &header).finish());
         }
         self.sock.send(&batch).map_err(|e| CountersError::io("send", e))
+    }
+
+    /// A barrier, one dump and the generation after it; `None` when the kernel flagged the
+    /// dump interrupted.
+    fn dump_after_barrier(&mut self, table: &str) -> Result<Option<(Vec<RuleCounters>, u32)>, CountersError> {
+        self.barrier()?;
+        match self.dump_once(table)? {
+            Some(rules) => Ok(Some((rules, self.generation()?))),
+            None => Ok(None),
+        }
     }
 
     /// The ruleset's generation number (`NFT_MSG_GETGEN`).
