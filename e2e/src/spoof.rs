@@ -170,6 +170,19 @@ impl Receiver {
             .unwrap_or(0)
     }
 
+    /// Waits until `want` datagrams with `payload` arrived (or a second passed), then a little
+    /// longer for anything late; the count.
+    pub fn arrived(&self, payload: &[u8], want: usize) -> usize {
+        for _ in 0..20 {
+            if self.count(payload) >= want {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        self.count(payload)
+    }
+
     /// Sources of the datagrams received with `payload`.
     pub fn sources(&self, payload: &[u8]) -> Vec<SocketAddr> {
         self.got

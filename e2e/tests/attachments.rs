@@ -104,19 +104,6 @@ fn pod_netns(lab: &Lab, name: &str) -> std::path::PathBuf {
     sys::netns_path(lab.pod_netns(&pod(name)).expect("pod netns"))
 }
 
-/// Waits until `want` datagrams with `payload` arrived (or a second passed); the count.
-fn arrived(rx: &Receiver, payload: &[u8], want: usize) -> usize {
-    for _ in 0..20 {
-        if rx.count(payload) >= want {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // Anything late would still show.
-    std::thread::sleep(Duration::from_millis(200));
-    rx.count(payload)
-}
-
 fn hit_packets(hits: &[RuleHit], node: &str, comment: &str) -> u64 {
     hits.iter()
         .filter(|h| h.node == node && h.comment.as_deref() == Some(comment))
@@ -135,8 +122,8 @@ fn anti_spoofing(attachment: Attachment) {
     lab.clear_rules().unwrap();
     spoof::send_udp_as(&b, A, C, UDP_PORT, b"bare-cross", COUNT).unwrap();
     spoof::send_udp_as(&b2, A, C, UDP_PORT, b"bare-same", COUNT).unwrap();
-    assert_eq!(arrived(&rx, b"bare-cross", COUNT), COUNT, "cross-node, no rules");
-    assert_eq!(arrived(&rx, b"bare-same", COUNT), COUNT, "same-node, no rules");
+    assert_eq!(rx.arrived(b"bare-cross", COUNT), COUNT, "cross-node, no rules");
+    assert_eq!(rx.arrived(b"bare-same", COUNT), COUNT, "same-node, no rules");
     assert!(
         rx.sources(b"bare-same").iter().all(|s| s.ip() == IpAddr::V4(A)),
         "the forged datagrams carry x/a's address"
@@ -148,9 +135,9 @@ fn anti_spoofing(attachment: Attachment) {
     spoof::send_udp(&pod_netns(&lab, "a"), C, UDP_PORT, b"real-a", COUNT).unwrap();
     spoof::send_udp_as(&b, A, C, UDP_PORT, b"forged-cross", COUNT).unwrap();
     spoof::send_udp_as(&b2, A, C, UDP_PORT, b"forged-same", COUNT).unwrap();
-    assert_eq!(arrived(&rx, b"real-a", COUNT), COUNT, "x/a's own datagrams");
-    assert_eq!(arrived(&rx, b"forged-cross", 1), 0, "forged by x/b on node-2");
-    assert_eq!(arrived(&rx, b"forged-same", 1), 0, "forged by x/b2 on node-1");
+    assert_eq!(rx.arrived(b"real-a", COUNT), COUNT, "x/a's own datagrams");
+    assert_eq!(rx.arrived(b"forged-cross", 1), 0, "forged by x/b on node-2");
+    assert_eq!(rx.arrived(b"forged-same", 1), 0, "forged by x/b2 on node-1");
 
     // The guard of the sender's port counted them, by name.
     let hits = before.diff(&lab.counters().unwrap());
@@ -357,19 +344,15 @@ fn flannel_broadcasts_do_not_bypass_ingress() {
     // Without rules the broadcasts arrive: the path works, only the rules stop them.
     lab.clear_rules().unwrap();
     spoof::send_udp_broadcast(&a, subnet, UDP_PORT, b"bare-subnet", COUNT).unwrap();
-    assert_eq!(arrived(&rx, b"bare-subnet", COUNT), COUNT, "subnet broadcast, no rules");
+    assert_eq!(rx.arrived(b"bare-subnet", COUNT), COUNT, "subnet broadcast, no rules");
 
     lab.update(&snapshot(&[CLUSTER, DENY_ALL_INGRESS])).unwrap();
     let before = lab.counters().unwrap();
     spoof::send_udp_broadcast(&a, subnet, UDP_PORT, b"denied-subnet", COUNT).unwrap();
     spoof::send_udp_broadcast(&a, Ipv4Addr::BROADCAST, UDP_PORT, b"denied-limited", COUNT).unwrap();
+    assert_eq!(rx.arrived(b"denied-subnet", 1), 0, "subnet broadcast through deny-all");
     assert_eq!(
-        arrived(&rx, b"denied-subnet", 1),
-        0,
-        "subnet broadcast through deny-all"
-    );
-    assert_eq!(
-        arrived(&rx, b"denied-limited", 1),
+        rx.arrived(b"denied-limited", 1),
         0,
         "limited broadcast through deny-all"
     );
