@@ -281,6 +281,35 @@ impl NetlinkWriter {
         self.netns.as_deref()
     }
 
+    /// Atomically replaces the kernel's `table FAMILY policyc` (the family of `table`) with a
+    /// model built by other means than lowering an IR (a tool's or a test's own rules), as
+    /// `nft -f` of `policyc_compiler::nft::print(table, true)` does. The other family's table is
+    /// left alone; what this writer knew of the kernel is forgotten, so the next
+    /// [`Dataplane::apply`] replaces.
+    pub fn replace_table(&mut self, table: &Table) -> Result<ApplyStats, DataplaneError> {
+        let started = Instant::now();
+        self.committed = None;
+        self.bridge = BridgeState::Unknown;
+        let rs = Ruleset::from_table(table)?;
+        let mut b = nl::Builder::new();
+        b.replace(&rs)?;
+        let enc = b.finish();
+        let plan_time = started.elapsed();
+        let kernel_time = self.send(&enc)?;
+        self.socket = None;
+        Ok(ApplyStats {
+            messages: enc.what.len(),
+            bytes: enc.len(),
+            chains: rs.chains.len(),
+            rules: rs.rule_count(),
+            sets: rs.sets.len() + rs.anon_set_count(),
+            elements_added: rs.element_count(),
+            elements_removed: 0,
+            plan_time,
+            kernel_time,
+        })
+    }
+
     /// Sends one batch; returns the time until the kernel's last answer.
     fn send(&mut self, enc: &nl::Encoded) -> Result<Duration, DataplaneError> {
         let t = Instant::now();

@@ -590,8 +590,69 @@ impl Expression for NlExpr<'_> {
                 let (name, id) = self.set.as_ref().expect("lookup with its set resolved");
                 lookup(name, *id, *verdict_map)
             }
+            Expr::Limit { rate, unit, burst } => limit(*rate, *unit, *burst),
+            Expr::Log {
+                prefix,
+                group,
+                snaplen,
+                queue_threshold,
+            } => {
+                // Prefixes were checked for NUL bytes when the rule was planned.
+                let prefix = prefix.as_deref().map(|p| CString::new(p).unwrap_or_default());
+                log(prefix.as_deref(), *group, *snaplen, *queue_threshold)
+            }
         }
     }
+}
+
+/// `limit rate RATE/UNIT burst BURST type packets flags 0x0`, every attribute set as nft sets
+/// it (`netlink_gen_limit_stmt`).
+fn limit(rate: u64, unit: u64, burst: u32) -> NonNull<sys::nftnl_expr> {
+    // SAFETY: nftnl_expr_alloc gets a NUL-terminated name; `alloc` aborts on NULL.
+    let e = alloc(unsafe { sys::nftnl_expr_alloc(c"limit".as_ptr()) });
+    // SAFETY: `e` is live and unshared; integer attributes take no pointers. The caller
+    // (`Rule::add_expr`) takes ownership of `e`.
+    unsafe {
+        let p = e.as_ptr();
+        sys::nftnl_expr_set_u64(p, sys::NFTNL_EXPR_LIMIT_RATE as u16, rate);
+        sys::nftnl_expr_set_u64(p, sys::NFTNL_EXPR_LIMIT_UNIT as u16, unit);
+        sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LIMIT_BURST as u16, burst);
+        sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LIMIT_TYPE as u16, NFT_LIMIT_PKTS);
+        sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LIMIT_FLAGS as u16, 0);
+    }
+    e
+}
+
+/// `enum nft_limit_type`: a limit in packets (not bytes).
+const NFT_LIMIT_PKTS: u32 = 0;
+
+/// `log [prefix P] group G [snaplen S] [qthreshold Q]`, as nft sets it
+/// (`netlink_gen_log_stmt`: the prefix when given, then the group and, only with a group, the
+/// snaplen and queue threshold when given).
+fn log(
+    prefix: Option<&CStr>,
+    group: u16,
+    snaplen: Option<u32>,
+    queue_threshold: Option<u16>,
+) -> NonNull<sys::nftnl_expr> {
+    // SAFETY: nftnl_expr_alloc gets a NUL-terminated name; `alloc` aborts on NULL.
+    let e = alloc(unsafe { sys::nftnl_expr_alloc(c"log".as_ptr()) });
+    // SAFETY: `e` is live and unshared; the prefix is NUL-terminated and copied by libnftnl,
+    // integer attributes take no pointers. The caller (`Rule::add_expr`) takes ownership of `e`.
+    unsafe {
+        let p = e.as_ptr();
+        if let Some(prefix) = prefix {
+            sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_LOG_PREFIX as u16, prefix.as_ptr());
+        }
+        sys::nftnl_expr_set_u16(p, sys::NFTNL_EXPR_LOG_GROUP as u16, group);
+        if let Some(snaplen) = snaplen {
+            sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LOG_SNAPLEN as u16, snaplen);
+        }
+        if let Some(q) = queue_threshold {
+            sys::nftnl_expr_set_u16(p, sys::NFTNL_EXPR_LOG_QTHRESHOLD as u16, q);
+        }
+    }
+    e
 }
 
 /// `payload load LEN @ BASE + OFFSET => reg DREG`.

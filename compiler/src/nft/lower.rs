@@ -63,6 +63,7 @@ pub fn lower_bridge(ir: &Ir) -> Result<Option<Table>, IrError> {
                 set: set_name(LOCAL_PODS, f),
             }],
             counter: true,
+            log: None,
             action: Action::Verdict(Verdict::Drop),
             comment: Some(comment(labels::SPOOFED_UNKNOWN_PORT)),
         });
@@ -77,6 +78,7 @@ pub fn lower_bridge(ir: &Ir) -> Result<Option<Table>, IrError> {
                     },
                 ],
                 counter: true,
+                log: None,
                 action: Action::Verdict(Verdict::Drop),
                 comment: Some(comment(labels::UNSEEN_BRIDGED)),
             });
@@ -166,6 +168,7 @@ fn guard_chain(ep: &Endpoint, bridge: bool) -> Chain {
     let accept = |m: Match| Rule {
         matches: vec![m],
         counter: false,
+        log: None,
         action: Action::Verdict(Verdict::Accept),
         comment: None,
     };
@@ -542,12 +545,14 @@ fn cut_and_established() -> Vec<Rule> {
         Rule {
             matches: vec![Match::CtMarkAll(CUT_MARK)],
             counter: true,
+            log: None,
             action: Action::Verdict(Verdict::Drop),
             comment: Some(comment(CUT_COMMENT)),
         },
         Rule {
             matches: vec![Match::CtState(CtStates(CtStates::ESTABLISHED | CtStates::RELATED))],
             counter: false,
+            log: None,
             action: Action::Verdict(Verdict::Accept),
             comment: None,
         },
@@ -567,6 +572,7 @@ fn guard_dispatch() -> Rule {
     Rule {
         matches: Vec::new(),
         counter: false,
+        log: None,
         action: Action::Vmap {
             key: VmapKey::Ifname(Iface::In),
             map: GUARD_MAP.into(),
@@ -609,6 +615,7 @@ fn bridge_base_chains(ir: &Ir, bridge: &str) -> Vec<Chain> {
             rules.push(Rule {
                 matches: bridged(bridge),
                 counter: false,
+                log: None,
                 action: Action::SetMarkBits(SEEN_MARK),
                 comment: None,
             });
@@ -617,6 +624,7 @@ fn bridge_base_chains(ir: &Ir, bridge: &str) -> Vec<Chain> {
         rules.push(Rule {
             matches: vec![Match::Icmpv6Types(ND_TYPES.to_vec())],
             counter: false,
+            log: None,
             action: Action::Verdict(Verdict::Accept),
             comment: None,
         });
@@ -628,6 +636,7 @@ fn bridge_base_chains(ir: &Ir, bridge: &str) -> Vec<Chain> {
             rules.push(Rule {
                 matches: [bridged(bridge), vec![link_local_source()]].concat(),
                 counter: true,
+                log: None,
                 action: Action::Verdict(Verdict::Drop),
                 comment: Some(comment(&labels::link_local_bridged(bridge))),
             });
@@ -640,6 +649,7 @@ fn bridge_base_chains(ir: &Ir, bridge: &str) -> Vec<Chain> {
             rules.push(Rule {
                 matches: vec![Match::Ifname(iface, bridge.to_string())],
                 counter: false,
+                log: None,
                 action: Action::Vmap {
                     key: VmapKey::Addr(f, end),
                     map: set_name(&dispatch_map_name(d), f),
@@ -651,6 +661,7 @@ fn bridge_base_chains(ir: &Ir, bridge: &str) -> Vec<Chain> {
             rules.push(Rule {
                 matches: vec![Match::Ifname(iface, bridge.to_string())],
                 counter: true,
+                log: None,
                 action: Action::Verdict(Verdict::Drop),
                 comment: Some(comment(&labels::fail_closed_bridge(bridge, d))),
             });
@@ -661,6 +672,7 @@ fn bridge_base_chains(ir: &Ir, bridge: &str) -> Vec<Chain> {
             rules.push(Rule {
                 matches: bridged(bridge),
                 counter: true,
+                log: None,
                 action: Action::Verdict(Verdict::Drop),
                 comment: Some(comment(&labels::bridged_to_no_pod(bridge))),
             });
@@ -698,6 +710,7 @@ fn canal_policy_chains(ir: &Ir, prefix: &str) -> Vec<Chain> {
         rules.push(Rule {
             matches: Vec::new(),
             counter: false,
+            log: None,
             action: Action::Vmap {
                 key: VmapKey::Ifname(iface),
                 map: dispatch_map_name(d),
@@ -708,6 +721,7 @@ fn canal_policy_chains(ir: &Ir, prefix: &str) -> Vec<Chain> {
             rules.push(Rule {
                 matches: vec![Match::IfnamePrefix(iface, prefix.to_string())],
                 counter: true,
+                log: None,
                 action: Action::Verdict(Verdict::Drop),
                 comment: Some(comment(&labels::fail_closed(prefix))),
             });
@@ -737,6 +751,7 @@ fn endpoint_chain(ir: &Ir, ep: &Endpoint, d: Direction) -> Chain {
                     addrs: own,
                 }],
                 counter: false,
+                log: None,
                 action: Action::Verdict(Verdict::Accept),
                 comment: Some(comment(&format!("{} to itself", ep.pod))),
             });
@@ -839,6 +854,7 @@ fn policy_chain(ir: &Ir, name: &str, chain: &PolicyChain) -> Chain {
                 rules.push(Rule {
                     matches: peer.iter().cloned().chain(ports).collect(),
                     counter: true,
+                    log: None,
                     action: Action::Verdict(Verdict::Accept),
                     comment: Some(c.clone()),
                 });
@@ -860,6 +876,7 @@ fn table_chain(name: &str, table: &TierTable) -> Chain {
         .map(|f| Rule {
             matches: Vec::new(),
             counter: false,
+            log: None,
             action: Action::Vmap {
                 key: VmapKey::Addr(f, peer_end(table.direction)),
                 map: table_map_name(name, f),
@@ -883,6 +900,7 @@ fn class_chain(name: &str, class: &PortClass) -> Chain {
         .map(|p| Rule {
             matches: Vec::new(),
             counter: false,
+            log: None,
             action: Action::Vmap {
                 key: VmapKey::Dport(p),
                 map: class_map_name(name, p),
@@ -895,6 +913,7 @@ fn class_chain(name: &str, class: &PortClass) -> Chain {
             rules.push(Rule {
                 matches: vec![Match::L4Proto(p)],
                 counter: false,
+                log: None,
                 action: Action::Verdict(Verdict::Return),
                 comment: None,
             });

@@ -29,6 +29,9 @@ pub const TABLE: &str = "policyc";
 /// holds 125: stay within both.
 pub const MAX_COMMENT: usize = 125;
 
+/// The longest log prefix: the kernel's `NF_LOG_PREFIXLEN` (128) with its NUL.
+pub const MAX_LOG_PREFIX: usize = 127;
+
 /// A comment as the model stores it: sanitized and cut to [`MAX_COMMENT`].
 pub fn comment(s: &str) -> String {
     crate::render::sanitize_comment(s, MAX_COMMENT)

@@ -127,14 +127,81 @@ pub enum Hook {
     Input,
 }
 
-/// One rule: every match must hold, then the counter counts and the verdict applies.
+/// One rule: every match must hold, then the counter counts, the log (within its rate limit, if
+/// it has one) sends an event, and the action applies. Printed in that order:
+/// `MATCHES counter limit rate N/second log prefix "..." group G VERDICT`.
+///
+/// # Logging a verdict, rate-limited
+///
+/// A `limit` statement stops the rule for every packet over the rate, so in
+/// `MATCHES limit rate 10/second log ... accept` the packets over the rate skip the `accept` too
+/// and fall through to the next rules. A verdict is logged with a rate limit by two rules
+/// instead: a log rule with the same matches and no verdict ([`Action::Continue`],
+/// [`Rule::log_only`]), then the verdict rule:
+///
+/// ```text
+/// ip saddr @pods_v4 tcp dport 80 limit rate 100/second log prefix "pc:123" group 1
+/// ip saddr @pods_v4 tcp dport 80 counter accept
+/// ```
+///
+/// The log rule's limit then gates the event only. Where the matches are costly or shared by
+/// many verdicts, the verdict rule may instead `goto` a chain of its own holding the same two
+/// statements without matches (`limit ... log ...`, then the verdict). Without a limit, one rule
+/// does both (`MATCHES counter log prefix "pc:123" group 1 accept`): every matching packet is
+/// logged, which suits verdicts met once per connection (the first packet of an allowed flow)
+/// only when the kernel's per-group queue keeps up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub matches: Vec<Match>,
     pub counter: bool,
+    /// `[limit rate ...] log ...`: after the counter, before the action.
+    pub log: Option<Log>,
     pub action: Action,
     /// Final text, like [`Set::comment`].
     pub comment: Option<String>,
+}
+
+/// `limit rate N/UNIT [burst B packets] log [prefix "..."] group G [snaplen S]
+/// [queue-threshold Q]`: an NFLOG event to netlink group `group`, for every packet or, with a
+/// limit, for as many as the limit lets through (the rest of the rule, the action too, applies
+/// to those only: see [`Rule`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Log {
+    /// A token bucket in front of the log, kept by the kernel per rule (a new rule, as after a
+    /// table replace or a chain rewrite, starts with a full bucket).
+    pub limit: Option<Limit>,
+    /// Final text: at most [`MAX_LOG_PREFIX`](super::MAX_LOG_PREFIX) bytes, no `"`; what the
+    /// reader of the group gets as the event's prefix.
+    pub prefix: Option<String>,
+    /// The nfnetlink_log group (0 to 65535).
+    pub group: u16,
+    /// Bytes of the packet copied into the event (`snaplen`); `None`: as the group's listener
+    /// asked. `Some(0)` copies nothing.
+    pub snaplen: Option<u32>,
+    /// Events the kernel queues before sending them in one datagram (`queue-threshold`); `None`
+    /// or 0: as the group's listener asked.
+    pub queue_threshold: Option<u16>,
+}
+
+/// `limit rate N/UNIT [burst B packets]`: at most `rate` packets per `unit` after a burst of
+/// `burst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Limit {
+    pub rate: u64,
+    pub unit: RateUnit,
+    /// Packets let through at once on a full bucket; nft's default is
+    /// [`Limit::DEFAULT_BURST`], which `nft list` leaves out. Not 0 (nft refuses it).
+    pub burst: u32,
+}
+
+/// The time unit of a [`Limit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RateUnit {
+    Second,
+    Minute,
+    Hour,
+    Day,
+    Week,
 }
 
 /// Which end of a packet an address match looks at.
@@ -219,6 +286,8 @@ pub enum Match {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Verdict(Verdict),
+    /// Nothing: on to the next rule (a rule that only counts or logs).
+    Continue,
     /// `meta mark set meta mark | BITS`, then on to the next rule.
     SetMarkBits(u32),
     /// `KEY vmap @MAP`: the map's verdict for the key; nothing when the key is not in it.
@@ -291,8 +360,78 @@ impl Rule {
         Rule {
             matches: Vec::new(),
             counter,
+            log: None,
             action: Action::Verdict(verdict),
             comment,
+        }
+    }
+
+    /// A rule that logs what `matches` select and goes on to the next rule: the first of the two
+    /// rules of a rate-limited logged verdict (see [`Rule`]).
+    pub fn log_only(matches: Vec<Match>, log: Log, comment: Option<String>) -> Rule {
+        Rule {
+            matches,
+            counter: false,
+            log: Some(log),
+            action: Action::Continue,
+            comment,
+        }
+    }
+}
+
+impl Log {
+    /// `log prefix "PREFIX" group GROUP`, without a limit.
+    pub fn group(group: u16, prefix: impl Into<String>) -> Log {
+        Log {
+            limit: None,
+            prefix: Some(prefix.into()),
+            group,
+            snaplen: None,
+            queue_threshold: None,
+        }
+    }
+
+    pub fn with_limit(self, limit: Limit) -> Log {
+        Log {
+            limit: Some(limit),
+            ..self
+        }
+    }
+}
+
+impl Limit {
+    /// The burst nft gives a packet limit that names none.
+    pub const DEFAULT_BURST: u32 = 5;
+
+    /// `limit rate RATE/second`, with nft's default burst.
+    pub fn per_second(rate: u64) -> Limit {
+        Limit {
+            rate,
+            unit: RateUnit::Second,
+            burst: Limit::DEFAULT_BURST,
+        }
+    }
+}
+
+impl RateUnit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateUnit::Second => "second",
+            RateUnit::Minute => "minute",
+            RateUnit::Hour => "hour",
+            RateUnit::Day => "day",
+            RateUnit::Week => "week",
+        }
+    }
+
+    /// Its length in seconds, as the kernel takes it (`NFTA_LIMIT_UNIT`).
+    pub fn seconds(self) -> u64 {
+        match self {
+            RateUnit::Second => 1,
+            RateUnit::Minute => 60,
+            RateUnit::Hour => 3600,
+            RateUnit::Day => 86_400,
+            RateUnit::Week => 604_800,
         }
     }
 }

@@ -166,17 +166,44 @@ fn print_chain(out: &mut String, chain: &Chain) {
         if rule.counter {
             words.push("counter".into());
         }
-        words.push(match &rule.action {
-            Action::Verdict(v) => verdict(v),
-            Action::Vmap { key, map } => format!("{} vmap @{map}", vmap_key(*key)),
-            Action::SetMarkBits(bits) => format!("meta mark set meta mark | {bits:#010x}"),
-        });
+        if let Some(log) = &rule.log {
+            print_log(&mut words, log);
+        }
+        match &rule.action {
+            Action::Verdict(v) => words.push(verdict(v)),
+            Action::Continue => {}
+            Action::Vmap { key, map } => words.push(format!("{} vmap @{map}", vmap_key(*key))),
+            Action::SetMarkBits(bits) => words.push(format!("meta mark set meta mark | {bits:#010x}")),
+        }
         if let Some(c) = &rule.comment {
             words.push(format!("comment {}", quoted(c)));
         }
         let _ = writeln!(out, "\t\t{}", words.join(" "));
     }
     out.push_str("\t}\n");
+}
+
+/// `limit rate N/UNIT [burst B packets] log [prefix "P"] group G [snaplen S]
+/// [queue-threshold Q]`, leaving out what `nft list` leaves out: the default burst and a zero
+/// queue threshold (the kernel keeps no zero threshold).
+fn print_log(words: &mut Vec<String>, log: &Log) {
+    if let Some(l) = &log.limit {
+        words.push(format!("limit rate {}/{}", l.rate, l.unit.as_str()));
+        if l.burst != Limit::DEFAULT_BURST {
+            words.push(format!("burst {} packets", l.burst));
+        }
+    }
+    words.push("log".into());
+    if let Some(p) = &log.prefix {
+        words.push(format!("prefix {}", quoted(p)));
+    }
+    words.push(format!("group {}", log.group));
+    if let Some(s) = log.snaplen {
+        words.push(format!("snaplen {s}"));
+    }
+    if let Some(q) = log.queue_threshold.filter(|q| *q > 0) {
+        words.push(format!("queue-threshold {q}"));
+    }
 }
 
 fn vmap_key(k: VmapKey) -> String {
@@ -243,5 +270,82 @@ fn match_text(m: &Match) -> String {
         Match::AddrDportInSet { family, protocol, set } => {
             format!("{} daddr . {} dport @{set}", ip_kw(*family), l4(*protocol))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain_text(rules: Vec<Rule>) -> String {
+        let mut out = String::new();
+        print_chain(
+            &mut out,
+            &Chain {
+                name: "c".into(),
+                hook: None,
+                rules,
+            },
+        );
+        out
+    }
+
+    /// As `nft list ruleset` (1.0.6) prints them: the default burst (5) and a zero queue
+    /// threshold left out, a zero snaplen kept, a log-only rule without a verdict.
+    #[test]
+    fn log_and_limit_as_nft_lists_them() {
+        let from = || {
+            vec![Match::AddrIn {
+                family: Family::V4,
+                end: End::Source,
+                addrs: vec!["10.0.0.1".parse().unwrap()],
+            }]
+        };
+        let text = chain_text(vec![
+            Rule::log_only(from(), Log::group(1, "pc:42").with_limit(Limit::per_second(100)), None),
+            Rule {
+                matches: from(),
+                counter: true,
+                log: Some(Log::group(1, "pc:123")),
+                action: Action::Verdict(Verdict::Accept),
+                comment: Some("ns/web ingress[0]".into()),
+            },
+            Rule {
+                matches: Vec::new(),
+                counter: true,
+                log: Some(Log {
+                    limit: Some(Limit {
+                        rate: 1000,
+                        unit: RateUnit::Minute,
+                        burst: 1,
+                    }),
+                    prefix: None,
+                    group: 2,
+                    snaplen: Some(0),
+                    queue_threshold: Some(0),
+                }),
+                action: Action::Verdict(Verdict::Drop),
+                comment: None,
+            },
+            Rule::log_only(
+                Vec::new(),
+                Log {
+                    snaplen: Some(128),
+                    queue_threshold: Some(10),
+                    ..Log::group(3, "pc:7")
+                },
+                None,
+            ),
+        ]);
+        assert_eq!(
+            text,
+            "\tchain c {
+\t\tip saddr { 10.0.0.1 } limit rate 100/second log prefix \"pc:42\" group 1
+\t\tip saddr { 10.0.0.1 } counter log prefix \"pc:123\" group 1 accept comment \"ns/web ingress[0]\"
+\t\tcounter limit rate 1000/minute burst 1 packets log group 2 snaplen 0 drop
+\t\tlog prefix \"pc:7\" group 3 snaplen 128 queue-threshold 10
+\t}
+"
+        );
     }
 }

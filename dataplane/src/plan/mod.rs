@@ -104,6 +104,16 @@ pub(crate) enum Expr {
     Lookup { set: SetRef, verdict_map: bool },
     /// `counter`
     Counter,
+    /// `limit rate RATE/UNIT burst BURST type packets flags 0x0`: `unit` in seconds.
+    Limit { rate: u64, unit: u64, burst: u32 },
+    /// `log prefix PREFIX group GROUP snaplen S qthreshold Q` (NFLOG); snaplen and queue
+    /// threshold only when given, as nft sends them.
+    Log {
+        prefix: Option<String>,
+        group: u16,
+        snaplen: Option<u32>,
+        queue_threshold: Option<u16>,
+    },
     /// `immediate reg 0 VERDICT`
     Verdict(Verdict),
 }

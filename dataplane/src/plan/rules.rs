@@ -5,7 +5,9 @@ use std::net::IpAddr;
 
 use policyc_compiler::cidr::Family;
 use policyc_compiler::model::Protocol;
-use policyc_compiler::nft::{Action, Chain, CtStates, End, Iface, KeyType, Match, Rule, TableFamily, VmapKey};
+use policyc_compiler::nft::{
+    Action, Chain, CtStates, End, Iface, KeyType, Log, Match, Rule, TableFamily, VmapKey, MAX_LOG_PREFIX,
+};
 
 use super::sets::{addr_bytes, anon_set, automerge, ifname_key, interval_elements, interval_size};
 use super::udata::*;
@@ -154,8 +156,12 @@ pub(super) fn rule(family: TableFamily, r: &Rule) -> Result<RuleSpec, DataplaneE
     if r.counter {
         out.exprs.push(Expr::Counter);
     }
+    if let Some(log) = &r.log {
+        lower_log(log, &mut out.exprs)?;
+    }
     match &r.action {
         Action::Verdict(v) => out.exprs.push(Expr::Verdict(v.clone())),
+        Action::Continue => {}
         // `meta mark set meta mark | BITS`: load, `( mark & ~BITS ) ^ BITS`, store.
         Action::SetMarkBits(bits) => {
             out.exprs.push(Expr::Meta(MetaKey::Mark));
@@ -186,6 +192,36 @@ pub(super) fn rule(family: TableFamily, r: &Rule) -> Result<RuleSpec, DataplaneE
         }
     }
     Ok(out)
+}
+
+/// `limit ...` (nft sends the burst it defaults to) and `log ...`, checked against what nft
+/// itself refuses.
+fn lower_log(log: &Log, exprs: &mut Vec<Expr>) -> Result<(), DataplaneError> {
+    if let Some(l) = &log.limit {
+        if l.rate == 0 || l.burst == 0 {
+            return Err(DataplaneError::Unrepresentable(format!(
+                "{l:?}: rate and burst must be > 0"
+            )));
+        }
+        exprs.push(Expr::Limit {
+            rate: l.rate,
+            unit: l.unit.seconds(),
+            burst: l.burst,
+        });
+    }
+    if let Some(p) = &log.prefix {
+        if p.len() > MAX_LOG_PREFIX || p.contains(['"', '\0']) {
+            return Err(DataplaneError::Unrepresentable(format!("log prefix {p:?}")));
+        }
+    }
+    exprs.push(Expr::Log {
+        prefix: log.prefix.clone(),
+        group: log.group,
+        snaplen: log.snaplen,
+        // A zero threshold is printed as none (`nft list` shows none), so nft sends none.
+        queue_threshold: log.queue_threshold.filter(|q| *q > 0),
+    });
+    Ok(())
 }
 
 /// `typeof` userdata and a one-byte-order key of an anonymous set nft builds for `{ ... }`.
@@ -501,6 +537,7 @@ mod tests {
         let r = Rule {
             matches: vec![m],
             counter: false,
+            log: None,
             action: Action::Verdict(policyc_compiler::nft::Verdict::Accept),
             comment: None,
         };
