@@ -29,7 +29,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
 }
 
 /// Reads the cluster's namespaces, pods and policies into a snapshot (invalid objects skipped).
-async fn snapshot(client: &Client) -> Result<Snapshot> {
+pub(crate) async fn snapshot(client: &Client) -> Result<Snapshot> {
     let mut s = Snapshot::default();
     let lp = ListParams::default();
     let mut add = |v: serde_json::Value| {

@@ -62,6 +62,25 @@ pub struct VerifyArgs {
     /// How long a probe waits for an answer before the packet counts as dropped.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     timeout: u64,
+    /// Verify a live cluster instead of a lab: with --scenario, in throwaway namespaces and
+    /// probe pods; with -f EXPECTATIONS (or --expect), between the cluster's own pods, which
+    /// stay unchanged.
+    #[arg(long)]
+    cluster: bool,
+    /// With --cluster: the kubeconfig (default: KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, requires = "cluster")]
+    kubeconfig: Option<PathBuf>,
+    /// With --cluster: the image of the probe pods (it needs `policyc`, `sh` and `nsenter`;
+    /// policyc's agent image has them).
+    #[arg(long, requires = "cluster", default_value = concat!("policyc/policyc-agent:", env!("CARGO_PKG_VERSION")))]
+    probe_image: String,
+    /// With --cluster: how long to wait for pods to run and for policyc to report each step
+    /// enforced (without policyc, the step is probed after this, e.g. 30s, 2m).
+    #[arg(long, requires = "cluster", default_value = "60s", value_parser = crate::parse_duration)]
+    wait_timeout: Duration,
+    /// With --cluster -f: only the pods of these namespaces (repeatable).
+    #[arg(short = 'n', long = "namespace", requires = "cluster")]
+    namespaces: Vec<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -159,6 +178,9 @@ fn load_optional(files: &[PathBuf], interface_prefix: &str) -> Result<Snapshot> 
 }
 
 pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
+    if args.cluster {
+        return verify_cluster(args);
+    }
     let opts = lab_options(args.timeout, &args.interface_prefix, args.attachment)?;
     let vopts = VerifyOptions::default();
     let base = load_optional(&args.files, &args.interface_prefix)?;
@@ -170,6 +192,7 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
             let report = Report {
                 name: format!("scenario {}", scenario.name),
                 lab: lab.prefix().to_string(),
+                cluster: false,
                 timeout_ms: args.timeout,
                 steps,
             };
@@ -210,6 +233,7 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
             let report = Report {
                 name: names.join(" "),
                 lab: lab.prefix().to_string(),
+                cluster: false,
                 timeout_ms: args.timeout,
                 steps: vec![StepResult {
                     name: "input".into(),
@@ -221,9 +245,44 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
             report
         }
     };
-    match args.output {
+    print_report(&report, args.output)
+}
+
+/// `verify --cluster`: a scenario in throwaway namespaces, or expectations between the
+/// cluster's own pods.
+fn verify_cluster(args: VerifyArgs) -> Result<ExitCode> {
+    use crate::verify_cluster as vc;
+    if args.timeout == 0 {
+        bail!("--timeout must be at least 1 ms");
+    }
+    let opts = vc::ClusterOptions {
+        kubeconfig: args.kubeconfig.clone(),
+        probe_image: args.probe_image.clone(),
+        timeout: Duration::from_millis(args.timeout),
+        wait: args.wait_timeout,
+        namespaces: args.namespaces.clone(),
+        ports: (args.ports != "all")
+            .then(|| verify::parse_ports(&args.ports))
+            .transpose()?,
+    };
+    let report = match (&args.scenario, args.expect.as_ref().or(args.files.first())) {
+        (Some(path), None) => crate::block_on(vc::scenario(path, opts))?,
+        (None, Some(expect)) => {
+            if args.files.len() + usize::from(args.expect.is_some()) > 1 {
+                bail!("--cluster checks one expectations file (-f or --expect)");
+            }
+            crate::block_on(vc::expectations(expect, opts))?
+        }
+        (Some(_), Some(_)) => bail!("--cluster takes a --scenario or an expectations file (-f), not both"),
+        (None, None) => bail!("--cluster needs a --scenario FILE or -f EXPECTATIONS"),
+    };
+    print_report(&report, args.output)
+}
+
+fn print_report(report: &Report, output: ReportFormat) -> Result<ExitCode> {
+    match output {
         ReportFormat::Text => print!("{}", report.to_text()),
-        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(report)?),
         ReportFormat::Junit => print!("{}", report.to_junit()),
     }
     Ok(ExitCode::from(report.exit_code()))

@@ -6,6 +6,7 @@ mod explain;
 mod input;
 mod lab;
 mod pod;
+mod verify_cluster;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

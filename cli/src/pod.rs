@@ -74,20 +74,26 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Exit status 0 when connected (TCP) or echoed (UDP), 1 when not (printed reason), as
-/// agnhost's `connect` does.
+/// Prints one word, what happened: `connected` (TCP), `answered` (the UDP echo came back),
+/// `refused` (a TCP RST or an ICMP port unreachable came back: the packet arrived, nothing
+/// listens), `timeout` (nothing came back: dropped on the way), or `error: ...`. Exit status 0
+/// for `connected` and `answered`, 1 otherwise, as agnhost's `connect` does.
 pub fn connect(args: ConnectArgs) -> Result<ExitCode> {
     let outcome = match args.protocol {
-        Proto::Tcp => TcpStream::connect_timeout(&args.to, args.timeout).map(|_| ()),
-        Proto::Udp => udp_echo(args.to, args.timeout),
+        Proto::Tcp => TcpStream::connect_timeout(&args.to, args.timeout).map(|_| "connected"),
+        Proto::Udp => udp_echo(args.to, args.timeout).map(|()| "answered"),
     };
     Ok(match outcome {
-        Ok(()) => {
-            println!("connected");
+        Ok(word) => {
+            println!("{word}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("failed: {e}");
+            match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => println!("refused"),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => println!("timeout"),
+                _ => println!("error: {e}"),
+            }
             ExitCode::from(1)
         }
     })

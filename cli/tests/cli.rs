@@ -312,9 +312,8 @@ fn serve_and_connect_probe_tcp_and_udp() {
     std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stderr.take().unwrap()), &mut ready).unwrap();
     assert_eq!(ready.trim(), "policyc serve: ready");
     let connect = |to: String, proto: &str| {
-        policyc(&["connect", &to, "--protocol", proto, "--timeout", "300ms"], None)
-            .status
-            .code()
+        let out = policyc(&["connect", &to, "--protocol", proto, "--timeout", "300ms"], None);
+        (out.status.code(), text(&out.stdout).trim().to_string())
     };
     let tcp_ok = connect(format!("127.0.0.1:{tcp}"), "tcp");
     let udp_ok = connect(format!("127.0.0.1:{udp}"), "udp");
@@ -322,9 +321,38 @@ fn serve_and_connect_probe_tcp_and_udp() {
     let tcp_closed = connect(format!("127.0.0.1:{udp}"), "tcp");
     server.kill().unwrap();
     server.wait().unwrap();
-    assert_eq!((tcp_ok, udp_ok), (Some(0), Some(0)));
-    assert_eq!((udp_closed, tcp_closed), (Some(1), Some(1)));
+    // The word says what came back; a refusal is an arrival (verify counts it as reached).
+    assert_eq!(tcp_ok, (Some(0), "connected".into()));
+    assert_eq!(udp_ok, (Some(0), "answered".into()));
+    assert_eq!(udp_closed, (Some(1), "refused".into()));
+    assert_eq!(tcp_closed, (Some(1), "refused".into()));
     let sctp = policyc(&["serve", "--sctp", "80"], None);
     assert_eq!(sctp.status.code(), Some(2));
     assert!(text(&sctp.stderr).contains("no SCTP sockets"), "{}", text(&sctp.stderr));
+}
+
+/// `verify --cluster` refuses what it cannot run before it touches any cluster.
+#[test]
+fn verify_cluster_refuses_bad_input_before_touching_the_cluster() {
+    let no_cluster = ["--kubeconfig", "/nonexistent/kubeconfig"];
+    let run = |args: &[&str]| {
+        let mut a = vec!["verify", "--cluster"];
+        a.extend_from_slice(&no_cluster);
+        a.extend_from_slice(args);
+        let out = policyc(&a, None);
+        (out.status.code(), text(&out.stderr))
+    };
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("needs a --scenario FILE or -f EXPECTATIONS"), "{err}");
+    let admin = repo().join("e2e/scenarios/admin/cnp-admin-tier-egress-sctp.yaml");
+    let (code, err) = run(&["--scenario", admin.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("admin policies are cluster-scoped and would act on every pod of the cluster"),
+        "{err}"
+    );
+    let (code, err) = run(&["-f", "/nonexistent/expect.txt"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("reading /nonexistent/expect.txt"), "{err}");
 }

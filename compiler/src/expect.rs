@@ -218,6 +218,11 @@ impl Expectations {
         }
     }
 
+    /// Whether some line names `pod` (`ns/name`) as a source or a destination.
+    pub fn mentions(&self, pod: &str) -> bool {
+        self.rules.iter().any(|r| r.from.matches(pod) || r.to.matches(pod))
+    }
+
     /// Every port named explicitly in a rule.
     pub fn ports(&self) -> Vec<(u16, Protocol)> {
         let mut v: Vec<_> = self.rules.iter().flat_map(|r| r.ports.iter().copied()).collect();

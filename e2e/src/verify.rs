@@ -67,6 +67,17 @@ pub struct PortResult {
     pub ir: Matrix,
     pub expected: Option<Matrix>,
     pub disagreements: Vec<Cell>,
+    /// Cells no packet could be sent for, and why (neither agreement nor disagreement).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unprobed: Vec<Unprobed>,
+}
+
+/// A cell that could not be probed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unprobed {
+    pub src: String,
+    pub dst: String,
+    pub reason: String,
 }
 
 impl PortResult {
@@ -98,7 +109,11 @@ impl StepResult {
 pub struct Report {
     /// What was verified: the scenario's name or the inputs.
     pub name: String,
+    /// The lab's namespace prefix; for a live cluster, its API server.
     pub lab: String,
+    /// Probed in a live cluster (`verify --cluster`) rather than in a lab.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
     pub timeout_ms: u64,
     pub steps: Vec<StepResult>,
 }
@@ -160,15 +175,101 @@ pub fn describe_verdict(v: &Verdict) -> String {
     format!("{}; {}", side_reason(&v.egress), side_reason(&v.ingress))
 }
 
-fn ir_verdict(ir: &Ir, src: &str, dst: &str, protocol: Protocol, port: u16) -> Option<Verdict> {
+/// The IR's verdict on a probe from `src` to `dst` (`ns/name` of two endpoints).
+pub fn ir_verdict(ir: &Ir, src: &str, dst: &str, protocol: Protocol, port: u16) -> Option<Verdict> {
+    verdict_with(&Evaluator::new(ir), ir, src, dst, protocol, port)
+}
+
+/// [`ir_verdict`] with an evaluator made once for many cells.
+pub fn verdict_with(
+    ev: &Evaluator<'_>,
+    ir: &Ir,
+    src: &str,
+    dst: &str,
+    protocol: Protocol,
+    port: u16,
+) -> Option<Verdict> {
     let ep = |name: &str| ir.endpoints.iter().find(|e| e.pod.to_string() == name);
     let (s, d) = policyc_compiler::eval::flow_addresses(ep(src)?, ep(dst)?)?;
-    Some(Evaluator::new(ir).evaluate(&Flow {
+    Some(ev.evaluate(&Flow {
         src: s,
         dst: d,
         protocol,
         port,
     }))
+}
+
+/// Compares one port's cells: what the packets did (`outcome(i, j)`: `Err` names why the cell
+/// could not be probed), what the IR says (`verdict(src, dst)`) and the expectations. Cells
+/// that disagree come back without a retrace; the caller adds one where it can.
+pub fn compare(
+    pods: &[String],
+    c: &Check<'_>,
+    outcome: &dyn Fn(usize, usize) -> Result<Outcome, String>,
+    verdict: &dyn Fn(&str, &str) -> Option<Verdict>,
+) -> PortResult {
+    let n = pods.len();
+    let mut packets = Matrix {
+        pods: pods.to_vec(),
+        allowed: vec![vec![false; n]; n],
+    };
+    let mut ir = packets.clone();
+    let expected = c.expectations.map(|e| e.matrix(pods, c.protocol, c.port));
+    let mut disagreements = Vec::new();
+    let mut unprobed = Vec::new();
+    for (i, src) in pods.iter().enumerate() {
+        for (j, dst) in pods.iter().enumerate() {
+            let v = verdict(src, dst);
+            // No common address family: nothing can connect, except a pod to itself.
+            let want_ir = v.as_ref().map_or(src == dst, |v| v.allowed);
+            ir.allowed[i][j] = want_ir;
+            let o = match outcome(i, j) {
+                Ok(o) => o,
+                Err(reason) => {
+                    unprobed.push(Unprobed {
+                        src: src.clone(),
+                        dst: dst.clone(),
+                        reason,
+                    });
+                    continue;
+                }
+            };
+            let got = o.reached();
+            packets.allowed[i][j] = got;
+            let want = c
+                .expectations
+                .and_then(|e| e.check(src, dst, c.protocol, c.port))
+                .map(|(w, _)| w);
+            if got == want_ir && want.is_none_or(|w| w == got) {
+                continue;
+            }
+            disagreements.push(Cell {
+                src: src.clone(),
+                dst: dst.clone(),
+                packets: got,
+                outcome: o,
+                ir: want_ir,
+                ir_reason: v
+                    .as_ref()
+                    .map(describe_verdict)
+                    .unwrap_or_else(|| "no common address family".into()),
+                expected: want,
+                expect_line: c.expectations.and_then(|e| e.expected(src, dst, c.protocol, c.port).1),
+                retrace: None,
+                rules: Vec::new(),
+                trace_error: None,
+            });
+        }
+    }
+    PortResult {
+        port: c.port,
+        protocol: c.protocol,
+        packets,
+        ir,
+        expected,
+        disagreements,
+        unprobed,
+    }
 }
 
 /// Probes the given ports in the lab (all in parallel) and compares packets, the IR and the
@@ -177,67 +278,28 @@ pub fn check(lab: &Lab, checks: &[Check<'_>], opts: &VerifyOptions) -> Vec<PortR
     let ports: Vec<(u16, Protocol)> = checks.iter().map(|c| (c.port, c.protocol)).collect();
     let observed = lab.probe_ports(&ports);
     let ir = lab.cluster_ir();
+    let ev = Evaluator::new(&ir);
     let mut traced = 0usize;
     let mut out = Vec::new();
     for (c, probed) in checks.iter().zip(observed) {
-        let packets = probed.matrix();
-        let ir_matrix = Matrix::evaluate(&ir, c.protocol, c.port);
-        let expected = c.expectations.map(|e| e.matrix(&packets.pods, c.protocol, c.port));
-        let mut disagreements = Vec::new();
-        for (i, src) in packets.pods.iter().enumerate() {
-            for (j, dst) in packets.pods.iter().enumerate() {
-                let got = packets.allowed[i][j];
-                // The IR's endpoints are the lab's pods, in the same order.
-                let want_ir = ir_matrix.get(src, dst).unwrap_or(false);
-                let want = c
-                    .expectations
-                    .and_then(|e| e.check(src, dst, c.protocol, c.port))
-                    .map(|(w, _)| w);
-                if got == want_ir && want.is_none_or(|w| w == got) {
-                    continue;
+        let mut result = compare(&probed.pods, c, &|i, j| Ok(probed.outcomes[i][j].clone()), &|s, d| {
+            verdict_with(&ev, &ir, s, d, c.protocol, c.port)
+        });
+        for cell in &mut result.disagreements {
+            if traced >= opts.trace_limit {
+                cell.trace_error = Some(format!("not re-probed (more than {} cells)", opts.trace_limit));
+                continue;
+            }
+            traced += 1;
+            match lab.trace_cell(&parse_ref(&cell.src), &parse_ref(&cell.dst), c.protocol, c.port) {
+                Ok((o, rules)) => {
+                    cell.retrace = Some(o);
+                    cell.rules = rules;
                 }
-                let verdict = ir_verdict(&ir, src, dst, c.protocol, c.port);
-                let mut cell = Cell {
-                    src: src.clone(),
-                    dst: dst.clone(),
-                    packets: got,
-                    outcome: probed.outcomes[i][j].clone(),
-                    ir: want_ir,
-                    ir_reason: verdict
-                        .as_ref()
-                        .map(describe_verdict)
-                        .unwrap_or_else(|| "no common address family".into()),
-                    expected: want,
-                    expect_line: c.expectations.and_then(|e| e.expected(src, dst, c.protocol, c.port).1),
-                    retrace: None,
-                    rules: Vec::new(),
-                    trace_error: None,
-                };
-                if traced < opts.trace_limit {
-                    traced += 1;
-                    let s = parse_ref(src);
-                    let d = parse_ref(dst);
-                    match lab.trace_cell(&s, &d, c.protocol, c.port) {
-                        Ok((o, rules)) => {
-                            cell.retrace = Some(o);
-                            cell.rules = rules;
-                        }
-                        Err(e) => cell.trace_error = Some(e.to_string()),
-                    }
-                } else {
-                    cell.trace_error = Some(format!("not re-probed (more than {} cells)", opts.trace_limit));
-                }
-                disagreements.push(cell);
+                Err(e) => cell.trace_error = Some(e.to_string()),
             }
         }
-        out.push(PortResult {
-            port: c.port,
-            protocol: c.protocol,
-            packets,
-            ir: ir_matrix,
-            expected,
-            disagreements,
-        });
+        out.push(result);
     }
     out
 }
@@ -414,8 +476,11 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "verify {} in lab {} (probe timeout {} ms)",
-            self.name, self.lab, self.timeout_ms
+            "verify {} in {} {} (probe timeout {} ms)",
+            self.name,
+            if self.cluster { "cluster" } else { "lab" },
+            self.lab,
+            self.timeout_ms
         );
         let single = self.steps.len() == 1 && self.steps[0].name == "input";
         let (mut ports, mut bad) = (0, 0);
@@ -432,7 +497,12 @@ impl Report {
             }
             for p in &step.ports {
                 ports += 1;
-                let cells = p.packets.pods.len() * p.packets.pods.len();
+                let all = p.packets.pods.len() * p.packets.pods.len();
+                let cells = if p.unprobed.is_empty() {
+                    format!("{all}")
+                } else {
+                    format!("{} of {all}", all - p.unprobed.len())
+                };
                 let what = if p.expected.is_some() {
                     "packets = IR = expected"
                 } else {
@@ -440,6 +510,7 @@ impl Report {
                 };
                 if p.ok() {
                     let _ = writeln!(out, "{indent}{:<9} ok: {what} ({cells} cells)", p.label());
+                    write_unprobed(&mut out, indent, p);
                     continue;
                 }
                 bad += 1;
@@ -452,6 +523,7 @@ impl Report {
                 for c in &p.disagreements {
                     write_cell(&mut out, indent, c);
                 }
+                write_unprobed(&mut out, indent, p);
             }
         }
         let errors = self.steps.iter().filter(|s| s.error.is_some()).count();
@@ -506,6 +578,31 @@ impl Report {
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"policyc verify\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\">\n  <testsuite name=\"{}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\">\n{cases}  </testsuite>\n</testsuites>\n",
             xml(&self.name)
         )
+    }
+}
+
+/// The cells of a port that could not be probed, grouped by why.
+fn write_unprobed(out: &mut String, indent: &str, p: &PortResult) {
+    let mut by_reason: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for u in &p.unprobed {
+        by_reason
+            .entry(&u.reason)
+            .or_default()
+            .push(format!("{} -> {}", u.src, u.dst));
+    }
+    for (reason, cells) in by_reason {
+        let shown: Vec<&str> = cells.iter().take(6).map(String::as_str).collect();
+        let more = if cells.len() > shown.len() {
+            format!(", and {} more", cells.len() - shown.len())
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{indent}  not probed ({} cells): {reason}: {}{more}",
+            cells.len(),
+            shown.join(", ")
+        );
     }
 }
 
@@ -567,6 +664,7 @@ mod tests {
         Report {
             name: "test".into(),
             lab: "pclab-1-0".into(),
+            cluster: false,
             timeout_ms: 1000,
             steps: vec![StepResult {
                 name: "step 1 (deny)".into(),
@@ -577,6 +675,7 @@ mod tests {
                     ir: matrix([[true, true], [true, true]]),
                     expected: Some(matrix([[true, true], [true, true]])),
                     disagreements: cells,
+                    unprobed: Vec::new(),
                 }],
                 error,
             }],

@@ -126,6 +126,7 @@ fn upstream_scenarios(attachment: Attachment) {
         let report = Report {
             name: format!("{} ({})", scenario.name, path.display()),
             lab: cluster.lab().prefix().to_string(),
+            cluster: false,
             timeout_ms: opts.lab.timeout.as_millis() as u64,
             steps: results,
         };

@@ -676,6 +676,112 @@ fn chart_enforces(attachment: &str, upgrade: bool) {
     if upgrade {
         helm_upgrade_leaks_nothing(&c, &pods, &image);
     }
+    verify_cluster(&c, &image, true);
+}
+
+/// `policyc verify --cluster` as a CI job runs it: an upstream scenario in throwaway namespaces,
+/// and expectations between the test's own pods (x/*, y/*, z/*; x denies ingress). With policyc
+/// enforcing both pass; without (`enforcing` false) both fail, naming the leaking cells. Either
+/// way the run leaves nothing behind and changes no pod of the cluster.
+fn verify_cluster(c: &Cluster, image: &str, enforcing: bool) {
+    let _ = c.kubectl_ok(&["delete", "networkpolicy", "-n", "x", "--all"]);
+    c.apply(&[netpol(
+        "x",
+        "deny-ingress",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    )]);
+    if enforcing {
+        c.wait_enforced();
+    }
+    let versions = || {
+        let pods = c.get_json(&["pods", "-n", "x"]);
+        pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                format!(
+                    "{} {} {}",
+                    p["metadata"]["name"], p["metadata"]["resourceVersion"], p["spec"]["ephemeralContainers"]
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = versions();
+    let verify = |args: &[&str]| {
+        let t = Instant::now();
+        let out = run(Command::new(bin_dir().join("policyc"))
+            .args([
+                "verify",
+                "--cluster",
+                "--probe-image",
+                image,
+                "--wait-timeout",
+                "90s",
+                "--kubeconfig",
+            ])
+            .arg(&c.kubeconfig)
+            .args(args));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!(
+            "verify --cluster {} ({:.1}s, exit {:?}):\n{text}{}",
+            args.join(" "),
+            t.elapsed().as_secs_f64(),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let scenario = repo().join("e2e/scenarios/upstream/egress-cidr-except.yaml");
+    let (code, text) = verify(&["--scenario", scenario.to_str().expect("path")]);
+    let expectations = c.dir.join("expectations.txt");
+    std::fs::write(
+        &expectations,
+        "* -> * allow\n* -> x/* deny\nx/a -> x/a allow\nx/b -> x/b allow\nx/c -> x/c allow\n",
+    )
+    .expect("write");
+    let (own_code, own) = verify(&[
+        "-f",
+        expectations.to_str().expect("path"),
+        "--ports",
+        "80/TCP,81/TCP",
+        "-n",
+        "x",
+        "-n",
+        "y",
+    ]);
+    if enforcing {
+        assert_eq!(code, Some(0), "the scenario with policyc enforcing:\n{text}");
+        assert!(text.contains("OK: 1 port checks"), "{text}");
+        assert_eq!(
+            own_code,
+            Some(0),
+            "the cluster's own pods with policyc enforcing:\n{own}"
+        );
+        assert!(
+            own.contains("80/TCP    ok: packets = IR = expected (36 cells)"),
+            "{own}"
+        );
+    } else {
+        // Stored but not enforced: x/a reaches x/b although its egress policy excepts x/b.
+        assert_eq!(code, Some(1), "the scenario without an enforcer:\n{text}");
+        assert!(
+            text.contains("x/a -> x/b: packets allow (connected), IR deny, expected deny"),
+            "{text}"
+        );
+        assert_eq!(own_code, Some(1), "the cluster's own pods without an enforcer:\n{own}");
+        for cell in ["y/a -> x/a", "x/b -> x/c", "y/b -> x/c"] {
+            assert!(
+                own.contains(&format!(
+                    "{cell}: packets allow (connected), IR deny, expected deny (line 2)"
+                )),
+                "{cell} not named:\n{own}"
+            );
+        }
+    }
+    let left = c.kubectl_ok(&["get", "namespaces", "-l", "policyc.dev/verify", "-o", "name"]);
+    assert!(left.trim().is_empty(), "verify left namespaces behind: {left}");
+    assert_eq!(versions(), before, "verify --cluster -f changed the cluster's pods");
 }
 
 /// One prober in pod `from`: TCP and UDP connects to `to` port 80 in a loop for `secs`

@@ -121,6 +121,7 @@ fn every_scenario(attachment: Attachment) {
         let report = Report {
             name: format!("{} ({})", scenario.name, display(path)),
             lab: lab.prefix().to_string(),
+            cluster: false,
             timeout_ms: opts.timeout.as_millis() as u64,
             steps: results,
         };
