@@ -12,6 +12,7 @@
 pub mod cidr;
 pub mod eval;
 pub mod expect;
+pub mod flows;
 pub mod ir;
 pub mod load;
 pub mod model;

@@ -50,6 +50,10 @@ fn load_and_check(ns: &Netns, label: &str, snap: &Snapshot, failures: &mut Vec<S
         fail_closed: true,
         ..CompileOptions::default()
     };
+    let flow_events = CompileOptions {
+        flow_log: Some(policyc_compiler::flows::FlowLog::default()),
+        ..fail_closed.clone()
+    };
     let mut rendered = vec![
         (
             format!("{label} (all)"),
@@ -58,6 +62,10 @@ fn load_and_check(ns: &Netns, label: &str, snap: &Snapshot, failures: &mut Vec<S
         (
             format!("{label} (all, fail closed)"),
             nft::render(&compile(snap, &fail_closed), true).expect("a compiled IR is valid"),
+        ),
+        (
+            format!("{label} (all, flow events)"),
+            nft::render(&compile(snap, &flow_events), true).expect("a compiled IR is valid"),
         ),
     ];
     for (node, ir) in compile_all_nodes(snap, &fail_closed) {

@@ -62,6 +62,8 @@ pub struct Config {
     pub attachment: attach::Mode,
     /// The bridge of the Flannel attachment.
     pub bridge: String,
+    /// Flow events: which verdict points log, to which NFLOG group, how many; `None`: none.
+    pub flow_log: Option<policyc_compiler::flows::FlowLog>,
 }
 
 /// How rules reach the kernel.
@@ -376,6 +378,7 @@ async fn sync_loop(
                     node: Some(cfg.node_name.clone()),
                     interface_prefix: cfg.interface_prefix.clone(),
                     fail_closed: cfg.fail_closed,
+                    flow_log: cfg.flow_log,
                     attachment: att.kind(&cfg.bridge),
                     ports,
                 };

@@ -51,6 +51,9 @@ pub struct LabOptions {
     /// Compile the nodes' rules fail-closed (as the agent does): traffic of pods the ruleset
     /// does not know yet is dropped.
     pub fail_closed: bool,
+    /// Flow events (NFLOG) in the nodes' rulesets; `None`: none, as `render` without
+    /// `--flow-log`.
+    pub flow_log: Option<policyc_compiler::flows::FlowLog>,
 }
 
 /// How the lab attaches pods to their node, and so which attachment the rules are compiled for.
@@ -94,6 +97,7 @@ impl Default for LabOptions {
             overlay: Overlay::Lab,
             attachment: Attachment::Canal,
             fail_closed: false,
+            flow_log: None,
         }
     }
 }
@@ -291,6 +295,7 @@ impl Lab {
             node,
             interface_prefix: self.opts.interface_prefix.clone(),
             fail_closed: self.opts.fail_closed,
+            flow_log: self.opts.flow_log,
             attachment,
             ports: self
                 .pods

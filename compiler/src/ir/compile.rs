@@ -19,6 +19,8 @@ pub struct CompileOptions {
     /// Drop traffic of pod interfaces (by prefix) that the ruleset does not know yet: a new pod is
     /// denied until a sync includes it, rather than allowed.
     pub fail_closed: bool,
+    /// Flow events: which verdict points log (NFLOG), and how many; `None`: none.
+    pub flow_log: Option<crate::flows::FlowLog>,
     /// How pods are attached to the node: routed veths (Canal) or a bridge (plain Flannel).
     pub attachment: AttachmentKind,
     /// Bridge attachment: each local pod's bridge port (host-side veth), as discovered on the
@@ -32,6 +34,7 @@ impl Default for CompileOptions {
             node: None,
             interface_prefix: "cali".into(),
             fail_closed: false,
+            flow_log: None,
             attachment: AttachmentKind::Canal,
             ports: BTreeMap::new(),
         }
@@ -189,6 +192,7 @@ impl<'a> Compiler<'a> {
         let mut ir = Ir {
             node: opts.node.clone(),
             fail_closed: opts.fail_closed,
+            flow_log: opts.flow_log,
             attachment: match &opts.attachment {
                 AttachmentKind::Canal => Attachment::Canal {
                     prefix: opts.interface_prefix.clone(),

@@ -19,6 +19,7 @@ impl Ir {
         crate::render::CUT_MARK.hash(&mut h);
         crate::render::CUT_COMMENT.hash(&mut h);
         self.fail_closed.hash(&mut h);
+        self.flow_log.hash(&mut h);
         self.attachment.hash(&mut h);
         self.endpoints.hash(&mut h);
         self.chains.hash(&mut h);

@@ -48,6 +48,9 @@ pub struct Ir {
     /// Drop traffic of pods the ruleset does not know yet (unknown `cali*` interfaces, unknown
     /// source or destination addresses on the bridge) instead of allowing it.
     pub fail_closed: bool,
+    /// Which verdict points send flow events (NFLOG), and how many; `None`: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_log: Option<crate::flows::FlowLog>,
     /// How the node's pods are attached, which decides how traffic is dispatched to endpoints.
     pub attachment: Attachment,
     pub endpoints: Vec<Endpoint>,

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::cidr::{Family, IpRange};
+use crate::flows::FlowVerdict;
 use crate::ir::*;
 use crate::model::{AdminAction, Direction, ObjectRef, Protocol};
 use crate::render::{CUT_COMMENT, CUT_MARK, SEEN_MARK};
@@ -56,7 +57,7 @@ pub fn lower_bridge(ir: &Ir) -> Result<Option<Table>, IrError> {
     for f in [Family::V4, Family::V6] {
         // Ports the guard map does not know yet: their pods' addresses are not known either, but
         // they must not send as a pod this node knows.
-        prerouting.push(Rule {
+        let unknown_port = Rule {
             matches: vec![Match::AddrInSet {
                 family: f,
                 end: End::Source,
@@ -66,7 +67,13 @@ pub fn lower_bridge(ir: &Ir) -> Result<Option<Table>, IrError> {
             log: None,
             action: Action::Verdict(Verdict::Drop),
             comment: Some(comment(labels::SPOOFED_UNKNOWN_PORT)),
-        });
+        };
+        prerouting.extend(logged(
+            ir,
+            FlowVerdict::Denied,
+            labels::SPOOFED_UNKNOWN_PORT,
+            unknown_port,
+        ));
         for end in [End::Source, End::Destination] {
             forward.push(Rule {
                 matches: vec![
@@ -107,7 +114,7 @@ pub fn lower_bridge(ir: &Ir) -> Result<Option<Table>, IrError> {
         ir.endpoints
             .iter()
             .filter(|ep| !ep.interface.is_empty())
-            .map(|ep| guard_chain(ep, true)),
+            .map(|ep| guard_chain(ir, ep, true)),
     );
     Ok(Some(Table {
         family: TableFamily::Bridge,
@@ -163,7 +170,7 @@ fn guard_map(ir: &Ir) -> Set {
 /// A pod's source guard: its own addresses (and IPv6 link-local and unspecified sources, for
 /// neighbour discovery) pass; on a bridge, so do ARP packets sent as itself; everything else from
 /// its interface is dropped, counted and named.
-fn guard_chain(ep: &Endpoint, bridge: bool) -> Chain {
+fn guard_chain(ir: &Ir, ep: &Endpoint, bridge: bool) -> Chain {
     let mut rules = Vec::new();
     let accept = |m: Match| Rule {
         matches: vec![m],
@@ -201,7 +208,13 @@ fn guard_chain(ep: &Endpoint, bridge: bool) -> Chain {
         own.push(Ipv4Addr::UNSPECIFIED);
         rules.push(accept(Match::ArpSenderIn(own)));
     }
-    rules.push(Rule::always(true, Verdict::Drop, Some(comment(&labels::spoofed(ep)))));
+    let text = labels::spoofed(ep);
+    rules.extend(logged(
+        ir,
+        FlowVerdict::Denied,
+        &text,
+        Rule::always(true, Verdict::Drop, Some(comment(&text))),
+    ));
     Chain {
         name: ep.guard_chain_name(),
         hook: None,
@@ -245,7 +258,8 @@ fn chain_or(prev: Option<&Prev<'_>>, same: bool, name: &str, lower: impl FnOnce(
 
 /// [`lower_after`] of an IR that [`Ir::validate`] accepted: every reference resolves.
 fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
-    let prev = prev.map(Prev::new);
+    // Every verdict point's rules depend on the flow log: nothing is reused across a change.
+    let prev = prev.filter(|(p, _)| p.flow_log == ir.flow_log).map(Prev::new);
     let prev = prev.as_ref();
     let was = |f: &dyn Fn(&Ir) -> bool| prev.is_some_and(|p| f(p.ir));
     let scope = match &ir.node {
@@ -327,7 +341,9 @@ fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
         let same = prev.is_some_and(|p| p.endpoints.get(&ep.pod) == Some(&ep));
         if matches!(ir.attachment, Attachment::Canal { .. }) && !ep.interface.is_empty() {
             let same = same && was(&|p| p.attachment == ir.attachment);
-            chains.push(chain_or(prev, same, &ep.guard_chain_name(), || guard_chain(ep, false)));
+            chains.push(chain_or(prev, same, &ep.guard_chain_name(), || {
+                guard_chain(ir, ep, false)
+            }));
         }
         for d in [Direction::Ingress, Direction::Egress] {
             if ep.isolation(d).enforced() {
@@ -356,7 +372,7 @@ fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
     }
     for (name, rule) in &ir.admin_rules {
         let same = was(&|p| p.admin_rules.get(name) == Some(rule));
-        chains.push(chain_or(prev, same, name, || admin_rule_chain(name, rule)));
+        chains.push(chain_or(prev, same, name, || admin_rule_chain(ir, name, rule)));
     }
     Table {
         family: TableFamily::Inet,
@@ -540,23 +556,34 @@ fn base_chains(ir: &Ir) -> Vec<Chain> {
 }
 
 /// The two first rules of every base chain: cut flows dropped, established flows accepted.
-fn cut_and_established() -> Vec<Rule> {
-    vec![
-        Rule {
-            matches: vec![Match::CtMarkAll(CUT_MARK)],
-            counter: true,
-            log: None,
-            action: Action::Verdict(Verdict::Drop),
-            comment: Some(comment(CUT_COMMENT)),
-        },
-        Rule {
-            matches: vec![Match::CtState(CtStates(CtStates::ESTABLISHED | CtStates::RELATED))],
-            counter: false,
-            log: None,
-            action: Action::Verdict(Verdict::Accept),
-            comment: None,
-        },
-    ]
+fn cut_and_established(ir: &Ir) -> Vec<Rule> {
+    let cut = Rule {
+        matches: vec![Match::CtMarkAll(CUT_MARK)],
+        counter: true,
+        log: None,
+        action: Action::Verdict(Verdict::Drop),
+        comment: Some(comment(CUT_COMMENT)),
+    };
+    let mut rules = logged(ir, FlowVerdict::Denied, CUT_COMMENT, cut);
+    rules.push(Rule {
+        matches: vec![Match::CtState(CtStates(CtStates::ESTABLISHED | CtStates::RELATED))],
+        counter: false,
+        log: None,
+        action: Action::Verdict(Verdict::Accept),
+        comment: None,
+    });
+    rules
+}
+
+/// A verdict rule, after a log rule with its matches when the IR's flow log covers the verdict:
+/// `MATCHES limit rate R/second burst B packets log prefix "pc:<id>" group G`, then `rule`.
+/// The log rule has no counter and no comment: the verdict rule counts every packet, and the
+/// comment names the rule once.
+fn logged(ir: &Ir, v: FlowVerdict, text: &str, rule: Rule) -> Vec<Rule> {
+    match &ir.flow_log {
+        Some(fl) if fl.logs(v) => vec![Rule::log_only(rule.matches.clone(), fl.log(text), None), rule],
+        _ => vec![rule],
+    }
 }
 
 /// The base chains both attachments hook, in declaration order: name, hook, priority (relative to
@@ -620,7 +647,7 @@ fn bridge_base_chains(ir: &Ir, bridge: &str) -> Vec<Chain> {
                 comment: None,
             });
         }
-        rules.extend(cut_and_established());
+        rules.extend(cut_and_established(ir));
         rules.push(Rule {
             matches: vec![Match::Icmpv6Types(ND_TYPES.to_vec())],
             counter: false,
@@ -706,7 +733,7 @@ fn canal_base_chains(ir: &Ir, prefix: &str) -> Vec<Chain> {
 
 fn canal_policy_chains(ir: &Ir, prefix: &str) -> Vec<Chain> {
     let base = |name: &str, hook, priority, iface, d: Direction| {
-        let mut rules = cut_and_established();
+        let mut rules = cut_and_established(ir);
         rules.push(Rule {
             matches: Vec::new(),
             counter: false,
@@ -773,10 +800,12 @@ fn endpoint_chain(ir: &Ir, ep: &Endpoint, d: Direction) -> Chain {
                 Some(comment(&ir.chains[chain].policy.to_string())),
             ));
         }
-        rules.push(Rule::always(
-            true,
-            Verdict::Drop,
-            Some(comment(&labels::endpoint_denied(ep, d))),
+        let text = labels::endpoint_denied(ep, d);
+        rules.extend(logged(
+            ir,
+            FlowVerdict::Denied,
+            &text,
+            Rule::always(true, Verdict::Drop, Some(comment(&text))),
         ));
     } else {
         if let Some(table) = &iso.baseline_table {
@@ -833,7 +862,8 @@ fn policy_chain(ir: &Ir, name: &str, chain: &PolicyChain) -> Chain {
     let end = peer_end(chain.direction);
     let mut rules = Vec::new();
     for r in &chain.rules {
-        let c = comment(&labels::policy_rule(chain, r));
+        let text = labels::policy_rule(chain, r);
+        let c = comment(&text);
         // Families this rule can match: a set restricts them, as does a named port (which is
         // per family); otherwise one family-agnostic rule covers both.
         let families: Vec<Option<Family>> = match (&r.peer, &r.ports) {
@@ -851,13 +881,14 @@ fn policy_chain(ir: &Ir, name: &str, chain: &PolicyChain) -> Chain {
                 _ => None,
             };
             for ports in port_matches(&r.ports, f.unwrap_or(Family::V4)) {
-                rules.push(Rule {
+                let accept = Rule {
                     matches: peer.iter().cloned().chain(ports).collect(),
                     counter: true,
                     log: None,
                     action: Action::Verdict(Verdict::Accept),
                     comment: Some(c.clone()),
-                });
+                };
+                rules.extend(logged(ir, FlowVerdict::Allowed, &text, accept));
             }
         }
     }
@@ -928,15 +959,16 @@ fn class_chain(name: &str, class: &PortClass) -> Chain {
 }
 
 /// An admin rule's counter chain: its action.
-fn admin_rule_chain(name: &str, rule: &AdminRuleIr) -> Chain {
-    let verdict = match rule.action {
-        AdminAction::Accept => Verdict::Accept,
-        AdminAction::Deny => Verdict::Drop,
-        AdminAction::Pass => Verdict::Return,
+fn admin_rule_chain(ir: &Ir, name: &str, rule: &AdminRuleIr) -> Chain {
+    let (verdict, logged_as) = match rule.action {
+        AdminAction::Accept => (Verdict::Accept, FlowVerdict::Allowed),
+        AdminAction::Deny => (Verdict::Drop, FlowVerdict::Denied),
+        AdminAction::Pass => (Verdict::Return, FlowVerdict::Passed),
     };
+    let text = labels::admin_rule(rule);
     Chain {
         name: name.to_string(),
         hook: None,
-        rules: vec![Rule::always(true, verdict, Some(comment(&labels::admin_rule(rule))))],
+        rules: logged(ir, logged_as, &text, Rule::always(true, verdict, Some(comment(&text)))),
     }
 }

@@ -59,6 +59,19 @@ struct Args {
     /// A change of what is enforced is written at once.
     #[arg(long, default_value_t = 1000)]
     status_progress_ms: u64,
+    /// Verdicts whose packets send flow events (NFLOG): denied, allowed (new connections accepted
+    /// by a rule, and admin Pass), or none.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "denied,allowed")]
+    flow_events: Vec<FlowEventsArg>,
+    /// Flow events each verdict point may send per second (the kernel counts the rest).
+    #[arg(long, default_value_t = 100)]
+    flow_events_rate: u32,
+    /// Flow events a verdict point may send at once after a quiet spell.
+    #[arg(long, default_value_t = 200)]
+    flow_events_burst: u32,
+    /// The nfnetlink_log group of the flow events (one listener per group and network namespace).
+    #[arg(long, default_value_t = 7)]
+    flow_events_group: u16,
     /// How rules reach the kernel: one nftables table over netlink, or iptables + ipset.
     #[arg(long, value_enum, default_value_t = BackendArg::Nftables)]
     backend: BackendArg,
@@ -69,6 +82,26 @@ struct Args {
     /// Log filter, e.g. info or policyc_controller=debug [default: RUST_LOG, else info].
     #[arg(long, env = "POLICYC_LOG")]
     log_level: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum FlowEventsArg {
+    Denied,
+    Allowed,
+    None,
+}
+
+/// The flow log the rulesets are compiled with: `None` when no verdict sends events.
+fn flow_log(args: &Args) -> Option<policyc_compiler::flows::FlowLog> {
+    let denied = args.flow_events.contains(&FlowEventsArg::Denied);
+    let allowed = args.flow_events.contains(&FlowEventsArg::Allowed);
+    (denied || allowed).then_some(policyc_compiler::flows::FlowLog {
+        group: args.flow_events_group,
+        denied,
+        allowed,
+        rate: args.flow_events_rate,
+        burst: args.flow_events_burst,
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -133,7 +166,9 @@ async fn main() -> anyhow::Result<()> {
     let shared = Shared::new(Metrics::new(args.netns.clone()));
     policyc_controller::http::serve(args.metrics_addr, shared.clone()).context("metrics server")?;
     let client = client(args.kubeconfig.as_deref()).await?;
+    let flow_log = flow_log(&args);
     let cfg = Config {
+        flow_log,
         node_name: args.node_name,
         debounce: Duration::from_millis(args.debounce_ms),
         interface_prefix: args.interface_prefix,
