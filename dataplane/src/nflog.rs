@@ -158,10 +158,12 @@ pub struct Event {
     pub hook: u8,
     /// The packet mark; `None` when 0 (the kernel leaves it out).
     pub mark: Option<u32>,
-    /// Interface indexes, where the packet has them.
+    /// Interface indexes, where the packet has them. In the bridge family (kernels with bridge
+    /// netfilter) these are the bridge's, and the ports are in `physindev` / `physoutdev`.
     pub indev: Option<u32>,
     pub outdev: Option<u32>,
-    /// Bridge ports of a bridged packet (`br_netfilter`).
+    /// The bridge ports of a bridged packet: logged by the bridge family, or by the inet
+    /// family through `br_netfilter`.
     pub physindev: Option<u32>,
     pub physoutdev: Option<u32>,
     /// When the packet was received, if the kernel stamped it.

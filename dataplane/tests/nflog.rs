@@ -3,7 +3,10 @@
 //! statements, real UDP packets cross the namespace's loopback, and the reader must see each
 //! logged packet with its rule's prefix, addresses, ports and protocol; a flood through a
 //! rate-limited log rule yields no more events than the limit lets through while the rule's
-//! counter counts every packet; a table replace starts the limit afresh.
+//! counter counts every packet; a table replace starts the limit afresh; a reader that falls
+//! behind counts what it lost; bridged frames logged by the bridge family name their port.
+//!
+//! `examples/nflog_bench.rs` measures the reader's throughput and CPU time.
 //!
 //! Without root, `ip` or `nft` the tests print `skipped: <test>: <reason>` and pass, unless `CI` is
 //! set: then they fail.
@@ -393,4 +396,86 @@ fn overrun_is_counted() {
     assert!(batch.lost > 0 && batch.overruns > 0, "{} lost", batch.lost);
     assert_eq!(batch.events.len() as u64 + batch.lost, packets as u64 + 1);
     assert_eq!(log.stats().lost, batch.lost);
+}
+
+/// Bridged frames logged by `table bridge policyc` (where the anti-spoofing drop lives): the
+/// event names the bridge family and its port, and its copy starts at the IP header as in inet.
+#[test]
+fn bridged_packets() {
+    if !available() {
+        return;
+    }
+    let node = Netns::new("bridge-node");
+    let pods = [Netns::new("bridge-a"), Netns::new("bridge-b")];
+    let ip = |ns: &Netns, args: &str| {
+        let out = ns.0.exec("ip").args(args.split_whitespace()).output().expect("ip");
+        assert!(
+            out.status.success(),
+            "ip {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    ip(&node, "link add br0 type bridge");
+    ip(&node, "link set br0 up");
+    for (i, (pod, port)) in pods.iter().zip(["va", "vb"]).enumerate() {
+        ip(
+            &node,
+            &format!("link add {port} type veth peer name eth0 netns {}", pod.0.name()),
+        );
+        ip(&node, &format!("link set {port} master br0 up"));
+        ip(pod, &format!("addr add 10.9.0.{}/24 dev eth0", i + 1));
+        ip(pod, "link set eth0 up");
+    }
+    let index = |name: &str| -> u32 {
+        let v: serde_json::Value = serde_json::from_str(&ip(&node, &format!("-j link show {name}"))).expect("JSON");
+        v[0]["ifindex"].as_u64().expect("ifindex") as u32
+    };
+    let group = 11;
+    node.load(&Table {
+        family: TableFamily::Bridge,
+        summary: "nflog test, bridge".into(),
+        sets: Vec::new(),
+        chains: vec![std::sync::Arc::new(Chain {
+            name: "prerouting_guard".into(),
+            hook: Some(BaseHook {
+                hook: Hook::Prerouting,
+                priority: 0,
+            }),
+            rules: vec![Rule::log_only(
+                vec![Match::AddrIn {
+                    family: Family::V4,
+                    end: End::Source,
+                    addrs: vec!["10.9.0.1".parse().unwrap()],
+                }],
+                Log::group(group, "pc:spoof").with_limit(Limit::per_second(1000)),
+                None,
+            )],
+        })],
+    });
+    let mut log = node.nflog(group);
+    let sport = pods[0].send_udp("10.9.0.1:0", "10.9.0.2:9999", 3, 20);
+
+    let batch = read(&mut log, 3, Duration::from_millis(500));
+    assert_eq!(batch.events.len(), 3, "{:#?}", batch.events);
+    let (va, br0) = (index("va"), index("br0"));
+    let first = &batch.events[0];
+    eprintln!(
+        "bridged: indev {:?} physindev {:?} (va {va}, br0 {br0})",
+        first.indev, first.physindev
+    );
+    for e in &batch.events {
+        // NFPROTO_BRIDGE, NF_BR_PRE_ROUTING.
+        assert_eq!(
+            (e.prefix.as_str(), e.family, e.hw_protocol, e.hook),
+            ("pc:spoof", 7, 0x0800, 0)
+        );
+        // The bridge port it came in by, and the bridge (as nfnetlink_log reports bridged
+        // packets when the kernel has bridge netfilter), or the port alone (without it).
+        match e.physindev {
+            Some(port) => assert_eq!((port, e.indev), (va, Some(br0)), "{e:?}"),
+            None => assert_eq!(e.indev, Some(va), "{e:?}"),
+        }
+        assert_udp(e, "10.9.0.1", sport, "10.9.0.2", 9999, 20, 20);
+    }
 }
