@@ -1,7 +1,8 @@
 //! policyc's kernel side: programs the kernel's `table inet policyc` for an [`Ir`], loads the
 //! iptables rendering instead when asked, cuts the conntrack entries of flows a change denies,
-//! reads the rules' counters ([`counters`]), and finds which pod sits behind which port of the
-//! node's bridge ([`links`], for the bridge attachment of plain Flannel).
+//! reads the rules' counters ([`counters`]) and the packets its `log ... group G` statements
+//! send ([`nflog`]), and finds which pod sits behind which port of the node's bridge ([`links`],
+//! for the bridge attachment of plain Flannel).
 //! No Kubernetes dependency: the agent (`policyc-controller`) drives it, and so can anything that
 //! has an [`Ir`].
 //!
@@ -62,6 +63,7 @@ pub mod counters;
 pub mod ctnetlink;
 mod iptables;
 pub mod links;
+pub mod nflog;
 mod nl;
 mod nla;
 mod plan;

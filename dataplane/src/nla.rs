@@ -1,8 +1,9 @@
 //! Netlink messages and attributes as bytes, for the clients that build and parse their
-//! messages themselves ([`crate::ctnetlink`], [`crate::counters`], [`crate::links`]): a message
-//! builder (header, `nfgenmsg` or another family header, attributes, nests) and length-checked
-//! iterators over received messages and attributes. Nothing here panics on what the kernel sends: a malformed message or
-//! attribute is an `Err(String)` describing it.
+//! messages themselves ([`crate::ctnetlink`], [`crate::counters`], [`crate::links`],
+//! [`crate::nflog`]): a message builder (header, `nfgenmsg` or another family header,
+//! attributes, nests) and length-checked iterators over received messages and attributes.
+//! Nothing here panics on what the kernel sends: a malformed message or attribute is an
+//! `Err(String)` describing it.
 
 // --- netlink (linux/netlink.h) ---
 pub(crate) const NLMSG_HDRLEN: usize = 16;
@@ -58,6 +59,12 @@ impl MsgBuilder {
         let mut b = MsgBuilder { buf };
         b.pad();
         b
+    }
+
+    /// The `nfgenmsg`'s `res_id` (big-endian), for a message built by [`MsgBuilder::new`]:
+    /// e.g. the nfnetlink_log group a config message is about.
+    pub(crate) fn set_res_id(&mut self, id: u16) {
+        self.buf[NLMSG_HDRLEN + 2..NLMSG_HDRLEN + 4].copy_from_slice(&id.to_be_bytes());
     }
 
     fn pad(&mut self) {

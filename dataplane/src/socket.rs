@@ -1,7 +1,7 @@
 //! The netlink sockets: opening one (in another network namespace if asked), sending a
 //! batch in one `sendmsg` and checking the kernel's answer to every message (nf_tables), or
 //! plain `send`/`recv` of whole messages (ctnetlink, [`crate::ctnetlink`]; rtnetlink,
-//! [`crate::links`]).
+//! [`crate::links`]; nfnetlink_log, [`crate::nflog`]).
 
 use std::fs::File;
 use std::io;
@@ -13,8 +13,8 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{
-    bind, recv, recvmsg, send, sendmsg, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SetSockOpt,
-    SockFlag, SockProtocol, SockType,
+    bind, getsockopt, recv, recvmsg, send, sendmsg, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
+    SetSockOpt, SockFlag, SockProtocol, SockType,
 };
 use nix::sys::time::TimeVal;
 
@@ -152,26 +152,41 @@ impl NlSocket {
     }
 
     /// Sets a socket buffer size beyond the system maximum (needs CAP_NET_ADMIN in the initial
-    /// user namespace), or as close to it as allowed.
-    fn buffer<F, P>(&self, force: F, plain: P, size: usize) -> Result<(), SocketError>
+    /// user namespace), or as close to it as allowed (`net.core.rmem_max` / `wmem_max`).
+    /// Returns whether the forced size took (`false`: the plain option, capped, was used).
+    fn buffer<F, P>(&self, force: F, plain: P, size: usize) -> Result<bool, SocketError>
     where
         F: SetSockOpt<Val = usize>,
         P: SetSockOpt<Val = usize>,
     {
         let size = size.min(i32::MAX as usize / 2);
         match setsockopt(&self.fd, force, &size) {
-            Ok(()) => Ok(()),
-            Err(Errno::EPERM) => setsockopt(&self.fd, plain, &size).map_err(err("setsockopt")),
+            Ok(()) => Ok(true),
+            Err(Errno::EPERM) => setsockopt(&self.fd, plain, &size)
+                .map(|()| false)
+                .map_err(err("setsockopt")),
             Err(e) => Err(err("setsockopt")(e)),
         }
     }
 
     pub fn set_recv_buffer(&self, size: usize) -> Result<(), SocketError> {
+        self.buffer(sockopt::RcvBufForce, sockopt::RcvBuf, size).map(drop)
+    }
+
+    /// [`set_recv_buffer`](Self::set_recv_buffer), saying whether `SO_RCVBUFFORCE` took
+    /// (`false`: `SO_RCVBUF`, capped at `net.core.rmem_max`).
+    pub fn set_recv_buffer_forced(&self, size: usize) -> Result<bool, SocketError> {
         self.buffer(sockopt::RcvBufForce, sockopt::RcvBuf, size)
     }
 
+    /// The receive buffer the kernel gave (`SO_RCVBUF`: twice the size asked, for its
+    /// bookkeeping).
+    pub fn recv_buffer(&self) -> Result<usize, SocketError> {
+        getsockopt(&self.fd, sockopt::RcvBuf).map_err(err("getsockopt(SO_RCVBUF)"))
+    }
+
     pub fn set_send_buffer(&self, size: usize) -> Result<(), SocketError> {
-        self.buffer(sockopt::SndBufForce, sockopt::SndBuf, size)
+        self.buffer(sockopt::SndBufForce, sockopt::SndBuf, size).map(drop)
     }
 
     /// A blocking `recv` fails with `EAGAIN` after `timeout` without a message.

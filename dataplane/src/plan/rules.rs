@@ -589,6 +589,47 @@ mod tests {
         );
     }
 
+    /// As `nft --debug=netlink` (1.0.6) shows `counter limit rate 100/second log prefix "pc:42"
+    /// group 1`: after the counter, the limit (unit in seconds, default burst sent), then the
+    /// log; a log-only rule ends without a verdict.
+    #[test]
+    fn log_after_counter_without_verdict() {
+        use policyc_compiler::nft::{Limit, RateUnit};
+        let r = Rule {
+            counter: true,
+            ..Rule::log_only(
+                Vec::new(),
+                Log {
+                    queue_threshold: Some(0),
+                    ..Log::group(1, "pc:42").with_limit(Limit {
+                        rate: 100,
+                        unit: RateUnit::Hour,
+                        burst: 5,
+                    })
+                },
+                None,
+            )
+        };
+        assert_eq!(
+            rule(TableFamily::Inet, &r).unwrap().exprs,
+            [
+                Expr::Counter,
+                Expr::Limit {
+                    rate: 100,
+                    unit: 3600,
+                    burst: 5
+                },
+                Expr::Log {
+                    prefix: Some("pc:42".into()),
+                    group: 1,
+                    snaplen: None,
+                    // Printed as none, so none is sent.
+                    queue_threshold: None,
+                },
+            ]
+        );
+    }
+
     #[test]
     fn registers() {
         assert_eq!(register(0), 1);
