@@ -293,7 +293,7 @@ fn push_endpoint(
                 ..blank(
                     FlowVerdict::Denied,
                     FlowTier::Guard,
-                    "spoofed source: not the pod's address".into(),
+                    format!("spoofed source: sent by {} with an address not its own", ep.pod),
                 )
             },
         );

@@ -64,6 +64,10 @@ pub struct Config {
     pub bridge: String,
     /// Flow events: which verdict points log, to which NFLOG group, how many; `None`: none.
     pub flow_log: Option<policyc_compiler::flows::FlowLog>,
+    /// Identical flow events within this interval become one record.
+    pub flow_interval: Duration,
+    /// Write flow records as JSON lines to this file (`-`: stdout).
+    pub flow_output: Option<PathBuf>,
 }
 
 /// How rules reach the kernel.
@@ -82,6 +86,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Set after the first complete ruleset reached the kernel.
     pub ready: AtomicBool,
+    /// Flow records and the verdict points of the applied rulesets.
+    pub flows: crate::flows::FlowHub,
 }
 
 impl Shared {
@@ -90,12 +96,33 @@ impl Shared {
             index: RwLock::new(Index::new()),
             metrics,
             ready: AtomicBool::new(false),
+            flows: crate::flows::FlowHub::default(),
         })
     }
 }
 
 /// Runs until the process is stopped.
 pub async fn run(client: Client, cfg: Config, shared: Arc<Shared>) {
+    // Flow events are for seeing, not enforcing: without them the node still enforces.
+    let _flows = cfg.flow_log.and_then(|log| {
+        let opts = crate::flows::FlowOptions {
+            log,
+            interval: cfg.flow_interval,
+            output: cfg.flow_output.clone(),
+            netns: cfg.netns.clone(),
+            node: cfg.node_name.clone(),
+        };
+        match crate::flows::start(opts, shared.clone()) {
+            Ok(f) => {
+                tracing::info!(group = log.group, "reading flow events");
+                Some(f)
+            }
+            Err(e) => {
+                tracing::error!("flow events unavailable: {e}");
+                None
+            }
+        }
+    });
     let (tx, rx) = watch::channel(0u64);
     tokio::spawn(watch_kind(
         Api::<Namespace>::all(client.clone()),
@@ -451,6 +478,9 @@ async fn sync_loop(
                                 sync_ms = ms(started.elapsed()),
                                 "ruleset applied"
                             );
+                            if cfg.flow_log.is_some() {
+                                shared.flows.set_points(policyc_compiler::flows::points(&ir_back));
+                            }
                             // Also after a start: a flow denied meanwhile is cut, one allowed again released.
                             if cfg.cut_conntrack {
                                 cut = Some(ir_back.clone());

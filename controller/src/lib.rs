@@ -6,10 +6,12 @@
 //!                                   ├─► policyc_dataplane::conntrack (cut flows now denied)
 //!                                   ├─► status (NodePolicyStatus)
 //!                                   └─► metrics + health (HTTP)
+//!  policyc_dataplane::nflog ─► flows (verdict points, merged records) ─► /flows, --flow-log, metrics
 //! ```
 
 pub mod agent;
 pub mod attach;
+pub mod flows;
 pub mod http;
 pub mod index;
 pub mod metrics;

@@ -71,6 +71,12 @@ pub struct Metrics {
     pub conntrack_cut: Counter,
     pub conntrack_updates: Family<ConntrackLabels, Counter>,
     pub kernel: Arc<KernelCounters>,
+    /// Flow events by verdict point's policy (never by pod or address: bounded).
+    pub flow_events: Family<crate::flows::FlowLabels, Counter>,
+    /// Packets of verdict points at their rate limit that sent no event.
+    pub flow_suppressed: Family<crate::flows::FlowLabels, Counter>,
+    /// Flow events lost between the kernel and the records.
+    pub flow_lost: Counter,
 }
 
 impl Metrics {
@@ -96,6 +102,9 @@ impl Metrics {
             conntrack_cut: Counter::default(),
             conntrack_updates: Family::default(),
             kernel: Arc::new(KernelCounters::new(netns)),
+            flow_events: Family::default(),
+            flow_suppressed: Family::default(),
+            flow_lost: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -148,6 +157,21 @@ impl Metrics {
             "conntrack_updates",
             "Conntrack entry updates of the cut, one request and acknowledgement each, by result",
             m.conntrack_updates.clone(),
+        );
+        registry.register(
+            "flow_events",
+            "Flow events (packets logged by a verdict point) by verdict, tier, deciding policy (kind, namespace, name) and direction; a default deny has no policy",
+            m.flow_events.clone(),
+        );
+        registry.register(
+            "flow_events_suppressed",
+            "Packets of verdict points at their rate limit that sent no event (from the verdict rule's kernel counter)",
+            m.flow_suppressed.clone(),
+        );
+        registry.register(
+            "flow_events_lost",
+            "Flow events lost on the way from the kernel (socket overruns, a reader behind)",
+            m.flow_lost.clone(),
         );
         registry.register_collector(Box::new(m.kernel.clone()));
         Metrics { registry, ..m }
@@ -293,6 +317,11 @@ impl prometheus_client::collector::Collector for KernelCounters {
 /// policyc` (in `netns` when given) over netlink and sums their counters per policy rule, per pod
 /// drop and per pod source guard drop, by the comments the renderer writes.
 pub fn read_counters(netns: Option<&Path>) -> Result<Vec<RuleCounter>, String> {
+    Ok(parse_counters(&read_rule_counters(netns)?))
+}
+
+/// Every rule of both tables with its counters, as dumped.
+pub fn read_rule_counters(netns: Option<&Path>) -> Result<Vec<policyc_dataplane::counters::RuleCounters>, String> {
     use policyc_dataplane::counters::{rule_counters, rule_counters_of, CountersError, TableFamily};
     let table = policyc_compiler::render::nft::TABLE;
     let mut rules = rule_counters(netns, table).map_err(|e| error_chain(&e))?;
@@ -302,7 +331,7 @@ pub fn read_counters(netns: Option<&Path>) -> Result<Vec<RuleCounter>, String> {
         Err(CountersError::NoTable(_)) => {}
         Err(e) => return Err(error_chain(&e)),
     }
-    Ok(parse_counters(&rules))
+    Ok(rules)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -787,6 +787,7 @@ impl ClusterLab {
             .args(["--status-progress-ms", &self.opts.status_progress_ms.to_string()])
             .args(["--interface-prefix", &self.opts.lab.interface_prefix])
             .args(["--attachment", self.opts.lab.attachment.name()])
+            .args(flow_args(self.opts.lab.flow_log))
             .arg("--kubeconfig")
             .arg(&self.agent_kubeconfig)
             .env_remove("KUBECONFIG")
@@ -883,6 +884,16 @@ impl ClusterLab {
         Ok(metric(&text, name, labels))
     }
 
+    /// The address of a node's agent's HTTP server.
+    pub fn agent_addr(&self, node: &str) -> Result<std::net::SocketAddr, Error> {
+        Ok(std::net::SocketAddr::from(([127, 0, 0, 1], self.agent(node)?.port)))
+    }
+
+    /// The process id of a node's agent, while it runs.
+    pub fn agent_pid(&self, node: &str) -> Option<u32> {
+        self.agents.get(node)?.child.as_ref().map(std::process::Child::id)
+    }
+
     /// The last lines of a node's agent log, for error messages.
     pub fn agent_log_tail(&self, node: &str) -> String {
         let Some(agent) = self.agents.get(node) else {
@@ -897,6 +908,34 @@ impl ClusterLab {
     pub fn nodes(&self) -> Vec<String> {
         self.agents.keys().cloned().collect()
     }
+}
+
+/// The agent's flow event flags for the lab's flow log (none when the lab has none), so that
+/// its rulesets are the ones the lab compiles.
+fn flow_args(fl: Option<policyc_compiler::flows::FlowLog>) -> Vec<String> {
+    let Some(fl) = fl else {
+        return vec!["--flow-events".into(), "none".into()];
+    };
+    let mut events = Vec::new();
+    if fl.denied {
+        events.push("denied");
+    }
+    if fl.allowed {
+        events.push("allowed");
+    }
+    if events.is_empty() {
+        events.push("none");
+    }
+    vec![
+        "--flow-events".into(),
+        events.join(","),
+        "--flow-events-rate".into(),
+        fl.rate.to_string(),
+        "--flow-events-burst".into(),
+        fl.burst.to_string(),
+        "--flow-events-group".into(),
+        fl.group.to_string(),
+    ]
 }
 
 /// Sum of the samples of `name` (its series carry `labels` among theirs) in OpenMetrics text.

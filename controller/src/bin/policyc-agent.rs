@@ -72,6 +72,14 @@ struct Args {
     /// The nfnetlink_log group of the flow events (one listener per group and network namespace).
     #[arg(long, default_value_t = 7)]
     flow_events_group: u16,
+    /// Write flow records as JSON lines to this file (`-`: stdout), besides serving them at
+    /// /flows.
+    #[arg(long, value_name = "PATH")]
+    flow_log: Option<PathBuf>,
+    /// Identical flow events (same verdict point, ends, protocol and port) within this many
+    /// milliseconds become one record with their counts.
+    #[arg(long, default_value_t = 1000)]
+    flow_interval_ms: u64,
     /// How rules reach the kernel: one nftables table over netlink, or iptables + ipset.
     #[arg(long, value_enum, default_value_t = BackendArg::Nftables)]
     backend: BackendArg,
@@ -169,6 +177,8 @@ async fn main() -> anyhow::Result<()> {
     let flow_log = flow_log(&args);
     let cfg = Config {
         flow_log,
+        flow_interval: Duration::from_millis(args.flow_interval_ms.max(10)),
+        flow_output: args.flow_log.clone(),
         node_name: args.node_name,
         debounce: Duration::from_millis(args.debounce_ms),
         interface_prefix: args.interface_prefix,
