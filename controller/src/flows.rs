@@ -167,13 +167,16 @@ pub struct FlowHub {
     buffer: Mutex<VecDeque<Arc<FlowRecord>>>,
     followers: Mutex<Vec<(Filter, SyncSender<Arc<FlowRecord>>)>>,
     /// The verdict points of the applied ruleset and the one before it (events in flight).
-    points: RwLock<(HashMap<String, Arc<FlowPoint>>, HashMap<String, Arc<FlowPoint>>)>,
+    points: RwLock<(PointMap, PointMap)>,
 }
+
+/// Verdict points by id.
+type PointMap = HashMap<String, Arc<FlowPoint>>;
 
 impl FlowHub {
     /// The points of a newly applied ruleset.
     pub fn set_points(&self, points: Vec<FlowPoint>) {
-        let new: HashMap<String, Arc<FlowPoint>> = points.into_iter().map(|p| (p.id.clone(), Arc::new(p))).collect();
+        let new: PointMap = points.into_iter().map(|p| (p.id.clone(), Arc::new(p))).collect();
         let mut g = self.points.write().expect("points lock");
         let current = std::mem::replace(&mut g.0, new);
         g.1 = current;
