@@ -60,6 +60,10 @@
 //! reload. [`render_iptables_prune`] (given `iptables-save -t filter` and `-t raw`) and [`render_ipset_prune`]
 //! (given `ipset list -n`) produce the input that deletes them; run them after the new rules are
 //! in, rules before sets (a set cannot be destroyed while a rule uses it).
+//!
+//! Removing everything (an uninstall): [`render_iptables_unhook`] deletes the jumps,
+//! [`render_iptables_remove`] then every chain policyc owns, and [`render_ipset_prune`] of an
+//! empty IR every set.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
