@@ -6,6 +6,7 @@
 //!                                   ├─► policyc_dataplane::conntrack (cut flows now denied)
 //!                                   ├─► status (NodePolicyStatus)
 //!                                   └─► metrics + health (HTTP)
+//!  own Pod ─► its DaemonSet (watched) ─► uninstall: on SIGTERM, remove the ruleset if it is deleted
 //! ```
 
 pub mod agent;
@@ -14,3 +15,4 @@ pub mod http;
 pub mod index;
 pub mod metrics;
 pub mod status;
+pub mod uninstall;
