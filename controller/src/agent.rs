@@ -13,7 +13,8 @@
 //!                                                         └─► NodePolicyStatus (server-side apply)
 //! ```
 //!
-//! Never leak: nothing is flushed at start or exit; the ruleset in the kernel is replaced only by a
+//! Never leak: nothing is flushed at start or exit (except when the agent is uninstalled, see
+//! [`crate::uninstall`] and [`remove_ruleset`]); the ruleset in the kernel is replaced only by a
 //! complete new one in one transaction, and only once every kind has been listed (a partial view
 //! would drop policies that merely have not arrived yet). A failed watch keeps the last ruleset
 //! and reconnects with backoff; a failed apply keeps the previous ruleset and retries.
@@ -57,6 +58,9 @@ pub struct Config {
     pub report_status: bool,
     /// Least time between status writes that only move `compiledFrom`.
     pub status_progress: Duration,
+    /// The ClusterRole the status object is a dependent of (deleted with it by the garbage
+    /// collector), see [`StatusWriter::owned_by`].
+    pub status_owner: Option<String>,
     pub backend: Backend,
     /// How pods are attached: detected, or given (see [`crate::attach`]).
     pub attachment: attach::Mode,
@@ -88,6 +92,9 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Flow records and the verdict points of the applied rulesets.
     pub flows: crate::flows::FlowHub,
+    /// Held while a ruleset is written to the kernel: removing the ruleset (an uninstall) waits
+    /// for a write under way, which would otherwise bring it back.
+    pub kernel: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Shared {
@@ -97,6 +104,7 @@ impl Shared {
             metrics,
             ready: AtomicBool::new(false),
             flows: crate::flows::FlowHub::default(),
+            kernel: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 }
@@ -157,7 +165,7 @@ pub async fn run(client: Client, cfg: Config, shared: Arc<Shared>) {
     tokio::spawn(watch_admin_kinds(client.clone(), shared.clone(), tx));
     let status = cfg
         .report_status
-        .then(|| StatusWriter::new(client, &cfg.node_name, cfg.status_progress));
+        .then(|| StatusWriter::new(client, &cfg.node_name, cfg.status_progress).owned_by(cfg.status_owner.clone()));
     let (attach_tx, attach_rx) = watch::channel(attach::initial());
     tokio::spawn(attach::run(
         attach::Config {
@@ -325,6 +333,26 @@ struct Applied {
     attach_version: u64,
 }
 
+/// The writer of `cfg`'s backend and network namespace.
+fn writer(cfg: &Config) -> Box<dyn Dataplane + Send> {
+    match (cfg.backend, &cfg.netns) {
+        (Backend::Nftables, Some(ns)) => Box::new(NetlinkWriter::in_netns(ns)),
+        (Backend::Nftables, None) => Box::new(NetlinkWriter::new()),
+        (Backend::Iptables, ns) => Box::new(IptablesRestore::new(ns.clone())),
+    }
+}
+
+/// Removes the agent's ruleset from the kernel (nftables: `table inet policyc` and `table
+/// bridge policyc` in one transaction; iptables: the hooks, chains and ipsets), after a write
+/// under way. Call it once [`run`] is stopped (dropped), or the next sync writes it again.
+pub async fn remove_ruleset(cfg: &Config, shared: &Shared) -> Result<(), policyc_dataplane::DataplaneError> {
+    let _kernel = shared.kernel.lock().await;
+    let mut w = writer(cfg);
+    tokio::task::spawn_blocking(move || w.remove())
+        .await
+        .expect("remove task")
+}
+
 async fn sync_loop(
     cfg: Config,
     shared: Arc<Shared>,
@@ -332,11 +360,7 @@ async fn sync_loop(
     mut attach_rx: watch::Receiver<attach::State>,
     status: Option<StatusWriter>,
 ) {
-    let mut writer: Box<dyn Dataplane + Send> = match (cfg.backend, &cfg.netns) {
-        (Backend::Nftables, Some(ns)) => Box::new(NetlinkWriter::in_netns(ns)),
-        (Backend::Nftables, None) => Box::new(NetlinkWriter::new()),
-        (Backend::Iptables, ns) => Box::new(IptablesRestore::new(ns.clone())),
-    };
+    let mut writer = writer(&cfg);
     let mut applied: Option<Applied> = None;
     let mut retry: Option<Duration> = None;
     // A cut that left flows it should have cut open (or could not read the table): retried
@@ -447,7 +471,10 @@ async fn sync_loop(
                 } else {
                     let current = applied.take();
                     let t = Instant::now();
+                    let kernel = shared.kernel.clone().lock_owned().await;
                     let (w, current, ir_back, result) = tokio::task::spawn_blocking(move || {
+                        // Held until the kernel answered, also when this task outlives the loop.
+                        let _kernel = kernel;
                         let r = writer.apply(current.as_ref().map(|a| &a.ir), &ir);
                         (writer, current, ir, r)
                     })

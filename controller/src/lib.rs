@@ -7,6 +7,7 @@
 //!                                   ├─► status (NodePolicyStatus)
 //!                                   └─► metrics + health (HTTP)
 //!  policyc_dataplane::nflog ─► flows (verdict points, merged records) ─► /flows, --flow-log, metrics
+//!  own Pod ─► its DaemonSet (watched) ─► uninstall: on SIGTERM, remove the ruleset if it is deleted
 //! ```
 
 pub mod agent;
@@ -16,3 +17,4 @@ pub mod http;
 pub mod index;
 pub mod metrics;
 pub mod status;
+pub mod uninstall;

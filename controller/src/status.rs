@@ -1,5 +1,6 @@
 //! The node's `NodePolicyStatus`: what the kernel enforces, for `policyc status` and `policyc wait`.
 
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use policyc_compiler::Ir;
@@ -23,6 +24,8 @@ pub struct StatusWriter {
     last: Option<NodePolicyStatusStatus>,
     last_write: Option<Instant>,
     progress_interval: Duration,
+    /// The ClusterRole the object is a dependent of (see [`StatusWriter::owned_by`]).
+    owner: Option<String>,
 }
 
 /// What one sync put in the kernel, for [`StatusWriter::publish`].
@@ -75,6 +78,26 @@ impl StatusWriter {
             last: None,
             last_write: None,
             progress_interval,
+            owner: None,
+        }
+    }
+
+    /// Makes the object a dependent of the ClusterRole `name` (an ownerReference with its UID,
+    /// read on the first write): the garbage collector deletes the object when that ClusterRole
+    /// is deleted. The chart names its own, which `helm uninstall` deletes, so that no status
+    /// object claims enforcement on a node after the release is gone, also when the agent can no
+    /// longer delete it itself (its ServiceAccount and RBAC go right after its DaemonSet).
+    pub fn owned_by(mut self, name: Option<String>) -> Self {
+        self.owner = name;
+        self
+    }
+
+    /// Deletes this node's object (the agent is uninstalled); succeeds when there is none.
+    pub async fn delete(&self) -> Result<(), kube::Error> {
+        match self.api.delete(&self.node, &Default::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -220,10 +243,22 @@ impl StatusWriter {
         status.last_sync_time = r.enforced.is_some().then_some(t);
         let pp = PatchParams::apply(MANAGER).force();
         if !self.created {
+            let mut metadata = json!({"name": self.node});
+            if let Some(name) = &self.owner {
+                let role = Api::<ClusterRole>::all(self.api.clone().into_client())
+                    .get(name)
+                    .await?;
+                metadata["ownerReferences"] = json!([{
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRole",
+                    "name": name,
+                    "uid": role.metadata.uid,
+                }]);
+            }
             let obj = json!({
                 "apiVersion": "policyc.dev/v1alpha1",
                 "kind": "NodePolicyStatus",
-                "metadata": {"name": self.node},
+                "metadata": metadata,
                 "spec": {"nodeName": self.node},
             });
             self.api.patch(&self.node, &pp, &Patch::Apply(&obj)).await?;

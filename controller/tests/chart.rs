@@ -77,6 +77,17 @@ fn chart_installs_with_least_privilege() {
         args.contains(&"--attachment=auto") && args.contains(&"--bridge=cni0"),
         "{args:?}"
     );
+    // An uninstall removes the rulesets: the agent knows its Pod, and the status objects' owner.
+    assert!(
+        args.contains(&"--cleanup-on-uninstall") && args.contains(&"--status-owner=policyc"),
+        "{args:?}"
+    );
+    let env = ds["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(
+        env.contains(r#""name":"POD_NAME""#) && env.contains(r#""fieldPath":"metadata.name""#),
+        "{env}"
+    );
+    assert!(env.contains(r#""name":"POD_NAMESPACE""#), "{env}");
     let names: Vec<String> = crds_of(&defaults).into_iter().map(|(name, _)| name).collect();
     assert_eq!(names, ["nodepolicystatuses.policyc.dev"], "the admin CRDs are opt-in");
     assert!(!defaults.contains("kind: ServiceMonitor"));
@@ -115,6 +126,8 @@ fn chart_installs_with_least_privilege() {
             "agent.attachment=flannel",
             "--set",
             "agent.bridge=cbr0",
+            "--set",
+            "agent.cleanupOnUninstall=false",
         ],
         None,
     );
@@ -131,6 +144,10 @@ fn chart_installs_with_least_privilege() {
     ] {
         assert!(args.contains(want), "{want} in {args}");
     }
+    assert!(
+        !args.contains("--cleanup-on-uninstall") && !args.contains("--status-owner"),
+        "{args}"
+    );
     assert_eq!(spec["nodeSelector"]["role"], "edge");
     assert!(custom.contains("kind: ServiceMonitor") && custom.contains("kind: Service\n"));
 
@@ -196,7 +213,7 @@ fn chart_installs_with_least_privilege() {
     let role: Value =
         serde_json::from_str(&api.kubectl(&["get", "clusterrole", "policyc", "-o", "json"], None)).unwrap();
     let rules = role["rules"].as_array().unwrap();
-    assert_eq!(rules.len(), 5, "{rules:?}");
+    assert_eq!(rules.len(), 6, "{rules:?}");
     let sa = "system:serviceaccount:kube-system:policyc";
     for (verb, resource, want) in [
         ("watch", "pods", "yes"),
@@ -218,8 +235,20 @@ fn chart_installs_with_least_privilege() {
         ("update", "nodes", "no"),
         ("list", "nodepolicystatuses.policyc.dev", "no"),
         ("update", "nodepolicystatuses.policyc.dev", "no"),
+        ("delete", "nodepolicystatuses.policyc.dev", "yes"),
+        ("get", "clusterroles.rbac.authorization.k8s.io/policyc", "yes"),
+        ("get", "clusterroles.rbac.authorization.k8s.io/admin", "no"),
+        // Its own DaemonSet only (and in its namespace only).
+        ("watch", "daemonsets.apps/policyc", "yes"),
+        ("get", "daemonsets.apps/policyc", "yes"),
+        ("get", "daemonsets.apps/kube-proxy", "no"),
+        ("delete", "daemonsets.apps/policyc", "no"),
     ] {
-        let (_, out, _) = api.try_tool("kubectl", &["auth", "can-i", verb, resource, "--as", sa], None);
+        let (_, out, _) = api.try_tool(
+            "kubectl",
+            &["auth", "can-i", verb, resource, "--as", sa, "-n", "kube-system"],
+            None,
+        );
         assert_eq!(out.trim(), want, "can {sa} {verb} {resource}?");
     }
 
@@ -229,6 +258,8 @@ fn chart_installs_with_least_privilege() {
     for what in [
         ["-n", "kube-system", "daemonset/policyc"],
         ["-n", "kube-system", "serviceaccount/policyc"],
+        ["-n", "kube-system", "role/policyc"],
+        ["-n", "kube-system", "rolebinding/policyc"],
     ] {
         let (ok, _, err) = api.try_tool("kubectl", &["get", what[0], what[1], what[2]], None);
         assert!(!ok && err.contains("NotFound"), "{what:?} left behind: {err}");

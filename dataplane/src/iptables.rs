@@ -4,7 +4,8 @@
 //!
 //! Order per apply: sets (new members swapped in) → IPv4 and IPv6 rules (the `filter` table, and
 //! the per-pod source guard in the `raw` table) → hooks (idempotent) → stale chains → stale
-//! sets. The bridge attachment is refused: it is the nftables backend's only. A failure leaves what was already committed and is retried.
+//! sets. The bridge attachment is refused: it is the nftables backend's only. Removal deletes the
+//! hooks, then the chains, then the sets. A failure leaves what was already committed and is retried.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -109,7 +110,25 @@ impl Dataplane for IptablesRestore {
         Ok(None)
     }
 
+    /// Deletes the jumps from the built-in chains, then every chain of policyc's, then its
+    /// ipsets (no rule refers to them any more), per family; succeeds when there are none.
     fn remove(&mut self) -> Result<(), DataplaneError> {
-        self.replace(&Ir::default()).map(|_| ())
+        for (family, restore, save) in [
+            (Family::V4, "iptables-restore", "iptables-save"),
+            (Family::V6, "ip6tables-restore", "ip6tables-save"),
+        ] {
+            self.run("sh", &["-s"], &iptables::render_iptables_unhook(family))?;
+            let saved = self.run(save, &["-t", "filter"], "")? + &self.run(save, &["-t", "raw"], "")?;
+            let remove = iptables::render_iptables_remove(&saved);
+            if !remove.is_empty() {
+                self.run(restore, &["-w", "--noflush"], &remove)?;
+            }
+        }
+        let existing = self.run("ipset", &["list", "-n"], "")?;
+        let destroy = iptables::render_ipset_prune(&Ir::default(), &existing);
+        if !destroy.trim().is_empty() {
+            self.run("ipset", &["restore", "-exist"], &destroy)?;
+        }
+        Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! The agent's iptables backend in a throwaway network namespace: rules and sets land, a second
-//! apply with different policies leaves no stale chain or set, and applying twice is idempotent.
+//! apply with different policies leaves no stale chain or set, applying twice is idempotent, and
+//! removing leaves nothing of policyc's.
 //! Root only; skipped with the reason otherwise, except under CI.
 
 use policyc_compiler::{compile, CompileOptions, Ir, Loader};
@@ -73,6 +74,22 @@ fn iptables_backend_applies_and_prunes() {
         sets.lines().any(|l| l.starts_with("pc-") && !wanted.contains(l)),
         "the first ruleset had sets to prune"
     );
+
+    // Removal (an uninstall): no jump, chain or set of policyc's is left, in either family;
+    // removing again finds nothing and succeeds.
+    dp.remove().unwrap();
+    for save in ["iptables-save", "ip6tables-save"] {
+        for table in ["filter", "raw"] {
+            let saved = exec(&ns, &[save, "-t", table]);
+            assert!(
+                !saved.contains("POLICYC") && !saved.contains(":PC-"),
+                "{save} -t {table}: {saved}"
+            );
+        }
+    }
+    let sets = exec(&ns, &["ipset", "list", "-n"]);
+    assert!(!sets.lines().any(|l| l.starts_with("pc-")), "{sets}");
+    dp.remove().unwrap();
 }
 
 /// The bridge attachment is the nftables backend's only: the iptables backend refuses it, naming

@@ -677,6 +677,88 @@ fn chart_enforces(attachment: &str, upgrade: bool) {
         helm_upgrade_leaks_nothing(&c, &pods, &image);
     }
     verify_cluster(&c, &image, true);
+    helm_uninstall_cleans_nodes(&c, &pods);
+    verify_cluster(&c, &image, false);
+}
+
+/// `nft list tables` in node `i`'s network namespace (that of its holder process, NODE_i_PID).
+fn node_tables(c: &Cluster, i: usize) -> String {
+    let state = std::fs::read_to_string(c.dir.join("state.env")).expect("state.env");
+    let pid = state
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("NODE_{i}_PID=")))
+        .expect("node pid");
+    run_ok(
+        Command::new("nsenter")
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .args(["nft", "list", "tables"]),
+    )
+}
+
+/// `helm uninstall` returns the nodes to how they were before the install: each agent, stopped
+/// because its DaemonSet is deleted, removes its node's tables; the NodePolicyStatus objects go
+/// with the release; a flow denied before the uninstall connects after it.
+fn helm_uninstall_cleans_nodes(c: &Cluster, pods: &[(String, String)]) {
+    c.kubectl_ok(&["delete", "networkpolicy", "-A", "--all"]);
+    c.apply(&[netpol(
+        "x",
+        "deny-ingress",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    )]);
+    c.wait_enforced();
+    let web = [80];
+    expect_matrix(
+        c,
+        pods,
+        "default deny ingress in x, before uninstall",
+        &web,
+        |_, to, _, _| !to.starts_with("x/"),
+    );
+    for i in 1..=c.nodes {
+        assert!(
+            node_tables(c, i).contains("table inet policyc"),
+            "node-{i} holds no ruleset"
+        );
+    }
+    let agents = || c.get_json(&["pods", "-n", "kube-system", "-l", "app.kubernetes.io/name=policyc"]);
+    let t = Instant::now();
+    run_ok(
+        Command::new(Cluster::bin("helm"))
+            .args(["uninstall", "policyc", "-n", "kube-system", "--kubeconfig"])
+            .arg(&c.kubeconfig),
+    );
+    let helm_took = t.elapsed();
+    c.wait_until("agent pods gone", Duration::from_secs(60), || {
+        let n = agents()["items"].as_array().map_or(0, Vec::len);
+        (n == 0).then_some(()).ok_or_else(|| format!("{n} agent pods"))
+    });
+    let pods_gone = t.elapsed();
+    for i in 1..=c.nodes {
+        let tables = node_tables(c, i);
+        assert!(!tables.contains("policyc"), "node-{i} after uninstall: {tables}");
+    }
+    c.wait_until("NodePolicyStatus objects deleted", Duration::from_secs(60), || {
+        let s = c.get_json(&["nodepolicystatuses"]);
+        let n = s["items"].as_array().map_or(0, Vec::len);
+        (n == 0).then_some(()).ok_or_else(|| format!("{n} left: {s}"))
+    });
+    let statuses_gone = t.elapsed();
+    eprintln!(
+        "helm uninstall returned after {:.1}s; agent pods gone, no policyc table on {} nodes after {:.1}s; \
+         NodePolicyStatus objects gone after {:.1}s",
+        helm_took.as_secs_f64(),
+        c.nodes,
+        pods_gone.as_secs_f64(),
+        statuses_gone.as_secs_f64()
+    );
+    // The policy object stays, but nothing enforces it any more.
+    expect_matrix(
+        c,
+        pods,
+        "after uninstall (deny ingress in x not enforced)",
+        &web,
+        |_, _, _, _| true,
+    );
 }
 
 /// `policyc verify --cluster` as a CI job runs it: an upstream scenario in throwaway namespaces,

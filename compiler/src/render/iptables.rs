@@ -60,6 +60,10 @@
 //! reload. [`render_iptables_prune`] (given `iptables-save -t filter` and `-t raw`) and [`render_ipset_prune`]
 //! (given `ipset list -n`) produce the input that deletes them; run them after the new rules are
 //! in, rules before sets (a set cannot be destroyed while a rule uses it).
+//!
+//! Removing everything (an uninstall): [`render_iptables_unhook`] deletes the jumps,
+//! [`render_iptables_remove`] then every chain policyc owns, and [`render_ipset_prune`] of an
+//! empty IR every set.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -692,6 +696,13 @@ fn split_protocol(m: &str) -> (&str, &str) {
     }
 }
 
+/// The jumps from built-in chains to policyc's: (table, built-in chain, policyc's chain).
+const HOOKS: [(&str, &str, &str); 3] = [
+    ("filter", "FORWARD", CHAIN_FORWARD),
+    ("filter", "INPUT", CHAIN_INPUT),
+    ("raw", "PREROUTING", CHAIN_GUARD),
+];
+
 /// A shell script that makes `FORWARD` and `INPUT` of the `filter` table, and `PREROUTING` of the
 /// `raw` table (the source guard), jump to policyc's chains, inserted at position 1, each only if the jump is not there yet: safe to run any
 /// number of times. Run it after loading [`render_iptables`] (the chains must exist).
@@ -704,11 +715,7 @@ pub fn render_iptables_hooks(family: Family) -> String {
         "# policyc: jump from the {cmd} filter table's FORWARD and INPUT chains and the raw table's PREROUTING chain to policyc's chains, once."
     );
     out.push_str("set -e\n");
-    for (table, builtin, ours) in [
-        ("filter", "FORWARD", CHAIN_FORWARD),
-        ("filter", "INPUT", CHAIN_INPUT),
-        ("raw", "PREROUTING", CHAIN_GUARD),
-    ] {
+    for (table, builtin, ours) in HOOKS {
         let _ = writeln!(
             out,
             "{cmd} -w -t {table} -C {builtin} -j {ours} 2>/dev/null || {cmd} -w -t {table} -I {builtin} 1 -j {ours}"
@@ -725,6 +732,52 @@ pub fn render_iptables_hooks(family: Family) -> String {
 pub fn render_iptables_prune(ir: &Ir, saved: &str) -> String {
     let filter: BTreeSet<String> = chains(ir).into_iter().collect();
     let raw: BTreeSet<String> = guard_chains(ir).into_iter().map(|(_, c)| c).collect();
+    delete_chains(saved, |table, name| {
+        let keep = match table {
+            "filter" => &filter,
+            "raw" => &raw,
+            _ => return false,
+        };
+        name.starts_with(CHAIN_PREFIX) && !keep.contains(name)
+    })
+}
+
+/// Shell script deleting the jumps [`render_iptables_hooks`] inserts (every copy of them); it
+/// succeeds when there are none. Run it before [`render_iptables_remove`].
+pub fn render_iptables_unhook(family: Family) -> String {
+    let cmd = restore_cmd(family);
+    let mut out = String::new();
+    out.push_str(
+        "#!/bin/sh
+",
+    );
+    let _ = writeln!(
+        out,
+        "# policyc: delete the jumps from the {cmd} filter table's FORWARD and INPUT chains and the raw table's PREROUTING chain to policyc's chains."
+    );
+    for (table, builtin, ours) in HOOKS {
+        let _ = writeln!(
+            out,
+            "while {cmd} -w -t {table} -D {builtin} -j {ours} 2>/dev/null; do :; done"
+        );
+    }
+    out
+}
+
+/// `iptables-restore --noflush` input deleting every chain policyc owns (its base chains and
+/// those named `PC-…`) that `saved` (`iptables-save` of the `filter` and `raw` tables) holds:
+/// with [`render_iptables_unhook`] before it and [`render_ipset_prune`] of an empty IR after it,
+/// it leaves nothing of policyc in the family's tables. Empty when nothing is there.
+pub fn render_iptables_remove(saved: &str) -> String {
+    delete_chains(saved, |table, name| {
+        matches!(table, "filter" | "raw")
+            && (name.starts_with(CHAIN_PREFIX) || [CHAIN_FORWARD, CHAIN_INPUT, CHAIN_GUARD].contains(&name))
+    })
+}
+
+/// `iptables-restore --noflush` input flushing, then deleting, the chains of `saved` for which
+/// `delete(table, chain)` holds (flushed first: rules of one may jump to another).
+fn delete_chains(saved: &str, delete: impl Fn(&str, &str) -> bool) -> String {
     let mut table = String::new();
     let mut stale: Vec<(String, BTreeSet<String>)> = Vec::new();
     for line in saved.lines() {
@@ -732,12 +785,7 @@ pub fn render_iptables_prune(ir: &Ir, saved: &str) -> String {
             table = t.trim().to_string();
         } else if let Some(decl) = line.strip_prefix(':') {
             let name = decl.split_whitespace().next().unwrap_or_default();
-            let keep = match table.as_str() {
-                "filter" => &filter,
-                "raw" => &raw,
-                _ => continue,
-            };
-            if name.starts_with(CHAIN_PREFIX) && !keep.contains(name) {
+            if delete(&table, name) {
                 match stale.iter_mut().find(|(t, _)| *t == table) {
                     Some((_, names)) => {
                         names.insert(name.to_string());
@@ -1070,6 +1118,30 @@ spec:
         let names: Vec<String> = ipset_names(&ir).into_iter().collect();
         let listed = format!("{}\npc-sel_gone-4\nother\n", names.join("\n"));
         assert_eq!(render_ipset_prune(&ir, &listed), "destroy pc-sel_gone-4\n");
+    }
+
+    /// Removal: every jump, every chain of policyc's (base chains too) in filter and raw, no
+    /// other chain.
+    #[test]
+    fn remove_everything() {
+        let u = render_iptables_unhook(Family::V4);
+        assert!(u.contains("while iptables -w -t filter -D FORWARD -j POLICYC-FORWARD 2>/dev/null; do :; done\n"));
+        assert!(u.contains("-t raw -D PREROUTING -j POLICYC-GUARD "));
+        let ir = full();
+        let current = render_iptables(&ir, Family::V4);
+        let saved =
+            format!("*nat\n:PC-OTHER - [0:0]\nCOMMIT\n*filter\n:FORWARD ACCEPT [0:0]\n:KUBE-X - [0:0]\n{current}");
+        let remove = render_iptables_remove(&saved);
+        for line in remove.lines().filter(|l| l.starts_with("-X ")) {
+            let name = &line[3..];
+            assert!(name.starts_with("PC-") || name.starts_with("POLICYC-"), "{line}");
+            assert!(remove.contains(&format!("-F {name}\n")), "{name} flushed first");
+        }
+        for c in [CHAIN_FORWARD, CHAIN_INPUT, CHAIN_GUARD, "PC-ALLOWED"] {
+            assert!(remove.contains(&format!("-X {c}\n")), "{c}: {remove}");
+        }
+        assert!(!remove.contains("KUBE-X") && !remove.contains("PC-OTHER") && !remove.contains("*nat"));
+        assert_eq!(render_iptables_remove("*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"), "");
     }
 
     /// Canal's per-pod source guard in the raw table, and its stale chains pruned.

@@ -10,6 +10,8 @@ use clap::{Parser, ValueEnum};
 use policyc_controller::agent::{self, Config, Shared};
 use policyc_controller::attach;
 use policyc_controller::metrics::Metrics;
+use policyc_controller::status::StatusWriter;
+use policyc_controller::uninstall::{self, Identity, Owner, Verdict};
 
 #[derive(Debug, Parser)]
 #[command(name = "policyc-agent", version, about)]
@@ -83,6 +85,22 @@ struct Args {
     /// How rules reach the kernel: one nftables table over netlink, or iptables + ipset.
     #[arg(long, value_enum, default_value_t = BackendArg::Nftables)]
     backend: BackendArg,
+    /// On SIGTERM, remove the ruleset from the kernel when the agent is being uninstalled: its
+    /// Pod's DaemonSet (read at start, then watched) is deleted or being deleted. While it exists
+    /// (a rolling upgrade, a drain, a restart), or when that cannot be told (the API server does
+    /// not answer), the ruleset stays for the next agent. Needs --pod-name and --pod-namespace.
+    #[arg(long)]
+    cleanup_on_uninstall: bool,
+    /// The agent's own Pod (the downward API's metadata.name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// The agent's own Pod's namespace (the downward API's metadata.namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+    /// Make this node's NodePolicyStatus a dependent of this ClusterRole (the chart's own), so
+    /// that the garbage collector deletes it with the ClusterRole (`helm uninstall`).
+    #[arg(long)]
+    status_owner: Option<String>,
     /// Log lines as text for people, or as one JSON object per line (timestamp, level, target,
     /// message and the event's fields at the top level) for log collectors.
     #[arg(long, env = "POLICYC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -187,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
         cut_conntrack: !args.no_conntrack,
         report_status: !args.no_status,
         status_progress: Duration::from_millis(args.status_progress_ms),
+        status_owner: args.status_owner,
         backend: match args.backend {
             BackendArg::Nftables => agent::Backend::Nftables,
             BackendArg::Iptables => agent::Backend::Iptables,
@@ -199,11 +218,63 @@ async fn main() -> anyhow::Result<()> {
         bridge: args.bridge,
     };
     tracing::info!(node = %cfg.node_name, "starting; the ruleset in the kernel stays until a complete new one replaces it");
+    let me = match (args.pod_name, args.pod_namespace) {
+        (Some(pod), Some(namespace)) => Some(Identity { namespace, pod }),
+        _ => None,
+    };
+    let owner = match (&me, args.cleanup_on_uninstall) {
+        (Some(me), true) => {
+            let (tx, rx) = tokio::sync::watch::channel(Owner::Unknown);
+            tokio::spawn(uninstall::watch_owner(client.clone(), me.clone(), tx));
+            Some(rx)
+        }
+        (None, true) => {
+            tracing::warn!("--cleanup-on-uninstall needs --pod-name and --pod-namespace (POD_NAME, POD_NAMESPACE): the ruleset stays when the agent stops");
+            None
+        }
+        (_, false) => None,
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = agent::run(client, cfg, shared) => {}
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; leaving the ruleset in place"),
-        _ = term.recv() => tracing::info!("terminated; leaving the ruleset in place"),
+    let terminated = tokio::select! {
+        _ = agent::run(client.clone(), cfg.clone(), shared.clone()) => false,
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("interrupted; leaving the ruleset in place");
+            false
+        }
+        _ = term.recv() => true,
+    };
+    // The sync loop is stopped (dropped): nothing writes the ruleset or the status any more.
+    if !terminated {
+        return Ok(());
+    }
+    let (Some(me), Some(mut owner)) = (me, owner) else {
+        tracing::info!("terminated; leaving the ruleset in place");
+        return Ok(());
+    };
+    let t = std::time::Instant::now();
+    // Within the pod's grace period (the chart's is 10 s): at most 3 s to decide, then
+    // milliseconds for the kernel and at most 2 s for the status object.
+    match uninstall::decide(&client, &me, &mut owner, Duration::from_secs(3)).await {
+        Verdict::Stays(reason) => tracing::info!(%reason, "terminated; leaving the ruleset in place"),
+        Verdict::Uninstalled(reason) => {
+            tracing::info!(%reason, "terminated by an uninstall; removing the ruleset");
+            match agent::remove_ruleset(&cfg, &shared).await {
+                Ok(()) => tracing::info!(ms = t.elapsed().as_secs_f64() * 1e3, "ruleset removed from the kernel"),
+                Err(e) => tracing::error!("removing the ruleset failed: {e}"),
+            }
+            if cfg.report_status {
+                let sw = StatusWriter::new(client, &cfg.node_name, cfg.status_progress);
+                match tokio::time::timeout(Duration::from_secs(2), sw.delete()).await {
+                    Ok(Ok(())) => tracing::info!("NodePolicyStatus deleted"),
+                    Ok(Err(e)) => tracing::info!(
+                        "NodePolicyStatus not deleted ({e}); the garbage collector deletes it with the release's ClusterRole"
+                    ),
+                    Err(_) => tracing::info!(
+                        "NodePolicyStatus not deleted (no answer); the garbage collector deletes it with the release's ClusterRole"
+                    ),
+                }
+            }
+        }
     }
     Ok(())
 }
