@@ -74,6 +74,8 @@ pub struct ClusterOptions {
     pub status_progress_ms: u64,
     /// How long a change may take to reach every node's kernel.
     pub sync_timeout: Duration,
+    /// The agents' `--flow-interval-ms` (with the lab's flow log).
+    pub flow_interval_ms: u64,
 }
 
 impl ClusterOptions {
@@ -113,6 +115,7 @@ impl ClusterOptions {
             debounce_ms: 30,
             status_progress_ms: 100,
             sync_timeout: Duration::from_secs(60),
+            flow_interval_ms: 1000,
         })
     }
 }
@@ -788,6 +791,7 @@ impl ClusterLab {
             .args(["--interface-prefix", &self.opts.lab.interface_prefix])
             .args(["--attachment", self.opts.lab.attachment.name()])
             .args(flow_args(self.opts.lab.flow_log))
+            .args(["--flow-interval-ms", &self.opts.flow_interval_ms.to_string()])
             .arg("--kubeconfig")
             .arg(&self.agent_kubeconfig)
             .env_remove("KUBECONFIG")

@@ -82,11 +82,142 @@ fn attachment_options(mut opts: ClusterOptions, attachment: Attachment) -> Optio
     Some(opts)
 }
 
+/// The agents' cluster, checking after each step that the flow events of its probes name the
+/// rule the IR says decided each cell: a denied cell's record its deciding side's direction
+/// and exactly the policies isolating that pod, an allowed cell's records the first rule that
+/// allowed it on each isolated side.
+struct Observed<'a> {
+    cluster: &'a mut ClusterLab,
+    /// Since when, the IR and the ports of the step being probed.
+    pending: Option<(String, policyc_compiler::Ir, Vec<(u16, policyc_compiler::Protocol)>)>,
+    cells: usize,
+    problems: Vec<String>,
+}
+
+impl Observed<'_> {
+    fn check_pending(&mut self) {
+        use policyc_compiler::eval::SideVerdict;
+        let Some((since, ir, ports)) = self.pending.take() else {
+            return;
+        };
+        // The last probes' events are merged within the agents' interval (200 ms here).
+        std::thread::sleep(Duration::from_millis(600));
+        let mut records = Vec::new();
+        for node in self.cluster.nodes() {
+            records.extend(
+                flow_records(self.cluster, &node, "limit=10000")
+                    .into_iter()
+                    .filter(|r| r.time >= since),
+            );
+        }
+        let ev = policyc_compiler::Evaluator::new(&ir);
+        let proto_name = |p: policyc_compiler::Protocol| p.to_string();
+        for &(port, protocol) in &ports {
+            for src in &ir.endpoints {
+                for dst in &ir.endpoints {
+                    if src.pod == dst.pod {
+                        continue;
+                    }
+                    let Some((s, d)) = policyc_compiler::eval::flow_addresses(src, dst) else {
+                        continue;
+                    };
+                    let v = ev.evaluate(&policyc_compiler::Flow {
+                        src: s,
+                        dst: d,
+                        protocol,
+                        port,
+                    });
+                    let (sn, dn) = (src.pod.to_string(), dst.pod.to_string());
+                    let of_cell = |verdict: &str| -> Vec<&policyc_compiler::flows::FlowRecord> {
+                        records
+                            .iter()
+                            .filter(|r| {
+                                r.source.name() == sn
+                                    && r.destination.name() == dn
+                                    && r.destination.port == Some(port)
+                                    && r.protocol == proto_name(protocol)
+                                    && r.verdict == verdict
+                            })
+                            .collect()
+                    };
+                    self.cells += 1;
+                    let cell = format!("{sn} -> {dn} {port}/{protocol}");
+                    let side_ok = |side: &SideVerdict, r: &policyc_compiler::flows::FlowRecord| {
+                        r.direction == side.direction.to_string()
+                    };
+                    if !v.allowed {
+                        let side = if v.egress.allowed { &v.ingress } else { &v.egress };
+                        let want: Vec<String> = side.policies.iter().map(ToString::to_string).collect();
+                        let found = of_cell("denied");
+                        if !found.iter().any(|r| side_ok(side, r) && r.isolated_by == want && r.tier == "Default") {
+                            self.problems.push(format!(
+                                "{cell}: denied ({} isolated by {want:?}) but records say {found:?}",
+                                side.direction
+                            ));
+                        }
+                        continue;
+                    }
+                    for side in [&v.egress, &v.ingress] {
+                        let Some(rule) = side.allowed_by.as_ref().filter(|_| side.isolated) else {
+                            continue;
+                        };
+                        let found = of_cell("allowed");
+                        let named = |r: &&policyc_compiler::flows::FlowRecord| {
+                            side_ok(side, r)
+                                && r.policy.as_ref().is_some_and(|p| {
+                                    p.namespace == rule.policy.namespace && p.name == rule.policy.name
+                                })
+                                && r.rule == format!("{}[{}]", rule.direction, rule.rule)
+                        };
+                        if !found.iter().any(named) {
+                            self.problems.push(format!(
+                                "{cell}: allowed by {} {}[{}] but records say {found:?}",
+                                rule.policy, rule.direction, rule.rule
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl verify::Enforcer for Observed<'_> {
+    fn begin(&mut self, initial: &policyc_compiler::Snapshot) -> Result<(), policyc_lab::Error> {
+        self.cluster.begin(initial)
+    }
+
+    fn apply_step(
+        &mut self,
+        step: &policyc_compiler::scenario::Step,
+        after: &policyc_compiler::Snapshot,
+    ) -> Result<(), policyc_lab::Error> {
+        self.check_pending();
+        self.cluster.apply_step(step, after)?;
+        let ports = step
+            .expectations()
+            .map_err(policyc_lab::Error::new)?
+            .into_iter()
+            .flat_map(|b| b.ports)
+            .collect();
+        let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        self.pending = Some((now, self.cluster.lab().cluster_ir(), ports));
+        Ok(())
+    }
+
+    fn lab(&self) -> &policyc_lab::Lab {
+        self.cluster.lab()
+    }
+}
+
 fn upstream_scenarios(attachment: Attachment) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(opts) = attachment_options(require_cluster!(), attachment) else {
+    let Some(mut opts) = attachment_options(require_cluster!(), attachment) else {
         return;
     };
+    // Flow events on, as the agents run by default; their records are checked cell by cell.
+    opts.lab.flow_log = Some(policyc_compiler::flows::FlowLog::default());
+    opts.flow_interval_ms = 200;
     let started = Instant::now();
     let mut files: Vec<PathBuf> = std::fs::read_dir(upstream_dir())
         .expect("scenarios/upstream")
@@ -118,9 +249,19 @@ fn upstream_scenarios(attachment: Attachment) {
     let vopts = VerifyOptions::default();
     let (mut steps, mut ports, mut failed) = (0usize, 0usize, 0usize);
     let mut failures = String::new();
+    let (mut flow_cells, mut flow_problems) = (0usize, Vec::new());
     for (path, scenario, initial) in &loaded {
         let t = Instant::now();
-        let results = verify::run_scenario(&mut cluster, scenario, initial, &vopts);
+        let mut observed = Observed {
+            cluster: &mut cluster,
+            pending: None,
+            cells: 0,
+            problems: Vec::new(),
+        };
+        let results = verify::run_scenario(&mut observed, scenario, initial, &vopts);
+        observed.check_pending();
+        flow_cells += observed.cells;
+        flow_problems.extend(observed.problems.into_iter().map(|p| format!("{}: {p}", scenario.name)));
         steps += results.len();
         ports += results.iter().map(|s| s.ports.len()).sum::<usize>();
         let report = Report {
@@ -151,6 +292,18 @@ fn upstream_scenarios(attachment: Attachment) {
     );
     assert!(ports > 0, "no port was checked");
     assert!(failed == 0, "{failed} scenario(s) failed:\n{failures}");
+    eprintln!(
+        "flow records checked for {flow_cells} cells ({}): {} wrong",
+        attachment.name(),
+        flow_problems.len()
+    );
+    assert!(flow_cells > 0);
+    assert!(
+        flow_problems.is_empty(),
+        "{} cells' flow records wrong:\n{}",
+        flow_problems.len(),
+        flow_problems[..flow_problems.len().min(30)].join("\n")
+    );
 }
 
 // === Conntrack cut ===
