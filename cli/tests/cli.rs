@@ -958,7 +958,10 @@ fn explain_a_flow_record_against_the_live_objects() {
         "NamespaceList",
         serde_json::json!([{"metadata": {"name": "shop", "labels": {"kubernetes.io/metadata.name": "shop"}}}]),
     );
-    let pods = list("PodList", serde_json::json!([pod("web", "10.244.1.5"), pod("db", "10.244.1.6")]));
+    let pods = list(
+        "PodList",
+        serde_json::json!([pod("web", "10.244.1.5"), pod("db", "10.244.1.6")]),
+    );
     let policies = serde_json::json!({
         "kind": "NetworkPolicyList", "apiVersion": "networking.k8s.io/v1", "metadata": {"resourceVersion": "7"},
         "items": [{
