@@ -286,7 +286,9 @@ async fn observe(args: ObserveArgs) -> Result<ExitCode> {
 
     let mut opened = vec![false; sources.len()];
     let mut printer = Printer::new(args.output);
-    let mut records: Vec<(serde_json::Value, FlowRecord)> = Vec::new();
+    // Each record with its line as received (what -o json prints: fields the client does not
+    // know and their order kept).
+    let mut records: Vec<(String, FlowRecord)> = Vec::new();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -303,13 +305,11 @@ async fn observe(args: ObserveArgs) -> Result<ExitCode> {
                 if line.is_empty() {
                     continue;
                 }
-                let parsed = serde_json::from_str::<serde_json::Value>(line)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|v| Ok((serde_json::from_value::<FlowRecord>(v.clone())?, v)));
-                let (record, value) = match parsed {
+                let record = match serde_json::from_str::<FlowRecord>(line) {
                     Ok(p) => p,
                     Err(e) => {
-                        eprintln!("{}: not a flow record ({e}): {line}", sources[i].name());
+                        let shown: String = line.chars().take(200).collect();
+                        eprintln!("{}: not a flow record ({e}): {shown}", sources[i].name());
                         continue;
                     }
                 };
@@ -317,9 +317,9 @@ async fn observe(args: ObserveArgs) -> Result<ExitCode> {
                     continue;
                 }
                 if args.follow {
-                    printer.print(&value, &record)?;
+                    printer.print(line, &record)?;
                 } else {
-                    records.push((value, record));
+                    records.push((line.to_string(), record));
                 }
             }
         }
@@ -578,7 +578,7 @@ impl Printer {
         }
     }
 
-    fn print_all(&mut self, records: &[(serde_json::Value, FlowRecord)]) -> Result<()> {
+    fn print_all(&mut self, records: &[(String, FlowRecord)]) -> Result<()> {
         if self.output == Output::Table {
             for (_, r) in records {
                 self.widen(&cells(r));
@@ -596,11 +596,11 @@ impl Printer {
         }
     }
 
-    fn print(&mut self, value: &serde_json::Value, r: &FlowRecord) -> Result<()> {
+    fn print(&mut self, line: &str, r: &FlowRecord) -> Result<()> {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
         let written = match self.output {
-            Output::Json => writeln!(out, "{}", serde_json::to_string(value)?),
+            Output::Json => writeln!(out, "{line}"),
             Output::Table => {
                 let c = cells(r);
                 self.widen(&c);

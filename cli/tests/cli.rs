@@ -579,11 +579,11 @@ fn observe_merges_the_agents_records_by_time() {
     json_args.extend(["-o", "json", "--last", "2"]);
     let out = policyc(&json_args, None);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let got: Vec<serde_json::Value> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(got, [r2, r3], "the last two of the merge, as received");
+    assert_eq!(
+        text(&out.stdout),
+        ndjson(&[&r2, &r3]),
+        "the last two of the merge, exactly as received"
+    );
 
     for requests in [a1.join().unwrap(), a2.join().unwrap()] {
         assert_eq!(
