@@ -1017,3 +1017,113 @@ fn explain_a_flow_record_against_the_live_objects() {
     let out = policyc(&["explain", "--cluster", "-f", EXAMPLE, "--flow", "-"], Some("{}"));
     assert_eq!(out.status.code(), Some(2), "--cluster or -f, not both");
 }
+
+/// Records of the admin tiers (an Admin Deny, an Admin Pass, a Baseline Deny) and of a verdict
+/// point explain does not model (the source guard).
+#[test]
+fn explain_flow_records_of_the_admin_tiers_and_the_guard() {
+    let rec = |verdict: &str,
+               tier: &str,
+               policy: serde_json::Value,
+               rule: &str,
+               src: (&str, &str),
+               dst: (&str, &str),
+               port: u16| {
+        let peer = |(name, ip): (&str, &str)| {
+            let (ns, pod) = name.split_once('/').unwrap();
+            serde_json::json!({"ip": ip, "kind": "pod", "namespace": ns, "pod": pod})
+        };
+        let mut d = peer(dst);
+        d["port"] = port.into();
+        let mut r = serde_json::json!({
+            "time": "2026-12-05T05:00:01.100Z", "node": "node-1", "verdict": verdict, "direction": "ingress",
+            "tier": tier, "rule": rule, "source": peer(src), "destination": d,
+            "protocol": "TCP", "packets": 1, "bytes": 60, "id": "0123456789ab"
+        });
+        if !policy.is_null() {
+            r["policy"] = policy;
+        }
+        r.to_string()
+    };
+    let (web, api, prom) = (
+        ("team-a/web-0", "10.244.1.10"),
+        ("team-b/api-0", "10.244.2.10"),
+        ("monitoring/prometheus-0", "10.244.1.3"),
+    );
+    let cnp = |name: &str| serde_json::json!({"kind": "ClusterNetworkPolicy", "name": name});
+    let anp = serde_json::json!({"kind": "AdminNetworkPolicy", "name": "apps-decide-app-traffic"});
+    let run = |record: String| {
+        let out = policyc(&["explain", "-f", "examples/admin-tiers", "--flow", "-"], Some(&record));
+        (out.status.code(), text(&out.stdout))
+    };
+    let (code, t) = run(rec(
+        "denied",
+        "Admin",
+        cnp("protect-monitoring"),
+        "ingress[1] (nobody-else): Deny",
+        web,
+        prom,
+        9090,
+    ));
+    assert_eq!(code, Some(1));
+    assert!(
+        t.contains("says: denied by ClusterNetworkPolicy protect-monitoring ingress[1] (Admin tier)\nthe objects explain it the same: AGREES"),
+        "{t}"
+    );
+    let (code, t) = run(rec(
+        "passed",
+        "Admin",
+        anp,
+        "ingress[0] (from-apps): Pass",
+        api,
+        web,
+        8080,
+    ));
+    assert_eq!(code, Some(1), "passed on, then denied by the Baseline tier");
+    assert!(
+        t.contains("says: passed by AdminNetworkPolicy apps-decide-app-traffic ingress[0] (Admin tier)"),
+        "{t}"
+    );
+    assert!(t.contains("AGREES"), "{t}");
+    let (_, t) = run(rec(
+        "denied",
+        "Baseline",
+        cnp("default-deny-apps"),
+        "ingress[0] (deny-all): Deny",
+        api,
+        web,
+        8080,
+    ));
+    assert!(
+        t.contains("(Baseline tier)\nthe objects explain it the same: AGREES"),
+        "{t}"
+    );
+    // The record says the Baseline denied, the objects say an Admin rule did.
+    let (_, t) = run(rec(
+        "denied",
+        "Baseline",
+        cnp("default-deny-apps"),
+        "ingress[0] (deny-all): Deny",
+        web,
+        prom,
+        9090,
+    ));
+    assert!(
+        t.contains("DIFFERS\n  - the record's tier is Baseline, the objects decide in Admin"),
+        "{t}"
+    );
+    let (code, t) = run(rec(
+        "denied",
+        "Guard",
+        serde_json::Value::Null,
+        "spoofed source: not the pod's address",
+        api,
+        web,
+        8080,
+    ));
+    assert_eq!(code, Some(1));
+    assert!(
+        t.contains("says: denied by spoofed source: not the pod's address\nexplain models the policies only, not this verdict point; the objects' verdict is DENIED"),
+        "{t}"
+    );
+}
