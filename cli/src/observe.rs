@@ -242,14 +242,17 @@ async fn observe(args: ObserveArgs) -> Result<ExitCode> {
         let proxy = kube::Client::try_from(no_retry)?;
         (Some(proxy), sources)
     } else {
-        let sources = args
+        // HOST:PORT; a pasted http://HOST:PORT/ is taken too.
+        let sources: Vec<Source> = args
             .agents
             .iter()
-            .filter(|a| !a.trim().is_empty())
-            .map(|a| Source::Direct {
-                addr: a.trim().to_string(),
-            })
+            .map(|a| a.trim().trim_start_matches("http://").trim_end_matches('/'))
+            .filter(|a| !a.is_empty())
+            .map(|a| Source::Direct { addr: a.to_string() })
             .collect();
+        if sources.is_empty() {
+            bail!("--agents: no address (HOST:PORT,...)");
+        }
         (None, sources)
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Msg)>();
