@@ -17,15 +17,19 @@ use policyc_crds::NodePolicyStatus;
 
 /// A client from `--kubeconfig`, or the usual inference (KUBECONFIG, ~/.kube/config, in-cluster).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
-    let config = match kubeconfig {
+    Ok(Client::try_from(config(kubeconfig).await?)?)
+}
+
+/// The configuration [`client`] uses.
+pub async fn config(kubeconfig: Option<&Path>) -> Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc =
                 kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
         }
         None => kube::Config::infer().await.context("no cluster configuration found")?,
-    };
-    Ok(Client::try_from(config)?)
+    })
 }
 
 /// Reads the cluster's namespaces, pods and policies into a snapshot (invalid objects skipped).

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use anyhow::{anyhow, bail, Result};
 use policyc_compiler::eval::{flow_addresses, AdminMatch, DecidedBy, SideVerdict};
+use policyc_compiler::flows::{FlowPeer, FlowRecord};
 use policyc_compiler::ir::Endpoint;
 use policyc_compiler::model::{AdminAction, AdminRef, Pod};
 use policyc_compiler::{Direction, Evaluator, Flow, Ir, ObjectRef, Snapshot, Verdict};
@@ -290,5 +291,299 @@ pub fn to_text(e: &Explanation, ir: &Ir) -> String {
         side_text(&mut out, &e.verdict.ingress, ir);
     }
     let _ = writeln!(out, "verdict: {}", if e.verdict.allowed { "ALLOWED" } else { "DENIED" });
+    out
+}
+
+// === explain --flow: a flow record of `policyc observe` / `GET /flows` ===
+
+/// Reads one flow record: a JSON object, or the first non-empty line of NDJSON (`-`: stdin).
+pub fn read_record(path: &std::path::Path) -> Result<FlowRecord> {
+    let text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| anyhow!("reading stdin: {e}"))?;
+        s
+    } else {
+        std::fs::read_to_string(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?
+    };
+    let shown = path.display();
+    // A whole (possibly pretty-printed) object first, else the first line of NDJSON.
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    serde_json::from_str::<FlowRecord>(&text)
+        .or_else(|_| serde_json::from_str::<FlowRecord>(first))
+        .map_err(|e| anyhow!("{shown}: not a flow record (a FlowRecord JSON object or NDJSON line): {e}"))
+}
+
+/// The flow a record describes: its ends' addresses, destination port and protocol.
+pub fn flow_of_record(r: &FlowRecord) -> Result<(End, End, policyc_compiler::Protocol, u16)> {
+    let end = |p: &FlowPeer, what: &str| -> Result<End> {
+        if let Ok(ip) = p.ip.parse::<IpAddr>() {
+            return Ok(End::Ip(ip));
+        }
+        if p.kind == "pod" && !p.namespace.is_empty() && !p.pod.is_empty() {
+            return Ok(End::Pod(ObjectRef::new(&p.namespace, &p.pod)));
+        }
+        bail!("the record's {what} has neither an IP address nor a pod ({:?})", p.ip)
+    };
+    let protocol = policyc_compiler::Protocol::parse(&r.protocol).ok_or_else(|| {
+        anyhow!(
+            "the record's protocol is {:?}: explain models TCP, UDP and SCTP flows (with a port)",
+            r.protocol
+        )
+    })?;
+    let port = r
+        .destination
+        .port
+        .ok_or_else(|| anyhow!("the record has no destination port"))?;
+    Ok((
+        end(&r.source, "source")?,
+        end(&r.destination, "destination")?,
+        protocol,
+        port,
+    ))
+}
+
+/// How the explanation compares with what a record says.
+#[derive(Debug, Serialize)]
+pub struct Agreement {
+    /// `None`: the record's verdict point is not one explain models (source guard, cut flow, an
+    /// id the agent did not know).
+    pub agrees: Option<bool>,
+    /// What the record says decided, in words.
+    pub record: String,
+    /// Where the record's verdict point is: its node and direction.
+    pub at: String,
+    /// What the objects say decided the same direction, in words.
+    pub explained: String,
+    /// Differences, one sentence each (empty when it agrees).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub differences: Vec<String>,
+}
+
+/// A decision in the record's vocabulary.
+#[derive(Debug, PartialEq, Eq)]
+struct Decision {
+    verdict: &'static str,
+    tier: &'static str,
+    /// `NetworkPolicy ns/name`, `ClusterNetworkPolicy name`, or empty (default deny/allow).
+    policy: String,
+    /// `ingress[0]` (the rule's index), or the isolating policies of a default deny.
+    rule: String,
+}
+
+impl Decision {
+    fn text(&self) -> String {
+        match self.tier {
+            "Default" if self.verdict == "denied" => format!("denied by default deny: isolated by {}", self.rule),
+            "Default" => "allowed: nothing decides (Kubernetes default)".into(),
+            "Loopback" => "allowed: a pod reaching itself".into(),
+            "None" => "allowed: not a pod endpoint, no policy applies".into(),
+            tier => format!("{} by {} {} ({tier} tier)", self.verdict, self.policy, self.rule),
+        }
+    }
+}
+
+/// The rule index part of a rule text: `ingress[1] (name): Deny` → `ingress[1]`.
+fn rule_index(rule: &str) -> &str {
+    rule.find(']').map_or(rule, |i| &rule[..=i])
+}
+
+fn admin_decision(m: &AdminMatch) -> Decision {
+    let verdict = match m.action {
+        AdminAction::Accept => "allowed",
+        AdminAction::Deny => "denied",
+        AdminAction::Pass => "passed",
+    };
+    // `cnp/x ingress[0] "name"` → `ingress[0]`
+    let rule = m.rule.split_whitespace().nth(1).unwrap_or(&m.rule);
+    Decision {
+        verdict,
+        tier: match m.tier {
+            policyc_compiler::model::Tier::Admin => "Admin",
+            policyc_compiler::model::Tier::Baseline => "Baseline",
+        },
+        policy: format!("{} {}", m.policy.kind.as_str(), m.policy.name),
+        rule: rule_index(rule).to_string(),
+    }
+}
+
+/// What decided one direction, as a flow record would name it.
+fn side_decision(s: &SideVerdict) -> Decision {
+    let plain = |verdict, tier: &'static str| Decision {
+        verdict,
+        tier,
+        policy: String::new(),
+        rule: String::new(),
+    };
+    if s.endpoint.is_none() {
+        return plain("allowed", "None");
+    }
+    match s.decided_by {
+        DecidedBy::Loopback => plain("allowed", "Loopback"),
+        DecidedBy::Admin => s.admin.as_ref().map_or(plain("allowed", "Default"), admin_decision),
+        DecidedBy::Baseline => s.baseline.as_ref().map_or(plain("allowed", "Default"), admin_decision),
+        DecidedBy::Default => plain("allowed", "Default"),
+        DecidedBy::NetworkPolicy => match &s.allowed_by {
+            Some(r) => Decision {
+                verdict: "allowed",
+                tier: "NetworkPolicy",
+                policy: format!("NetworkPolicy {}", r.policy),
+                rule: format!("{}[{}]", r.direction, r.rule),
+            },
+            None if s.allowed => plain("allowed", "Loopback"),
+            None => Decision {
+                verdict: "denied",
+                tier: "Default",
+                policy: String::new(),
+                rule: sorted_names(s.policies.iter().map(ToString::to_string)),
+            },
+        },
+    }
+}
+
+fn sorted_names(names: impl Iterator<Item = String>) -> String {
+    let mut v: Vec<String> = names.collect();
+    v.sort();
+    v.join(", ")
+}
+
+fn record_decision(r: &FlowRecord) -> Decision {
+    let verdict = match r.verdict.as_str() {
+        "allowed" => "allowed",
+        "denied" => "denied",
+        "passed" => "passed",
+        _ => "unknown",
+    };
+    let tier = match r.tier.as_str() {
+        "Admin" => "Admin",
+        "NetworkPolicy" => "NetworkPolicy",
+        "Baseline" => "Baseline",
+        "Default" => "Default",
+        "Guard" => "Guard",
+        "Cut" => "Cut",
+        _ => "",
+    };
+    let isolated = if r.isolated_by.is_empty() {
+        // An older record: the names are in the rule text.
+        r.rule
+            .strip_prefix("default deny: isolated by ")
+            .map(|s| sorted_names(s.split(", ").map(str::to_string)))
+            .unwrap_or_default()
+    } else {
+        sorted_names(r.isolated_by.iter().cloned())
+    };
+    Decision {
+        verdict,
+        tier,
+        policy: r.policy.as_ref().map(ToString::to_string).unwrap_or_default(),
+        rule: if tier == "Default" {
+            isolated
+        } else {
+            rule_index(&r.rule).to_string()
+        },
+    }
+}
+
+/// Compares the record's verdict point with the explanation of the same direction.
+pub fn agreement(r: &FlowRecord, e: &Explanation) -> Agreement {
+    let said = record_decision(r);
+    let record_text = match said.tier {
+        "Guard" | "Cut" | "" => format!("{} by {}", r.verdict, r.rule),
+        _ => said.text(),
+    };
+    let side = match r.direction.as_str() {
+        "ingress" => Some(&e.verdict.ingress),
+        "egress" => Some(&e.verdict.egress),
+        _ => None,
+    };
+    let overall = if e.verdict.allowed { "ALLOWED" } else { "DENIED" };
+    let (Some(side), true) = (side, !matches!(said.tier, "Guard" | "Cut" | "")) else {
+        return Agreement {
+            agrees: None,
+            record: record_text,
+            at: format!("node {}", r.node),
+            explained: format!(
+                "explain models the policies only, not this verdict point; the objects' verdict is {overall}"
+            ),
+            differences: Vec::new(),
+        };
+    };
+    // An admin Pass is a step of the walk, not its end: compare it with the Admin tier's match.
+    let explained = if said.verdict == "passed" {
+        side.admin.as_ref().map_or(side_decision(side), admin_decision)
+    } else {
+        side_decision(side)
+    };
+    let whose = side.endpoint.as_ref().map_or(String::new(), |p| format!(" of {p}"));
+    let mut differences = Vec::new();
+    if said.verdict != explained.verdict {
+        differences.push(format!(
+            "the record says {}, the objects say {} for {}{whose}",
+            said.verdict, explained.verdict, r.direction
+        ));
+    }
+    if said.tier != explained.tier {
+        differences.push(format!(
+            "the record's tier is {}, the objects decide in {}",
+            said.tier,
+            match explained.tier {
+                "None" => "no tier (not a pod endpoint)",
+                "Loopback" => "none (loopback)",
+                t => t,
+            }
+        ));
+    } else if said.tier == "Default" && said.rule != explained.rule {
+        differences.push(format!(
+            "the record's isolating policies are {}, the objects' are {}",
+            said.rule, explained.rule
+        ));
+    } else if said.policy != explained.policy || said.rule != explained.rule {
+        differences.push(format!(
+            "the record names {} {}, the objects {} {}",
+            said.policy, said.rule, explained.policy, explained.rule
+        ));
+    }
+    let names = |p: &FlowPeer| (p.kind == "pod").then(|| format!("{}/{}", p.namespace, p.pod));
+    for (what, peer, now) in [
+        ("source", &r.source, &e.from.pod),
+        ("destination", &r.destination, &e.to.pod),
+    ] {
+        if let Some(then) = names(peer) {
+            if now.as_ref() != Some(&then) {
+                differences.push(format!(
+                    "the record's {what} {} was {then}; the objects have {} there",
+                    peer.ip,
+                    now.as_deref().unwrap_or("no pod endpoint")
+                ));
+            }
+        }
+    }
+    Agreement {
+        agrees: Some(differences.is_empty()),
+        record: record_text,
+        at: format!("node {}, {}{whose}", r.node, r.direction),
+        explained: explained.text(),
+        differences,
+    }
+}
+
+/// The lines `explain --flow` adds after the explanation; `objects`: `objects` (-f) or
+/// `live objects` (--cluster).
+pub fn agreement_text(a: &Agreement, objects: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "the record ({}) says: {}", a.at, a.record);
+    match a.agrees {
+        Some(true) => {
+            let _ = writeln!(out, "the {objects} explain it the same: AGREES");
+        }
+        Some(false) => {
+            let _ = writeln!(out, "the {objects} explain it differently: {}: DIFFERS", a.explained);
+            for d in &a.differences {
+                let _ = writeln!(out, "  - {d}");
+            }
+        }
+        None => {
+            let _ = writeln!(out, "{}", a.explained);
+        }
+    }
     out
 }

@@ -139,13 +139,19 @@ fn lab_options(timeout: u64, interface_prefix: &str, attachment: crate::Attachme
 
 pub fn probe(args: ProbeArgs) -> Result<ExitCode> {
     let loaded = crate::load(&args.input)?;
-    if args.input.attachment == crate::AttachmentArg::Flannel && args.input.bridge != policyc_lab::cni::BRIDGE {
+    if args.input.attach.attachment == crate::AttachmentArg::Flannel
+        && args.input.attach.bridge != policyc_lab::cni::BRIDGE
+    {
         bail!(
             "the lab's flannel attachment uses the bridge plugin's default bridge, {}",
             policyc_lab::cni::BRIDGE
         );
     }
-    let opts = lab_options(args.timeout, &args.input.interface_prefix, args.input.attachment)?;
+    let opts = lab_options(
+        args.timeout,
+        &args.input.attach.interface_prefix,
+        args.input.attach.attachment,
+    )?;
     let lab = Lab::new(&loaded.snapshot, opts)?;
     eprintln!(
         "lab {}: {} nodes, {} pods; probing {}/{}",
@@ -170,9 +176,11 @@ fn load_optional(files: &[PathBuf], interface_prefix: &str) -> Result<Snapshot> 
     }
     let f = Files {
         files: files.to_vec(),
-        interface_prefix: interface_prefix.to_string(),
-        attachment: crate::AttachmentArg::Canal,
-        bridge: "cni0".into(),
+        attach: crate::Attach {
+            interface_prefix: interface_prefix.to_string(),
+            attachment: crate::AttachmentArg::Canal,
+            bridge: "cni0".into(),
+        },
     };
     Ok(crate::load(&f)?.snapshot)
 }

@@ -5,6 +5,7 @@ mod cluster;
 mod explain;
 mod input;
 mod lab;
+mod observe;
 mod pod;
 mod verify_cluster;
 
@@ -35,6 +36,13 @@ struct Files {
     /// Input: a file, a directory (read recursively for .yaml/.yml/.json) or - for stdin. Repeatable.
     #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
     files: Vec<PathBuf>,
+    #[command(flatten)]
+    attach: Attach,
+}
+
+/// How pods are attached to their node (what the rules match on).
+#[derive(Debug, Clone, clap::Args)]
+struct Attach {
     /// Host-side interface name prefix of pod veths (Calico/Canal: cali).
     #[arg(long, default_value = "cali", value_name = "PREFIX")]
     interface_prefix: String,
@@ -53,7 +61,7 @@ pub(crate) enum AttachmentArg {
     Flannel,
 }
 
-impl Files {
+impl Attach {
     fn attachment(&self) -> policyc_compiler::ir::AttachmentKind {
         match self.attachment {
             AttachmentArg::Canal => policyc_compiler::ir::AttachmentKind::Canal,
@@ -87,20 +95,43 @@ enum Command {
         fail_closed: bool,
     },
     /// Explain the verdict on one flow: which policies select each end and which rule decides.
-    /// Exit status: 0 allowed, 1 denied, 2 error.
+    /// The flow: --from/--to/--port [--protocol], or --flow with a flow record (`policyc observe
+    /// -o json`), whose verdict and rule are then compared with the explanation. The objects: -f
+    /// manifests, or --cluster (the live objects). Exit status: 0 allowed, 1 denied, 2 error.
     Explain {
+        /// Input: a file, a directory (read recursively for .yaml/.yml/.json) or - for stdin.
+        /// Repeatable. Required unless --cluster.
+        #[arg(
+            short = 'f',
+            long = "filename",
+            value_name = "PATH",
+            required_unless_present = "cluster"
+        )]
+        files: Vec<PathBuf>,
         #[command(flatten)]
-        input: Files,
+        attach: Attach,
+        /// Explain against the cluster's live objects (namespaces, pods, policies) instead of -f.
+        #[arg(long, conflicts_with = "files")]
+        cluster: bool,
+        /// With --cluster: the kubeconfig; default: KUBECONFIG, ~/.kube/config, or in-cluster.
+        #[arg(long, requires = "cluster")]
+        kubeconfig: Option<PathBuf>,
+        /// A flow record (JSON object, or the first line of NDJSON; - for stdin): its ends, port
+        /// and protocol are the flow, and its verdict and rule are checked against the
+        /// explanation. Instead of --from/--to/--port/--protocol.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["from", "to", "port", "protocol"])]
+        flow: Option<PathBuf>,
         /// Source: NAMESPACE/POD or an IP address.
         #[arg(long)]
-        from: End,
+        from: Option<End>,
         /// Destination: NAMESPACE/POD or an IP address.
         #[arg(long)]
-        to: End,
+        to: Option<End>,
         #[arg(long)]
-        port: u16,
-        #[arg(long, default_value = "TCP", value_parser = parse_protocol)]
-        protocol: Protocol,
+        port: Option<u16>,
+        /// TCP (default), UDP or SCTP.
+        #[arg(long, value_parser = parse_protocol)]
+        protocol: Option<Protocol>,
         #[arg(short = 'o', long, value_enum, default_value_t = TextJson::Text)]
         output: TextJson,
     },
@@ -130,6 +161,10 @@ enum Command {
     /// The lab itself: remove leftovers, measure the dataplane.
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// The agents' flow records (allowed, denied, passed; which policy and rule decided), from
+    /// every node or one, filtered, as a table or NDJSON; --follow streams new ones. Exit
+    /// status: 0, or 2 when no agent could be read.
+    Observe(observe::ObserveArgs),
     /// What each node's agent enforces (its NodePolicyStatus), and per policy the nodes that
     /// enforce its current generation.
     Status {
@@ -251,12 +286,12 @@ fn load(files: &Files) -> Result<input::Input> {
     Ok(input)
 }
 
-fn options(files: &Files, node: Option<String>) -> CompileOptions {
+fn options(attach: &Attach, node: Option<String>) -> CompileOptions {
     CompileOptions {
         node,
-        interface_prefix: files.interface_prefix.clone(),
+        interface_prefix: attach.interface_prefix.clone(),
         fail_closed: false,
-        attachment: files.attachment(),
+        attachment: attach.attachment(),
         ..Default::default()
     }
 }
@@ -274,7 +309,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let loaded = load(&input)?;
             let options = |node| CompileOptions {
                 fail_closed,
-                ..options(&input, node)
+                ..options(&input.attach, node)
             };
             let snapshot = &loaded.snapshot;
             if !all_nodes {
@@ -311,19 +346,72 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain {
-            input,
+            files,
+            attach,
+            cluster,
+            kubeconfig,
+            flow,
             from,
             to,
             port,
             protocol,
             output,
         } => {
-            let loaded = load(&input)?;
-            let ir = compile(&loaded.snapshot, &options(&input, None));
-            let e = explain::explain(&loaded.snapshot, &ir, &from, &to, protocol, port)?;
+            let (record, from, to, protocol, port) = match (flow, from, to, port) {
+                (Some(path), ..) => {
+                    if path.as_os_str() == "-" && files.iter().any(|f| f.as_os_str() == "-") {
+                        bail!("--flow - and -f - cannot both read stdin");
+                    }
+                    let r = explain::read_record(&path)?;
+                    let (from, to, protocol, port) = explain::flow_of_record(&r)?;
+                    (Some(r), from, to, protocol, port)
+                }
+                (None, Some(from), Some(to), Some(port)) => (None, from, to, protocol.unwrap_or(Protocol::Tcp), port),
+                (None, from, to, port) => {
+                    let missing: Vec<&str> = [
+                        ("--from", from.is_none()),
+                        ("--to", to.is_none()),
+                        ("--port", port.is_none()),
+                    ]
+                    .into_iter()
+                    .filter_map(|(name, missing)| missing.then_some(name))
+                    .collect();
+                    bail!(
+                        "which flow? give --from, --to and --port (missing: {}), or --flow FILE with a flow record",
+                        missing.join(", ")
+                    );
+                }
+            };
+            let (snapshot, objects) = if cluster {
+                let snapshot = block_on(async {
+                    let client = cluster::client(kubeconfig.as_deref()).await?;
+                    cluster::snapshot(&client).await
+                })?;
+                (snapshot, "live objects")
+            } else {
+                let loaded = load(&Files {
+                    files,
+                    attach: attach.clone(),
+                })?;
+                (loaded.snapshot, "objects")
+            };
+            let ir = compile(&snapshot, &options(&attach, None));
+            let e = explain::explain(&snapshot, &ir, &from, &to, protocol, port)?;
+            let agreement = record.as_ref().map(|r| explain::agreement(r, &e));
             match output {
-                TextJson::Text => print!("{}", explain::to_text(&e, &ir)),
-                TextJson::Json => println!("{}", serde_json::to_string_pretty(&e)?),
+                TextJson::Text => {
+                    print!("{}", explain::to_text(&e, &ir));
+                    if let Some(a) = &agreement {
+                        print!("{}", explain::agreement_text(a, objects));
+                    }
+                }
+                TextJson::Json => {
+                    let mut v = serde_json::to_value(&e)?;
+                    if let (Some(a), Some(m)) = (&agreement, v.as_object_mut()) {
+                        m.insert("record".into(), serde_json::to_value(a)?);
+                    }
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
             }
             Ok(if e.verdict.allowed {
                 ExitCode::SUCCESS
@@ -338,7 +426,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output,
         } => {
             let loaded = load(&input)?;
-            let ir = compile(&loaded.snapshot, &options(&input, None));
+            let ir = compile(&loaded.snapshot, &options(&input.attach, None));
             let m = Matrix::evaluate(&ir, protocol, port);
             match output {
                 TableJson::Table => print!("{}", m.to_table()),
@@ -351,6 +439,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Lab(cmd) => lab::lab(cmd),
         Command::Serve(args) => pod::serve(args),
         Command::Connect(args) => pod::connect(args),
+        Command::Observe(args) => observe::run(args),
         Command::Status { kubeconfig, output } => {
             block_on(cluster::status(kubeconfig.as_deref(), output == TextJson::Json))?;
             Ok(ExitCode::SUCCESS)
