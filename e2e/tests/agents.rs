@@ -88,11 +88,14 @@ fn attachment_options(mut opts: ClusterOptions, attachment: Attachment) -> Optio
 /// allowed it on each isolated side.
 struct Observed<'a> {
     cluster: &'a mut ClusterLab,
-    /// Since when, the IR and the ports of the step being probed.
-    pending: Option<(String, policyc_compiler::Ir, Vec<(u16, policyc_compiler::Protocol)>)>,
+    /// The step being probed.
+    pending: Option<Probed>,
     cells: usize,
     problems: Vec<String>,
 }
+
+/// Since when (RFC 3339), the IR and the ports of a step's probes.
+type Probed = (String, policyc_compiler::Ir, Vec<(u16, policyc_compiler::Protocol)>);
 
 impl Observed<'_> {
     fn check_pending(&mut self) {
