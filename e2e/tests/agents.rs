@@ -152,7 +152,10 @@ impl Observed<'_> {
                         let side = if v.egress.allowed { &v.ingress } else { &v.egress };
                         let want: Vec<String> = side.policies.iter().map(ToString::to_string).collect();
                         let found = of_cell("denied");
-                        if !found.iter().any(|r| side_ok(side, r) && r.isolated_by == want && r.tier == "Default") {
+                        if !found
+                            .iter()
+                            .any(|r| side_ok(side, r) && r.isolated_by == want && r.tier == "Default")
+                        {
                             self.problems.push(format!(
                                 "{cell}: denied ({} isolated by {want:?}) but records say {found:?}",
                                 side.direction
@@ -167,9 +170,9 @@ impl Observed<'_> {
                         let found = of_cell("allowed");
                         let named = |r: &&policyc_compiler::flows::FlowRecord| {
                             side_ok(side, r)
-                                && r.policy.as_ref().is_some_and(|p| {
-                                    p.namespace == rule.policy.namespace && p.name == rule.policy.name
-                                })
+                                && r.policy
+                                    .as_ref()
+                                    .is_some_and(|p| p.namespace == rule.policy.namespace && p.name == rule.policy.name)
                                 && r.rule == format!("{}[{}]", rule.direction, rule.rule)
                         };
                         if !found.iter().any(named) {
