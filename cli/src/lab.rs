@@ -110,6 +110,10 @@ pub enum LabCommand {
         /// selecting the pair, the one accepting the benchmark's ports evaluated last.
         #[arg(long)]
         admin: bool,
+        /// Also measure the nft rendering with flow events on (denied and allowed, as the agent
+        /// runs), each node's NFLOG group read.
+        #[arg(long)]
+        flow_events: bool,
         /// Attachments to measure, side by side (canal, flannel).
         #[arg(long, value_enum, value_delimiter = ',', default_value = "canal")]
         attachment: Vec<crate::AttachmentArg>,
@@ -321,6 +325,7 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
             policies,
             nft_only,
             admin,
+            flow_events,
             attachment,
             output,
         } => {
@@ -331,6 +336,7 @@ pub fn lab(cmd: LabCommand) -> Result<ExitCode> {
                 iptables: !nft_only,
                 admin,
                 attachments: attachment.into_iter().map(lab_attachment).collect(),
+                flow_events,
             };
             let result = bench::run(&opts, &mut |line| eprintln!("{line}"))?;
             match output {

@@ -93,6 +93,10 @@ enum Command {
         /// as the agent does by default.
         #[arg(long)]
         fail_closed: bool,
+        /// With the log rules of flow events (denied and allowed, 100/s burst 200 per verdict
+        /// point, NFLOG group 7), as the agent loads the ruleset by default.
+        #[arg(long)]
+        flow_events: bool,
     },
     /// Explain the verdict on one flow: which policies select each end and which rule decides.
     /// The flow: --from/--to/--port [--protocol], or --flow with a flow record (`policyc observe
@@ -305,10 +309,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             format,
             out_dir,
             fail_closed,
+            flow_events,
         } => {
             let loaded = load(&input)?;
             let options = |node| CompileOptions {
                 fail_closed,
+                flow_log: flow_events.then(policyc_compiler::flows::FlowLog::default),
                 ..options(&input.attach, node)
             };
             let snapshot = &loaded.snapshot;

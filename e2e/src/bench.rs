@@ -29,6 +29,7 @@ use serde_json::Value;
 
 use crate::lab::{Attachment, Lab, LabOptions};
 use crate::{sys, Error};
+use policyc_compiler::flows::FlowLog;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BenchOptions {
@@ -44,6 +45,9 @@ pub struct BenchOptions {
     pub admin: bool,
     /// Attachments to measure, each in its own lab, side by side.
     pub attachments: Vec<Attachment>,
+    /// Also measure the nft rendering with flow events on (denied and allowed, the agent's
+    /// defaults), each node's NFLOG group read as an agent reads it.
+    pub flow_events: bool,
 }
 
 impl Default for BenchOptions {
@@ -55,6 +59,7 @@ impl Default for BenchOptions {
             repeat: 3,
             admin: false,
             attachments: vec![Attachment::Canal],
+            flow_events: false,
         }
     }
 }
@@ -64,7 +69,7 @@ impl Default for BenchOptions {
 pub struct BenchRow {
     /// `canal` or `flannel`.
     pub attachment: String,
-    /// `none`, `nft` or `iptables`.
+    /// `none`, `nft`, `nft+flows` (flow events on) or `iptables`.
     pub backend: String,
     pub policies: usize,
     pub tcp_gbit_s: f64,
@@ -373,6 +378,9 @@ fn run_attachment(
 
     let mut configs: Vec<(&str, usize)> = vec![("none", 0)];
     configs.extend(opts.policy_counts.iter().map(|n| ("nft", *n)));
+    if opts.flow_events {
+        configs.extend(opts.policy_counts.iter().map(|n| ("nft+flows", *n)));
+    }
     let mut skipped = Vec::new();
     if opts.iptables && attachment == Attachment::Flannel {
         skipped.push("iptables: the iptables rendering has no bridge attachment".into());
@@ -391,10 +399,20 @@ fn run_attachment(
     let mut rows: Vec<BenchRow> = Vec::new();
     for (backend, n) in configs {
         lab.update_topology(&snapshot(n, opts.admin)?)?;
+        let flows = (backend == "nft+flows").then(FlowLog::default);
+        lab.set_flow_log(flows);
         match backend {
             "none" => lab.clear_rules()?,
             "iptables" => lab.load_iptables()?,
             _ => lab.reload()?,
+        }
+        // With flow events, each node's group is read, as its agent would.
+        let mut drains = Vec::new();
+        if let Some(fl) = flows {
+            for node in lab.topology().nodes.keys() {
+                let ns = lab.node_netns(node).expect("node namespace");
+                drains.push(crate::nflog::Drain::start(&sys::netns_path(ns), fl.group)?);
+            }
         }
         // Whatever the rules, the pair must still reach each other.
         let check = lab.probe_cell(&client, &server, policyc_compiler::Protocol::Tcp, CONNECT_PORT)?;
@@ -409,6 +427,10 @@ fn run_attachment(
             tcps.push(tcp_gbit_s(&client_ns, opts.seconds)?);
             udps.push(udp_kpps(&client_ns, opts.seconds)?);
             connss.push(connections_per_s(&lab, &client, Duration::from_secs(1))?);
+        }
+        let event_bytes: u64 = drains.into_iter().map(crate::nflog::Drain::stop).sum();
+        if flows.is_some() {
+            progress(format!("  flow events read: {} KiB", event_bytes / 1024));
         }
         let (tcp, udp, conns) = (median(tcps), median(udps), median(connss));
         let base = rows.first();

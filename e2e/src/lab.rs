@@ -242,6 +242,11 @@ impl Lab {
         self.opts.timeout = timeout;
     }
 
+    /// The flow log the nodes' rules are compiled with from the next reload on.
+    pub fn set_flow_log(&mut self, flow_log: Option<policyc_compiler::flows::FlowLog>) {
+        self.opts.flow_log = flow_log;
+    }
+
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }

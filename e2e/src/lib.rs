@@ -33,6 +33,7 @@ pub mod counters;
 pub mod flannel;
 pub mod lab;
 pub mod listen;
+pub mod nflog;
 pub mod probe;
 pub mod sctp;
 pub mod spoof;
