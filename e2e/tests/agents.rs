@@ -411,9 +411,11 @@ fn conntrack_cut_stops_denied_flows(attachment: Attachment) {
     use policyc_lab::traffic::{Sink, Stream, STREAM_CHUNK};
 
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(opts) = attachment_options(require_cluster!(), attachment) else {
+    let Some(mut opts) = attachment_options(require_cluster!(), attachment) else {
         return;
     };
+    // With flow events, the cut flows' dropped packets are attributed to the cut.
+    opts.lab.flow_log = Some(policyc_compiler::flows::FlowLog::default());
     let started = Instant::now();
     let s = snapshot(
         &[
@@ -481,6 +483,14 @@ fn conntrack_cut_stops_denied_flows(attachment: Attachment) {
         leaked.is_empty(),
         "bytes of denied flows arrived after the cut: {leaked:?}"
     );
+    for client in ["near", "far"] {
+        let src = format!("app/{client}");
+        eventually(&format!("a Cut record of {src}"), Duration::from_secs(10), || {
+            flow_records(&cluster, "node-1", "verdict=denied&pod=app/server&limit=10000")
+                .iter()
+                .any(|r| r.tier == "Cut" && r.source.name() == src && r.rule == "flow cut: a policy change denies it")
+        });
+    }
     let after = conntrack_entries(&cluster, "node-1", server.port());
     let ids = |m: &BTreeMap<(String, String), (String, u32)>| -> BTreeMap<(String, String), String> {
         m.iter().map(|(k, (id, _))| (k.clone(), id.clone())).collect()
