@@ -115,3 +115,67 @@ fn bridge_attachment_is_refused() {
     let err = b.replace(&ir).expect_err("refused").to_string();
     assert!(err.contains("bridge attachment") && err.contains("cni0"), "{err}");
 }
+
+/// With flow events, the iptables backend logs as the nft ruleset does: every verdict point's
+/// NFLOG rule, rate-limited and prefixed with its id, lands right before its verdict rule, in
+/// both tables the backend writes.
+#[test]
+fn iptables_backend_logs_flow_events() {
+    if !policyc_testhost::needs_root(&["ip", "iptables-restore", "ipset", "nsenter"]) {
+        return;
+    }
+    let ns = Netns::new("iptfl");
+    let mut dp = IptablesRestore::new(Some(ns.path()));
+    let mut ir = ir("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: x}\n\
+                     spec: {podSelector: {matchLabels: {app: a}}, ingress: [{from: [{podSelector: {matchLabels: {app: b}}}], ports: [{port: 80}]}]}\n");
+    ir.flow_log = Some(policyc_compiler::flows::FlowLog::default());
+    dp.replace(&ir).unwrap();
+    let mut saved = exec(&ns, &["iptables-save", "-t", "filter"]);
+    saved.push_str(&exec(&ns, &["iptables-save", "-t", "raw"]));
+    let lines: Vec<&str> = saved.lines().collect();
+    let points = policyc_compiler::flows::points(&ir);
+    let mut logged = 0;
+    for (i, l) in lines.iter().enumerate() {
+        let Some(at) = l.find("-j NFLOG") else { continue };
+        logged += 1;
+        assert!(
+            l.contains("--nflog-group 7") && l.contains("-m limit --limit 100/sec --limit-burst 200"),
+            "{l}"
+        );
+        let prefix = l
+            .split("--nflog-prefix ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("a prefix")
+            .trim_matches('"');
+        let id = policyc_compiler::flows::id_of_prefix(prefix).expect("a policyc id");
+        let point = points
+            .iter()
+            .find(|p| p.id == id)
+            .unwrap_or_else(|| panic!("{id}: no verdict point"));
+        // The next rule is the verdict, with the same matches and the point's comment.
+        let next = lines[i + 1];
+        let matches = l[..at].trim_end().split(" -m limit").next().unwrap();
+        assert!(next.starts_with(matches), "{l}\n{next}");
+        // (iptables-save escapes a quote in a comment.)
+        assert!(
+            next.replace("\\'", "'").contains(&point.comment),
+            "{next} should name {}",
+            point.comment
+        );
+    }
+    for want in [
+        "x/web ingress[0]",
+        "x/a ingress denied: selected by x/web",
+        "flow cut: a policy change denies it",
+    ] {
+        assert!(
+            points
+                .iter()
+                .any(|p| p.comment == want && saved.contains(&format!("pc:{}", p.id))),
+            "no NFLOG rule for {want}:\n{saved}"
+        );
+    }
+    assert!(logged >= 4, "{logged} NFLOG rules:\n{saved}");
+    dp.remove().unwrap();
+}

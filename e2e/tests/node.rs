@@ -844,6 +844,42 @@ fn verify_cluster(c: &Cluster, image: &str, enforcing: bool) {
             own.contains("80/TCP    ok: packets = IR = expected (36 cells)"),
             "{own}"
         );
+        // The denied probes, as flow records read through the API server's pod proxy.
+        let t = Instant::now();
+        let out = run_ok(
+            Command::new(bin_dir().join("policyc"))
+                .args([
+                    "observe",
+                    "--namespace",
+                    "x",
+                    "--verdict",
+                    "denied",
+                    "-o",
+                    "json",
+                    "--last",
+                    "1000",
+                ])
+                .arg("--kubeconfig")
+                .arg(&c.kubeconfig),
+        );
+        let records: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a record"))
+            .collect();
+        eprintln!(
+            "policyc observe through the API server: {} denied records in x ({:.1}s)",
+            records.len(),
+            t.elapsed().as_secs_f64()
+        );
+        assert!(
+            records
+                .iter()
+                .any(|r| r["rule"] == "default deny: isolated by x/deny-ingress"
+                    && r["source"]["namespace"] == "y"
+                    && r["destination"]["namespace"] == "x"
+                    && r["destination"]["port"] == 80),
+            "no record of y's denied probes into x:\n{out}"
+        );
     } else {
         // Stored but not enforced: x/a reaches x/b although its egress policy excepts x/b.
         assert_eq!(code, Some(1), "the scenario without an enforcer:\n{text}");

@@ -69,6 +69,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use crate::cidr::{self, Cidr, Family, IpRange};
+use crate::flows::FlowVerdict;
 use crate::ir::*;
 use crate::model::{AdminAction, AdminRef, Direction, Protocol, Tier};
 
@@ -409,11 +410,20 @@ pub fn render_iptables(ir: &Ir, family: Family) -> String {
         comment(CUT_COMMENT)
     );
     let established = "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN";
+    let cut_mark = format!("-m connmark --mark {CUT_MARK:#x}/{CUT_MARK:#x} ");
+    out.push_str(&flow_log(
+        ir,
+        FlowVerdict::Denied,
+        CUT_COMMENT,
+        CHAIN_FORWARD,
+        &cut_mark,
+    ));
     let _ = writeln!(out, "-A {CHAIN_FORWARD} {cut}");
     let _ = writeln!(out, "-A {CHAIN_FORWARD} {established}");
     let _ = writeln!(out, "-A {CHAIN_FORWARD} -j {CHAIN_EGRESS}");
     let _ = writeln!(out, "-A {CHAIN_FORWARD} -j {CHAIN_INGRESS}");
     let _ = writeln!(out, "-A {CHAIN_FORWARD} {clear}");
+    out.push_str(&flow_log(ir, FlowVerdict::Denied, CUT_COMMENT, CHAIN_INPUT, &cut_mark));
     let _ = writeln!(out, "-A {CHAIN_INPUT} {cut}");
     let _ = writeln!(out, "-A {CHAIN_INPUT} {established}");
     let _ = writeln!(out, "-A {CHAIN_INPUT} -j {CHAIN_EGRESS}");
@@ -440,7 +450,7 @@ pub fn render_iptables(ir: &Ir, family: Family) -> String {
     for ep in &ir.endpoints {
         for d in [Direction::Ingress, Direction::Egress] {
             if ep.isolation(d).enforced() {
-                render_endpoint_chain(&mut out, ep, d, family, &clear);
+                render_endpoint_chain(&mut out, ir, ep, d, family, &clear);
             }
         }
     }
@@ -452,12 +462,17 @@ pub fn render_iptables(ir: &Ir, family: Family) -> String {
     }
     for (name, rule) in &ir.admin_rules {
         let cname = chain_name(name);
-        let c = comment(&labels::admin_rule(rule));
-        let verdict = match rule.action {
-            AdminAction::Accept => format!("-j MARK --set-xmark {MARK_ALLOWED:#x}/{MARK_ALLOWED:#x}"),
-            AdminAction::Deny => "-j DROP".to_string(),
-            AdminAction::Pass => "-j RETURN".to_string(),
+        let text = labels::admin_rule(rule);
+        let c = comment(&text);
+        let (verdict, logged) = match rule.action {
+            AdminAction::Accept => (
+                format!("-j MARK --set-xmark {MARK_ALLOWED:#x}/{MARK_ALLOWED:#x}"),
+                FlowVerdict::Allowed,
+            ),
+            AdminAction::Deny => ("-j DROP".to_string(), FlowVerdict::Denied),
+            AdminAction::Pass => ("-j RETURN".to_string(), FlowVerdict::Passed),
         };
+        out.push_str(&flow_log(ir, logged, &text, &cname, ""));
         let _ = writeln!(out, "-A {cname} -m comment --comment {c} {verdict}");
     }
     out.push_str("COMMIT\n");
@@ -498,11 +513,9 @@ fn render_guard(out: &mut String, ir: &Ir, family: Family) {
             let _ = writeln!(out, "-A {c} -s fe80::/10 -j RETURN");
             let _ = writeln!(out, "-A {c} -s ::/128 -j RETURN");
         }
-        let _ = writeln!(
-            out,
-            "-A {c} -m comment --comment {} -j DROP",
-            comment(&labels::spoofed(ep))
-        );
+        let text = labels::spoofed(ep);
+        out.push_str(&flow_log(ir, FlowVerdict::Denied, &text, c, ""));
+        let _ = writeln!(out, "-A {c} -m comment --comment {} -j DROP", comment(&text));
     }
     out.push_str("COMMIT\n");
 }
@@ -517,7 +530,7 @@ fn guard_chains(ir: &Ir) -> Vec<(&Endpoint, String)> {
         .collect()
 }
 
-fn render_endpoint_chain(out: &mut String, ep: &Endpoint, d: Direction, f: Family, clear: &str) {
+fn render_endpoint_chain(out: &mut String, ir: &Ir, ep: &Endpoint, d: Direction, f: Family, clear: &str) {
     let name = chain_name(&ep.chain_name(d));
     let _ = writeln!(out, "-A {name} {clear}");
     // A pod reaching itself through its own address (hairpin) is never blocked.
@@ -544,11 +557,9 @@ fn render_endpoint_chain(out: &mut String, ep: &Endpoint, d: Direction, f: Famil
             let _ = writeln!(out, "-A {name} -j {}", chain_name(chain));
             let _ = writeln!(out, "{mark_return}");
         }
-        let _ = writeln!(
-            out,
-            "-A {name} -m comment --comment {} -j DROP",
-            comment(&labels::endpoint_denied(ep, d))
-        );
+        let text = labels::endpoint_denied(ep, d);
+        out.push_str(&flow_log(ir, FlowVerdict::Denied, &text, &name, ""));
+        let _ = writeln!(out, "-A {name} -m comment --comment {} -j DROP", comment(&text));
     } else if !iso.baseline.is_empty() {
         let _ = writeln!(
             out,
@@ -674,15 +685,41 @@ fn render_policy_chain(out: &mut String, ir: &Ir, name: &str, chain: &PolicyChai
                 format!("-m set --match-set {} {other_end} ", ipset_name(s, f))
             }
         };
-        let c = comment(&labels::policy_rule(chain, r));
+        let text = labels::policy_rule(chain, r);
+        let c = comment(&text);
         for ports in port_matches(&r.ports, f) {
             // iptables-save order: protocol, then the matches as given.
             let (proto, rest) = split_protocol(&ports);
+            out.push_str(&flow_log(
+                ir,
+                FlowVerdict::Allowed,
+                &text,
+                &cname,
+                &format!("{proto}{peer}{rest}"),
+            ));
             let _ = writeln!(
                 out,
                 "-A {cname} {proto}{peer}{rest}-m comment --comment {c} -g {CHAIN_ALLOWED}"
             );
         }
+    }
+}
+
+/// The NFLOG rule of a verdict point, right before its verdict rule and with its matches (a
+/// `limit` match stops the rest of its rule, so it cannot share the verdict's): rate-limited
+/// and prefixed as the nft ruleset's log rule, so the agent reads both backends alike. Nothing
+/// when the IR's flow log does not cover the verdict.
+fn flow_log(ir: &Ir, v: FlowVerdict, text: &str, chain: &str, matches: &str) -> String {
+    match &ir.flow_log {
+        Some(fl) if fl.logs(v) => format!(
+            "-A {chain} {matches}-m limit --limit {}/sec --limit-burst {} -j NFLOG --nflog-prefix {}{} --nflog-group {}\n",
+            fl.rate.max(1),
+            fl.burst.max(1),
+            crate::flows::PREFIX,
+            crate::flows::id(text),
+            fl.group
+        ),
+        _ => String::new(),
     }
 }
 
