@@ -361,6 +361,12 @@ fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
                 })
         });
         chains.push(chain_or(prev, same, name, || policy_chain(ir, name, chain)));
+        if logs_allowed(ir) {
+            for c in rule_chains(ir, name, chain) {
+                let cname = c.name.clone();
+                chains.push(chain_or(prev, same, &cname, move || c));
+            }
+        }
     }
     for (name, table) in &ir.tier_tables {
         let same = was(&|p| p.tier_tables.get(name) == Some(table));
@@ -881,14 +887,26 @@ fn policy_chain(ir: &Ir, name: &str, chain: &PolicyChain) -> Chain {
                 _ => None,
             };
             for ports in port_matches(&r.ports, f.unwrap_or(Family::V4)) {
-                let accept = Rule {
-                    matches: peer.iter().cloned().chain(ports).collect(),
-                    counter: true,
-                    log: None,
-                    action: Action::Verdict(Verdict::Accept),
-                    comment: Some(c.clone()),
-                };
-                rules.extend(logged(ir, FlowVerdict::Allowed, &text, accept));
+                let matches = peer.iter().cloned().chain(ports).collect();
+                rules.push(if logs_allowed(ir) {
+                    // The rule's own chain logs, counts and accepts: the matches are evaluated
+                    // once, however long the walk through the policy chains.
+                    Rule {
+                        matches,
+                        counter: false,
+                        log: None,
+                        action: Action::Verdict(Verdict::Goto(rule_chain_name(name, r.rule))),
+                        comment: None,
+                    }
+                } else {
+                    Rule {
+                        matches,
+                        counter: true,
+                        log: None,
+                        action: Action::Verdict(Verdict::Accept),
+                        comment: Some(c.clone()),
+                    }
+                });
             }
         }
     }
@@ -897,6 +915,40 @@ fn policy_chain(ir: &Ir, name: &str, chain: &PolicyChain) -> Chain {
         hook: None,
         rules,
     }
+}
+
+/// Whether the IR's flow log covers accepts: NetworkPolicy rules then log in chains of their own.
+fn logs_allowed(ir: &Ir) -> bool {
+    ir.flow_log.is_some_and(|fl| fl.allowed)
+}
+
+/// The chain of one NetworkPolicy rule, when accepts are logged: `np_<policy>_<dir>_r<index>`.
+pub fn rule_chain_name(policy_chain: &str, rule: usize) -> String {
+    format!("{policy_chain}_r{rule}")
+}
+
+/// With accepts logged, each rule of a policy chain goes to a chain of its own: the log rule
+/// (rate-limited, no matches: the policy chain matched), then the counted, commented accept.
+fn rule_chains(ir: &Ir, name: &str, chain: &PolicyChain) -> Vec<Chain> {
+    let mut out: Vec<Chain> = Vec::new();
+    for r in &chain.rules {
+        let rule_chain = rule_chain_name(name, r.rule);
+        if out.iter().any(|c| c.name == rule_chain) {
+            continue;
+        }
+        let text = labels::policy_rule(chain, r);
+        out.push(Chain {
+            name: rule_chain,
+            hook: None,
+            rules: logged(
+                ir,
+                FlowVerdict::Allowed,
+                &text,
+                Rule::always(true, Verdict::Accept, Some(comment(&text))),
+            ),
+        });
+    }
+    out
 }
 
 /// A tier table's chain: the peer address's verdict, per family with entries.
