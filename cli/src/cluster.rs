@@ -74,6 +74,18 @@ pub(crate) async fn snapshot(client: &Client) -> Result<Snapshot> {
     Ok(s)
 }
 
+/// The names of the cluster's Nodes.
+pub(crate) async fn node_names(client: &Client) -> Result<BTreeSet<String>> {
+    Ok(Api::<Node>::all(client.clone())
+        .list_metadata(&ListParams::default())
+        .await
+        .context("listing nodes")?
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect())
+}
+
 /// A policy of any kind, as NodePolicyStatus reports it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum PolicyId {
@@ -415,14 +427,7 @@ async fn wait_revision(client: &Client, since: u64, deadline: Instant, timeout: 
             Ok(l) => l.items,
             Err(e) => return Err(WaitError::ListStatus(e)),
         };
-        let nodes: BTreeSet<String> = Api::<Node>::all(client.clone())
-            .list_metadata(&ListParams::default())
-            .await
-            .context("listing nodes")?
-            .items
-            .into_iter()
-            .filter_map(|n| n.metadata.name)
-            .collect();
+        let nodes = node_names(client).await?;
         let reports: Vec<(String, Option<&[policyc_crds::KindProgress]>)> = statuses
             .iter()
             .filter(|s| nodes.contains(&s.spec.node_name))

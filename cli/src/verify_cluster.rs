@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{AttachParams, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -267,24 +267,15 @@ impl Run {
         }
         self.wait_running(&started).await?;
         for v in objects {
-            match kind_of(v) {
-                Some(Kind::NetworkPolicy) => {
-                    let ns = v["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
-                    let name = v["metadata"]["name"].as_str().unwrap_or_default().to_string();
-                    let real = self.ensure_namespace(&ns, None).await?;
-                    let policy = self.rewrite_policy(v, &real);
-                    Api::<NetworkPolicy>::namespaced(self.client.clone(), &real)
-                        .patch(&name, &apply_params(), &Patch::Apply(policy))
-                        .await
-                        .with_context(|| format!("applying NetworkPolicy {ns}/{name} in {real}"))?;
-                }
-                Some(k) if k.admin().is_some() => bail!(
-                    "{} {}: admin policies are cluster-scoped and would act on every pod of the cluster; \
-                     verify --cluster runs scenarios of NetworkPolicies",
-                    k.as_str(),
-                    v["metadata"]["name"].as_str().unwrap_or_default()
-                ),
-                _ => {}
+            if kind_of(v) == Some(Kind::NetworkPolicy) {
+                let ns = v["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+                let name = v["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let real = self.ensure_namespace(&ns, None).await?;
+                let policy = self.rewrite_policy(v, &real);
+                Api::<NetworkPolicy>::namespaced(self.client.clone(), &real)
+                    .patch(&name, &apply_params(), &Patch::Apply(policy))
+                    .await
+                    .with_context(|| format!("applying NetworkPolicy {ns}/{name} in {real}"))?;
             }
         }
         Ok(())
@@ -587,14 +578,7 @@ pub async fn scenario(path: &Path, opts: ClusterOptions) -> Result<Report> {
         }
     }
     let client = crate::cluster::client(opts.kubeconfig.as_deref()).await?;
-    let nodes: BTreeSet<String> = Api::<Node>::all(client.clone())
-        .list_metadata(&ListParams::default())
-        .await
-        .context("listing nodes")?
-        .items
-        .into_iter()
-        .filter_map(|n| n.metadata.name)
-        .collect();
+    let nodes = crate::cluster::node_names(&client).await?;
     let mut served = (BTreeSet::new(), BTreeSet::new());
     for step in &scenario.steps {
         for b in step.expectations().map_err(|e| anyhow!("{}: {e}", path.display()))? {
@@ -651,16 +635,7 @@ pub async fn scenario(path: &Path, opts: ClusterOptions) -> Result<Report> {
             let note = wait_enforced(&opts).await;
             let enforced = t.elapsed();
             let blocks = step.expectations().map_err(|e| anyhow!("{name}: {e}"))?;
-            let checks: Vec<Check<'_>> = blocks
-                .iter()
-                .flat_map(|b| {
-                    b.ports.iter().map(|&(port, protocol)| Check {
-                        port,
-                        protocol,
-                        expectations: Some(&b.expectations),
-                    })
-                })
-                .collect();
+            let checks = verify::checks(&blocks);
             let pods = run.pods();
             let mut ports = probe_and_compare(&client, &opts, &pods, &checks, &Prober::InPod).await?;
             // The reasons in the scenario's names, as the cells are.

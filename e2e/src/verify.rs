@@ -16,7 +16,7 @@ use std::path::Path;
 
 use policyc_compiler::expect::Expectations;
 use policyc_compiler::ir::Ir;
-use policyc_compiler::scenario::{apply_object, Scenario, Step};
+use policyc_compiler::scenario::{apply_object, PortExpectation, Scenario, Step};
 use policyc_compiler::{Evaluator, Flow, Loader, Matrix, ObjectRef, Protocol, Severity, Snapshot, Verdict};
 use serde::Serialize;
 
@@ -124,6 +124,20 @@ pub struct Check<'a> {
     pub port: u16,
     pub protocol: Protocol,
     pub expectations: Option<&'a Expectations>,
+}
+
+/// The ports a step's `expect` blocks check, each with its block's expectations.
+pub fn checks(blocks: &[PortExpectation]) -> Vec<Check<'_>> {
+    blocks
+        .iter()
+        .flat_map(|b| {
+            b.ports.iter().map(|&(port, protocol)| Check {
+                port,
+                protocol,
+                expectations: Some(&b.expectations),
+            })
+        })
+        .collect()
 }
 
 /// Every container port of the endpoints, sorted.
@@ -423,16 +437,7 @@ pub fn run_scenario<E: Enforcer + ?Sized>(
             steps.push(failed(format!("updating the lab: {e}")));
             break;
         }
-        let checks: Vec<Check<'_>> = blocks
-            .iter()
-            .flat_map(|b| {
-                b.ports.iter().map(|&(port, protocol)| Check {
-                    port,
-                    protocol,
-                    expectations: Some(&b.expectations),
-                })
-            })
-            .collect();
+        let checks = checks(&blocks);
         steps.push(StepResult {
             name,
             ports: check(enforcer.lab(), &checks, opts),
