@@ -106,7 +106,7 @@ pub struct RuleRef {
     pub direction: Direction,
     /// Index in the policy's `ingress` / `egress` list.
     pub rule: usize,
-    /// Chain holding it in the nft ruleset.
+    /// Its counter chain in the nft ruleset (`np_*_R`).
     pub chain: String,
     pub peer: String,
     pub ports: String,
@@ -320,7 +320,7 @@ impl<'a> Evaluator<'a> {
                         policy: chain.policy.clone(),
                         direction: d,
                         rule: r.rule,
-                        chain: chain_name.clone(),
+                        chain: crate::nft::rule_chain_name(chain_name, r.rule),
                         peer: describe_peer(self.ir, &r.peer),
                         ports: describe_ports(self.ir, &r.ports),
                     });

@@ -13,6 +13,7 @@ use crate::model::{AdminAction, Direction, ObjectRef, Protocol};
 use crate::render::{CUT_COMMENT, CUT_MARK, SEEN_MARK};
 
 use super::model::*;
+use super::np::Resolver;
 use super::{comment, labels};
 
 /// Lowers a node's (or the whole cluster's) IR into the nftables model; an IR whose parts name
@@ -256,6 +257,22 @@ fn chain_or(prev: Option<&Prev<'_>>, same: bool, name: &str, lower: impl FnOnce(
     }
 }
 
+/// `set`, or the previous table's equal set of that name (shared, so compared by pointer later).
+fn share_set(prev: Option<&Prev<'_>>, set: Set) -> Arc<Set> {
+    match prev.and_then(|p| p.sets.get(set.name.as_str())) {
+        Some(s) if ***s == set => Arc::clone(s),
+        _ => Arc::new(set),
+    }
+}
+
+/// `chain`, or the previous table's equal chain of that name.
+fn share_chain(prev: Option<&Prev<'_>>, chain: Chain) -> Arc<Chain> {
+    match prev.and_then(|p| p.chains.get(chain.name.as_str())) {
+        Some(c) if ***c == chain => Arc::clone(c),
+        _ => Arc::new(chain),
+    }
+}
+
 /// [`lower_after`] of an IR that [`Ir::validate`] accepted: every reference resolves.
 fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
     // Every verdict point's rules depend on the flow log: nothing is reused across a change.
@@ -273,8 +290,24 @@ fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
         ir.sets.len() + ir.port_sets.len()
     );
 
+    // Endpoint chains first: they decide which NetworkPolicy groups, classes and address sets
+    // exist. They and the NetworkPolicy maps and chains are lowered on every sync (the
+    // resolver shares its work between endpoints with the same policies) and take over the
+    // previous table's object when equal.
+    let mut np = Resolver::new(ir);
+    let mut endpoint_chains = Vec::new();
+    for ep in &ir.endpoints {
+        for d in [Direction::Ingress, Direction::Egress] {
+            if ep.isolation(d).enforced() {
+                endpoint_chains.push(share_chain(prev, endpoint_chain(ir, &mut np, ep, d)));
+            }
+        }
+    }
+    let used_sets = std::mem::take(&mut np.used_sets);
+    let (np_sets, np_chains) = np.finish();
+
     let mut sets = Vec::new();
-    for (name, set) in &ir.sets {
+    for (name, set) in ir.sets.iter().filter(|(n, _)| used_sets.contains(*n)) {
         let same = was(&|p| p.sets.get(name) == Some(set));
         for f in &set.families {
             sets.push(set_or(prev, same, &set_name(name, *f), || addr_set(name, set, *f)));
@@ -286,6 +319,7 @@ fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
             sets.push(set_or(prev, same, &set_name(name, f), || port_set(name, set, f)));
         }
     }
+    sets.extend(np_sets.into_iter().map(|s| share_set(prev, s)));
     for (name, table) in &ir.tier_tables {
         let same = was(&|p| p.tier_tables.get(name) == Some(table));
         for f in [Family::V4, Family::V6] {
@@ -335,8 +369,7 @@ fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
             chain_or(prev, same_base, &name, || c)
         })
         .collect();
-    // An endpoint chain is lowered from its endpoint (the chains and tier tables it jumps to
-    // are named after the policies, which the comments name).
+    // A source guard is lowered from its endpoint and the attachment.
     for ep in &ir.endpoints {
         let same = prev.is_some_and(|p| p.endpoints.get(&ep.pod) == Some(&ep));
         if matches!(ir.attachment, Attachment::Canal { .. }) && !ep.interface.is_empty() {
@@ -345,29 +378,9 @@ fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
                 guard_chain(ir, ep, false)
             }));
         }
-        for d in [Direction::Ingress, Direction::Egress] {
-            if ep.isolation(d).enforced() {
-                chains.push(chain_or(prev, same, &ep.chain_name(d), || endpoint_chain(ir, ep, d)));
-            }
-        }
     }
-    // A policy chain is lowered from the chain and the families of the sets it uses.
-    for (name, chain) in &ir.chains {
-        let same = was(&|p| {
-            p.chains.get(name) == Some(chain)
-                && chain.rules.iter().all(|r| match &r.peer {
-                    PeerMatch::Set(s) => p.sets.get(s).map(|x| &x.families) == ir.sets.get(s).map(|x| &x.families),
-                    PeerMatch::Any => true,
-                })
-        });
-        chains.push(chain_or(prev, same, name, || policy_chain(ir, name, chain)));
-        if logs_allowed(ir) {
-            for c in rule_chains(ir, name, chain) {
-                let cname = c.name.clone();
-                chains.push(chain_or(prev, same, &cname, move || c));
-            }
-        }
-    }
+    chains.extend(endpoint_chains);
+    chains.extend(np_chains.into_iter().map(|c| share_chain(prev, c)));
     for (name, table) in &ir.tier_tables {
         let same = was(&|p| p.tier_tables.get(name) == Some(table));
         chains.push(chain_or(prev, same, name, || table_chain(name, table)));
@@ -585,7 +598,7 @@ fn cut_and_established(ir: &Ir) -> Vec<Rule> {
 /// `MATCHES limit rate R/second burst B packets log prefix "pc:<id>" group G`, then `rule`.
 /// The log rule has no counter and no comment: the verdict rule counts every packet, and the
 /// comment names the rule once.
-fn logged(ir: &Ir, v: FlowVerdict, text: &str, rule: Rule) -> Vec<Rule> {
+pub(super) fn logged(ir: &Ir, v: FlowVerdict, text: &str, rule: Rule) -> Vec<Rule> {
     match &ir.flow_log {
         Some(fl) if fl.logs(v) => vec![Rule::log_only(rule.matches.clone(), fl.log(text), None), rule],
         _ => vec![rule],
@@ -771,7 +784,7 @@ fn canal_policy_chains(ir: &Ir, prefix: &str) -> Vec<Chain> {
         .collect()
 }
 
-fn endpoint_chain(ir: &Ir, ep: &Endpoint, d: Direction) -> Chain {
+fn endpoint_chain(ir: &Ir, np: &mut Resolver<'_>, ep: &Endpoint, d: Direction) -> Chain {
     let mut rules = Vec::new();
     // A pod reaching itself through its own address (hairpin) is never blocked.
     for f in [Family::V4, Family::V6] {
@@ -799,13 +812,7 @@ fn endpoint_chain(ir: &Ir, ep: &Endpoint, d: Direction) -> Chain {
         ));
     }
     if iso.isolated() {
-        for chain in &iso.chains {
-            rules.push(Rule::always(
-                false,
-                Verdict::Jump(chain.clone()),
-                Some(comment(&ir.chains[chain].policy.to_string())),
-            ));
-        }
+        rules.extend(np.endpoint_rules(iso, d));
         let text = labels::endpoint_denied(ep, d);
         rules.extend(logged(
             ir,
@@ -834,121 +841,6 @@ fn endpoint_chain(ir: &Ir, ep: &Endpoint, d: Direction) -> Chain {
         hook: None,
         rules,
     }
-}
-
-/// The port part of a policy rule, one alternative per protocol.
-fn port_matches(m: &PortMatch, f: Family) -> Vec<Option<Match>> {
-    match m {
-        PortMatch::Any => vec![None],
-        PortMatch::Named { set, protocol } => vec![Some(Match::AddrDportInSet {
-            family: f,
-            protocol: *protocol,
-            set: set_name(set, f),
-        })],
-        PortMatch::Ports(ranges) => Protocol::ALL
-            .into_iter()
-            .filter_map(|p| {
-                let rs: Vec<&PortRange> = ranges.iter().filter(|r| r.protocol == p).collect();
-                if rs.is_empty() {
-                    None
-                } else if rs.iter().any(|r| r.is_whole_protocol()) {
-                    Some(Some(Match::L4Proto(p)))
-                } else {
-                    Some(Some(Match::Dport {
-                        protocol: p,
-                        ports: rs.iter().map(|r| (r.first, r.last)).collect(),
-                    }))
-                }
-            })
-            .collect(),
-    }
-}
-
-fn policy_chain(ir: &Ir, name: &str, chain: &PolicyChain) -> Chain {
-    let end = peer_end(chain.direction);
-    let mut rules = Vec::new();
-    for r in &chain.rules {
-        let text = labels::policy_rule(chain, r);
-        let c = comment(&text);
-        // Families this rule can match: a set restricts them, as does a named port (which is
-        // per family); otherwise one family-agnostic rule covers both.
-        let families: Vec<Option<Family>> = match (&r.peer, &r.ports) {
-            (PeerMatch::Set(s), _) => ir.sets[s].families.iter().map(|f| Some(*f)).collect(),
-            (PeerMatch::Any, PortMatch::Named { .. }) => vec![Some(Family::V4), Some(Family::V6)],
-            (PeerMatch::Any, _) => vec![None],
-        };
-        for f in families {
-            let peer = match (&r.peer, f) {
-                (PeerMatch::Set(s), Some(f)) => Some(Match::AddrInSet {
-                    family: f,
-                    end,
-                    set: set_name(s, f),
-                }),
-                _ => None,
-            };
-            for ports in port_matches(&r.ports, f.unwrap_or(Family::V4)) {
-                let matches = peer.iter().cloned().chain(ports).collect();
-                rules.push(if logs_allowed(ir) {
-                    // The rule's own chain logs, counts and accepts: the matches are evaluated
-                    // once, however long the walk through the policy chains.
-                    Rule {
-                        matches,
-                        counter: false,
-                        log: None,
-                        action: Action::Verdict(Verdict::Goto(rule_chain_name(name, r.rule))),
-                        comment: None,
-                    }
-                } else {
-                    Rule {
-                        matches,
-                        counter: true,
-                        log: None,
-                        action: Action::Verdict(Verdict::Accept),
-                        comment: Some(c.clone()),
-                    }
-                });
-            }
-        }
-    }
-    Chain {
-        name: name.to_string(),
-        hook: None,
-        rules,
-    }
-}
-
-/// Whether the IR's flow log covers accepts: NetworkPolicy rules then log in chains of their own.
-fn logs_allowed(ir: &Ir) -> bool {
-    ir.flow_log.is_some_and(|fl| fl.allowed)
-}
-
-/// The chain of one NetworkPolicy rule, when accepts are logged: `np_<policy>_<dir>_r<index>`.
-pub fn rule_chain_name(policy_chain: &str, rule: usize) -> String {
-    format!("{policy_chain}_r{rule}")
-}
-
-/// With accepts logged, each rule of a policy chain goes to a chain of its own: the log rule
-/// (rate-limited, no matches: the policy chain matched), then the counted, commented accept.
-fn rule_chains(ir: &Ir, name: &str, chain: &PolicyChain) -> Vec<Chain> {
-    let mut out: Vec<Chain> = Vec::new();
-    for r in &chain.rules {
-        let rule_chain = rule_chain_name(name, r.rule);
-        if out.iter().any(|c| c.name == rule_chain) {
-            continue;
-        }
-        let text = labels::policy_rule(chain, r);
-        out.push(Chain {
-            name: rule_chain,
-            hook: None,
-            rules: logged(
-                ir,
-                FlowVerdict::Allowed,
-                &text,
-                Rule::always(true, Verdict::Accept, Some(comment(&text))),
-            ),
-        });
-    }
-    out
 }
 
 /// A tier table's chain: the peer address's verdict, per family with entries.

@@ -14,12 +14,14 @@
 
 mod lower;
 pub mod model;
+mod np;
 mod print;
 
 pub use self::lower::{
     class_map_name, dispatch_map_name, lower, lower_after, lower_bridge, peer_end, set_name, table_map_name,
 };
 pub use self::model::*;
+pub use self::np::{rule_chain_name, MAX_LISTED};
 pub use self::print::print;
 
 /// Name of the table policyc owns (in the `inet` family).
