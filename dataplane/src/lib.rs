@@ -106,6 +106,9 @@ pub struct ApplyStats {
     pub plan_time: Duration,
     /// Sending the batch until the kernel's last answer: the kernel commits in between.
     pub kernel_time: Duration,
+    /// The table was changed in place (element updates, rewritten chains, chains and sets added
+    /// or deleted), or nothing needed sending; `false` after a replace of the whole table.
+    pub in_place: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -309,6 +312,7 @@ impl NetlinkWriter {
             elements_removed: 0,
             plan_time,
             kernel_time,
+            in_place: false,
         })
     }
 
@@ -394,6 +398,7 @@ impl NetlinkWriter {
             elements_removed: 0,
             plan_time,
             kernel_time,
+            in_place: false,
         };
         bridge.count(&mut stats);
         self.committed = Some(Committed { table, plan: rs });
@@ -442,6 +447,7 @@ impl NetlinkWriter {
         let rules = || change.chains.iter().flat_map(|&i| &rs.chains[i].rules);
         let anon = || rules().filter_map(|r| r.anon_set.as_ref());
         let mut stats = ApplyStats {
+            in_place: true,
             rules: rules().count(),
             sets: anon().count(),
             elements_added: change.sets.iter().map(|d| d.add.len()).sum::<usize>()
