@@ -163,10 +163,7 @@ fn report(rows: &BTreeMap<&str, Vec<Phases>>) {
     for (what, samples) in rows {
         let replaces = samples.iter().filter(|p| p.replace).count();
         let msgs = samples.iter().map(|p| p.messages).max().unwrap_or(0);
-        let label = format!(
-            "{what} ({replaces} of {} full replace, msgs max {msgs})",
-            samples.len()
-        );
+        let label = format!("{what} ({replaces} of {} full replace, msgs max {msgs})", samples.len());
         let phases: [(&str, Phase); 7] = [
             ("compile (CPU)", |p| p.compile),
             ("ruleset hash (CPU)", |p| p.hash),
@@ -249,9 +246,13 @@ fn main() -> anyhow::Result<()> {
     }
     for _ in 0..n {
         sync.index.apply(Kind::NetworkPolicy, elsewhere_policy());
-        rows.entry("4 policy create, no local pod").or_default().push(sync.run()?);
+        rows.entry("4 policy create, no local pod")
+            .or_default()
+            .push(sync.run()?);
         sync.index.delete(Kind::NetworkPolicy, &elsewhere_policy());
-        rows.entry("5 policy delete, no local pod").or_default().push(sync.run()?);
+        rows.entry("5 policy delete, no local pod")
+            .or_default()
+            .push(sync.run()?);
     }
     sync.index.apply(Kind::NetworkPolicy, bench_policy(40_000));
     sync.run()?;
