@@ -419,7 +419,7 @@ impl NetlinkWriter {
     ) -> Result<Option<ApplyStats>, DataplaneError> {
         self.committed = None;
         self.bridge = BridgeState::Unknown;
-        let Some(change) = plan::in_place_update(old, &new).filter(|c| c.chains.is_empty()) else {
+        let Some((new, change)) = plan::in_place_update(old, new).filter(|(_, c)| c.elements_only()) else {
             return Ok(None);
         };
         let after = match bridge {
@@ -428,7 +428,7 @@ impl NetlinkWriter {
         };
         let stats = self.send_in_place(&new, &change, &BridgeChange::keep(BridgeState::Unknown), started)?;
         self.committed = Some(Committed {
-            table: new_table,
+            table: change.order.arrange_table(&new_table),
             plan: new,
         });
         self.bridge = after;
@@ -444,14 +444,23 @@ impl NetlinkWriter {
         bridge: &BridgeChange,
         started: Instant,
     ) -> Result<ApplyStats, DataplaneError> {
-        let rules = || change.chains.iter().flat_map(|&i| &rs.chains[i].rules);
+        let rules = || {
+            change
+                .chains
+                .iter()
+                .chain(&change.new_chains)
+                .flat_map(|&i| &rs.chains[i].rules)
+        };
         let anon = || rules().filter_map(|r| r.anon_set.as_ref());
+        let filled = || change.new_sets.iter().chain(&change.refilled).map(|&i| &rs.sets[i]);
         let mut stats = ApplyStats {
             in_place: true,
+            chains: change.new_chains.len(),
             rules: rules().count(),
-            sets: anon().count(),
+            sets: change.new_sets.len() + anon().count(),
             elements_added: change.sets.iter().map(|d| d.add.len()).sum::<usize>()
-                + anon().map(|s| s.elements.len()).sum::<usize>(),
+                + anon().map(|s| s.elements.len()).sum::<usize>()
+                + filled().map(|s| s.elements.len()).sum::<usize>(),
             elements_removed: change.sets.iter().map(|d| d.remove.len()).sum(),
             ..ApplyStats::default()
         };
@@ -538,15 +547,19 @@ impl Dataplane for NetlinkWriter {
             let rs = Ruleset::from_table(&new_table)?;
             return self.replace_with(new_table, rs, bridge, started);
         };
-        let (plan, change) = plan::replan(old, &new_table)?;
+        let (mut plan, change) = plan::replan(old, &new_table)?;
         if let Some(change) = change {
             // A rejected batch (the kernel did not hold `old` after all) changes nothing: fall
             // back to a replace.
             if let Ok(stats) = self.send_in_place(&plan, &change, &bridge, started) {
-                self.committed = Some(Committed { table: new_table, plan });
+                // The plan is in the kernel's listing order; the model must line up with it.
+                let table = change.order.arrange_table(&new_table);
+                self.committed = Some(Committed { table, plan });
                 self.bridge = bridge.after;
                 return Ok(stats);
             }
+            // A replace creates in the model's order.
+            plan = change.order.restore(plan);
         }
         self.replace_with(new_table, plan, bridge, started)
     }
