@@ -17,7 +17,10 @@
 //! `policyc_compiler::render::nft::render(&ir, true)` with `nft -f` gives, because both spell out
 //! the same model (`policyc_compiler::nft::lower`): same table, sets,
 //! maps, chains, hooks, priorities, rules, expressions, counters, comments, set userdata and
-//! element order, so `nft list table inet policyc` prints the same text either way.
+//! element order. After a replace `nft list table inet policyc` prints the same text either
+//! way; after an in-place change it holds the same sets, maps, chains and rules (each chain's
+//! rules in the same order), but the kernel lists the sets and chains the change added after
+//! the ones it kept (see below).
 //!
 //! * [`Dataplane::replace`] sends one batch: add the table (so that deleting it cannot fail),
 //!   delete it, then create everything anew. The kernel commits the batch as one transaction:
@@ -26,13 +29,30 @@
 //! * [`Dataplane::update_elements`] sends only set and map element deletions and additions when
 //!   two IRs differ in nothing else (the usual case when pods come and go), also as one batch.
 //!   Interval sets and maps (ipBlock and `networks` sets, the admin tiers' verdict maps) are
-//!   never updated element by element: a change in them takes a replace (see
-//!   `plan::in_place_update`).
-//! * [`NetlinkWriter`]'s [`Dataplane::apply`] also rewrites changed chains in place (a policy
-//!   whose ports or peers change, an admin rule whose action changes) when the table keeps its
-//!   chains and sets, so that a change to one policy does not recreate every set element of the
-//!   node.
+//!   never updated element by element (the kernel would refuse a split range as an overlap):
+//!   a change in them is not an element update (see `plan::in_place_update`).
+//! * [`NetlinkWriter`]'s [`Dataplane::apply`] changes the table in place, in one batch and one
+//!   transaction, so that a change to one policy does not recreate every set element of the
+//!   node: it adds new sets and maps (with their elements) and new chains (with their rules),
+//!   rewrites changed chains (flushed and refilled: a policy whose ports or peers change, an
+//!   endpoint that gains or loses a policy, an admin rule whose action changes), updates the
+//!   elements of changed sets, refills changed interval sets and maps (flushed and filled anew:
+//!   an ipBlock, an admin tier's decision table), and deletes the sets and chains no longer
+//!   there once nothing refers to them (`nl::Builder::in_place` gives the order). A policy
+//!   create or delete is such a change. A change the kernel refuses (the writer's idea of the
+//!   kernel was stale), and a base chain (hook) added, deleted or changed, a set redefined
+//!   under its name or another family, take a replace. Base chains are never recreated
+//!   otherwise.
 //! * [`Dataplane::remove`] deletes the table.
+//!
+//! What an in-place change promises: `nft list table inet policyc` holds the same sets, maps,
+//! chains and rules as a replace would, each chain's rules in the same order; the kernel lists
+//! the sets and chains it kept in their old order and the added ones after them, in the
+//! rendered order (it appends what a transaction creates), so the listing is the rendered
+//! text's with its blocks reordered. The plan the writer commits follows the kernel's order.
+//! A replace (a new writer, e.g. after a restart, or a fallback) restores the rendered order.
+//! Chains and sets that did not change are not touched: their handles and their rules'
+//! counters are kept (a rewritten chain's rules start from zero, as do new ones).
 //!
 //! With the bridge attachment (plain Flannel), an IR also has `table bridge policyc`
 //! (`policyc_compiler::nft::lower_bridge`: the per-port source guard and the drop of bridged pod
@@ -519,11 +539,14 @@ impl Dataplane for NetlinkWriter {
     }
 
     /// Lowers `new` once, sharing with the model this writer last committed what did not change
-    /// since `current`, and compares the two (`current` is lowered only when the writer has none, e.g. a new writer for a kernel programmed
-    /// before; `None` means the kernel's state is unknown and forces a replace). When the
-    /// table keeps its chains and sets, only what differs is sent: set elements, and the rules
-    /// of changed chains (flushed and added again in place; other rules keep their counters).
-    /// `nft list` then prints what a replace would have given.
+    /// since `current`, and compares the two (`current` is lowered only when the writer has
+    /// none, e.g. a new writer for a kernel programmed before; `None` means the kernel's state is
+    /// unknown and forces a replace). Only what differs is sent, in place: new sets and chains,
+    /// set elements, refilled interval sets, the rules of changed chains (flushed and added
+    /// again; other rules keep their counters), deletions of what is gone. `nft list` then holds
+    /// what a replace would have given, added sets and chains listed after the kept ones (see
+    /// the crate documentation). A base chain change, or a batch the kernel refuses, takes a
+    /// replace.
     fn apply(&mut self, current: Option<&Ir>, new: &Ir) -> Result<ApplyStats, DataplaneError> {
         let started = Instant::now();
         // Parts of `new` equal to `current`'s share the committed model's (same Arc): the

@@ -1791,7 +1791,7 @@ fn assert_in_place(b: &Netns, before: &(String, String), to: &Ir, what: &str) {
         "{what}: not the rendered text's sets and chains\n--- text-loaded ---\n{want}\n--- in place ---\n{got}"
     );
     assert_eq!(
-        netlink_records(&b),
+        netlink_records(b),
         netlink_records(&a),
         "{what}: nft --debug=netlink list"
     );
