@@ -112,15 +112,15 @@ pub struct ApplyStats {
     pub messages: usize,
     /// Bytes written to the kernel.
     pub bytes: usize,
-    /// Chains created.
+    /// Chains created (every chain in a replace, the new ones in place).
     pub chains: usize,
-    /// Rules created.
+    /// Rules created (in place: those of rewritten and new chains).
     pub rules: usize,
     /// Named sets and maps created, plus anonymous sets.
     pub sets: usize,
-    /// Set and map elements added.
+    /// Set and map elements added (in place: also those of new and refilled sets).
     pub elements_added: usize,
-    /// Set and map elements deleted.
+    /// Set and map elements deleted one by one (not those of deleted or flushed sets).
     pub elements_removed: usize,
     /// Lowering the IR to nf_tables objects, comparing with what the kernel holds, encoding.
     pub plan_time: Duration,
