@@ -485,6 +485,9 @@ async fn sync_loop(
                     m.apply_duration.observe(apply_time.as_secs_f64());
                     match result {
                         Ok(s) => {
+                            // In place, `chains` also covers chains and sets added or deleted
+                            // (a policy created or deleted); only a whole-table replace is
+                            // `replace`.
                             let mode = match (s.in_place, s.chains, s.rules) {
                                 (false, _, _) => "replace",
                                 (true, 0, 0) => "elements",
