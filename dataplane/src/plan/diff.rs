@@ -538,6 +538,21 @@ mod tests {
         assert!(in_place_update(&old, other).is_none());
     }
 
+    /// Kept objects in their old order, then the new ones in the model's order; `restore`
+    /// undoes `arrange`.
+    #[test]
+    fn kernel_order_appends_new_objects() {
+        let old: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let new = ["x", "d", "b", "y", "a"];
+        let perm = kernel_order(&old, new.iter().copied());
+        let listed: Vec<&str> = arrange(&perm, new.to_vec());
+        assert_eq!(listed, ["a", "b", "d", "x", "y"]);
+        assert_eq!(restore(&perm, listed), new);
+        // Nothing added or moved: the model's order.
+        let same = kernel_order(&old, old.iter().map(String::as_str));
+        assert_eq!(same, [0, 1, 2, 3]);
+    }
+
     fn interval_map(ranges: &[(u128, u128, Option<Verdict>)]) -> Set {
         Set {
             name: "adm_x_in_v4".into(),
