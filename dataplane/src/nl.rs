@@ -10,7 +10,10 @@
 //! * set elements with interval-end flags, userdata and verdict data (`accept`, `drop`,
 //!   `return`, `jump CHAIN`, `goto CHAIN`), as interval verdict maps need them ([`ElemChunk`]);
 //! * `payload` into any register (concatenations load the port into register 9 or 2) and
-//!   `lookup` by set name and ID with an optional destination register (verdict maps).
+//!   `lookup` by set name and ID with an optional destination register (verdict maps);
+//! * for in-place changes: sets deleted and flushed (`flush set`: an element deletion without
+//!   elements, [`SetFlush`]), and chains and sets created with `NLM_F_EXCL` ([`NewChain`]), which
+//!   `nftnl` does not send.
 //!
 //! # Safety contract
 //!
