@@ -9,9 +9,13 @@
 //!
 //! The cluster is `synth::cluster(Shape::LARGE, 42)` (10,000 pods, 100 namespaces, 2,000
 //! policies, 100 nodes; `--quick`: a tenth of it), compiled for `node-7`, as in `agent_bench`'s
-//! scale phase. The changes are those of that phase: a policy `ns-7/bench` selecting the node's
-//! pods is created and then gets a new port (a full replace each time), and pods of `ns-7` on
-//! another node get their IP and so join the policy's peer set (set elements only). Each sync
+//! scale phase. The changes: a policy `ns-7/bench` selecting the node's pods is created and
+//! deleted, n times each, alternating; a policy `ns-7/elsewhere` selecting no pod of the node is
+//! created and deleted likewise (its IR is the node's IR unchanged, so the sync must not send
+//! anything: the `msgs` column counts the netlink messages of each sync's transaction, 0 when
+//! the writer was not called or sent nothing); then `ns-7/bench` is created again and gets a new
+//! port, and pods of `ns-7` on another node get their IP and so join the policy's peer set (set
+//! elements only). The `replace` count says how many syncs replaced the whole table. Each sync
 //! is timed as the agent runs it: compile (under the index lock in the agent), ruleset hash
 //! (the unchanged check), then the writer's apply: planning (lowering, comparing with the
 //! committed plan, encoding) and the kernel's transaction. Phases are timed in thread CPU time,
@@ -68,7 +72,10 @@ struct Phases {
     plan_wall: Duration,
     kernel_wall: Duration,
     wall: Duration,
+    /// The writer replaced the whole table.
     replace: bool,
+    /// Netlink messages sent to the kernel (0: no transaction).
+    messages: usize,
 }
 
 /// The agent's sync loop body, minus the API server and the debounce: the agent's index
@@ -98,7 +105,9 @@ impl Sync {
             p.apply = cpu() - c2;
             p.plan_wall = s.plan_time;
             p.kernel_wall = s.kernel_time;
-            p.replace = s.chains > 0;
+            // `chains > 0` also meant a replace before the writer could add chains in place.
+            p.replace = s.chains > 0 && !s.in_place;
+            p.messages = s.messages;
             self.applied = Some((ir, hash));
         }
         p.cpu = cpu() - c0;
@@ -113,6 +122,16 @@ fn bench_policy(port: u16) -> Value {
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": "bench", "namespace": "ns-7", "generation": port},
         "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "bench"}}}], "ports": [{"port": port}]}]}
+    })
+}
+
+/// `ns-7/elsewhere`: selects `app=nowhere` pods of `ns-7`, of which there are none: the
+/// node's IR does not change when it comes or goes.
+fn elsewhere_policy() -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "elsewhere", "namespace": "ns-7", "generation": 1},
+        "spec": {"podSelector": {"matchLabels": {"app": "nowhere"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "bench"}}}], "ports": [{"port": 7000}]}]}
     })
 }
 
@@ -139,11 +158,12 @@ fn ms(d: Duration) -> String {
 }
 
 fn report(rows: &BTreeMap<&str, Vec<Phases>>) {
-    println!("| sync | n | phase | p50 ms | p90 ms | max ms |");
-    println!("|---|---|---|---|---|---|");
+    println!("| sync | n | phase | p50 ms | p90 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|---|---|");
     for (what, samples) in rows {
         let replaces = samples.iter().filter(|p| p.replace).count();
-        let label = format!("{what} ({replaces} of {} full replace)", samples.len());
+        let msgs = samples.iter().map(|p| p.messages).max().unwrap_or(0);
+        let label = format!("{what} ({replaces} of {} full replace, msgs max {msgs})", samples.len());
         let phases: [(&str, Phase); 7] = [
             ("compile (CPU)", |p| p.compile),
             ("ruleset hash (CPU)", |p| p.hash),
@@ -157,10 +177,11 @@ fn report(rows: &BTreeMap<&str, Vec<Phases>>) {
             let mut v: Vec<Duration> = samples.iter().map(get).collect();
             v.sort();
             println!(
-                "| {label} | {} | {name} | {} | {} | {} |",
+                "| {label} | {} | {name} | {} | {} | {} | {} |",
                 v.len(),
                 ms(pct(&v, 0.5)),
                 ms(pct(&v, 0.9)),
+                ms(pct(&v, 0.99)),
                 ms(*v.last().expect("samples"))
             );
         }
@@ -217,14 +238,30 @@ fn main() -> anyhow::Result<()> {
         "{} pods, {} policies; {NODE}: {} endpoints, {} rules, {} set elements",
         shape.pods, shape.policies, stats.endpoints, stats.rules, stats.set_elements
     );
+    for _ in 0..n {
+        sync.index.apply(Kind::NetworkPolicy, bench_policy(40_000));
+        rows.entry("2 policy create").or_default().push(sync.run()?);
+        sync.index.delete(Kind::NetworkPolicy, &bench_policy(40_000));
+        rows.entry("3 policy delete").or_default().push(sync.run()?);
+    }
+    for _ in 0..n {
+        sync.index.apply(Kind::NetworkPolicy, elsewhere_policy());
+        rows.entry("4 policy create, no local pod")
+            .or_default()
+            .push(sync.run()?);
+        sync.index.delete(Kind::NetworkPolicy, &elsewhere_policy());
+        rows.entry("5 policy delete, no local pod")
+            .or_default()
+            .push(sync.run()?);
+    }
     sync.index.apply(Kind::NetworkPolicy, bench_policy(40_000));
-    rows.entry("2 policy create").or_default().push(sync.run()?);
+    sync.run()?;
     for i in 0..n {
         sync.index.apply(Kind::NetworkPolicy, bench_policy(40_001 + i as u16));
-        rows.entry("3 policy update (port)").or_default().push(sync.run()?);
+        rows.entry("6 policy update (port)").or_default().push(sync.run()?);
         sync.index.apply(Kind::Pod, bench_pod(i));
-        rows.entry("4 remote pod gets its IP").or_default().push(sync.run()?);
-        rows.entry("5 nothing changed").or_default().push(sync.run()?);
+        rows.entry("7 remote pod gets its IP").or_default().push(sync.run()?);
+        rows.entry("8 nothing changed").or_default().push(sync.run()?);
     }
     report(&rows);
     Ok(())

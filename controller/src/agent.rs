@@ -485,10 +485,13 @@ async fn sync_loop(
                     m.apply_duration.observe(apply_time.as_secs_f64());
                     match result {
                         Ok(s) => {
-                            let mode = match (s.chains, s.rules) {
-                                (0, 0) => "elements",
-                                (0, _) => "chains",
-                                _ => "replace",
+                            // In place, `chains` also covers chains and sets added or deleted
+                            // (a policy created or deleted); only a whole-table replace is
+                            // `replace`.
+                            let mode = match (s.in_place, s.chains, s.rules) {
+                                (false, _, _) => "replace",
+                                (true, 0, 0) => "elements",
+                                (true, _, _) => "chains",
                             };
                             m.applies.get_or_create(&ApplyLabels { mode }).inc();
                             tracing::info!(

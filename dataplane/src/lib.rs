@@ -17,7 +17,10 @@
 //! `policyc_compiler::render::nft::render(&ir, true)` with `nft -f` gives, because both spell out
 //! the same model (`policyc_compiler::nft::lower`): same table, sets,
 //! maps, chains, hooks, priorities, rules, expressions, counters, comments, set userdata and
-//! element order, so `nft list table inet policyc` prints the same text either way.
+//! element order. After a replace `nft list table inet policyc` prints the same text either
+//! way; after an in-place change it holds the same sets, maps, chains and rules (each chain's
+//! rules in the same order), but the kernel lists the sets and chains the change added after
+//! the ones it kept (see below).
 //!
 //! * [`Dataplane::replace`] sends one batch: add the table (so that deleting it cannot fail),
 //!   delete it, then create everything anew. The kernel commits the batch as one transaction:
@@ -26,13 +29,30 @@
 //! * [`Dataplane::update_elements`] sends only set and map element deletions and additions when
 //!   two IRs differ in nothing else (the usual case when pods come and go), also as one batch.
 //!   Interval sets and maps (ipBlock and `networks` sets, the admin tiers' verdict maps) are
-//!   never updated element by element: a change in them takes a replace (see
-//!   `plan::in_place_update`).
-//! * [`NetlinkWriter`]'s [`Dataplane::apply`] also rewrites changed chains in place (a policy
-//!   whose ports or peers change, an admin rule whose action changes) when the table keeps its
-//!   chains and sets, so that a change to one policy does not recreate every set element of the
-//!   node.
+//!   never updated element by element (the kernel would refuse a split range as an overlap):
+//!   a change in them is not an element update (see `plan::in_place_update`).
+//! * [`NetlinkWriter`]'s [`Dataplane::apply`] changes the table in place, in one batch and one
+//!   transaction, so that a change to one policy does not recreate every set element of the
+//!   node: it adds new sets and maps (with their elements) and new chains (with their rules),
+//!   rewrites changed chains (flushed and refilled: a policy whose ports or peers change, an
+//!   endpoint that gains or loses a policy, an admin rule whose action changes), updates the
+//!   elements of changed sets, refills changed interval sets and maps (flushed and filled anew:
+//!   an ipBlock, an admin tier's decision table), and deletes the sets and chains no longer
+//!   there once nothing refers to them (`nl::Builder::in_place` gives the order). A policy
+//!   create or delete is such a change. A change the kernel refuses (the writer's idea of the
+//!   kernel was stale), and a base chain (hook) added, deleted or changed, a set redefined
+//!   under its name or another family, take a replace. Base chains are never recreated
+//!   otherwise.
 //! * [`Dataplane::remove`] deletes the table.
+//!
+//! What an in-place change promises: `nft list table inet policyc` holds the same sets, maps,
+//! chains and rules as a replace would, each chain's rules in the same order; the kernel lists
+//! the sets and chains it kept in their old order and the added ones after them, in the
+//! rendered order (it appends what a transaction creates), so the listing is the rendered
+//! text's with its blocks reordered. The plan the writer commits follows the kernel's order.
+//! A replace (a new writer, e.g. after a restart, or a fallback) restores the rendered order.
+//! Chains and sets that did not change are not touched: their handles and their rules'
+//! counters are kept (a rewritten chain's rules start from zero, as do new ones).
 //!
 //! With the bridge attachment (plain Flannel), an IR also has `table bridge policyc`
 //! (`policyc_compiler::nft::lower_bridge`: the per-port source guard and the drop of bridged pod
@@ -92,20 +112,23 @@ pub struct ApplyStats {
     pub messages: usize,
     /// Bytes written to the kernel.
     pub bytes: usize,
-    /// Chains created.
+    /// Chains created (every chain in a replace, the new ones in place).
     pub chains: usize,
-    /// Rules created.
+    /// Rules created (in place: those of rewritten and new chains).
     pub rules: usize,
     /// Named sets and maps created, plus anonymous sets.
     pub sets: usize,
-    /// Set and map elements added.
+    /// Set and map elements added (in place: also those of new and refilled sets).
     pub elements_added: usize,
-    /// Set and map elements deleted.
+    /// Set and map elements deleted one by one (not those of deleted or flushed sets).
     pub elements_removed: usize,
     /// Lowering the IR to nf_tables objects, comparing with what the kernel holds, encoding.
     pub plan_time: Duration,
     /// Sending the batch until the kernel's last answer: the kernel commits in between.
     pub kernel_time: Duration,
+    /// The table was changed in place (element updates, rewritten chains, chains and sets added
+    /// or deleted), or nothing needed sending; `false` after a replace of the whole table.
+    pub in_place: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -309,6 +332,7 @@ impl NetlinkWriter {
             elements_removed: 0,
             plan_time,
             kernel_time,
+            in_place: false,
         })
     }
 
@@ -394,6 +418,7 @@ impl NetlinkWriter {
             elements_removed: 0,
             plan_time,
             kernel_time,
+            in_place: false,
         };
         bridge.count(&mut stats);
         self.committed = Some(Committed { table, plan: rs });
@@ -414,7 +439,7 @@ impl NetlinkWriter {
     ) -> Result<Option<ApplyStats>, DataplaneError> {
         self.committed = None;
         self.bridge = BridgeState::Unknown;
-        let Some(change) = plan::in_place_update(old, &new).filter(|c| c.chains.is_empty()) else {
+        let Some((new, change)) = plan::in_place_update(old, new).filter(|(_, c)| c.elements_only()) else {
             return Ok(None);
         };
         let after = match bridge {
@@ -423,7 +448,7 @@ impl NetlinkWriter {
         };
         let stats = self.send_in_place(&new, &change, &BridgeChange::keep(BridgeState::Unknown), started)?;
         self.committed = Some(Committed {
-            table: new_table,
+            table: change.order.arrange_table(&new_table),
             plan: new,
         });
         self.bridge = after;
@@ -439,13 +464,23 @@ impl NetlinkWriter {
         bridge: &BridgeChange,
         started: Instant,
     ) -> Result<ApplyStats, DataplaneError> {
-        let rules = || change.chains.iter().flat_map(|&i| &rs.chains[i].rules);
+        let rules = || {
+            change
+                .chains
+                .iter()
+                .chain(&change.new_chains)
+                .flat_map(|&i| &rs.chains[i].rules)
+        };
         let anon = || rules().filter_map(|r| r.anon_set.as_ref());
+        let filled = || change.new_sets.iter().chain(&change.refilled).map(|&i| &rs.sets[i]);
         let mut stats = ApplyStats {
+            in_place: true,
+            chains: change.new_chains.len(),
             rules: rules().count(),
-            sets: anon().count(),
+            sets: change.new_sets.len() + anon().count(),
             elements_added: change.sets.iter().map(|d| d.add.len()).sum::<usize>()
-                + anon().map(|s| s.elements.len()).sum::<usize>(),
+                + anon().map(|s| s.elements.len()).sum::<usize>()
+                + filled().map(|s| s.elements.len()).sum::<usize>(),
             elements_removed: change.sets.iter().map(|d| d.remove.len()).sum(),
             ..ApplyStats::default()
         };
@@ -504,11 +539,14 @@ impl Dataplane for NetlinkWriter {
     }
 
     /// Lowers `new` once, sharing with the model this writer last committed what did not change
-    /// since `current`, and compares the two (`current` is lowered only when the writer has none, e.g. a new writer for a kernel programmed
-    /// before; `None` means the kernel's state is unknown and forces a replace). When the
-    /// table keeps its chains and sets, only what differs is sent: set elements, and the rules
-    /// of changed chains (flushed and added again in place; other rules keep their counters).
-    /// `nft list` then prints what a replace would have given.
+    /// since `current`, and compares the two (`current` is lowered only when the writer has
+    /// none, e.g. a new writer for a kernel programmed before; `None` means the kernel's state is
+    /// unknown and forces a replace). Only what differs is sent, in place: new sets and chains,
+    /// set elements, refilled interval sets, the rules of changed chains (flushed and added
+    /// again; other rules keep their counters), deletions of what is gone. `nft list` then holds
+    /// what a replace would have given, added sets and chains listed after the kept ones (see
+    /// the crate documentation). A base chain change, or a batch the kernel refuses, takes a
+    /// replace.
     fn apply(&mut self, current: Option<&Ir>, new: &Ir) -> Result<ApplyStats, DataplaneError> {
         let started = Instant::now();
         // Parts of `new` equal to `current`'s share the committed model's (same Arc): the
@@ -532,15 +570,19 @@ impl Dataplane for NetlinkWriter {
             let rs = Ruleset::from_table(&new_table)?;
             return self.replace_with(new_table, rs, bridge, started);
         };
-        let (plan, change) = plan::replan(old, &new_table)?;
+        let (mut plan, change) = plan::replan(old, &new_table)?;
         if let Some(change) = change {
             // A rejected batch (the kernel did not hold `old` after all) changes nothing: fall
             // back to a replace.
             if let Ok(stats) = self.send_in_place(&plan, &change, &bridge, started) {
-                self.committed = Some(Committed { table: new_table, plan });
+                // The plan is in the kernel's listing order; the model must line up with it.
+                let table = change.order.arrange_table(&new_table);
+                self.committed = Some(Committed { table, plan });
                 self.bridge = bridge.after;
                 return Ok(stats);
             }
+            // A replace creates in the model's order.
+            plan = change.order.restore(plan);
         }
         self.replace_with(new_table, plan, bridge, started)
     }

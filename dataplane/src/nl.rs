@@ -10,7 +10,10 @@
 //! * set elements with interval-end flags, userdata and verdict data (`accept`, `drop`,
 //!   `return`, `jump CHAIN`, `goto CHAIN`), as interval verdict maps need them ([`ElemChunk`]);
 //! * `payload` into any register (concatenations load the port into register 9 or 2) and
-//!   `lookup` by set name and ID with an optional destination register (verdict maps).
+//!   `lookup` by set name and ID with an optional destination register (verdict maps);
+//! * for in-place changes: sets deleted and flushed (`flush set`: an element deletion without
+//!   elements, [`SetFlush`]), and chains and sets created with `NLM_F_EXCL` ([`NewChain`]), which
+//!   `nftnl` does not send.
 //!
 //! # Safety contract
 //!
@@ -150,24 +153,71 @@ impl Builder {
         Ok(())
     }
 
-    /// Changes the table holding `rs` in place ([`InPlace`]): element deletions, element
-    /// additions, then each changed chain flushed and its rules added again. Other chains, their
-    /// rules and counters stay as they are.
+    /// Changes the table holding `rs` in place ([`InPlace`]), in an order the kernel accepts
+    /// within one transaction:
+    ///
+    /// 1. new chains, empty (verdict-map elements and rules may jump to them);
+    /// 2. new sets and maps with their elements;
+    /// 3. element deletions, then additions, of kept sets without intervals;
+    /// 4. changed interval sets and maps flushed and filled anew;
+    /// 5. each changed chain flushed and its rules added again, then the new chains' rules;
+    /// 6. the rules of chains that go flushed, then the sets and maps that go deleted (no rule
+    ///    refers to them any more), then those chains deleted (no rule or element jumps to them
+    ///    any more: deleting a set or chain still referred to fails with `EBUSY`).
+    ///
+    /// Other chains, their rules and counters stay as they are, and so do the kept sets'
+    /// unchanged elements.
     pub(crate) fn in_place(&mut self, rs: &Ruleset, change: &InPlace) -> Result<(), DataplaneError> {
-        add_element_changes(self, rs.family, &change.sets)?;
         let t = table(rs.family);
-        // The named sets exist: lookups find them by name (batch ID 0 names no new set).
-        let ids: HashMap<&str, u32> = rs.sets.iter().map(|s| (s.name.as_str(), 0)).collect();
+        let chain_label = |name: &str| format!("chain {name}{}", in_table(rs.family));
+        // Created exclusively: a chain or set the kernel holds already means it does not hold
+        // what the change starts from, and the batch is refused (the writer then replaces).
+        for &i in &change.new_chains {
+            let name = &rs.chains[i].name;
+            self.add(&NewChain::new(rs.family, name)?, MsgType::Add, chain_label(name));
+        }
+        // The kept named sets exist: lookups find them by name (batch ID 0 names no new set);
+        // new ones also by their batch ID, as in a replace.
+        let mut ids: HashMap<&str, u32> = rs.sets.iter().map(|s| (s.name.as_str(), 0)).collect();
+        for &i in &change.new_sets {
+            let spec = &rs.sets[i];
+            let id = self.take_id();
+            ids.insert(&spec.name, id);
+            add_set(self, rs.family, spec, SetOp::CreateNew(id), &spec.elements)?;
+        }
+        add_element_changes(self, rs.family, &change.sets)?;
+        for &i in &change.refilled {
+            let spec = &rs.sets[i];
+            add_set(self, rs.family, spec, SetOp::Refill, &spec.elements)?;
+        }
         for &i in &change.chains {
             let spec = &rs.chains[i];
             let chain = Chain::new(cstring(&spec.name)?, &t);
-            // A rule message without a handle deletes every rule of the chain (`flush chain`).
-            self.add(
-                &Rule::new(&chain),
-                MsgType::Del,
-                format!("flush of chain {}{}", spec.name, in_table(rs.family)),
-            );
+            flush_chain(self, rs.family, &chain, &spec.name);
             add_rules(self, rs.family, &chain, spec, &ids)?;
+        }
+        for &i in &change.new_chains {
+            let spec = &rs.chains[i];
+            add_rules(self, rs.family, &Chain::new(cstring(&spec.name)?, &t), spec, &ids)?;
+        }
+        let gone: Vec<Chain<'_>> = change
+            .gone_chains
+            .iter()
+            .map(|n| Ok(Chain::new(cstring(n)?, &t)))
+            .collect::<Result<_, DataplaneError>>()?;
+        for (chain, name) in gone.iter().zip(&change.gone_chains) {
+            flush_chain(self, rs.family, chain, name);
+        }
+        for name in &change.gone_sets {
+            let set = NlSet::named(rs.family, name)?;
+            self.add(
+                &set,
+                MsgType::Del,
+                format!("deletion of set {name}{}", in_table(rs.family)),
+            );
+        }
+        for (chain, name) in gone.iter().zip(&change.gone_chains) {
+            self.add(chain, MsgType::Del, format!("deletion of {}", chain_label(name)));
         }
         Ok(())
     }
@@ -206,6 +256,15 @@ fn in_table(family: TableFamily) -> &'static str {
         TableFamily::Inet => "",
         TableFamily::Bridge => " (bridge table)",
     }
+}
+
+/// `flush chain`: a rule message without a handle deletes every rule of the chain.
+fn flush_chain(b: &mut Builder, family: TableFamily, chain: &Chain<'_>, name: &str) {
+    b.add(
+        &Rule::new(chain),
+        MsgType::Del,
+        format!("flush of chain {name}{}", in_table(family)),
+    );
 }
 
 /// `table FAMILY policyc` + `delete table FAMILY policyc`: removes the table whether or not it
@@ -283,10 +342,14 @@ fn add_element_changes(b: &mut Builder, family: TableFamily, deltas: &[SetDelta]
 enum SetOp {
     /// Create the set, with this batch-local ID, and its elements.
     Create(u32),
+    /// The same, but a set of that name must not exist (`NLM_F_EXCL`).
+    CreateNew(u32),
     /// Add elements to an existing set; an element that exists already is an error.
     AddElements,
     /// Delete elements from an existing set; an element that does not exist is an error.
     DeleteElements,
+    /// Delete every element of an existing set (`flush set`), then add these.
+    Refill,
 }
 
 /// Messages for a set and its elements.
@@ -298,10 +361,11 @@ fn add_set(
     elements: &[Elem],
 ) -> Result<(), DataplaneError> {
     let id = match op {
-        SetOp::Create(id) => Some(id),
+        SetOp::Create(id) | SetOp::CreateNew(id) => Some(id),
         _ => None,
     };
     let mut set = NlSet::new(family, spec, id)?;
+    set.excl = matches!(op, SetOp::CreateNew(_));
     for e in elements {
         set.add(e)?;
     }
@@ -313,11 +377,15 @@ fn add_set(
     if id.is_some() {
         b.add(&set, MsgType::Add, label.clone());
     }
+    if let SetOp::Refill = op {
+        let flush = SetFlush(NlSet::named(family, &spec.name)?);
+        b.add(&flush, MsgType::Del, format!("flush of {label}"));
+    }
     if elements.is_empty() {
         return Ok(());
     }
     let (ty, excl, what) = match op {
-        SetOp::Create(_) => (MsgType::Add, false, "elements of"),
+        SetOp::Create(_) | SetOp::CreateNew(_) | SetOp::Refill => (MsgType::Add, false, "elements of"),
         SetOp::AddElements => (MsgType::Add, true, "new elements of"),
         SetOp::DeleteElements => (MsgType::Del, false, "deleted elements of"),
     };
@@ -341,6 +409,8 @@ struct NlSet {
     ptr: NonNull<sys::nftnl_set>,
     /// `NFPROTO_*` of its table, for the message headers.
     family: u16,
+    /// Creating it fails if it exists.
+    excl: bool,
 }
 
 fn alloc<T>(p: *mut T) -> NonNull<T> {
@@ -356,7 +426,11 @@ impl NlSet {
         // SAFETY: nftnl_set_alloc has no preconditions; `alloc` aborts on NULL.
         let ptr = alloc(unsafe { sys::nftnl_set_alloc() });
         let family = plan::nfproto(family);
-        let set = NlSet { ptr, family };
+        let set = NlSet {
+            ptr,
+            family,
+            excl: false,
+        };
         let s = set.ptr.as_ptr();
         let u32_attr = |attr: u32, v: u32| {
             // SAFETY: `s` is a live set owned by `set`; u32 attributes take no pointers.
@@ -396,6 +470,28 @@ impl NlSet {
             if rc < 0 {
                 std::process::abort();
             }
+        }
+        Ok(set)
+    }
+
+    /// Just what a set deletion or flush names: table and set.
+    fn named(family: TableFamily, name: &str) -> Result<NlSet, DataplaneError> {
+        let name = cstring(name)?;
+        // SAFETY: nftnl_set_alloc has no preconditions; `alloc` aborts on NULL.
+        let ptr = alloc(unsafe { sys::nftnl_set_alloc() });
+        let family = plan::nfproto(family);
+        let set = NlSet {
+            ptr,
+            family,
+            excl: false,
+        };
+        let s = set.ptr.as_ptr();
+        // SAFETY: `s` is a live set owned by `set`; u32 attributes take no pointers; both strings
+        // are NUL-terminated and copied by libnftnl.
+        unsafe {
+            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, u32::from(family));
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, TABLE.as_ptr());
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, name.as_ptr());
         }
         Ok(set)
     }
@@ -454,22 +550,97 @@ impl Drop for NlSet {
     }
 }
 
-// SAFETY: `write` builds one NEWSET message with nftnl_nlmsg_build_hdr and
-// nftnl_set_nlmsg_build_payload into `buf`, which the caller guarantees holds
-// nft_nlmsg_maxsize() bytes; a set message (names, a few u32s, userdata of at most 256 bytes) is
-// far smaller.
+// SAFETY: `write` builds one NEWSET (or, for `MsgType::Del`, DELSET) message with
+// nftnl_nlmsg_build_hdr and nftnl_set_nlmsg_build_payload into `buf`, which the caller
+// guarantees holds nft_nlmsg_maxsize() bytes; a set message (names, a few u32s, userdata of at
+// most 256 bytes) is far smaller.
 unsafe impl NlMsg for NlSet {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, ty: MsgType) {
+        let (msg, flags) = match ty {
+            MsgType::Add if self.excl => (
+                libc::NFT_MSG_NEWSET,
+                libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK,
+            ),
+            MsgType::Add => (libc::NFT_MSG_NEWSET, libc::NLM_F_CREATE | libc::NLM_F_ACK),
+            MsgType::Del => (libc::NFT_MSG_DELSET, libc::NLM_F_ACK),
+        };
+        // SAFETY: see the impl's contract; `self.ptr` is live.
+        unsafe {
+            let nlh = sys::nftnl_nlmsg_build_hdr(buf.cast::<c_char>(), msg as u16, self.family, flags as u16, seq);
+            sys::nftnl_set_nlmsg_build_payload(nlh, self.ptr.as_ptr());
+        }
+    }
+}
+
+/// A regular chain to create, failing if it exists (`nftnl::Chain` sends no `NLM_F_EXCL`).
+struct NewChain {
+    ptr: NonNull<sys::nftnl_chain>,
+    family: u16,
+}
+
+impl NewChain {
+    fn new(family: TableFamily, name: &str) -> Result<NewChain, DataplaneError> {
+        let name = cstring(name)?;
+        // SAFETY: nftnl_chain_alloc has no preconditions; `alloc` aborts on NULL.
+        let ptr = alloc(unsafe { sys::nftnl_chain_alloc() });
+        let family = plan::nfproto(family);
+        let chain = NewChain { ptr, family };
+        let c = chain.ptr.as_ptr();
+        // SAFETY: `c` is a live chain owned by `chain`; u32 attributes take no pointers; both
+        // strings are NUL-terminated and copied by libnftnl.
+        unsafe {
+            sys::nftnl_chain_set_u32(c, sys::NFTNL_CHAIN_FAMILY as u16, u32::from(family));
+            sys::nftnl_chain_set_str(c, sys::NFTNL_CHAIN_TABLE as u16, TABLE.as_ptr());
+            sys::nftnl_chain_set_str(c, sys::NFTNL_CHAIN_NAME as u16, name.as_ptr());
+        }
+        Ok(chain)
+    }
+}
+
+impl Drop for NewChain {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` is owned by this value and freed exactly once.
+        unsafe { sys::nftnl_chain_free(self.ptr.as_ptr()) };
+    }
+}
+
+// SAFETY: `write` builds one NEWCHAIN message (table and chain names) into `buf`, which the
+// caller guarantees holds nft_nlmsg_maxsize() bytes.
+unsafe impl NlMsg for NewChain {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, _ty: MsgType) {
         // SAFETY: see the impl's contract; `self.ptr` is live.
         unsafe {
             let nlh = sys::nftnl_nlmsg_build_hdr(
                 buf.cast::<c_char>(),
-                libc::NFT_MSG_NEWSET as u16,
+                libc::NFT_MSG_NEWCHAIN as u16,
                 self.family,
-                (libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16,
+                (libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK) as u16,
                 seq,
             );
-            sys::nftnl_set_nlmsg_build_payload(nlh, self.ptr.as_ptr());
+            sys::nftnl_chain_nlmsg_build_payload(nlh, self.ptr.as_ptr());
+        }
+    }
+}
+
+/// `flush set`: a DELSETELEM message naming the set without an element list deletes all its
+/// elements. The set must have none attached ([`NlSet::named`]).
+struct SetFlush(NlSet);
+
+// SAFETY: `write` builds one DELSETELEM message into `buf` (nft_nlmsg_maxsize() bytes,
+// guaranteed by the caller): nftnl_set_elems_nlmsg_build_payload writes the table and set names
+// and, the set having no elements, no element list.
+unsafe impl NlMsg for SetFlush {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, _ty: MsgType) {
+        // SAFETY: see the impl's contract; the set is live.
+        unsafe {
+            let nlh = sys::nftnl_nlmsg_build_hdr(
+                buf.cast::<c_char>(),
+                libc::NFT_MSG_DELSETELEM as u16,
+                self.0.family,
+                libc::NLM_F_ACK as u16,
+                seq,
+            );
+            sys::nftnl_set_elems_nlmsg_build_payload(nlh, self.0.ptr.as_ptr());
         }
     }
 }

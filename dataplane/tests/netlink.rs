@@ -17,6 +17,7 @@
 //! Without root, `ip` or `nft` the tests print `skipped: <test>: <reason>` and pass, unless `CI` is
 //! set: then they fail.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -628,11 +629,15 @@ fn element_only_update() {
     assert!(err.errno().is_some(), "{err}");
     assert_same(&a, &b, "after failed update");
 
-    // apply() falls back to a full replace.
+    // apply() from the stale `old`: in place when the kernel accepts the batch (here the
+    // stale elements are in sets the change deletes anyway), otherwise a full replace
+    // (`stale_in_place_change_falls_back_to_replace`); either way the table holds what the
+    // rendered text gives.
     w.apply(Some(&ir1), &ir3).expect("apply");
     let (c, _) = Netns::pair();
     c.load_text(&ir3);
-    assert_eq!(c.list(&[]), b.list(&[]));
+    assert_eq!(sorted_blocks(&c.list(&[])), sorted_blocks(&b.list(&[])));
+    assert_eq!(netlink_records(&c), netlink_records(&b));
 }
 
 /// `nft --debug=netlink list` without what differs between a table created at once and one
@@ -1064,7 +1069,8 @@ status: {{phase: Running, podIP: {ip}}}
 }
 
 /// Named sets changing under admin tiers that stay as they are: an element update. A tier
-/// table changing (its name follows its contents) is a structural change: a full replace.
+/// table changing (its name follows its contents) is a structural change: not an element
+/// update, but `apply` makes it in place.
 #[test]
 fn element_update_with_admin_tiers() {
     // A pod of x moves: the tier tables change (and so do their names).
@@ -1082,34 +1088,32 @@ fn element_update_with_admin_tiers() {
     if !available() {
         return;
     }
-    // The text side loads what the writer replaced, so that table handles agree.
-    let (a, b) = Netns::pair();
+    let b = Netns::new("b");
     let mut w = b.writer();
     w.replace(&ir1).expect("replace");
     assert!(
         w.update_elements(&ir1, &ir2).expect("structure check").is_none(),
         "tier tables changed: not an element update"
     );
-    w.apply(Some(&ir1), &ir2).expect("apply");
-    a.load_text(&ir1);
-    a.load_text(&ir2);
-    assert_same(&a, &b, "tier tables changed");
+    let before = listed(&b);
+    let stats = w.apply(Some(&ir1), &ir2).expect("apply");
+    assert!(stats.in_place, "{stats:?}");
+    assert_in_place(&b, &before, &ir2, "tier tables changed");
 
+    let before = listed(&b);
     let stats = w
         .update_elements(&ir2, &ir3)
         .expect("element update")
         .expect("same structure");
     assert!(stats.elements_added > 0 && stats.chains + stats.rules == 0, "{stats:?}");
-    let c = Netns::new("c");
-    c.load_text(&ir1);
-    c.load_text(&ir3);
-    assert_same(&c, &b, "element update next to tier tables");
+    assert_in_place(&b, &before, &ir3, "element update next to tier tables");
 }
 
 /// `apply` with the plan the writer committed, through admin-tier changes: an admin rule's
 /// action changes (its chain is rewritten in place, the tier maps stay), a pod moves (the tier
-/// maps change: a replace), a pod outside every admin peer comes (elements only). After each
-/// step the table lists as loading the rendered text gives.
+/// maps change: new maps and chains added, the old ones deleted, in place), a pod outside every
+/// admin peer comes (elements only). After each step the table holds what loading the rendered
+/// text gives (in the listing order `assert_in_place` checks).
 #[test]
 fn admin_tiers_through_apply() {
     let pods = [("mover", "x", "10.0.1.12")];
@@ -1127,34 +1131,37 @@ fn admin_tiers_through_apply() {
     w.apply(None, &ir1).expect("first apply");
     let steps: [(&Ir, &Ir, &str); 5] = [
         (&ir1, &accept, "chains"),
-        (&accept, &moved, "replace"),
+        (&accept, &moved, "structural"),
         (&moved, &extra, "elements"),
-        (&extra, &ir1, "replace"),
+        (&extra, &ir1, "structural"),
         (&ir1, &accept, "chains"),
     ];
     for (i, (from, to, mode)) in steps.into_iter().enumerate() {
+        let before = listed(&b);
         let stats = w.apply(Some(from), to).expect("apply");
-        let got = match (stats.chains, stats.rules) {
-            (0, 0) => "elements",
-            (0, _) => "chains",
-            _ => "replace",
+        let names = |listing: &str| {
+            let mut v: Vec<String> = blocks(listing).into_iter().map(|(n, _)| n).collect();
+            v.sort();
+            v
+        };
+        // Whether the table keeps its sets and chains (by name).
+        let same_objects = names(&before.0) == names(&b.list(&[]));
+        let got = match (stats.in_place, stats.rules) {
+            (false, _) => "replace",
+            (true, 0) if same_objects => "elements",
+            (true, _) if same_objects => "chains",
+            (true, _) => "structural",
         };
         assert_eq!(got, mode, "step {i}: {stats:?}");
-        let a = Netns::new("a");
-        a.load_text(to);
-        assert_eq!(a.list(&[]), b.list(&[]), "step {i}: nft list");
-        assert_eq!(
-            netlink_listing(&a),
-            netlink_listing(&b),
-            "step {i}: nft --debug=netlink list"
-        );
+        assert_in_place(&b, &before, to, &format!("step {i}"));
     }
 }
 
 /// Element updates never touch interval verdict maps: a changed map, even under the same name,
-/// is a full replace.
+/// is not an element update; `apply` refills it in place (flushed and filled anew in the same
+/// transaction), which the kernel accepts where an element-by-element delta overlaps.
 #[test]
-fn changed_tier_map_is_structural() {
+fn changed_tier_map_is_refilled() {
     let ir1 = ir_from_yaml(DUAL_STACK_OPEN, Some("n1"));
     let mut ir2 = ir1.clone();
     // Split a range in two with different verdicts, keeping the table's name.
@@ -1192,22 +1199,23 @@ fn changed_tier_map_is_structural() {
         w.update_elements(&ir1, &ir2).expect("structure check").is_none(),
         "a changed interval verdict map is not an element update"
     );
-    w.apply(Some(&ir1), &ir2).expect("apply");
+    // Lowered from `ir1` (the writer forgot its plan after the refused update).
+    let before = listed(&b);
+    let stats = w.apply(Some(&ir1), &ir2).expect("apply");
+    assert!(stats.in_place && stats.chains == 0, "{stats:?}");
+    // Nothing but the map's elements changed: the listing is the rendered text's, in order.
     a.load_text(&ir1);
     a.load_text(&ir2);
-    assert_same(&a, &b, "changed tier map");
+    assert_eq!(a.list(&[]), b.list(&[]), "changed tier map");
+    assert_in_place(&b, &before, &ir2, "changed tier map");
 
     // The same from the plan the writer committed: the map's contents are compared, not its
     // name, and it is not taken over.
     w.replace(&ir1).expect("replace");
+    let before = listed(&b);
     let stats = w.apply(Some(&ir1), &ir2).expect("apply");
-    assert!(
-        stats.chains > 0,
-        "a changed interval verdict map is replaced: {stats:?}"
-    );
-    let c = Netns::new("c");
-    c.load_text(&ir2);
-    assert_eq!(c.list(&[]), b.list(&[]), "changed tier map from the committed plan");
+    assert!(stats.in_place && stats.chains == 0, "{stats:?}");
+    assert_in_place(&b, &before, &ir2, "changed tier map from the committed plan");
 }
 
 // === source guards and the bridge attachment ===
@@ -1682,4 +1690,326 @@ fn unloadable_log_statements_are_refused() {
         Err(DataplaneError::Netns { .. }) => {}
         other => panic!("{other:?}"),
     }
+}
+
+// === structural changes in place ===
+
+/// The top-level blocks of `nft list table ...` (with or without `-a`), in listing order: each
+/// block's name (`set NAME`, `map NAME`, `chain NAME`) and its text, header line included.
+fn blocks(listing: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut cur: Option<(String, Vec<&str>)> = None;
+    for line in listing.lines() {
+        let Some(rest) = line.strip_prefix('\t') else {
+            continue;
+        };
+        if !rest.starts_with('\t') {
+            if rest == "}" {
+                if let Some((name, mut body)) = cur.take() {
+                    body.push(line);
+                    out.push((name, body.join("\n")));
+                }
+                continue;
+            }
+            if let Some((name, _)) = rest.split_once(" {") {
+                cur = Some((name.to_string(), vec![line]));
+                continue;
+            }
+        }
+        if let Some((_, body)) = &mut cur {
+            body.push(line);
+        }
+    }
+    out
+}
+
+/// The blocks as a multiset: what the table holds whatever the order of its sets and chains
+/// (the rules' order within a chain is part of its block).
+fn sorted_blocks(listing: &str) -> Vec<(String, String)> {
+    let mut b = blocks(listing);
+    b.sort();
+    b
+}
+
+/// [`normalized_netlink`]'s records (a set with its elements, a rule with its expressions),
+/// sorted: the same objects and expressions whatever the listing order.
+fn netlink_records(ns: &Netns) -> Vec<String> {
+    let text = netlink_listing(ns);
+    let mut records: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("table ") {
+            break;
+        }
+        match records.last_mut() {
+            Some(r) if !line.starts_with("inet policyc") && !line.starts_with("bridge policyc") => {
+                r.push('\n');
+                r.push_str(line);
+            }
+            _ => records.push(line.to_string()),
+        }
+    }
+    records.sort();
+    records
+}
+
+/// The listing order the writer promises after an in-place change from a table listing
+/// `before` to one whose rendered text lists `rendered`: sets and maps, then chains; in each,
+/// the kept ones in their old order, then the added ones in the rendered order.
+fn in_place_order(before: &str, rendered: &str) -> Vec<String> {
+    let old: Vec<String> = blocks(before).into_iter().map(|(n, _)| n).collect();
+    let new: Vec<String> = blocks(rendered).into_iter().map(|(n, _)| n).collect();
+    let is_chain = |n: &String| n.starts_with("chain ");
+    let mut order = Vec::new();
+    for chains in [false, true] {
+        order.extend(old.iter().filter(|n| is_chain(n) == chains && new.contains(n)).cloned());
+        order.extend(
+            new.iter()
+                .filter(|n| is_chain(n) == chains && !old.contains(n))
+                .cloned(),
+        );
+    }
+    order
+}
+
+/// The table's handle (`nft -a list`): a replace creates a new table, with another handle.
+fn table_handle(listing_a: &str) -> String {
+    listing_a.lines().next().unwrap_or_default().to_string()
+}
+
+/// Checks a change the writer made in place on `b`, from a table that listed `before` (`nft
+/// list` and `nft -a list`): the table holds the same sets, maps, chains and rules (in the same
+/// order within each chain) as loading the rendered text of `to` gives, listed in the promised
+/// order; the table was not recreated, and every chain whose text did not change kept its
+/// handles (its rules were neither rewritten nor recreated, so their counters were kept).
+fn assert_in_place(b: &Netns, before: &(String, String), to: &Ir, what: &str) {
+    let a = Netns::new("a");
+    a.load_text(to);
+    let (want, got, got_a) = (a.list(&[]), b.list(&[]), b.list(&["-a"]));
+    assert_eq!(
+        sorted_blocks(&got),
+        sorted_blocks(&want),
+        "{what}: not the rendered text's sets and chains\n--- text-loaded ---\n{want}\n--- in place ---\n{got}"
+    );
+    assert_eq!(
+        netlink_records(b),
+        netlink_records(&a),
+        "{what}: nft --debug=netlink list"
+    );
+    let order: Vec<String> = blocks(&got).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(order, in_place_order(&before.0, &want), "{what}: listing order");
+    assert_eq!(
+        table_handle(&before.1),
+        table_handle(&got_a),
+        "{what}: the table was recreated"
+    );
+    let old: HashMap<String, String> = blocks(&before.0).into_iter().collect();
+    let old_a: HashMap<String, String> = blocks(&before.1).into_iter().collect();
+    let mut untouched = 0;
+    for ((name, text), (_, text_a)) in blocks(&got).into_iter().zip(blocks(&got_a)) {
+        if name.starts_with("chain ") && old.get(&name) == Some(&text) {
+            assert_eq!(old_a.get(&name), Some(&text_a), "{what}: {name} unchanged but touched");
+            untouched += 1;
+        }
+    }
+    assert!(untouched > 0, "{what}: no chain left untouched");
+}
+
+fn listed(b: &Netns) -> (String, String) {
+    (b.list(&[]), b.list(&["-a"]))
+}
+
+/// One `apply` from `from` to `to` that must go in place; returns its figures.
+fn apply_in_place(w: &mut NetlinkWriter, b: &Netns, from: &Ir, to: &Ir, what: &str) -> ApplyStats {
+    let before = listed(b);
+    let stats = w.apply(Some(from), to).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(stats.in_place, "{what}: a full replace: {stats:?}");
+    assert!(stats.messages > 0, "{what}: nothing sent");
+    assert_in_place(b, &before, to, what);
+    stats
+}
+
+/// A NetworkPolicy with ports, peers and an ipBlock for the local `app: db` pods.
+fn with_db_policy(yaml: &str, except: &str) -> String {
+    yaml.to_string()
+        + &policy(
+            "prod",
+            "db",
+            &format!(
+                "  podSelector: {{matchLabels: {{app: db}}}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{{podSelector: {{matchLabels: {{app: web}}}}}}]
+    ports: [{{port: 5432}}]
+  egress:
+  - to: [{{ipBlock: {{cidr: 172.16.0.0/12, except: [{except}]}}}}]
+    ports: [{{port: 443}}, {{port: 53, protocol: UDP}}]
+"
+            ),
+        )
+}
+
+/// A policy created, its ipBlock changed, deleted, and created again, all in place: new chains
+/// and sets come with their elements and rules, the old ones go, and what did not change keeps
+/// its handles and counters. Then a fresh writer (a restart) replaces, restoring the rendered
+/// order.
+#[test]
+fn policy_create_change_delete_in_place() {
+    let base = node_yaml(&[("a1", "app: api", "10.0.3.1"), ("a2", "app: api", "fd00::3:2")]);
+    let ir1 = ir_from_yaml(&base, Some("n1"));
+    let ir2 = ir_from_yaml(&with_db_policy(&base, "172.16.9.0/24"), Some("n1"));
+    let ir3 = ir_from_yaml(&with_db_policy(&base, "172.16.9.0/24, 172.17.0.0/16"), Some("n1"));
+    assert_ne!(ir1.chains, ir2.chains);
+    assert_ne!(ir2.sets, ir3.sets, "the ipBlock's set changes");
+    if !available() {
+        return;
+    }
+    let b = Netns::new("b");
+    let mut w = b.writer();
+    w.apply(None, &ir1).expect("first apply");
+
+    let created = apply_in_place(&mut w, &b, &ir1, &ir2, "policy created");
+    assert!(
+        created.chains > 0 && created.rules > 0 && created.sets > 0,
+        "{created:?}"
+    );
+    let changed = apply_in_place(&mut w, &b, &ir2, &ir3, "ipBlock changed");
+    assert!(changed.elements_added > 0, "{changed:?}");
+    let deleted = apply_in_place(&mut w, &b, &ir3, &ir1, "policy deleted");
+    assert_eq!(deleted.chains, 0, "{deleted:?}");
+    // Nothing of the policy is left: no orphan set or chain (the blocks compared above are the
+    // rendered text's exactly).
+    let listing = b.list(&[]);
+    let rendered: Vec<String> = {
+        let a = Netns::new("a");
+        a.load_text(&ir1);
+        blocks(&a.list(&[])).into_iter().map(|(n, _)| n).collect()
+    };
+    let mut got: Vec<String> = blocks(&listing).into_iter().map(|(n, _)| n).collect();
+    got.sort();
+    let mut want = rendered.clone();
+    want.sort();
+    assert_eq!(got, want, "sets and chains after the delete");
+
+    apply_in_place(&mut w, &b, &ir1, &ir3, "policy created again");
+    // Nothing changed: nothing sent.
+    let none = w.apply(Some(&ir3), &ir3).expect("no-op");
+    assert_eq!(none.messages, 0);
+    assert!(none.in_place);
+
+    // A new writer does not know the kernel: a replace, in the rendered order.
+    let mut fresh = b.writer();
+    let stats = fresh.apply(None, &ir3).expect("replace");
+    assert!(!stats.in_place);
+    let a = Netns::new("a");
+    a.load_text(&ir3);
+    assert_eq!(a.list(&[]), b.list(&[]), "a replace lists in the rendered order");
+}
+
+/// Deleting every policy and endpoint chain but the base chains: every set and regular chain
+/// goes in one transaction, verdict-map elements jumping to them first.
+#[test]
+fn delete_leaves_no_orphans() {
+    let base = node_yaml(&[("a1", "app: api", "10.0.3.1")]);
+    let ir1 = ir_from_yaml(&with_db_policy(&base, "172.16.9.0/24"), Some("n1"));
+    // The same pods, no policy at all.
+    let ir2 = ir_from_yaml(&basic_pods(), Some("n1"));
+    if !available() {
+        return;
+    }
+    let b = Netns::new("b");
+    let mut w = b.writer();
+    w.apply(None, &ir1).expect("first apply");
+    let stats = w.apply(Some(&ir1), &ir2).expect("delete");
+    let a = Netns::new("a");
+    a.load_text(&ir2);
+    assert_eq!(sorted_blocks(&b.list(&[])), sorted_blocks(&a.list(&[])), "{stats:?}");
+    assert!(!b.list(&[]).contains("np_"), "policy chains must be gone");
+    // And back.
+    let before = listed(&b);
+    let back = w.apply(Some(&ir2), &ir1).expect("back");
+    assert!(back.in_place, "{back:?}");
+    assert_in_place(&b, &before, &ir1, "policies back");
+}
+
+/// Admin tiers: a pod moving changes the tier tables (interval verdict maps, renamed after
+/// their contents, and the chains they jump to), and a tier map changed under its own name is
+/// refilled; both in place, through the plan the writer committed.
+#[test]
+fn admin_tier_changes_in_place() {
+    let ir1 = tiers_with_remote_pods(&[("mover", "x", "10.0.1.12")]);
+    let ir2 = tiers_with_remote_pods(&[("mover", "x", "10.0.7.1")]);
+    assert_ne!(ir1.tier_tables, ir2.tier_tables);
+    // A map split under its own name (as `changed_tier_map_is_refilled` does).
+    let open = ir_from_yaml(DUAL_STACK_OPEN, Some("n1"));
+    let split = split_first_tier_range(&open);
+    if !available() {
+        return;
+    }
+    let b = Netns::new("b");
+    let mut w = b.writer();
+    w.apply(None, &ir1).expect("first apply");
+    let moved = apply_in_place(&mut w, &b, &ir1, &ir2, "tier tables renamed");
+    assert!(moved.sets > 0 && moved.elements_added > 0, "{moved:?}");
+    apply_in_place(&mut w, &b, &ir2, &ir1, "and back");
+
+    let b = Netns::new("b");
+    let mut w = b.writer();
+    w.apply(None, &open).expect("first apply");
+    let refilled = apply_in_place(&mut w, &b, &open, &split, "tier map refilled");
+    assert_eq!(refilled.chains, 0, "{refilled:?}");
+    assert!(refilled.elements_added > 0, "{refilled:?}");
+    apply_in_place(&mut w, &b, &split, &open, "refilled back");
+}
+
+/// `ir` with its first tier table's first v4 range split in two with different targets, under
+/// the same name.
+fn split_first_tier_range(ir: &Ir) -> Ir {
+    let mut ir2 = ir.clone();
+    let (_, table) = ir2
+        .tier_tables
+        .iter_mut()
+        .find(|(_, t)| t.v4.len() > 2)
+        .expect("a table with several v4 ranges");
+    let (first, target) = table.v4[0].clone();
+    let other = table
+        .v4
+        .iter()
+        .map(|(_, t)| t.clone())
+        .find(|t| *t != target)
+        .expect("a second target");
+    let mid = first.start + (first.end - first.start) / 2;
+    table.v4[0].0.end = mid;
+    table.v4.insert(
+        1,
+        (
+            IpRange {
+                start: mid + 1,
+                ..first
+            },
+            other,
+        ),
+    );
+    ir2
+}
+
+/// The kernel holds something else than the writer committed (another writer replaced the
+/// table): chains and sets an in-place change would create exist already, the kernel refuses
+/// the batch, and the writer falls back to a replace, in the rendered order.
+#[test]
+fn stale_in_place_change_falls_back_to_replace() {
+    let base = node_yaml(&[("a1", "app: api", "10.0.3.1")]);
+    let ir1 = ir_from_yaml(&base, Some("n1"));
+    let ir2 = ir_from_yaml(&with_db_policy(&base, "172.16.9.0/24"), Some("n1"));
+    let other = ir_from_yaml(&with_db_policy(&base, "172.16.8.0/24"), Some("n1"));
+    if !available() {
+        return;
+    }
+    let (a, b) = Netns::pair();
+    let mut w = b.writer();
+    w.apply(None, &ir1).expect("first apply");
+    b.writer().replace(&other).expect("another writer");
+    let stats = w.apply(Some(&ir1), &ir2).expect("apply");
+    assert!(!stats.in_place, "{stats:?}");
+    a.load_text(&ir2);
+    assert_eq!(a.list(&[]), b.list(&[]));
 }

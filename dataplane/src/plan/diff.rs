@@ -1,10 +1,16 @@
-//! In-place updates as diffs of two models: which sets change by elements only, which chains
-//! are rewritten, and when only a full replace gives what nft would create.
+//! In-place updates as diffs of two models: which sets change by elements only, which are
+//! refilled, which sets and chains are added and deleted, which chains are rewritten, and when
+//! only a full replace will do.
+//!
+//! After an in-place change the kernel lists the sets and chains it kept in their old order and
+//! the added ones after them (it appends what a transaction creates), so the plan the writer
+//! commits is arranged in that order ([`Order`]), not in the model's: the next diff matches
+//! objects by name, and a replace restores the model's order.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use policyc_compiler::nft::{Chain, Element, Set, Table};
+use policyc_compiler::nft::{Chain, Set, Table};
 
 use super::{rules, sets, ChainSpec, DataplaneError, Elem, Ruleset, SetSpec, NFT_SET_INTERVAL};
 
@@ -16,58 +22,256 @@ pub(crate) struct SetDelta {
     pub add: Vec<Elem>,
 }
 
-/// Changes that turn `old` into `new` without recreating the table: set and map elements, and
-/// chains whose rules are rewritten (flushed and added anew, in their place).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Changes that turn the kernel's table into a plan without recreating the table, sent as one
+/// batch (see `nl::Builder::in_place` for their order). Indexes are into the plan arranged in
+/// the kernel's order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct InPlace {
+    /// Element changes of kept sets and maps without intervals.
     pub sets: Vec<SetDelta>,
-    /// Indexes into `new.chains`.
+    /// Kept chains whose rules are rewritten (flushed and added anew, in their place).
+    pub chains: Vec<usize>,
+    /// Kept interval sets and maps whose elements changed: flushed and filled anew, in the same
+    /// transaction (the kernel checks each added interval against the active elements only, so
+    /// a split range or a moved boundary is no overlap, unlike with an element-by-element
+    /// delta).
+    pub refilled: Vec<usize>,
+    /// Sets and maps created, with their elements.
+    pub new_sets: Vec<usize>,
+    /// Regular chains created, with their rules.
+    pub new_chains: Vec<usize>,
+    /// Sets and maps the plan no longer has: deleted once no rule refers to them.
+    pub gone_sets: Vec<String>,
+    /// Regular chains the plan no longer has: flushed, then deleted once nothing jumps to them.
+    pub gone_chains: Vec<String>,
+    /// Where the kernel lists each object afterwards.
+    pub order: Order,
+}
+
+impl InPlace {
+    /// Only element updates of kept sets without intervals: what `Dataplane::update_elements`
+    /// promises.
+    pub(crate) fn elements_only(&self) -> bool {
+        self.chains.is_empty() && self.is_elementwise()
+    }
+
+    /// No set or chain added, deleted or refilled.
+    fn is_elementwise(&self) -> bool {
+        self.refilled.is_empty()
+            && self.new_sets.is_empty()
+            && self.new_chains.is_empty()
+            && self.gone_sets.is_empty()
+            && self.gone_chains.is_empty()
+    }
+}
+
+/// The kernel's listing order after an in-place change, as permutations of the model's order:
+/// `sets[i]` is the model index of the set listed i-th, likewise `chains`. Kept objects keep
+/// their old places, added ones follow in the model's order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Order {
+    pub sets: Vec<usize>,
     pub chains: Vec<usize>,
 }
 
-/// What [`InPlace`] turns `old` into `new`, or `None` when chains or sets themselves differ
-/// (names, order, hooks, set definitions) or the elements of an interval set or map do: only a
-/// replace then gives the table nft would create, in the same order. Sets whose elements are
-/// equal are skipped without building their difference (pod churn touches a few sets of many).
-///
-/// A change in an interval set or map (`cidr_*`, `net_*`, the tier maps `adm_*`, `bl_*`,
-/// `pc_*`) is structural: the kernel checks every interval element it adds against the
-/// elements already there, one at a time, so a delta that splits a range or moves a boundary
-/// between adjacent ranges (the closing element of one range and the start of the next share a
-/// key) is refused as overlapping (`EEXIST`) although the resulting map is valid. Those sets are
-/// named after their contents, so a change renames them anyway and this costs no element update
-/// in practice.
-pub(crate) fn in_place_update(old: &Ruleset, new: &Ruleset) -> Option<InPlace> {
-    let same_skeleton = old.family == new.family
-        && old.chains.len() == new.chains.len()
-        && old
-            .chains
-            .iter()
-            .zip(&new.chains)
-            .all(|(o, n)| o.name == n.name && o.base == n.base)
-        && old.sets.len() == new.sets.len()
-        && old
-            .sets
-            .iter()
-            .zip(&new.sets)
-            .all(|(o, n)| o.same_but_elements(n) && !interval_changed(o, n));
-    if !same_skeleton {
-        return None;
+impl Order {
+    /// `table`'s sets and chains (in the model's order) in the kernel's order: the committed
+    /// table and plan must line up.
+    pub(crate) fn arrange_table(&self, table: &Table) -> Table {
+        Table {
+            family: table.family,
+            summary: table.summary.clone(),
+            sets: arrange(&self.sets, table.sets.clone()),
+            chains: arrange(&self.chains, table.chains.clone()),
+        }
     }
-    let chains = (0..new.chains.len())
-        .filter(|&i| old.chains[i].rules != new.chains[i].rules)
-        .collect();
-    let sets = old
-        .sets
-        .iter()
-        .zip(&new.sets)
-        .filter_map(|(o, n)| delta(o, n))
-        .collect();
-    Some(InPlace { sets, chains })
+
+    /// Back to the model's order (for a replace after a rejected in-place batch).
+    pub(crate) fn restore(&self, rs: Ruleset) -> Ruleset {
+        Ruleset {
+            family: rs.family,
+            sets: restore(&self.sets, rs.sets),
+            chains: restore(&self.chains, rs.chains),
+        }
+    }
 }
 
-/// Whether `o` and `n` are interval sets or maps with different elements: a structural change
-/// (see [`in_place_update`]).
+/// The kernel's order of `new` (names in the model's order) after an in-place change from a
+/// table listing `old`.
+fn kernel_order<'a>(old: &[String], new: impl Iterator<Item = &'a str>) -> Vec<usize> {
+    let pos: HashMap<&str, usize> = new.enumerate().map(|(i, n)| (n, i)).collect();
+    let mut taken = vec![false; pos.len()];
+    let mut perm = Vec::with_capacity(pos.len());
+    for n in old {
+        if let Some(&i) = pos.get(n.as_str()) {
+            if !std::mem::replace(&mut taken[i], true) {
+                perm.push(i);
+            }
+        }
+    }
+    perm.extend((0..taken.len()).filter(|&i| !taken[i]));
+    perm
+}
+
+fn arrange<T>(perm: &[usize], v: Vec<T>) -> Vec<T> {
+    if perm.iter().enumerate().all(|(i, &p)| i == p) {
+        return v;
+    }
+    let mut slots: Vec<Option<T>> = v.into_iter().map(Some).collect();
+    perm.iter().map(|&i| slots[i].take().expect("a permutation")).collect()
+}
+
+fn restore<T>(perm: &[usize], v: Vec<T>) -> Vec<T> {
+    if perm.iter().enumerate().all(|(i, &p)| i == p) {
+        return v;
+    }
+    let mut slots: Vec<Option<T>> = (0..v.len()).map(|_| None).collect();
+    for (&i, x) in perm.iter().zip(v) {
+        slots[i] = Some(x);
+    }
+    slots.into_iter().map(|x| x.expect("a permutation")).collect()
+}
+
+/// What becomes of one set of the new plan.
+#[derive(Debug)]
+enum SetState {
+    Kept,
+    Delta(SetDelta),
+    Refill,
+    New,
+}
+
+/// What becomes of one chain of the new plan.
+#[derive(Debug, Clone, Copy)]
+enum ChainState {
+    Kept,
+    Rewrite,
+    New,
+}
+
+/// The old objects' names in the kernel's order, and what the change deletes.
+struct Old {
+    sets: Vec<String>,
+    chains: Vec<String>,
+    gone_sets: Vec<String>,
+    gone_chains: Vec<String>,
+}
+
+/// `plan` (in the model's order, with the state of each object) arranged in the kernel's order,
+/// and the change that gets there.
+fn assemble(old: Old, plan: Ruleset, sets: Vec<SetState>, chains: Vec<ChainState>) -> (Ruleset, InPlace) {
+    let order = Order {
+        sets: kernel_order(&old.sets, plan.sets.iter().map(|s| s.name.as_str())),
+        chains: kernel_order(&old.chains, plan.chains.iter().map(|c| c.name.as_str())),
+    };
+    let plan = Ruleset {
+        family: plan.family,
+        sets: arrange(&order.sets, plan.sets),
+        chains: arrange(&order.chains, plan.chains),
+    };
+    let mut change = InPlace {
+        gone_sets: old.gone_sets,
+        gone_chains: old.gone_chains,
+        ..InPlace::default()
+    };
+    for (i, st) in arrange(&order.sets, sets).into_iter().enumerate() {
+        match st {
+            SetState::Kept => {}
+            SetState::Delta(d) => change.sets.push(d),
+            SetState::Refill => change.refilled.push(i),
+            SetState::New => change.new_sets.push(i),
+        }
+    }
+    for (i, st) in arrange(&order.chains, chains).into_iter().enumerate() {
+        match st {
+            ChainState::Kept => {}
+            ChainState::Rewrite => change.chains.push(i),
+            ChainState::New => change.new_chains.push(i),
+        }
+    }
+    change.order = order;
+    (plan, change)
+}
+
+/// The state of a set of the new plan encoded anew, given its old encoding; `None` when the
+/// set itself changed (flags, key, comment: only deleting and creating it again would do).
+fn set_state(old: Option<&SetSpec>, new: &SetSpec) -> Option<SetState> {
+    Some(match old {
+        None => SetState::New,
+        Some(o) if !o.same_but_elements(new) => return None,
+        Some(o) if interval_changed(o, new) => SetState::Refill,
+        Some(o) => delta(o, new).map_or(SetState::Kept, SetState::Delta),
+    })
+}
+
+/// The state of a chain of the new plan encoded anew, given its old encoding; `None` when a base
+/// chain comes, goes or changes its hook (a replace then).
+fn chain_state(old: Option<&ChainSpec>, new: &ChainSpec) -> Option<ChainState> {
+    Some(match old {
+        None if new.base.is_some() => return None,
+        None => ChainState::New,
+        Some(o) if o.base != new.base => return None,
+        Some(o) if o.rules != new.rules => ChainState::Rewrite,
+        Some(_) => ChainState::Kept,
+    })
+}
+
+/// `new` (in the model's order) arranged in the kernel's order after an in-place change from
+/// `old` (what the kernel holds, in its order), with that change; `None` when only a replace
+/// will do: another family, a base chain added, deleted or changed, or a set or map whose
+/// definition (flags, key, comment) changed under the same name. Everything else is in place:
+/// element updates of sets without intervals, interval sets and maps refilled, sets and chains
+/// added and deleted, chains rewritten. Sets whose elements are equal are skipped without
+/// building their difference (pod churn touches a few sets of many).
+///
+/// Interval sets and maps (`cidr_*`, `net_*`, the tier maps `adm_*`, `bl_*`, `pc_*`) are not
+/// updated element by element: the kernel checks every interval element it adds against the
+/// elements already there, one at a time, so a delta that splits a range or moves a boundary
+/// between adjacent ranges (the closing element of one range and the start of the next share a
+/// key) is refused as overlapping (`EEXIST`) although the resulting map is valid. They are
+/// flushed and filled anew instead, in the same transaction.
+pub(crate) fn in_place_update(old: &Ruleset, new: Ruleset) -> Option<(Ruleset, InPlace)> {
+    if old.family != new.family {
+        return None;
+    }
+    let old_sets: HashMap<&str, &SetSpec> = old.sets.iter().map(|s| (s.name.as_str(), s)).collect();
+    let old_chains: HashMap<&str, &ChainSpec> = old.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+    let sets = new
+        .sets
+        .iter()
+        .map(|n| set_state(old_sets.get(n.name.as_str()).copied(), n))
+        .collect::<Option<Vec<_>>>()?;
+    let chains = new
+        .chains
+        .iter()
+        .map(|n| chain_state(old_chains.get(n.name.as_str()).copied(), n))
+        .collect::<Option<Vec<_>>>()?;
+    let new_sets: HashSet<&str> = new.sets.iter().map(|s| s.name.as_str()).collect();
+    let new_chains: HashSet<&str> = new.chains.iter().map(|c| c.name.as_str()).collect();
+    let gone_chains: Vec<&ChainSpec> = old
+        .chains
+        .iter()
+        .filter(|c| !new_chains.contains(c.name.as_str()))
+        .collect();
+    if gone_chains.iter().any(|c| c.base.is_some()) {
+        return None;
+    }
+    let old = Old {
+        sets: old.sets.iter().map(|s| s.name.clone()).collect(),
+        chains: old.chains.iter().map(|c| c.name.clone()).collect(),
+        gone_sets: old
+            .sets
+            .iter()
+            .filter(|s| !new_sets.contains(s.name.as_str()))
+            .map(|s| s.name.clone())
+            .collect(),
+        gone_chains: gone_chains.iter().map(|c| c.name.clone()).collect(),
+    };
+    Some(assemble(old, new, sets, chains))
+}
+
+/// Whether `o` and `n` are interval sets or maps with different elements: refilled, not
+/// updated element by element (see [`in_place_update`]).
 fn interval_changed(o: &SetSpec, n: &SetSpec) -> bool {
     (o.flags | n.flags) & NFT_SET_INTERVAL != 0 && o.elements != n.elements
 }
@@ -94,25 +298,6 @@ fn delta(o: &SetSpec, n: &SetSpec) -> Option<SetDelta> {
         remove,
         add,
     })
-}
-
-/// Pushes `old` onto `out` when it was encoded from an equal model object (`same`), otherwise
-/// what `lower` gives, noting its index and the old version in `fresh`.
-fn place<T>(
-    out: &mut Vec<T>,
-    fresh: &mut Vec<(usize, Option<T>)>,
-    old: Option<T>,
-    same: bool,
-    lower: impl FnOnce() -> Result<T, DataplaneError>,
-) -> Result<(), DataplaneError> {
-    match old {
-        Some(o) if same => out.push(o),
-        o => {
-            fresh.push((out.len(), o));
-            out.push(lower()?);
-        }
-    }
-    Ok(())
 }
 
 /// Items only in `old` and items only in `new`, both strictly ascending.
@@ -177,19 +362,21 @@ pub(crate) struct Committed {
 }
 
 /// The plan for `new` and, when one suffices, the in-place change from `old`'s plan to it: the
-/// same as `Ruleset::from_table(new)` and [`in_place_update`], but sets and chains equal in both
+/// same as [`in_place_update`] of `Ruleset::from_table(new)`, but sets and chains equal in both
 /// models (the same `Arc`, as `nft::lower_after` shares them, or equal) are moved over from
-/// `old`'s plan, neither encoded nor compared again; a set without
-/// intervals whose elements change is patched with the encoding of the changed elements only.
-/// On a large node a change touches a few of many sets and chains.
+/// `old`'s plan, neither encoded nor compared again; a set without intervals whose elements
+/// change is patched with the encoding of the changed elements only. On a large node a change
+/// touches a few of many sets and chains.
+///
+/// With a change, the plan is in the kernel's order afterwards (see [`Order`]); without one, in
+/// the model's order, for a replace.
 pub(crate) fn replan(old: Committed, new: &Table) -> Result<(Ruleset, Option<InPlace>), DataplaneError> {
     let Committed {
         table: old_table,
         plan: old_plan,
     } = old;
     let old_set_order: Vec<String> = old_plan.sets.iter().map(|s| s.name.clone()).collect();
-    let old_chain_order: Vec<(String, Option<super::BaseHook>)> =
-        old_plan.chains.iter().map(|c| (c.name.clone(), c.base)).collect();
+    let old_chain_order: Vec<String> = old_plan.chains.iter().map(|c| c.name.clone()).collect();
     let mut old_sets: HashMap<String, (Arc<Set>, SetSpec)> = old_table
         .sets
         .into_iter()
@@ -202,86 +389,79 @@ pub(crate) fn replan(old: Committed, new: &Table) -> Result<(Ruleset, Option<InP
         .zip(old_plan.chains)
         .map(|(m, c)| (m.name.clone(), (m, c)))
         .collect();
+    // Cleared when only a replace will do; the plan is completed all the same.
+    let mut in_place = old_plan.family == new.family;
 
-    // Encoded anew: (index in the new plan, the old version if there was one).
-    let mut fresh_sets: Vec<(usize, Option<SetSpec>)> = Vec::new();
-    // Patched with the changed elements: (index in the new plan, the change).
-    let mut patched: Vec<(usize, SetDelta)> = Vec::new();
+    let mut set_states = Vec::with_capacity(new.sets.len());
     let mut set_specs = Vec::with_capacity(new.sets.len());
     for s in &new.sets {
-        let sorted = |v: &[Element]| v.windows(2).all(|w| w[0] < w[1]);
-        match old_sets.remove(&s.name) {
+        let sorted = |v: &[policyc_compiler::nft::Element]| v.windows(2).all(|w| w[0] < w[1]);
+        let (spec, state) = match old_sets.remove(&s.name) {
+            Some((om, ospec)) if Arc::ptr_eq(&om, s) || *om == **s => (ospec, Some(SetState::Kept)),
             // Sorted model elements encode to sorted kernel elements, one to many: patch.
             Some((om, ospec))
-                if !Arc::ptr_eq(&om, s)
-                    && *om != **s
-                    && !s.interval
-                    && om.same_but_elements(s)
-                    && sorted(&om.elements)
-                    && sorted(&s.elements) =>
+                if !s.interval && om.same_but_elements(s) && sorted(&om.elements) && sorted(&s.elements) =>
             {
                 let (remove, add) = merge_diff(&om.elements, &s.elements);
                 let (remove, add) = (sets::elements(s, &remove)?, sets::elements(s, &add)?);
                 let (spec, delta) = patch(ospec, remove, add);
-                patched.extend(delta.map(|d| (set_specs.len(), d)));
-                set_specs.push(spec);
+                (spec, Some(delta.map_or(SetState::Kept, SetState::Delta)))
             }
             old => {
-                let same = old.as_ref().is_some_and(|(om, _)| Arc::ptr_eq(om, s) || om == s);
-                place(&mut set_specs, &mut fresh_sets, old.map(|(_, spec)| spec), same, || {
-                    sets::set(s)
-                })?;
+                let spec = sets::set(s)?;
+                let state = set_state(old.as_ref().map(|(_, o)| o), &spec);
+                (spec, state)
             }
+        };
+        match state {
+            Some(st) => set_states.push(st),
+            None => in_place = false,
         }
+        set_specs.push(spec);
     }
 
-    let mut fresh_chains: Vec<(usize, Option<ChainSpec>)> = Vec::new();
+    let mut chain_states = Vec::with_capacity(new.chains.len());
     let mut chain_specs = Vec::with_capacity(new.chains.len());
     for c in &new.chains {
-        let old = old_chains.remove(&c.name);
-        let same = old.as_ref().is_some_and(|(om, _)| Arc::ptr_eq(om, c) || om == c);
-        place(
-            &mut chain_specs,
-            &mut fresh_chains,
-            old.map(|(_, spec)| spec),
-            same,
-            || rules::chain(new.family, c),
-        )?;
+        let (spec, state) = match old_chains.remove(&c.name) {
+            Some((om, ospec)) if Arc::ptr_eq(&om, c) || *om == **c => (ospec, Some(ChainState::Kept)),
+            old => {
+                let spec = rules::chain(new.family, c)?;
+                let state = chain_state(old.as_ref().map(|(_, o)| o), &spec);
+                (spec, state)
+            }
+        };
+        match state {
+            Some(st) => chain_states.push(st),
+            None => in_place = false,
+        }
+        chain_specs.push(spec);
     }
-    let same_family = old_plan.family == new.family;
     let plan = Ruleset {
         family: new.family,
         chains: chain_specs,
         sets: set_specs,
     };
-
-    let same_skeleton = same_family
-        && plan.sets.iter().map(|s| &s.name).eq(old_set_order.iter())
-        && plan
-            .chains
-            .iter()
-            .map(|c| (&c.name, c.base))
-            .eq(old_chain_order.iter().map(|(n, b)| (n, *b)))
-        && fresh_sets.iter().all(|(i, o)| {
-            o.as_ref()
-                .is_some_and(|o| o.same_but_elements(&plan.sets[*i]) && !interval_changed(o, &plan.sets[*i]))
-        });
-    if !same_skeleton {
+    // What is left of the old plan is deleted; a base chain only by a replace.
+    if !in_place || old_chains.values().any(|(_, c)| c.base.is_some()) {
         return Ok((plan, None));
     }
-    let chains = fresh_chains
-        .iter()
-        .filter(|(i, o)| o.as_ref().is_none_or(|o| o.rules != plan.chains[*i].rules))
-        .map(|(i, _)| *i)
-        .collect();
-    let mut deltas: Vec<(usize, SetDelta)> = fresh_sets
-        .iter()
-        .filter_map(|(i, o)| Some((*i, delta(o.as_ref()?, &plan.sets[*i])?)))
-        .collect();
-    deltas.extend(patched);
-    deltas.sort_by_key(|(i, _)| *i);
-    let sets = deltas.into_iter().map(|(_, d)| d).collect();
-    Ok((plan, Some(InPlace { sets, chains })))
+    let old = Old {
+        gone_sets: old_set_order
+            .iter()
+            .filter(|n| old_sets.contains_key(*n))
+            .cloned()
+            .collect(),
+        gone_chains: old_chain_order
+            .iter()
+            .filter(|n| old_chains.contains_key(*n))
+            .cloned()
+            .collect(),
+        sets: old_set_order,
+        chains: old_chain_order,
+    };
+    let (plan, change) = assemble(old, plan, set_states, chain_states);
+    Ok((plan, Some(change)))
 }
 
 #[cfg(test)]
@@ -290,7 +470,7 @@ mod tests {
     use super::*;
     use policyc_compiler::cidr::{Family, IpRange};
     use policyc_compiler::model::{AdminAction, Protocol};
-    use policyc_compiler::nft::{lower, lower_after, Key, KeyType, TableFamily, Verdict};
+    use policyc_compiler::nft::{lower, lower_after, Element, Key, KeyType, TableFamily, Verdict};
 
     fn lowered(ir: &policyc_compiler::Ir) -> (Table, Ruleset) {
         let table = lower(ir).unwrap();
@@ -299,7 +479,7 @@ mod tests {
     }
 
     #[test]
-    fn interval_changes_are_structural() {
+    fn interval_changes_are_refilled() {
         let map = |elements| SetSpec {
             name: "adm_x_in_v4".into(),
             flags: NFT_SET_INTERVAL | NFT_SET_MAP,
@@ -337,13 +517,40 @@ mod tests {
         };
         let old = rs(vec![(10, 20, goto("a"))], &["cali1"]);
         // Only the dispatch map changes: an element update.
-        let change = in_place_update(&old, &rs(vec![(10, 20, goto("a"))], &["cali1", "cali2"])).unwrap();
+        let (_, change) = in_place_update(&old, rs(vec![(10, 20, goto("a"))], &["cali1", "cali2"])).unwrap();
         assert_eq!(change.sets.len(), 1);
         assert_eq!(change.sets[0].set.name, "ingress_dispatch");
-        assert!(change.chains.is_empty());
-        // A range split with another verdict, or a verdict changed: structural.
-        assert!(in_place_update(&old, &rs(vec![(10, 15, goto("a")), (16, 20, goto("b"))], &["cali1"])).is_none());
-        assert!(in_place_update(&old, &rs(vec![(10, 20, goto("b"))], &["cali1"])).is_none());
+        assert!(change.elements_only());
+        // A range split with another verdict, or a verdict changed: the map is refilled, not
+        // updated element by element.
+        for new in [
+            rs(vec![(10, 15, goto("a")), (16, 20, goto("b"))], &["cali1"]),
+            rs(vec![(10, 20, goto("b"))], &["cali1"]),
+        ] {
+            let (plan, change) = in_place_update(&old, new.clone()).unwrap();
+            assert_eq!(plan, new);
+            assert_eq!(change.refilled, vec![0]);
+            assert!(change.sets.is_empty() && !change.elements_only());
+        }
+        // A set whose definition changes under the same name: a replace.
+        let mut other = old.clone();
+        other.sets[1].flags |= NFT_SET_INTERVAL;
+        assert!(in_place_update(&old, other).is_none());
+    }
+
+    /// Kept objects in their old order, then the new ones in the model's order; `restore`
+    /// undoes `arrange`.
+    #[test]
+    fn kernel_order_appends_new_objects() {
+        let old: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let new = ["x", "d", "b", "y", "a"];
+        let perm = kernel_order(&old, new.iter().copied());
+        let listed: Vec<&str> = arrange(&perm, new.to_vec());
+        assert_eq!(listed, ["a", "b", "d", "x", "y"]);
+        assert_eq!(restore(&perm, listed), new);
+        // Nothing added or moved: the model's order.
+        let same = kernel_order(&old, old.iter().map(String::as_str));
+        assert_eq!(same, [0, 1, 2, 3]);
     }
 
     fn interval_map(ranges: &[(u128, u128, Option<Verdict>)]) -> Set {
@@ -395,7 +602,7 @@ mod tests {
         let pods: Vec<_> = snap.pods.keys().cloned().collect();
         let policies: Vec<_> = snap.policies.keys().cloned().collect();
         let admin: Vec<_> = snap.admin_policies.keys().cloned().collect();
-        let (mut in_place, mut replaced, mut patched, mut shared_total) = (0, 0, 0, 0);
+        let (mut in_place, mut structural, mut patched, mut shared_total) = (0, 0, 0, 0);
         for step in 0..24 {
             match step % 6 {
                 4 => {
@@ -456,23 +663,36 @@ mod tests {
                 .filter(|s| committed.table.sets.iter().any(|o| Arc::ptr_eq(o, s)))
                 .count();
             shared_total += shared;
+            // The reference: both encoded afresh, the old one in the kernel's order.
+            let expected = in_place_update(&committed.plan, fresh.clone());
             let (plan, change) = replan(committed, &new_table).unwrap();
-            let (_, old_fresh) = lowered(&ir);
-            assert!(plan == fresh, "step {step}: another plan than encoding afresh");
-            assert_eq!(change, in_place_update(&old_fresh, &fresh), "step {step}");
-            match change {
+            let (expected_plan, expected_change) = match expected {
+                Some((p, c)) => (p, Some(c)),
+                None => (fresh.clone(), None),
+            };
+            assert!(plan == expected_plan, "step {step}: another plan than encoding afresh");
+            assert_eq!(change, expected_change, "step {step}");
+            let table = match &change {
                 Some(c) => {
                     in_place += 1;
                     patched += c.sets.len();
+                    if !c.is_elementwise() {
+                        structural += 1;
+                    }
+                    // Back in the model's order, the plan is what encoding afresh gives.
+                    assert!(c.order.restore(plan.clone()) == fresh, "step {step}");
+                    c.order.arrange_table(&new_table)
                 }
-                None => replaced += 1,
-            }
-            committed = Committed { table: new_table, plan };
+                None => new_table,
+            };
+            committed = Committed { table, plan };
             ir = new;
         }
+        // Policies and admin policies coming, going and changing add and delete sets and
+        // chains, and refill tier maps: all in place.
         assert!(
-            in_place > 0 && replaced > 0,
-            "{in_place} in place ({patched} sets), {replaced} replaced"
+            in_place == 24 && structural > 0,
+            "{in_place} in place ({patched} sets), {structural} structural"
         );
         assert!(shared_total > 0, "lower_after shared no set with the committed table");
     }
@@ -519,16 +739,16 @@ mod tests {
             }
             let new = compile(&snap, &opts);
             let (new_table, fresh) = lowered(&new);
-            let old_fresh = committed.plan.clone();
+            let expected = in_place_update(&committed.plan, fresh.clone());
             let (plan, change) = replan(committed, &new_table).unwrap();
             assert!(plan == fresh, "step {step}");
             let change = change.expect("remote pod churn is an in-place change");
             assert_eq!(
-                Some(&change),
-                in_place_update(&old_fresh, &fresh).as_ref(),
+                Some((&plan, &change)),
+                expected.as_ref().map(|(p, c)| (p, c)),
                 "step {step}"
             );
-            assert!(change.chains.is_empty(), "step {step}: no chain changes");
+            assert!(change.elements_only(), "step {step}: element updates only");
             patched += change.sets.len();
             committed = Committed { table: new_table, plan };
         }
@@ -536,9 +756,9 @@ mod tests {
     }
 
     /// A tier map whose contents change under the same name is not taken over from the
-    /// committed plan, nor changed element by element: a replace.
+    /// committed plan, nor changed element by element: it is refilled.
     #[test]
-    fn changed_tier_map_is_replaced_by_replan() {
+    fn changed_tier_map_is_refilled_by_replan() {
         use policyc_compiler::synth::{add_admin_policies, cluster, Shape};
         use policyc_compiler::{compile, CompileOptions};
         let shape = Shape {
@@ -568,6 +788,12 @@ mod tests {
         let (changed_table, fresh) = lowered(&changed);
         let (plan, change) = replan(Committed { table, plan }, &changed_table).unwrap();
         assert!(plan == fresh);
-        assert_eq!(change, None);
+        let change = change.expect("in place");
+        assert!(!change.refilled.is_empty(), "{change:?}");
+        assert!(change
+            .refilled
+            .iter()
+            .all(|&i| plan.sets[i].flags & NFT_SET_INTERVAL != 0));
+        assert!(change.sets.is_empty() && change.new_sets.is_empty() && change.gone_sets.is_empty());
     }
 }

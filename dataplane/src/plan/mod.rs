@@ -12,13 +12,16 @@
 //! ```text
 //!  Table (model) ──sets::set──►  SetSpec  (flags, key, userdata, elements as key bytes)
 //!               ──rules::chain─► ChainSpec (rules as expressions, anonymous sets)
-//!  two Tables ──diff::replan──► the new Ruleset + InPlace (element deltas, rewritten chains)
+//!  two Tables ──diff::replan──► the new Ruleset + InPlace (sets and chains added and deleted,
+//!                                 element deltas, refilled interval sets, rewritten chains)
 //! ```
 //!
 //! Creation order matters: handles, the kernel's `__setN` names of anonymous sets and the
 //! listing order all follow it. nft creates the table, then every chain (declaration order),
 //! then every named set and map, each followed by its elements, then the rules, each rule
-//! preceded by its anonymous set if it has one (see `nl::encode_replace`).
+//! preceded by its anonymous set if it has one (see `nl::Builder::replace`). An in-place change
+//! appends what it creates, so afterwards the kernel's order is the old objects' order followed
+//! by the new ones'; the plan committed after it is arranged so (`diff::Order`).
 
 mod diff;
 mod rules;
