@@ -45,8 +45,8 @@ pub struct ConntrackLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApplyLabels {
-    /// `replace` (whole table), `chains` (changed chains rewritten in place, and set members),
-    /// `elements` (set members only) or `unchanged` (nothing sent).
+    /// `replace` (whole table), `chains` (in place: sets, maps and chains added, rewritten or
+    /// deleted, with set members), `elements` (set members only) or `unchanged` (nothing sent).
     pub mode: &'static str,
 }
 
