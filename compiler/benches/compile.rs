@@ -25,12 +25,18 @@ fn print_growth() {
         let snap = cluster(shape, 42);
         let irs = compile_all_nodes(&snap, &CompileOptions::default());
         let (mut rules, mut elems, mut bytes) = (0, 0, 0);
+        let (mut nft_rules, mut nft_elems) = (0, 0);
         for ir in irs.values() {
             let st = ir.stats();
             rules += st.rules;
             elems += st.set_elements;
             bytes += nft::render(ir, true).expect("a compiled IR is valid").len();
+            // The lowered table: the NetworkPolicy maps repeat pod addresses per class.
+            let t = policyc_compiler::nft::lower(ir).expect("a compiled IR is valid");
+            nft_rules += t.rule_count();
+            nft_elems += t.element_count();
         }
+        println!("  nft tables: rules {nft_rules:>7} elements {nft_elems:>8}");
         println!(
             "  pods {:>6} policies {:>5}: rules {:>7} set elements {:>8} bytes {:>10}  (rules+elements per pod+policy: {:.2})",
             shape.pods,

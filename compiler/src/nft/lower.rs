@@ -224,10 +224,10 @@ fn guard_chain(ir: &Ir, ep: &Endpoint, bridge: bool) -> Chain {
 }
 
 /// The parts of a previous lowering, by name, and the IR they came from.
-struct Prev<'a> {
-    ir: &'a Ir,
-    sets: HashMap<&'a str, &'a Arc<Set>>,
-    chains: HashMap<&'a str, &'a Arc<Chain>>,
+pub(super) struct Prev<'a> {
+    pub(super) ir: &'a Ir,
+    pub(super) sets: HashMap<&'a str, &'a Arc<Set>>,
+    pub(super) chains: HashMap<&'a str, &'a Arc<Chain>>,
     endpoints: HashMap<&'a ObjectRef, &'a Endpoint>,
 }
 
@@ -257,16 +257,9 @@ fn chain_or(prev: Option<&Prev<'_>>, same: bool, name: &str, lower: impl FnOnce(
     }
 }
 
-/// `set`, or the previous table's equal set of that name (shared, so compared by pointer later).
-fn share_set(prev: Option<&Prev<'_>>, set: Set) -> Arc<Set> {
-    match prev.and_then(|p| p.sets.get(set.name.as_str())) {
-        Some(s) if ***s == set => Arc::clone(s),
-        _ => Arc::new(set),
-    }
-}
-
-/// `chain`, or the previous table's equal chain of that name.
-fn share_chain(prev: Option<&Prev<'_>>, chain: Chain) -> Arc<Chain> {
+/// `chain`, or the previous table's equal chain of that name (shared, so compared by pointer
+/// later).
+pub(super) fn share_chain(prev: Option<&Prev<'_>>, chain: Chain) -> Arc<Chain> {
     match prev.and_then(|p| p.chains.get(chain.name.as_str())) {
         Some(c) if ***c == chain => Arc::clone(c),
         _ => Arc::new(chain),
@@ -291,9 +284,10 @@ fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
     );
 
     // Endpoint chains first: they decide which NetworkPolicy groups, classes and address sets
-    // exist. They and the NetworkPolicy maps and chains are lowered on every sync (the
-    // resolver shares its work between endpoints with the same policies) and take over the
-    // previous table's object when equal.
+    // exist. They are lowered on every sync (the resolver shares its work between endpoints
+    // with the same policies) and take over the previous table's chain when equal; the
+    // NetworkPolicy maps and chains are taken over when what they are lowered from is unchanged
+    // (see `Resolver::finish`).
     let mut np = Resolver::new(ir);
     let mut endpoint_chains = Vec::new();
     for ep in &ir.endpoints {
@@ -304,7 +298,7 @@ fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
         }
     }
     let used_sets = std::mem::take(&mut np.used_sets);
-    let (np_sets, np_chains) = np.finish();
+    let (np_sets, np_chains) = np.finish(prev);
 
     let mut sets = Vec::new();
     for (name, set) in ir.sets.iter().filter(|(n, _)| used_sets.contains(*n)) {
@@ -319,7 +313,7 @@ fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
             sets.push(set_or(prev, same, &set_name(name, f), || port_set(name, set, f)));
         }
     }
-    sets.extend(np_sets.into_iter().map(|s| share_set(prev, s)));
+    sets.extend(np_sets);
     for (name, table) in &ir.tier_tables {
         let same = was(&|p| p.tier_tables.get(name) == Some(table));
         for f in [Family::V4, Family::V6] {
@@ -380,7 +374,7 @@ fn lower_valid(prev: Option<(&Ir, &Table)>, ir: &Ir) -> Table {
         }
     }
     chains.extend(endpoint_chains);
-    chains.extend(np_chains.into_iter().map(|c| share_chain(prev, c)));
+    chains.extend(np_chains);
     for (name, table) in &ir.tier_tables {
         let same = was(&|p| p.tier_tables.get(name) == Some(table));
         chains.push(chain_or(prev, same, name, || table_chain(name, table)));

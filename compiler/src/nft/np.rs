@@ -28,12 +28,13 @@
 //! only, which change with a policy, never with a pod.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use crate::cidr::{Family, IpRange};
 use crate::ir::*;
 use crate::model::{Direction, Protocol};
 
-use super::lower::{logged, peer_end, set_name};
+use super::lower::{logged, peer_end, set_name, share_chain, Prev};
 use super::model::*;
 use super::{comment, labels};
 use crate::flows::FlowVerdict;
@@ -371,28 +372,44 @@ impl<'a> Resolver<'a> {
             .collect()
     }
 
-    /// The maps and chains of every group, class and rule used.
-    pub fn finish(self) -> (Vec<Set>, Vec<Chain>) {
-        let mut sets = Vec::new();
-        let mut chains = Vec::new();
+    /// Whether every address set `class` looks up is the same in `prev`'s IR as now: then its
+    /// chain and maps (named after its rules) are what `prev` holds under those names.
+    fn same_sets(&self, prev: &Prev<'_>, class: &Class) -> bool {
+        class.entries.iter().all(|e| match &e.peer {
+            PeerMatch::Any => true,
+            PeerMatch::Set(s) => prev.ir.sets.get(s) == self.ir.sets.get(s),
+        })
+    }
+
+    /// The maps and chains of every group, class and rule used. Group and class names derive
+    /// from their rules, so an object `prev` holds under the same name is taken over (the same
+    /// `Arc`) when what else it is lowered from is unchanged: nothing for a group, the address
+    /// sets of its rules for a class. Pod churn then lowers only the classes whose sets changed.
+    pub fn finish(self, prev: Option<&Prev<'_>>) -> (Vec<Arc<Set>>, Vec<Arc<Chain>>) {
+        let mut sets: Vec<Arc<Set>> = Vec::new();
+        let mut chains: Vec<Arc<Chain>> = Vec::new();
+        let old_set = |name: &str| prev.and_then(|p| p.sets.get(name)).map(|s| Arc::clone(s));
+        let old_chain = |name: &str| prev.and_then(|p| p.chains.get(name)).map(|c| Arc::clone(c));
         for (name, g) in &self.groups {
             let mut rules = Vec::new();
             for (p, entries) in &g.ports {
                 let map = format!("{name}_{}", p.as_str().to_ascii_lowercase());
-                sets.push(Set {
-                    name: map.clone(),
-                    key: KeyType::InetService,
-                    verdict_map: true,
-                    interval: true,
-                    comment: Some(comment(&format!("NetworkPolicy {} {p}: port -> rules", g.direction))),
-                    elements: entries
-                        .iter()
-                        .map(|(a, b, c)| Element {
-                            key: Key::Ports(*a, *b),
-                            verdict: Some(Verdict::Goto(c.clone())),
-                        })
-                        .collect(),
-                });
+                sets.push(old_set(&map).unwrap_or_else(|| {
+                    Arc::new(Set {
+                        name: map.clone(),
+                        key: KeyType::InetService,
+                        verdict_map: true,
+                        interval: true,
+                        comment: Some(comment(&format!("NetworkPolicy {} {p}: port -> rules", g.direction))),
+                        elements: entries
+                            .iter()
+                            .map(|(a, b, c)| Element {
+                                key: Key::Ports(*a, *b),
+                                verdict: Some(Verdict::Goto(c.clone())),
+                            })
+                            .collect(),
+                    })
+                }));
                 rules.push(Rule {
                     matches: Vec::new(),
                     counter: false,
@@ -407,87 +424,116 @@ impl<'a> Resolver<'a> {
             if let Some(other) = &g.other {
                 rules.push(Rule::always(false, Verdict::Goto(other.clone()), None));
             }
-            chains.push(Chain {
-                name: name.clone(),
-                hook: None,
-                rules,
-            });
+            chains.push(old_chain(name).unwrap_or_else(|| {
+                Arc::new(Chain {
+                    name: name.clone(),
+                    hook: None,
+                    rules,
+                })
+            }));
         }
         for (name, c) in &self.classes {
-            let end = peer_end(c.direction);
-            let mut rules = Vec::new();
-            if c.entries.len() <= MAX_LISTED {
-                for e in &c.entries {
-                    match &e.peer {
-                        PeerMatch::Any => rules.push(Rule::always(false, Verdict::Goto(e.chain.clone()), None)),
-                        PeerMatch::Set(s) => {
-                            for f in &self.ir.sets[s].families {
-                                rules.push(Rule {
-                                    matches: vec![Match::AddrInSet {
-                                        family: *f,
-                                        end,
-                                        set: set_name(s, *f),
-                                    }],
-                                    counter: false,
-                                    log: None,
-                                    action: Action::Verdict(Verdict::Goto(e.chain.clone())),
-                                    comment: None,
-                                });
-                            }
+            let same = prev.is_some_and(|p| self.same_sets(p, c));
+            let (class_sets, chain) = match old_chain(name).filter(|_| same) {
+                Some(chain) => {
+                    // The maps its rules look up, by name, from the previous table.
+                    let maps = chain.rules.iter().filter_map(|r| match &r.action {
+                        Action::Vmap { map, .. } => old_set(map),
+                        _ => None,
+                    });
+                    (maps.collect::<Vec<_>>(), chain)
+                }
+                None => {
+                    let (maps, chain) = self.class_objects(name, c);
+                    (maps.into_iter().map(Arc::new).collect(), Arc::new(chain))
+                }
+            };
+            sets.extend(class_sets);
+            chains.push(chain);
+        }
+        for (name, text) in &self.rule_chains {
+            let accept = Rule::always(true, Verdict::Accept, Some(comment(text)));
+            let chain = Chain {
+                name: name.clone(),
+                hook: None,
+                rules: logged(self.ir, FlowVerdict::Allowed, text, accept),
+            };
+            chains.push(share_chain(prev, chain));
+        }
+        (sets, chains)
+    }
+
+    /// A class's chain and maps: a set test per rule for a short class, else the pod address
+    /// map and the network interval map of each family.
+    fn class_objects(&self, name: &str, c: &Class) -> (Vec<Set>, Chain) {
+        let mut sets = Vec::new();
+        let end = peer_end(c.direction);
+        let mut rules = Vec::new();
+        if c.entries.len() <= MAX_LISTED {
+            for e in &c.entries {
+                match &e.peer {
+                    PeerMatch::Any => rules.push(Rule::always(false, Verdict::Goto(e.chain.clone()), None)),
+                    PeerMatch::Set(s) => {
+                        for f in &self.ir.sets[s].families {
+                            rules.push(Rule {
+                                matches: vec![Match::AddrInSet {
+                                    family: *f,
+                                    end,
+                                    set: set_name(s, *f),
+                                }],
+                                counter: false,
+                                log: None,
+                                action: Action::Verdict(Verdict::Goto(e.chain.clone())),
+                                comment: None,
+                            });
                         }
                     }
                 }
-            } else {
-                let selectors = c.entries.iter().any(|e| self.is_selector(&e.peer));
-                for f in [Family::V4, Family::V6] {
-                    let mut maps = Vec::new();
-                    if selectors {
-                        maps.push((format!("{name}_{}", f.suffix()), false, self.pod_map(c, f)));
-                    }
-                    let net = self.net_map(c, f);
-                    if !net.is_empty() {
-                        maps.push((format!("{name}_net_{}", f.suffix()), true, net));
-                    }
-                    for (map, interval, elements) in maps {
-                        sets.push(Set {
-                            name: map.clone(),
-                            key: KeyType::Addr(f),
-                            verdict_map: true,
-                            interval,
-                            comment: Some(comment(&format!(
-                                "NetworkPolicy {}: peer {} -> first rule",
-                                c.direction,
-                                if interval { "network" } else { "pod" }
-                            ))),
-                            elements,
-                        });
-                        rules.push(Rule {
-                            matches: Vec::new(),
-                            counter: false,
-                            log: None,
-                            action: Action::Vmap {
-                                key: VmapKey::Addr(f, end),
-                                map,
-                            },
-                            comment: None,
-                        });
-                    }
+            }
+        } else {
+            let selectors = c.entries.iter().any(|e| self.is_selector(&e.peer));
+            for f in [Family::V4, Family::V6] {
+                let mut maps = Vec::new();
+                if selectors {
+                    maps.push((format!("{name}_{}", f.suffix()), false, self.pod_map(c, f)));
+                }
+                let net = self.net_map(c, f);
+                if !net.is_empty() {
+                    maps.push((format!("{name}_net_{}", f.suffix()), true, net));
+                }
+                for (map, interval, elements) in maps {
+                    sets.push(Set {
+                        name: map.clone(),
+                        key: KeyType::Addr(f),
+                        verdict_map: true,
+                        interval,
+                        comment: Some(comment(&format!(
+                            "NetworkPolicy {}: peer {} -> first rule",
+                            c.direction,
+                            if interval { "network" } else { "pod" }
+                        ))),
+                        elements,
+                    });
+                    rules.push(Rule {
+                        matches: Vec::new(),
+                        counter: false,
+                        log: None,
+                        action: Action::Vmap {
+                            key: VmapKey::Addr(f, end),
+                            map,
+                        },
+                        comment: None,
+                    });
                 }
             }
-            chains.push(Chain {
-                name: name.clone(),
+        }
+        (
+            sets,
+            Chain {
+                name: name.to_string(),
                 hook: None,
                 rules,
-            });
-        }
-        for (name, text) in self.rule_chains {
-            let accept = Rule::always(true, Verdict::Accept, Some(comment(&text)));
-            chains.push(Chain {
-                name,
-                hook: None,
-                rules: logged(self.ir, FlowVerdict::Allowed, &text, accept),
-            });
-        }
-        (sets, chains)
+            },
+        )
     }
 }
