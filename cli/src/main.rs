@@ -160,9 +160,9 @@ enum Command {
         ports: Option<String>,
         /// Sum the table over groups of pods: a cell says `all` when every pod of the row's group
         /// reaches every pod of the column's group (a pod and itself are not a pair), `none`,
-        /// allowed/pairs when some do, `-` when there is no pair. namespace, or workload:
-        /// namespace/ the app.kubernetes.io/name or app label, else the pod name without the
-        /// suffixes controllers append. JSON keeps the per-pod form and adds `groups`.
+        /// allowed/pairs when some do, `-` when there is no pair. By namespace, or by workload:
+        /// NAMESPACE/NAME, NAME the pod's app.kubernetes.io/name or app label, else its name
+        /// without the suffixes controllers append. JSON keeps the per-pod form and adds `groups`.
         #[arg(long, value_enum, value_name = "BY")]
         group_by: Option<GroupByArg>,
         #[arg(short = 'o', long, value_enum, default_value_t = TableJson::Table)]
