@@ -16,7 +16,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use policyc_compiler::cidr::Family;
 use policyc_compiler::render::{iptables, nft};
-use policyc_compiler::{compile, compile_all_nodes, CompileOptions, Ir, Matrix, Protocol};
+use policyc_compiler::{compile, compile_all_nodes, CompileOptions, Ir, Protocol};
 
 use crate::explain::End;
 
@@ -139,14 +139,32 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = TextJson::Text)]
         output: TextJson,
     },
-    /// The reachability truth table among all pods for one port (rows: sources, columns: destinations).
+    /// The reachability truth table among all pods (rows: sources, columns: destinations) for
+    /// one port, a list of ports, or every distinct port the policies use (`--ports all`).
+    /// Several ports: one table each under a `# PORT/PROTOCOL` heading; in JSON one object with
+    /// a member per port, each in the one-port form.
     Matrix {
         #[command(flatten)]
         input: Files,
-        #[arg(long)]
-        port: u16,
+        /// Destination port; a comma-separated list (or the flag repeated) gives one table per
+        /// port. With --ports all: ports to add to those the policies use.
+        #[arg(long, value_delimiter = ',', required_unless_present = "ports", value_name = "PORT")]
+        port: Vec<u16>,
+        /// Protocol of --port.
         #[arg(long, default_value = "TCP", value_parser = parse_protocol)]
         protocol: Protocol,
+        /// `all`: every distinct port the rules use: each port and range they name, each number
+        /// a named port resolves to on some pod; ports no rule tells apart (the ports of a range
+        /// not named elsewhere) make one table, headed by their ranges, e.g. `1000-1499,1501-2000/TCP`.
+        #[arg(long, value_parser = ["all"], value_name = "all")]
+        ports: Option<String>,
+        /// Sum the table over groups of pods: a cell says `all` when every pod of the row's group
+        /// reaches every pod of the column's group (a pod and itself are not a pair), `none`,
+        /// allowed/pairs when some do, `-` when there is no pair. By namespace, or by workload:
+        /// NAMESPACE/NAME, NAME the pod's app.kubernetes.io/name or app label, else its name
+        /// without the suffixes controllers append. JSON keeps the per-pod form and adds `groups`.
+        #[arg(long, value_enum, value_name = "BY")]
+        group_by: Option<GroupByArg>,
         #[arg(short = 'o', long, value_enum, default_value_t = TableJson::Table)]
         output: TableJson,
     },
@@ -248,6 +266,112 @@ enum TextJson {
 enum TableJson {
     Table,
     Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum GroupByArg {
+    Namespace,
+    Workload,
+}
+
+/// `policyc matrix`: the ports asked for (or every distinct port), one matrix at a time, written
+/// as it is computed.
+fn matrix(
+    ir: &Ir,
+    snapshot: &policyc_compiler::Snapshot,
+    port: &[u16],
+    protocol: Protocol,
+    all: bool,
+    group_by: Option<GroupByArg>,
+    output: TableJson,
+) -> Result<()> {
+    use policyc_compiler::eval::{distinct_ports, workload, GroupBy, GroupMatrix, Matrices};
+    use std::io::Write as _;
+
+    // (heading, protocol, port) per matrix.
+    let wanted: Vec<(String, Protocol, u16)> = if all {
+        let extra: Vec<(Protocol, u16)> = port.iter().map(|p| (protocol, *p)).collect();
+        distinct_ports(ir, &extra)
+            .into_iter()
+            .map(|c| (c.to_string(), c.protocol, c.port()))
+            .collect()
+    } else {
+        let mut seen = std::collections::BTreeSet::new();
+        port.iter()
+            .filter(|p| seen.insert(**p))
+            .map(|p| (format!("{p}/{protocol}"), protocol, *p))
+            .collect()
+    };
+    let several = all || wanted.len() > 1;
+    if all && wanted.is_empty() {
+        eprintln!("note: no rule names a port (rules without ports allow every port alike): give --port");
+    }
+    let groups = group_by.map(|by| {
+        let names: Vec<String> = ir
+            .endpoints
+            .iter()
+            .map(|e| match by {
+                GroupByArg::Namespace => e.pod.namespace.clone(),
+                GroupByArg::Workload => snapshot.pods.get(&e.pod).map_or_else(|| e.pod.to_string(), workload),
+            })
+            .collect();
+        let by = match by {
+            GroupByArg::Namespace => GroupBy::Namespace,
+            GroupByArg::Workload => GroupBy::Workload,
+        };
+        (by, names)
+    });
+    let mut matrices = Matrices::new(ir);
+    let pods = matrices.pods().to_vec();
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    if several && output == TableJson::Json {
+        w.write_all(b"{")?;
+    }
+    for (i, (heading, protocol, port)) in wanted.iter().enumerate() {
+        let m = matrices.bits(*protocol, *port);
+        let grouped = groups
+            .as_ref()
+            .map(|(by, names)| GroupMatrix::new(&m, &pods, *by, names));
+        match output {
+            TableJson::Table => {
+                if several {
+                    if i > 0 {
+                        writeln!(w)?;
+                    }
+                    writeln!(w, "# {heading}")?;
+                }
+                match &grouped {
+                    Some(g) => w.write_all(g.to_table().as_bytes())?,
+                    None => m.write_table(&pods, &mut w)?,
+                }
+            }
+            TableJson::Json => {
+                if several {
+                    if i > 0 {
+                        w.write_all(b",")?;
+                    }
+                    serde_json::to_writer(&mut w, heading)?;
+                    w.write_all(b":")?;
+                }
+                w.write_all(b"{")?;
+                m.write_json_fields(&pods, &mut w)?;
+                if let Some(g) = &grouped {
+                    w.write_all(b",\"groups\":")?;
+                    serde_json::to_writer(&mut w, g)?;
+                }
+                w.write_all(b"}")?;
+            }
+        }
+    }
+    if output == TableJson::Json {
+        if several {
+            w.write_all(b"}")?;
+        }
+        writeln!(w)?;
+    }
+    w.flush()?;
+    Ok(())
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -429,15 +553,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             input,
             port,
             protocol,
+            ports,
+            group_by,
             output,
         } => {
             let loaded = load(&input)?;
             let ir = compile(&loaded.snapshot, &options(&input.attach, None));
-            let m = Matrix::evaluate(&ir, protocol, port);
-            match output {
-                TableJson::Table => print!("{}", m.to_table()),
-                TableJson::Json => println!("{}", serde_json::to_string(&m)?),
-            }
+            matrix(
+                &ir,
+                &loaded.snapshot,
+                &port,
+                protocol,
+                ports.is_some(),
+                group_by,
+                output,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Probe(args) => lab::probe(args),

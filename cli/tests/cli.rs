@@ -191,6 +191,175 @@ fn matrix_json_is_exact() {
     assert!(table.starts_with("-\tkube-system/coredns"), "{table}");
 }
 
+/// The headings of a multi-port table (`# PORT/PROTOCOL` lines).
+fn headings(table: &str) -> Vec<&str> {
+    table.lines().filter_map(|l| l.strip_prefix("# ")).collect()
+}
+
+#[test]
+fn matrix_ports_all_has_a_table_per_port_the_policies_name() {
+    // The three-tier policies name 53/UDP and 53/TCP (allow-dns), 9000 and 5432, and the named
+    // ports http (8080 on the frontends) and api (9000 on the backend).
+    let out = policyc(&["matrix", "-f", EXAMPLE, "--ports", "all"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert_eq!(
+        headings(&table),
+        ["53/TCP", "5432/TCP", "8080/TCP", "9000/TCP", "53/UDP"]
+    );
+    // Each table is the one-port table.
+    let single = text(&policyc(&["matrix", "-f", EXAMPLE, "--port", "9000"], None).stdout);
+    let section = table
+        .split("# 9000/TCP\n")
+        .nth(1)
+        .unwrap()
+        .split("\n\n")
+        .next()
+        .unwrap();
+    assert_eq!(format!("{section}\n"), single);
+
+    // A port asked for is added; a list of ports gives a table each.
+    let out = policyc(&["matrix", "-f", EXAMPLE, "--ports", "all", "--port", "80"], None);
+    assert_eq!(
+        headings(&text(&out.stdout)),
+        ["53/TCP", "80/TCP", "5432/TCP", "8080/TCP", "9000/TCP", "53/UDP"]
+    );
+    let out = policyc(&["matrix", "-f", EXAMPLE, "--port", "9000,5432"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(headings(&text(&out.stdout)), ["9000/TCP", "5432/TCP"]);
+
+    // JSON: one member per port, each exactly the one-port JSON.
+    let out = policyc(&["matrix", "-f", EXAMPLE, "--ports", "all", "-o", "json"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["53/TCP", "53/UDP", "5432/TCP", "8080/TCP", "9000/TCP"]);
+    for (port, protocol) in [("53", "UDP"), ("9000", "TCP"), ("8080", "TCP")] {
+        let one = policyc(
+            &[
+                "matrix",
+                "-f",
+                EXAMPLE,
+                "--port",
+                port,
+                "--protocol",
+                protocol,
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+        assert_eq!(v[format!("{port}/{protocol}")], one, "{port}/{protocol}");
+    }
+
+    // Neither --port nor --ports: an error naming the flag.
+    let out = policyc(&["matrix", "-f", EXAMPLE], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--port"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn matrix_group_by_namespace_and_workload() {
+    // 9000/TCP: only the two frontends reach the backend; coredns is alone in kube-system (no
+    // pair), and a pod to itself is not counted: 4 shop pods make 12 pairs.
+    let out = policyc(
+        &["matrix", "-f", EXAMPLE, "--port", "9000", "--group-by", "namespace"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "-\tkube-system\tshop\nkube-system\t-\tnone\nshop\tnone\t2/12\n"
+    );
+    // 53/UDP: every shop pod reaches CoreDNS (allow-dns), nothing else.
+    let out = policyc(
+        &[
+            "matrix",
+            "-f",
+            EXAMPLE,
+            "--port",
+            "53",
+            "--protocol",
+            "UDP",
+            "--group-by",
+            "namespace",
+        ],
+        None,
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "-\tkube-system\tshop\nkube-system\t-\tnone\nshop\tall\tnone\n"
+    );
+    // Several ports: a grouped table under each heading.
+    let out = policyc(
+        &["matrix", "-f", EXAMPLE, "--ports", "all", "--group-by", "namespace"],
+        None,
+    );
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("# 8080/TCP\n-\tkube-system\tshop\nkube-system\t-\t2/4\nshop\tnone\tnone\n"),
+        "{table}"
+    );
+
+    // Workloads: the app label (all shop pods carry app: shop), else the name without the
+    // ReplicaSet hash and pod suffix.
+    let out = policyc(
+        &[
+            "matrix",
+            "-f",
+            EXAMPLE,
+            "--port",
+            "53",
+            "--protocol",
+            "UDP",
+            "--group-by",
+            "workload",
+        ],
+        None,
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "-\tkube-system/coredns\tshop/shop\nkube-system/coredns\t-\tnone\nshop/shop\tall\tnone\n"
+    );
+
+    // JSON: the per-pod form unchanged, plus the groups.
+    let plain = policyc(&["matrix", "-f", EXAMPLE, "--port", "9000", "-o", "json"], None);
+    let plain: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    let out = policyc(
+        &[
+            "matrix",
+            "-f",
+            EXAMPLE,
+            "--port",
+            "9000",
+            "--group-by",
+            "namespace",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["allowed", "groups", "pods"]
+    );
+    assert_eq!(v["pods"], plain["pods"]);
+    assert_eq!(v["allowed"], plain["allowed"]);
+    assert_eq!(
+        v["groups"],
+        serde_json::json!({
+            "by": "namespace",
+            "groups": ["kube-system", "shop"],
+            "of": [0, 1, 1, 1, 1],
+            "allowed": [[0, 0], [0, 2]],
+            "pairs": [[0, 4], [4, 12]],
+        })
+    );
+}
+
 #[test]
 fn explain_and_matrix_walk_the_admin_tiers() {
     let ex = "examples/admin-tiers";

@@ -405,63 +405,7 @@ impl Matrix {
     /// endpoints, built by walking its tiers once with every rule's peers as bitsets (see
     /// [`SideSets`]). Endpoints with the same policies share the walk.
     pub fn evaluate(ir: &Ir, protocol: Protocol, port: u16) -> Matrix {
-        let pods = ir.endpoints.iter().map(|e| e.pod.to_string()).collect();
-        let ev = Evaluator::new(ir);
-        let n = ir.endpoints.len();
-        // Pods by number, so that a pod reaching itself through another endpoint's address is
-        // told without comparing names per pair.
-        let mut pod_ids: HashMap<&ObjectRef, usize> = HashMap::new();
-        let pod_of: Vec<usize> = ir
-            .endpoints
-            .iter()
-            .map(|e| {
-                let next = pod_ids.len();
-                *pod_ids.entry(&e.pod).or_insert(next)
-            })
-            .collect();
-        // Per family and endpoint: the pod its address belongs to (the endpoint whose policies
-        // judge it; the same address is the same pod), and its egress and ingress sides.
-        #[derive(Clone, Copy, Default)]
-        struct At {
-            pod: usize,
-            egress: usize,
-            ingress: usize,
-        }
-        let mut sides: Vec<SideSets<'_>> = Vec::new();
-        let mut at: Vec<Vec<At>> = Vec::new();
-        // Bit 0: has an IPv4 address, bit 1: IPv6.
-        let mut families = vec![0u8; n];
-        for (fi, f) in [Family::V4, Family::V6].into_iter().enumerate() {
-            let mut side = SideSets::new(ir, &ev, f, protocol, port);
-            let mut v = vec![At::default(); n];
-            for (j, a) in side.addrs.clone().into_iter().enumerate() {
-                let Some(addr) = a else { continue };
-                families[j] |= 1 << fi;
-                let k = ev.by_ip[&addr];
-                v[j] = At {
-                    pod: pod_of[k],
-                    egress: side.side(k, Direction::Egress, addr),
-                    ingress: side.side(k, Direction::Ingress, addr),
-                };
-            }
-            sides.push(side);
-            at.push(v);
-        }
-        let mut allowed = vec![vec![false; n]; n];
-        for (si, row) in allowed.iter_mut().enumerate() {
-            for (di, cell) in row.iter_mut().enumerate() {
-                // IPv4 when both have it, else IPv6 (as `flow_addresses`).
-                let common = families[si] & families[di];
-                if common == 0 {
-                    *cell = pod_of[si] == pod_of[di];
-                    continue;
-                }
-                let f = usize::from(common & 1 == 0);
-                let (s, d) = (&at[f][si], &at[f][di]);
-                *cell = s.pod == d.pod || (sides[f].results[s.egress].get(di) && sides[f].results[d.ingress].get(si));
-            }
-        }
-        Matrix { pods, allowed }
+        Matrices::new(ir).port(protocol, port)
     }
 
     /// The reference: every ordered pair evaluated as one flow by the [`Evaluator`] (slow; for
@@ -520,6 +464,569 @@ impl Matrix {
     }
 }
 
+/// Matrices of one IR for several ports, one port at a time: what does not depend on the port
+/// (the evaluator, every peer set's members, which pods share an address) is computed once, and
+/// a side whose rules say the same for two ports is walked once.
+#[derive(Debug)]
+pub struct Matrices<'a> {
+    ir: &'a Ir,
+    ev: Evaluator<'a>,
+    pods: Vec<String>,
+    /// Per family (IPv4, IPv6).
+    families: [SideSets<'a>; 2],
+    /// Per endpoint: bit 0 has an IPv4 address, bit 1 an IPv6 one.
+    has: Vec<u8>,
+    /// The endpoints whose address is IPv4 (`[0]`); IPv6 ones that have no IPv4 address (`[1]`).
+    masks: [Bits; 2],
+    /// Per source endpoint: the destinations that are the same pod (always allowed).
+    same_pod: Vec<Vec<usize>>,
+}
+
+impl<'a> Matrices<'a> {
+    pub fn new(ir: &'a Ir) -> Self {
+        let n = ir.endpoints.len();
+        let ev = Evaluator::new(ir);
+        // Pods by number, so that a pod reaching itself through another endpoint's address is
+        // told without comparing names per pair.
+        let mut pod_ids: HashMap<&ObjectRef, usize> = HashMap::new();
+        let pod_of: Vec<usize> = ir
+            .endpoints
+            .iter()
+            .map(|e| {
+                let next = pod_ids.len();
+                *pod_ids.entry(&e.pod).or_insert(next)
+            })
+            .collect();
+        let families = [
+            SideSets::new(ir, &ev, Family::V4, &pod_of),
+            SideSets::new(ir, &ev, Family::V6, &pod_of),
+        ];
+        let has: Vec<u8> = (0..n)
+            .map(|j| u8::from(families[0].addrs[j].is_some()) | u8::from(families[1].addrs[j].is_some()) << 1)
+            .collect();
+        let mut masks = [Bits::none(n), Bits::none(n)];
+        for (j, h) in has.iter().enumerate() {
+            if h & 1 != 0 {
+                masks[0].set(j);
+            } else if h & 2 != 0 {
+                masks[1].set(j);
+            }
+        }
+        // A pair is judged on IPv4 when both have it, else on IPv6 (as `flow_addresses`); the
+        // same pod (by the owner of the address, or by name when no family is common) is
+        // always allowed.
+        let mut groups: HashMap<(u8, usize), Vec<usize>> = HashMap::new();
+        for (j, pod) in pod_of.iter().enumerate() {
+            groups.entry((2, *pod)).or_default().push(j);
+            for (f, fam) in families.iter().enumerate() {
+                if fam.addrs[j].is_some() {
+                    groups.entry((f as u8, fam.owner_pod[j])).or_default().push(j);
+                }
+            }
+        }
+        let same_pod = (0..n)
+            .map(|s| {
+                let mut candidates: Vec<usize> = groups[&(2, pod_of[s])].clone();
+                for (f, fam) in families.iter().enumerate() {
+                    if fam.addrs[s].is_some() {
+                        candidates.extend(&groups[&(f as u8, fam.owner_pod[s])]);
+                    }
+                }
+                candidates.sort_unstable();
+                candidates.dedup();
+                candidates.retain(|&d| {
+                    let common = has[s] & has[d];
+                    if common == 0 {
+                        return pod_of[s] == pod_of[d];
+                    }
+                    let f = usize::from(common & 1 == 0);
+                    families[f].owner_pod[s] == families[f].owner_pod[d]
+                });
+                candidates
+            })
+            .collect();
+        Self {
+            ir,
+            ev,
+            pods: ir.endpoints.iter().map(|e| e.pod.to_string()).collect(),
+            families,
+            has,
+            masks,
+            same_pod,
+        }
+    }
+
+    /// The pods, in the order of rows and columns.
+    pub fn pods(&self) -> &[String] {
+        &self.pods
+    }
+
+    /// The matrix of one port and protocol (see [`Matrix::evaluate`]).
+    pub fn port(&mut self, protocol: Protocol, port: u16) -> Matrix {
+        self.bits(protocol, port).to_matrix(&self.pods)
+    }
+
+    /// The matrix of one port and protocol, one bitset per source.
+    pub fn bits(&mut self, protocol: Protocol, port: u16) -> BitMatrix {
+        let n = self.ir.endpoints.len();
+        let mut rows: Vec<Bits> = (0..n).map(|_| Bits::none(n)).collect();
+        for f in 0..2 {
+            let fam = &mut self.families[f];
+            let sides = fam.sides(&self.ev, protocol, port);
+            // Row `d` of the ingress sides: the sources destination `d` allows; turned over,
+            // row `s`: the destinations that allow source `s`.
+            let empty = Bits::none(n);
+            let ingress: Vec<&Bits> = sides
+                .iter()
+                .map(|s| s.map_or(&empty, |(_, i)| &fam.results[i]))
+                .collect();
+            let allowed_by = transpose(&ingress, n);
+            for (s, row) in rows.iter_mut().enumerate() {
+                let Some((e, _)) = sides[s] else { continue };
+                // IPv4 pairs; IPv6 pairs are those where the two do not both have IPv4.
+                let mut r = fam.results[e].and(&allowed_by[s]);
+                if f == 0 {
+                    r.and_assign(&self.masks[0]);
+                } else if self.has[s] & 1 != 0 {
+                    r.and_assign(&self.masks[1]);
+                } else {
+                    let mut m = self.masks[0].clone();
+                    m.or_assign(&self.masks[1]);
+                    r.and_assign(&m);
+                }
+                row.or_assign(&r);
+            }
+        }
+        for (s, row) in rows.iter_mut().enumerate() {
+            for d in &self.same_pod[s] {
+                row.set(*d);
+            }
+        }
+        BitMatrix { rows }
+    }
+}
+
+/// A reachability matrix as one bitset of destinations per source: the compact form of
+/// [`Matrix`], written out without building it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BitMatrix {
+    rows: Vec<Bits>,
+}
+
+impl BitMatrix {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn get(&self, src: usize, dst: usize) -> bool {
+        self.rows[src].get(dst)
+    }
+
+    /// How many pairs are allowed.
+    pub fn count(&self) -> usize {
+        self.rows
+            .iter()
+            .map(|r| r.0.iter().map(|w| w.count_ones() as usize).sum::<usize>())
+            .sum()
+    }
+
+    /// How many destinations among `dsts` source `src` reaches.
+    fn count_in(&self, src: usize, dsts: &Bits) -> usize {
+        self.rows[src]
+            .0
+            .iter()
+            .zip(&dsts.0)
+            .map(|(a, b)| (a & b).count_ones() as usize)
+            .sum()
+    }
+
+    pub fn to_matrix(&self, pods: &[String]) -> Matrix {
+        let n = self.rows.len();
+        Matrix {
+            pods: pods.to_vec(),
+            allowed: self.rows.iter().map(|r| (0..n).map(|d| r.get(d)).collect()).collect(),
+        }
+    }
+
+    /// Exactly [`Matrix::to_table`].
+    pub fn write_table(&self, pods: &[String], w: &mut impl std::io::Write) -> std::io::Result<()> {
+        write!(w, "-")?;
+        for p in pods {
+            write!(w, "\t{p}")?;
+        }
+        writeln!(w)?;
+        let mut line = Vec::new();
+        for (i, p) in pods.iter().enumerate() {
+            line.clear();
+            line.extend_from_slice(p.as_bytes());
+            for d in 0..self.rows.len() {
+                line.extend_from_slice(if self.rows[i].get(d) { b"\t." } else { b"\tX" });
+            }
+            line.push(b'\n');
+            w.write_all(&line)?;
+        }
+        Ok(())
+    }
+
+    /// Exactly the JSON of the [`Matrix`] (`{"pods": [...], "allowed": [[...]]}`), without a
+    /// newline.
+    pub fn write_json(&self, pods: &[String], w: &mut impl std::io::Write) -> std::io::Result<()> {
+        w.write_all(b"{")?;
+        self.write_json_fields(pods, w)?;
+        w.write_all(b"}")
+    }
+
+    /// The members of [`BitMatrix::write_json`]'s object without its braces (`"pods":[...],
+    /// "allowed":[[...]]`), for an object with more members.
+    pub fn write_json_fields(&self, pods: &[String], w: &mut impl std::io::Write) -> std::io::Result<()> {
+        w.write_all(b"\"pods\":")?;
+        serde_json::to_writer(&mut *w, pods)?;
+        w.write_all(b",\"allowed\":[")?;
+        let mut line = Vec::new();
+        for (i, r) in self.rows.iter().enumerate() {
+            line.clear();
+            if i > 0 {
+                line.push(b',');
+            }
+            line.push(b'[');
+            for d in 0..self.rows.len() {
+                if d > 0 {
+                    line.push(b',');
+                }
+                line.extend_from_slice(if r.get(d) { b"true" } else { b"false" });
+            }
+            line.push(b']');
+            w.write_all(&line)?;
+        }
+        w.write_all(b"]")
+    }
+}
+
+/// Turns a square bit matrix over: bit `c` of row `r` becomes bit `r` of row `c`, 64×64 blocks at
+/// a time.
+fn transpose(rows: &[&Bits], n: usize) -> Vec<Bits> {
+    let words = n.div_ceil(64);
+    let mut out: Vec<Bits> = (0..n).map(|_| Bits::none(n)).collect();
+    let mut block = [0u64; 64];
+    for br in 0..words {
+        for bc in 0..words {
+            for (i, b) in block.iter_mut().enumerate() {
+                *b = rows.get(br * 64 + i).map_or(0, |r| r.0[bc]);
+            }
+            if block.iter().all(|b| *b == 0) {
+                continue;
+            }
+            transpose64(&mut block);
+            for (i, b) in block.iter().enumerate() {
+                if let Some(r) = out.get_mut(bc * 64 + i) {
+                    r.0[br] = *b;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Transposes a 64×64 bit block in place: bit `c` of `a[r]` becomes bit `r` of `a[c]`.
+fn transpose64(a: &mut [u64; 64]) {
+    let mut j = 32;
+    let mut m: u64 = 0x0000_0000_FFFF_FFFF;
+    while j != 0 {
+        let mut k = 0;
+        while k < 64 {
+            let t = ((a[k] >> j) ^ a[k + j]) & m;
+            a[k] ^= t << j;
+            a[k + j] ^= t;
+            k = (k + j + 1) & !j;
+        }
+        j >>= 1;
+        m ^= m << j;
+    }
+}
+// === Distinct ports ===
+
+/// Ports of one protocol that no rule tells apart: every port in it gets the same matrix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortClass {
+    pub protocol: Protocol,
+    /// Inclusive ranges, ascending, not adjacent.
+    pub ranges: Vec<(u16, u16)>,
+}
+
+impl PortClass {
+    /// The port the class's matrix is computed at: its first.
+    pub fn port(&self) -> u16 {
+        self.ranges[0].0
+    }
+}
+
+/// `80/TCP`, `30000-30009/TCP`, `1-52,54-65535/UDP`.
+impl std::fmt::Display for PortClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (a, b)) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if a == b {
+                write!(f, "{a}")?;
+            } else {
+                write!(f, "{a}-{b}")?;
+            }
+        }
+        write!(f, "/{}", self.protocol)
+    }
+}
+
+/// Every distinct port the IR's rules use, as classes of ports no rule tells apart, in protocol
+/// then port order.
+///
+/// A port, or a range, named in a NetworkPolicy or admin rule, and each number a named port
+/// resolves to on some pod, and each of `extra` (e.g. the ports a user asks for) is covered by
+/// exactly one class. A named port's number and each of `extra` is a class of its own; the other
+/// ports are classed by the set of ranges that contain them (a port inside a range that some
+/// other rule names on its own is split off, and so on). Ports no rule names (allowed only by
+/// rules without ports) are in no class. Port 0 is never part of a class.
+pub fn distinct_ports(ir: &Ir, extra: &[(Protocol, u16)]) -> Vec<PortClass> {
+    let mut ranges: BTreeMap<Protocol, Vec<(u16, u16)>> = BTreeMap::new();
+    let mut points: BTreeMap<Protocol, Vec<u16>> = BTreeMap::new();
+    let mut add = |m: &PortMatch| match m {
+        PortMatch::Any => {}
+        PortMatch::Ports(v) => {
+            for r in v {
+                ranges.entry(r.protocol).or_default().push((r.first, r.last));
+            }
+        }
+        // Named ports: the numbers of the port sets, below.
+        PortMatch::Named { .. } => {}
+    };
+    for c in ir.chains.values() {
+        for r in &c.rules {
+            add(&r.ports);
+        }
+    }
+    for r in ir.admin_rules.values() {
+        r.ports.iter().for_each(&mut add);
+    }
+    for ps in ir.port_sets.values() {
+        points
+            .entry(ps.protocol)
+            .or_default()
+            .extend(ps.members.iter().map(|(_, p)| *p));
+    }
+    for (p, port) in extra {
+        points.entry(*p).or_default().push(*port);
+    }
+    let mut out = Vec::new();
+    for protocol in Protocol::ALL {
+        let mut rs = ranges.remove(&protocol).unwrap_or_default();
+        let mut ps = points.remove(&protocol).unwrap_or_default();
+        rs.sort_unstable();
+        rs.dedup();
+        ps.sort_unstable();
+        ps.dedup();
+        // Elementary intervals: between consecutive boundaries no range starts or ends.
+        let mut bounds: Vec<u32> = Vec::new();
+        for (a, b) in &rs {
+            bounds.push(u32::from(*a));
+            bounds.push(u32::from(*b) + 1);
+        }
+        for p in &ps {
+            bounds.push(u32::from(*p));
+            bounds.push(u32::from(*p) + 1);
+        }
+        bounds.retain(|b| *b >= 1);
+        bounds.push(1);
+        bounds.sort_unstable();
+        bounds.dedup();
+        // Classes by what covers them: the ranges' indexes, and the port itself for points.
+        let mut classes: Vec<PortClass> = Vec::new();
+        let mut by_sig: HashMap<(Vec<usize>, Option<u16>), usize> = HashMap::new();
+        for w in bounds.windows(2) {
+            let (a, b) = (w[0] as u16, (w[1] - 1) as u16);
+            let covering: Vec<usize> = rs
+                .iter()
+                .enumerate()
+                .filter(|(_, (f, l))| *f <= a && b <= *l)
+                .map(|(i, _)| i)
+                .collect();
+            let point = (a == b && ps.binary_search(&a).is_ok()).then_some(a);
+            if covering.is_empty() && point.is_none() {
+                continue;
+            }
+            let i = *by_sig.entry((covering, point)).or_insert_with(|| {
+                classes.push(PortClass {
+                    protocol,
+                    ranges: Vec::new(),
+                });
+                classes.len() - 1
+            });
+            let c = &mut classes[i];
+            match c.ranges.last_mut() {
+                Some(last) if u32::from(last.1) + 1 == u32::from(a) => last.1 = b,
+                _ => c.ranges.push((a, b)),
+            }
+        }
+        out.extend(classes);
+    }
+    out
+}
+
+// === Matrix by groups ===
+
+/// How `matrix --group-by` groups pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    Namespace,
+    Workload,
+}
+
+/// A pod's workload, as `namespace/name`: its `app.kubernetes.io/name` label, else its `app`
+/// label, else its name without what controllers append (see [`workload_name`]).
+pub fn workload(pod: &Pod) -> String {
+    let name = pod
+        .labels
+        .get("app.kubernetes.io/name")
+        .or_else(|| pod.labels.get("app"))
+        .cloned()
+        .unwrap_or_else(|| workload_name(&pod.name, pod.labels.get("pod-template-hash").map(String::as_str)));
+    format!("{}/{name}", pod.namespace)
+}
+
+/// A pod's name without what its controller appended: a Deployment's `-<pod-template-hash>-<5>`,
+/// a DaemonSet's, Job's or generateName's `-<5>` (5 characters of the alphabet Kubernetes draws
+/// generated names from), then a ReplicaSet hash before it (5 to 10 characters of that alphabet,
+/// at least one digit); else a StatefulSet's `-<ordinal>`. A name with none of these is its own
+/// workload.
+pub fn workload_name(name: &str, pod_template_hash: Option<&str>) -> String {
+    const ALPHABET: &str = "bcdfghjklmnpqrstvwxz2456789";
+    let generated =
+        |s: &str, min: usize, max: usize| (min..=max).contains(&s.len()) && s.chars().all(|c| ALPHABET.contains(c));
+    if let Some(h) = pod_template_hash.filter(|h| !h.is_empty()) {
+        if let Some((rest, _)) = name.rsplit_once('-') {
+            if let Some(base) = rest.strip_suffix(h).and_then(|b| b.strip_suffix('-')) {
+                if !base.is_empty() {
+                    return base.to_string();
+                }
+            }
+        }
+    }
+    if let Some((rest, last)) = name.rsplit_once('-') {
+        if !rest.is_empty() && generated(last, 5, 5) {
+            if let Some((base, hash)) = rest.rsplit_once('-') {
+                if !base.is_empty() && generated(hash, 5, 10) && hash.chars().any(|c| c.is_ascii_digit()) {
+                    return base.to_string();
+                }
+            }
+            return rest.to_string();
+        }
+        if !rest.is_empty() && !last.is_empty() && last.chars().all(|c| c.is_ascii_digit()) {
+            return rest.to_string();
+        }
+    }
+    name.to_string()
+}
+
+/// A matrix summed over groups of pods: for each source group and destination group, how many of
+/// the pairs (a pod and another pod; a pod to itself is not counted) are allowed. The JSON form:
+/// `{"by": "namespace", "groups": [...], "of": [group of each pod], "allowed": [[count]],
+/// "pairs": [[count]]}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GroupMatrix {
+    pub by: GroupBy,
+    pub groups: Vec<String>,
+    /// The group of each pod of the matrix, by index into `groups`.
+    pub of: Vec<usize>,
+    pub allowed: Vec<Vec<usize>>,
+    pub pairs: Vec<Vec<usize>>,
+}
+
+impl GroupMatrix {
+    /// Groups the pods of `m` (named `pods`) by `group[i]`, the group of pod `i`; groups sorted
+    /// by name.
+    pub fn new(m: &BitMatrix, pods: &[String], by: GroupBy, group: &[String]) -> GroupMatrix {
+        let n = m.len();
+        let groups: Vec<String> = group
+            .iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let of: Vec<usize> = group
+            .iter()
+            .map(|g| groups.binary_search(g).expect("every pod's group is listed"))
+            .collect();
+        let k = groups.len();
+        let mut members: Vec<Bits> = (0..k).map(|_| Bits::none(n)).collect();
+        let mut size = vec![0; k];
+        for (i, g) in of.iter().enumerate() {
+            members[*g].set(i);
+            size[*g] += 1;
+        }
+        let mut allowed = vec![vec![0; k]; k];
+        let mut pairs = vec![vec![0; k]; k];
+        for s in 0..n {
+            for h in 0..k {
+                allowed[of[s]][h] += m.count_in(s, &members[h]);
+                pairs[of[s]][h] += size[h];
+            }
+        }
+        // A pod to itself is not a pair (nor another endpoint of the same pod).
+        let mut same: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, p) in pods.iter().enumerate() {
+            same.entry(p.as_str()).or_default().push(i);
+        }
+        for v in same.values() {
+            for s in v {
+                for d in v {
+                    pairs[of[*s]][of[*d]] -= 1;
+                    allowed[of[*s]][of[*d]] -= usize::from(m.get(*s, *d));
+                }
+            }
+        }
+        GroupMatrix {
+            by,
+            groups,
+            of,
+            allowed,
+            pairs,
+        }
+    }
+
+    /// One cell: `all`, `none`, `allowed/pairs` when some are, `-` when there is no pair.
+    pub fn cell(&self, s: usize, d: usize) -> String {
+        match (self.allowed[s][d], self.pairs[s][d]) {
+            (_, 0) => "-".into(),
+            (a, p) if a == p => "all".into(),
+            (0, _) => "none".into(),
+            (a, p) => format!("{a}/{p}"),
+        }
+    }
+
+    /// Tab-separated as [`Matrix::to_table`]: rows are sources, columns destinations.
+    pub fn to_table(&self) -> String {
+        let mut out = String::from("-");
+        for g in &self.groups {
+            out.push('\t');
+            out.push_str(g);
+        }
+        out.push('\n');
+        for (i, g) in self.groups.iter().enumerate() {
+            out.push_str(g);
+            for j in 0..self.groups.len() {
+                out.push('\t');
+                out.push_str(&self.cell(i, j));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
 // === Matrix by bitsets ===
 
 /// A set of endpoints (by index).
@@ -553,6 +1060,10 @@ impl Bits {
         Bits(self.0.iter().zip(&o.0).map(|(a, b)| a & b).collect())
     }
 
+    fn and_assign(&mut self, o: &Bits) {
+        self.0.iter_mut().zip(&o.0).for_each(|(a, b)| *a &= b);
+    }
+
     fn or_assign(&mut self, o: &Bits) {
         self.0.iter_mut().zip(&o.0).for_each(|(a, b)| *a |= b);
     }
@@ -574,92 +1085,209 @@ enum PortBits {
     Peers(Bits),
 }
 
-/// The peers each endpoint allows per direction, for one address family, protocol and port.
+/// What decides a side's walk for one port: the side (direction and distinct isolation), for
+/// ingress named ports its own address, and what each of its rules' port matches says.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct WalkKey {
+    direction: Direction,
+    isolation: usize,
+    own: Option<IpAddr>,
+    /// Per port match, in walk order: 0 no, 1 yes, 2 + port for an egress named port (its peers
+    /// depend on the port).
+    ports: Vec<u32>,
+}
+
+/// The peers each endpoint allows per direction, for one address family, port after port.
 /// Bit `j` stands for endpoint `j`'s first address of the family.
+#[derive(Debug)]
 struct SideSets<'a> {
     ir: &'a Ir,
-    ev: &'a Evaluator<'a>,
-    protocol: Protocol,
-    port: u16,
     /// Each endpoint's first address of the family.
     addrs: Vec<Option<IpAddr>>,
+    /// Per endpoint with an address: the endpoint whose policies judge it (the first with the
+    /// address), and that endpoint's pod by number.
+    owner: Vec<usize>,
+    owner_pod: Vec<usize>,
+    /// Distinct isolations; per endpoint its egress and ingress isolation there.
+    isolations: Vec<&'a Isolation>,
+    iso_of: Vec<[usize; 2]>,
+    /// Per isolation: whether its ingress walk resolves named ports on the endpoint itself.
+    named_ingress: Vec<bool>,
     /// Members of NetworkPolicy sets (`false`) and admin peer sets (`true`).
     peer_bits: HashMap<(bool, &'a str), Bits>,
+    /// The current port.
+    protocol: Protocol,
+    port: u16,
+    /// Where each egress named port resolves at the current port.
     named_bits: HashMap<&'a str, Bits>,
-    /// Per what decides a side: index into `results`.
-    by_key: HashMap<SideKey<'a>, usize>,
+    /// Walks done, over all ports: index into `results`.
+    walks: HashMap<WalkKey, usize>,
     results: Vec<Bits>,
 }
 
-/// What a side's walk depends on: its policies, and for ingress named ports its own address.
-#[derive(PartialEq, Eq, Hash)]
-struct SideKey<'a> {
-    direction: Direction,
-    isolation: &'a Isolation,
-    own: Option<IpAddr>,
+fn direction_index(d: Direction) -> usize {
+    match d {
+        Direction::Egress => 0,
+        Direction::Ingress => 1,
+    }
 }
 
 impl<'a> SideSets<'a> {
-    fn new(ir: &'a Ir, ev: &'a Evaluator<'a>, family: Family, protocol: Protocol, port: u16) -> Self {
-        let addrs = ir
+    fn new(ir: &'a Ir, ev: &Evaluator<'a>, family: Family, pod_of: &[usize]) -> Self {
+        let addrs: Vec<Option<IpAddr>> = ir
             .endpoints
             .iter()
             .map(|e| e.ips.iter().find(|ip| Family::of(ip) == family).copied())
             .collect();
+        let owner: Vec<usize> = addrs
+            .iter()
+            .enumerate()
+            .map(|(j, a)| a.map_or(j, |a| ev.by_ip[&a]))
+            .collect();
+        let owner_pod = owner.iter().map(|k| pod_of[*k]).collect();
+        let mut ids: HashMap<&'a Isolation, usize> = HashMap::new();
+        let mut isolations = Vec::new();
+        let iso_of = ir
+            .endpoints
+            .iter()
+            .map(|ep| {
+                [Direction::Egress, Direction::Ingress].map(|d| {
+                    let iso = ep.isolation(d);
+                    *ids.entry(iso).or_insert_with(|| {
+                        isolations.push(iso);
+                        isolations.len() - 1
+                    })
+                })
+            })
+            .collect();
+        let named = |pm: &PortMatch| matches!(pm, PortMatch::Named { .. });
+        let named_ingress = isolations
+            .iter()
+            .map(|iso: &&Isolation| {
+                let d = Direction::Ingress;
+                iso.chains
+                    .iter()
+                    .any(|c| ir.chains[c].rules.iter().any(|r| named(&r.ports)))
+                    || iso
+                        .admin
+                        .iter()
+                        .chain(&iso.baseline)
+                        .flat_map(|p| ev.admin_rules.get(&(p, d)).into_iter().flatten())
+                        .any(|c| ir.admin_rules[*c].ports.iter().any(named))
+            })
+            .collect();
         Self {
             ir,
-            ev,
-            protocol,
-            port,
             addrs,
+            owner,
+            owner_pod,
+            isolations,
+            iso_of,
+            named_ingress,
             peer_bits: HashMap::new(),
+            protocol: Protocol::Tcp,
+            port: 0,
             named_bits: HashMap::new(),
-            by_key: HashMap::new(),
+            walks: HashMap::new(),
             results: Vec::new(),
         }
     }
 
-    /// The result index of endpoint `k`'s side `d` when its address in the flow is `at`.
-    fn side(&mut self, k: usize, d: Direction, at: IpAddr) -> usize {
-        let ir = self.ir;
-        let ep = &ir.endpoints[k];
-        let iso = ep.isolation(d);
-        let named = |pm: &PortMatch| matches!(pm, PortMatch::Named { .. });
-        let has_named = d == Direction::Ingress
-            && (iso
-                .chains
-                .iter()
-                .any(|c| ir.chains[c].rules.iter().any(|r| named(&r.ports)))
-                || iso
-                    .admin
-                    .iter()
-                    .chain(&iso.baseline)
-                    .flat_map(|p| self.ev.admin_rules.get(&(p, d)).into_iter().flatten())
-                    .any(|c| ir.admin_rules[*c].ports.iter().any(named)));
-        let key = SideKey {
+    /// For the port, per endpoint with an address of the family: its egress and ingress
+    /// results (indexes into `results`).
+    fn sides(&mut self, ev: &Evaluator<'a>, protocol: Protocol, port: u16) -> Vec<Option<(usize, usize)>> {
+        self.protocol = protocol;
+        self.port = port;
+        self.named_bits.clear();
+        // Sides that do not depend on their own address, by isolation, for this port.
+        let mut by_iso: HashMap<(Direction, usize), usize> = HashMap::new();
+        (0..self.addrs.len())
+            .map(|j| {
+                let at = self.addrs[j]?;
+                let k = self.owner[j];
+                let [e, i] = [Direction::Egress, Direction::Ingress].map(|d| {
+                    let iso = self.iso_of[k][direction_index(d)];
+                    let own = (d == Direction::Ingress && self.named_ingress[iso]).then_some(at);
+                    if own.is_none() {
+                        if let Some(r) = by_iso.get(&(d, iso)) {
+                            return *r;
+                        }
+                    }
+                    let r = self.side(ev, d, iso, own);
+                    if own.is_none() {
+                        by_iso.insert((d, iso), r);
+                    }
+                    r
+                });
+                Some((e, i))
+            })
+            .collect()
+    }
+
+    /// The result index of a side at the current port: a walk done before for the same rules'
+    /// answers, or a new one.
+    fn side(&mut self, ev: &Evaluator<'a>, d: Direction, iso: usize, own: Option<IpAddr>) -> usize {
+        let isolation = self.isolations[iso];
+        let key = WalkKey {
             direction: d,
             isolation: iso,
-            own: has_named.then_some(at),
+            own,
+            ports: self.port_answers(ev, isolation, d, own),
         };
-        if let Some(i) = self.by_key.get(&key) {
+        if let Some(i) = self.walks.get(&key) {
             return *i;
         }
-        let bits = self.walk(iso, d, key.own);
+        let bits = self.walk(ev, isolation, d, own);
         self.results.push(bits);
         let i = self.results.len() - 1;
-        self.by_key.insert(key, i);
+        self.walks.insert(key, i);
         i
     }
 
+    /// What every port match the walk consults says at the current port (see [`WalkKey`]).
+    fn port_answers(&self, ev: &Evaluator<'a>, iso: &'a Isolation, d: Direction, own: Option<IpAddr>) -> Vec<u32> {
+        let answer = |m: &PortMatch| -> u32 {
+            match m {
+                PortMatch::Any => 1,
+                PortMatch::Ports(ranges) => u32::from(ranges.iter().any(|r| r.contains(self.protocol, self.port))),
+                PortMatch::Named { set, protocol } => {
+                    if *protocol != self.protocol {
+                        0
+                    } else if d == Direction::Ingress {
+                        u32::from(own.is_some_and(|ip| self.ir.port_sets[set].contains(ip, self.port)))
+                    } else {
+                        2 + u32::from(self.port)
+                    }
+                }
+            }
+        };
+        let admin = |policies: &'a [AdminRef]| {
+            policies
+                .iter()
+                .flat_map(move |p| ev.admin_rules.get(&(p, d)).into_iter().flatten())
+                .flat_map(|c| &self.ir.admin_rules[*c].ports)
+        };
+        let chains = iso
+            .chains
+            .iter()
+            .flat_map(|c| &self.ir.chains[c].rules)
+            .map(|r| &r.ports);
+        admin(&iso.admin)
+            .chain(chains)
+            .chain(admin(&iso.baseline))
+            .map(answer)
+            .collect()
+    }
+
     /// The tier walk of [`Evaluator::evaluate`] over every peer at once.
-    fn walk(&mut self, iso: &'a Isolation, d: Direction, own: Option<IpAddr>) -> Bits {
+    fn walk(&mut self, ev: &Evaluator<'a>, iso: &'a Isolation, d: Direction, own: Option<IpAddr>) -> Bits {
         let n = self.ir.endpoints.len();
         let all = Bits::all(n);
         let mut allow = Bits::none(n);
         // Admin tier: the first matching rule decides; Pass skips to the next tier.
         let mut undecided = all.clone();
         let mut passed = Bits::none(n);
-        for (bits, action) in self.admin_rules(&iso.admin, d, own) {
+        for (bits, action) in self.admin_rules(ev, &iso.admin, d, own) {
             let m = undecided.and(&bits);
             match action {
                 AdminAction::Accept => allow.or_assign(&m),
@@ -676,11 +1304,16 @@ impl<'a> SideSets<'a> {
             let mut any = Bits::none(n);
             for c in &iso.chains {
                 for r in &self.ir.chains[c].rules {
-                    let peers = self.peer(false, &r.peer);
                     match self.port(&r.ports, d, own) {
-                        PortBits::Yes => any.or_assign(&peers),
+                        PortBits::Yes => {
+                            let peers = self.peer(false, &r.peer);
+                            any.or_assign(&peers)
+                        }
                         PortBits::No => {}
-                        PortBits::Peers(p) => any.or_assign(&peers.and(&p)),
+                        PortBits::Peers(p) => {
+                            let peers = self.peer(false, &r.peer);
+                            any.or_assign(&peers.and(&p))
+                        }
                     }
                 }
             }
@@ -688,7 +1321,7 @@ impl<'a> SideSets<'a> {
             return allow;
         }
         // Baseline tier: first match; Pass and no match are allowed by default.
-        for (bits, action) in self.admin_rules(&iso.baseline, d, own) {
+        for (bits, action) in self.admin_rules(ev, &iso.baseline, d, own) {
             let m = undecided.and(&bits);
             if action != AdminAction::Deny {
                 allow.or_assign(&m);
@@ -700,20 +1333,26 @@ impl<'a> SideSets<'a> {
     }
 
     /// The rules of admin policies in evaluation order: the peers each matches, and its action.
-    fn admin_rules(&mut self, policies: &'a [AdminRef], d: Direction, own: Option<IpAddr>) -> Vec<(Bits, AdminAction)> {
-        let ev = self.ev;
+    fn admin_rules(
+        &mut self,
+        ev: &Evaluator<'a>,
+        policies: &'a [AdminRef],
+        d: Direction,
+        own: Option<IpAddr>,
+    ) -> Vec<(Bits, AdminAction)> {
+        let ir = self.ir;
         let mut out = Vec::new();
         for p in policies {
             for chain in ev.admin_rules.get(&(p, d)).into_iter().flatten() {
-                let r = &self.ir.admin_rules[*chain];
-                let mut peers = Bits::none(self.ir.endpoints.len());
+                let r = &ir.admin_rules[*chain];
+                let mut peers = Bits::none(ir.endpoints.len());
                 for pm in &r.peers {
                     peers.or_assign(&self.peer(true, pm));
                 }
-                let mut ports = Bits::none(self.ir.endpoints.len());
+                let mut ports = Bits::none(ir.endpoints.len());
                 for pm in &r.ports {
                     match self.port(pm, d, own) {
-                        PortBits::Yes => ports = Bits::all(self.ir.endpoints.len()),
+                        PortBits::Yes => ports = Bits::all(ir.endpoints.len()),
                         PortBits::No => {}
                         PortBits::Peers(b) => ports.or_assign(&b),
                     }
@@ -769,6 +1408,50 @@ impl<'a> SideSets<'a> {
                 }
                 self.named_bits.insert(set, b.clone());
                 PortBits::Peers(b)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_names_drop_what_controllers_append() {
+        let cases = [
+            ("coredns-5d78c9869d-x2k4q", None, "coredns"),
+            ("web-api-7d4b9c6f5-2xz8q", Some("7d4b9c6f5"), "web-api"),
+            ("web-bbbbb-2xz8q", Some("bbbbb"), "web"),
+            ("fluentd-x7k2p", None, "fluentd"),
+            ("database-0", None, "database"),
+            ("kafka-12", None, "kafka"),
+            ("redis-cache", None, "redis-cache"),
+            ("nginx", None, "nginx"),
+            ("frontend-abcde", None, "frontend-abcde"),
+        ];
+        for (name, hash, want) in cases {
+            assert_eq!(workload_name(name, hash), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn transpose_turns_bits_over() {
+        for n in [1, 63, 64, 65, 130] {
+            let mut rows: Vec<Bits> = (0..n).map(|_| Bits::none(n)).collect();
+            for (r, row) in rows.iter_mut().enumerate() {
+                for c in 0..n {
+                    if (r * 7 + c * 13) % 5 == 0 {
+                        row.set(c);
+                    }
+                }
+            }
+            let refs: Vec<&Bits> = rows.iter().collect();
+            let t = transpose(&refs, n);
+            for (r, row) in rows.iter().enumerate() {
+                for (c, col) in t.iter().enumerate() {
+                    assert_eq!(col.get(r), row.get(c), "n {n}, {r}, {c}");
+                }
             }
         }
     }

@@ -517,6 +517,7 @@ fn rule_json(r: &Rule, peers_key: &str) -> serde_json::Value {
         .peers
         .iter()
         .map(|p| match p {
+            Peer::IpBlock(b) if b.except.is_empty() => serde_json::json!({"ipBlock": {"cidr": b.cidr.to_string()}}),
             Peer::IpBlock(b) => serde_json::json!({"ipBlock": {
                 "cidr": b.cidr.to_string(),
                 "except": b.except.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
@@ -550,7 +551,16 @@ fn rule_json(r: &Rule, peers_key: &str) -> serde_json::Value {
             }
         })
         .collect();
-    serde_json::json!({ peers_key: peers, "ports": ports })
+    // Empty lists are left out, as the API server prints them: a missing `from`/`to` or `ports`
+    // is every peer or port.
+    let mut rule = serde_json::Map::new();
+    if !peers.is_empty() {
+        rule.insert(peers_key.into(), peers.into());
+    }
+    if !ports.is_empty() {
+        rule.insert("ports".into(), ports.into());
+    }
+    serde_json::Value::Object(rule)
 }
 
 /// The snapshot as Kubernetes manifests (what `kubectl get -o json` would print), sorted by kind
@@ -586,11 +596,18 @@ pub fn to_objects(s: &Snapshot) -> Vec<serde_json::Value> {
                 Direction::Egress => "Egress",
             })
             .collect();
+        // Empty rule lists are left out, as the API server prints them (some readers take an
+        // `egress` member as a claim of the Egress policy type).
+        let mut spec = json!({"podSelector": selector_json(&p.pod_selector), "policyTypes": types});
+        if !p.ingress.is_empty() {
+            spec["ingress"] = p.ingress.iter().map(|r| rule_json(r, "from")).collect();
+        }
+        if !p.egress.is_empty() {
+            spec["egress"] = p.egress.iter().map(|r| rule_json(r, "to")).collect();
+        }
         out.push(json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"name": p.name, "namespace": p.namespace, "generation": p.generation},
-            "spec": {"podSelector": selector_json(&p.pod_selector), "policyTypes": types,
-                "ingress": p.ingress.iter().map(|r| rule_json(r, "from")).collect::<Vec<_>>(),
-                "egress": p.egress.iter().map(|r| rule_json(r, "to")).collect::<Vec<_>>()}}));
+            "spec": spec}));
     }
     for p in s.admin_policies.values() {
         out.push(admin_json(p));
