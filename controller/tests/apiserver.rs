@@ -183,7 +183,7 @@ fn agent_enforces_what_the_apiserver_says() {
         status_generation(&api) == Some(1)
     });
     let rules = ns.ruleset();
-    assert!(rules.contains("tcp dport 8080"), "{rules}");
+    assert!(rules.contains("8080 : goto npc_"), "{rules}");
     assert!(
         rules.contains("10.244.1.6"),
         "pod b's address in the selector set: {rules}"
@@ -205,7 +205,7 @@ fn agent_enforces_what_the_apiserver_says() {
         assert!(out.status.success(), "policyc wait: {err}");
         assert!(err.contains("x/web (generation 2) enforced on n1"), "{err}");
         assert!(
-            ns.ruleset().contains("tcp dport 9090"),
+            ns.ruleset().contains("9090 : goto npc_"),
             "wait returned before the kernel had it"
         );
         let out = Command::new(&policyc)
@@ -218,7 +218,7 @@ fn agent_enforces_what_the_apiserver_says() {
         assert!(text.contains("x/web") && text.contains("n1 (enforced)"), "{text}");
     }
     eventually("updated rule", Duration::from_secs(30), || {
-        ns.ruleset().contains("tcp dport 9090")
+        ns.ruleset().contains("9090 : goto npc_")
     });
     eventually("status generation 2", Duration::from_secs(30), || {
         status_generation(&api) == Some(2)
@@ -228,7 +228,7 @@ fn agent_enforces_what_the_apiserver_says() {
     let before = ns.ruleset();
     let _ = agent.0.kill();
     let _ = agent.0.wait();
-    assert!(ns.ruleset().contains("tcp dport 9090"), "ruleset survives the agent");
+    assert!(ns.ruleset().contains("9090 : goto npc_"), "ruleset survives the agent");
     agent = start_agent(&agent_kubeconfig, &ns, port);
     eventually("/readyz after restart", Duration::from_secs(60), || {
         support::http_get(port, Duration::from_secs(5), "/readyz").is_some_and(|(c, _)| c == 200)
@@ -277,7 +277,7 @@ fn agent_enforces_what_the_apiserver_says() {
     drop(api);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        ns.ruleset().contains("tcp dport 9090"),
+        ns.ruleset().contains("9090 : goto npc_"),
         "ruleset stays during an API server outage"
     );
     assert_eq!(
