@@ -241,21 +241,10 @@ fn agent_enforces_what_the_apiserver_says() {
     // Sets and chains an in-place change added are listed after the kept ones; the new agent's
     // replace lists them in the rendered order. Compare the blocks (each set, map and chain with
     // its rules in order), not their order.
-    let blocks = |s: &str| {
-        let mut out: Vec<Vec<String>> = Vec::new();
-        for l in strip(s).into_iter().filter(|l| !l.is_empty() && l != "}") {
-            let header = l.starts_with("table ") || (l.starts_with('\t') && !l.starts_with("\t\t") && l.ends_with('{'));
-            if header || out.is_empty() {
-                out.push(Vec::new());
-            }
-            out.last_mut().expect("a block").push(l);
-        }
-        out.sort();
-        out
-    };
+    let (now, before) = (strip(&ns.ruleset()).join("\n"), strip(&before).join("\n"));
     assert_eq!(
-        blocks(&ns.ruleset()),
-        blocks(&before),
+        policyc_testhost::sorted_blocks(&now),
+        policyc_testhost::sorted_blocks(&before),
         "restart reproduces the same ruleset"
     );
 

@@ -1214,21 +1214,6 @@ fn ruleset(cluster: &ClusterLab, node: &str) -> String {
     out.join(" ")
 }
 
-/// The top-level blocks of [`ruleset`]'s text (each set, map and chain, its rules in order),
-/// sorted.
-fn sorted_blocks(ruleset: &str) -> Vec<Vec<&str>> {
-    let mut out: Vec<Vec<&str>> = Vec::new();
-    for l in ruleset.lines().filter(|l| !l.is_empty() && *l != "}") {
-        let header = l.starts_with("table ") || (l.starts_with('\t') && !l.starts_with("\t\t") && l.ends_with('{'));
-        if header || out.is_empty() {
-            out.push(Vec::new());
-        }
-        out.last_mut().expect("a block").push(l);
-    }
-    out.sort();
-    out
-}
-
 /// Adds the prober pair `SRC -> DST` (pods as `namespace/name`), on [`PROBE_PORT`].
 fn add_pair(prober: &mut Prober, c: &ClusterLab, expect: Expect, src: &str, dst: &str) {
     let ((sns, sname), (dns, dname)) = (
@@ -1351,8 +1336,14 @@ fn never_leaks_through_restarts_updates_churn_and_outages() {
     // Sets and chains added in place are listed after the kept ones; a restarted agent's
     // replace lists them in the rendered order: the same blocks, maybe in another order.
     assert_eq!(
-        restored.iter().map(|r| sorted_blocks(r)).collect::<Vec<_>>(),
-        rulesets.iter().map(|r| sorted_blocks(r)).collect::<Vec<_>>(),
+        restored
+            .iter()
+            .map(|r| policyc_testhost::sorted_blocks(r))
+            .collect::<Vec<_>>(),
+        rulesets
+            .iter()
+            .map(|r| policyc_testhost::sorted_blocks(r))
+            .collect::<Vec<_>>(),
         "restarted agents hold the same rulesets"
     );
     end_phase(

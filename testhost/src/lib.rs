@@ -153,6 +153,22 @@ impl Drop for Netns {
     }
 }
 
+/// The top-level blocks of an `nft list` listing (the table line, then each set, map and chain
+/// with its lines in order), sorted: what the table holds whatever the order of its sets and
+/// chains, which an in-place change and a replace list differently.
+pub fn sorted_blocks(listing: &str) -> Vec<Vec<&str>> {
+    let mut out: Vec<Vec<&str>> = Vec::new();
+    for l in listing.lines().filter(|l| !l.is_empty() && *l != "}") {
+        let header = l.starts_with("table ") || (l.starts_with('\t') && !l.starts_with("\t\t") && l.ends_with('{'));
+        if header || out.is_empty() {
+            out.push(Vec::new());
+        }
+        out.last_mut().expect("a block").push(l);
+    }
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
