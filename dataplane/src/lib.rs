@@ -34,8 +34,9 @@
 //! * [`NetlinkWriter`]'s [`Dataplane::apply`] changes the table in place, in one batch and one
 //!   transaction, so that a change to one policy does not recreate every set element of the
 //!   node: it adds new sets and maps (with their elements) and new chains (with their rules),
-//!   rewrites changed chains (flushed and refilled: a policy whose ports or peers change, an
-//!   endpoint that gains or loses a policy, an admin rule whose action changes), updates the
+//!   changes the rules of changed chains (a policy whose ports or peers change, an endpoint
+//!   that gains or loses a policy, an admin rule whose action changes: rule by rule, see
+//!   below, or flushed and refilled when the writer does not know their handles), updates the
 //!   elements of changed sets, refills changed interval sets and maps (flushed and filled anew:
 //!   an ipBlock, an admin tier's decision table), and deletes the sets and chains no longer
 //!   there once nothing refers to them (`nl::Builder::in_place` gives the order). A policy
@@ -52,7 +53,17 @@
 //! text's with its blocks reordered. The plan the writer commits follows the kernel's order.
 //! A replace (a new writer, e.g. after a restart, or a fallback) restores the rendered order.
 //! Chains and sets that did not change are not touched: their handles and their rules'
-//! counters are kept (a rewritten chain's rules start from zero, as do new ones).
+//! counters are kept. In a chain that changed, only the rules that changed are sent: replaced
+//! by handle where they stand (`NLM_F_REPLACE`; the new rule keeps the handle, its counter
+//! starts from zero), added ones inserted before the next kept rule, removed ones deleted by
+//! handle (a longest common subsequence of the old and new rules stays). The rules that stay
+//! keep their handles and counters. The writer knows the handles because the kernel echoes
+//! every rule it creates for it (`NLM_F_ECHO`, answered with the rule's handle), and it keeps
+//! them with the plan it committed; a chain whose handles it does not know (a writer that did
+//! not create the table) is flushed and refilled, and then known. A policy created for a
+//! namespace whose pods other policies isolate changes two rules of each endpoint chain (the
+//! jump to its NetworkPolicy group and the drop naming the policies), not the ten or more that
+//! chain holds.
 //!
 //! With the bridge attachment (plain Flannel), an IR also has `table bridge policyc`
 //! (`policyc_compiler::nft::lower_bridge`: the per-port source guard and the drop of bridged pod
@@ -99,7 +110,7 @@ use policyc_compiler::Ir;
 
 use policyc_compiler::nft::{lower, lower_after, lower_bridge, Table, TableFamily};
 
-use self::plan::{Committed, InPlace, Ruleset};
+use self::plan::{Committed, Handles, InPlace, Ruleset};
 use self::socket::NlSocket;
 
 /// Name of the table the writer owns (in the `inet` family).
@@ -320,7 +331,7 @@ impl NetlinkWriter {
         b.replace(&rs)?;
         let enc = b.finish();
         let plan_time = started.elapsed();
-        let kernel_time = self.send(&enc)?;
+        let (kernel_time, _) = self.send(&enc)?;
         self.socket = None;
         Ok(ApplyStats {
             messages: enc.what.len(),
@@ -337,14 +348,17 @@ impl NetlinkWriter {
     }
 
     /// Sends one batch; returns the time until the kernel's last answer.
-    fn send(&mut self, enc: &nl::Encoded) -> Result<Duration, DataplaneError> {
+    fn send(&mut self, enc: &nl::Encoded) -> Result<(Duration, Created), DataplaneError> {
         let t = Instant::now();
         let socket = match self.socket.take() {
             Some(s) => s,
             None => NlSocket::open(self.netns.as_deref())?,
         };
-        match socket.transact(enc) {
-            Ok(()) => self.socket = Some(socket),
+        let echoes = match socket.transact(enc) {
+            Ok(echoes) => {
+                self.socket = Some(socket);
+                echoes
+            }
             // The kernel answered: the socket is fine.
             Err(e @ DataplaneError::Rejected { .. }) => {
                 self.socket = Some(socket);
@@ -352,8 +366,8 @@ impl NetlinkWriter {
             }
             // Anything else may leave unread answers behind: the next batch gets a new socket.
             Err(e) => return Err(e),
-        }
-        Ok(t.elapsed())
+        };
+        Ok((t.elapsed(), enc.created(&echoes)))
     }
 
     /// What to do with the bridge table for `new` (`lower_bridge` of the new IR): nothing when
@@ -402,7 +416,7 @@ impl NetlinkWriter {
         bridge.encode(&mut b)?;
         let enc = b.finish();
         let plan_time = started.elapsed();
-        let kernel_time = self.send(&enc)?;
+        let (kernel_time, created) = self.send(&enc)?;
         // Closed after a replace, unlike after smaller batches: the close waits for the kernel
         // to free the old table (after the commit, so the new ruleset is in force), and the
         // next replace then commits sooner (measured with agent_bench: p50 3.0 ms instead of
@@ -421,7 +435,12 @@ impl NetlinkWriter {
             in_place: false,
         };
         bridge.count(&mut stats);
-        self.committed = Some(Committed { table, plan: rs });
+        let handles = created_handles(&rs, &created, rs.chains.iter().enumerate().map(|(i, _)| i));
+        self.committed = Some(Committed {
+            table,
+            plan: rs,
+            handles,
+        });
         self.bridge = bridge.after;
         Ok(stats)
     }
@@ -437,19 +456,22 @@ impl NetlinkWriter {
         bridge: Option<Table>,
         started: Instant,
     ) -> Result<Option<ApplyStats>, DataplaneError> {
-        self.committed = None;
-        self.bridge = BridgeState::Unknown;
         let Some((new, change)) = plan::in_place_update(old, new).filter(|(_, c)| c.elements_only()) else {
+            // Nothing sent: what the writer committed is still what the kernel holds.
             return Ok(None);
         };
+        self.committed = None;
+        self.bridge = BridgeState::Unknown;
         let after = match bridge {
             Some(t) => BridgeState::Holds(t),
             None => BridgeState::Absent,
         };
-        let stats = self.send_in_place(&new, &change, &BridgeChange::keep(BridgeState::Unknown), started)?;
+        let (stats, _) = self.send_in_place(&new, &change, &BridgeChange::keep(BridgeState::Unknown), started)?;
+        // Built from two IRs, not from what the writer committed: rule handles unknown.
         self.committed = Some(Committed {
             table: change.order.arrange_table(&new_table),
             plan: new,
+            handles: Handles::default(),
         });
         self.bridge = after;
         Ok(Some(stats))
@@ -463,13 +485,22 @@ impl NetlinkWriter {
         change: &InPlace,
         bridge: &BridgeChange,
         started: Instant,
-    ) -> Result<ApplyStats, DataplaneError> {
+    ) -> Result<(ApplyStats, Created), DataplaneError> {
+        let edited = change.edited.iter().flat_map(|(i, e)| {
+            e.ops.iter().filter_map(|op| match op {
+                plan::RuleOp::Replace { new, .. }
+                | plan::RuleOp::InsertBefore { new, .. }
+                | plan::RuleOp::Append { new } => Some(&rs.chains[*i].rules[*new]),
+                plan::RuleOp::Delete { .. } => None,
+            })
+        });
         let rules = || {
             change
                 .chains
                 .iter()
                 .chain(&change.new_chains)
                 .flat_map(|&i| &rs.chains[i].rules)
+                .chain(edited.clone())
         };
         let anon = || rules().filter_map(|r| r.anon_set.as_ref());
         let filled = || change.new_sets.iter().chain(&change.refilled).map(|&i| &rs.sets[i]);
@@ -490,15 +521,57 @@ impl NetlinkWriter {
         bridge.encode(&mut b)?;
         if b.is_empty() {
             stats.plan_time = started.elapsed();
-            return Ok(stats);
+            return Ok((stats, Created::new()));
         }
         let enc = b.finish();
         stats.plan_time = started.elapsed();
-        stats.kernel_time = self.send(&enc)?;
+        let (kernel_time, created) = self.send(&enc)?;
+        stats.kernel_time = kernel_time;
         stats.messages = enc.what.len();
         stats.bytes = enc.len();
-        Ok(stats)
+        Ok((stats, created))
     }
+}
+
+/// Handles of the rules the kernel created and echoed: (chain index in the plan, rule index) →
+/// handle.
+type Created = std::collections::HashMap<(usize, usize), u64>;
+
+/// The handles of `chains` (indexes into `plan`) all of whose rules were created and echoed.
+fn created_handles(plan: &Ruleset, created: &Created, chains: impl Iterator<Item = usize>) -> Handles {
+    chains
+        .filter_map(|i| {
+            let c = &plan.chains[i];
+            let handles: Option<Vec<u64>> = (0..c.rules.len()).map(|r| created.get(&(i, r)).copied()).collect();
+            Some((c.name.clone(), handles?))
+        })
+        .collect()
+}
+
+/// The rule handles of `plan`'s chains after the in-place `change`: those of kept chains as
+/// before, those of rewritten and new chains as the kernel echoed them, those of edited chains
+/// from both.
+fn handles_after(plan: &Ruleset, change: InPlace, created: &Created) -> Handles {
+    let mut handles = change.handles;
+    for &i in &change.chains {
+        handles.remove(&plan.chains[i].name);
+    }
+    handles.extend(created_handles(
+        plan,
+        created,
+        change.chains.iter().chain(&change.new_chains).copied(),
+    ));
+    for (i, edit) in &change.edited {
+        let c = &plan.chains[*i];
+        let after = handles
+            .get(&c.name)
+            .and(edit.handles_after(|r| created.get(&(*i, r)).copied()));
+        match after {
+            Some(h) => handles.insert(c.name.clone(), h),
+            None => handles.remove(&c.name),
+        };
+    }
+    handles
 }
 
 impl Dataplane for NetlinkWriter {
@@ -560,7 +633,14 @@ impl Dataplane for NetlinkWriter {
             (Some(_), Some(committed)) => Some(committed),
             (Some(ir), None) => {
                 let table = lower(ir).ok();
-                table.and_then(|table| Ruleset::from_table(&table).ok().map(|plan| Committed { table, plan }))
+                // Lowered here, not committed by this writer: rule handles unknown.
+                table.and_then(|table| {
+                    Ruleset::from_table(&table).ok().map(|plan| Committed {
+                        table,
+                        plan,
+                        handles: Handles::default(),
+                    })
+                })
             }
         };
         // The bridge table is small: lowered whole, replaced whole when it changed.
@@ -574,10 +654,11 @@ impl Dataplane for NetlinkWriter {
         if let Some(change) = change {
             // A rejected batch (the kernel did not hold `old` after all) changes nothing: fall
             // back to a replace.
-            if let Ok(stats) = self.send_in_place(&plan, &change, &bridge, started) {
+            if let Ok((stats, created)) = self.send_in_place(&plan, &change, &bridge, started) {
                 // The plan is in the kernel's listing order; the model must line up with it.
                 let table = change.order.arrange_table(&new_table);
-                self.committed = Some(Committed { table, plan });
+                let handles = handles_after(&plan, change, &created);
+                self.committed = Some(Committed { table, plan, handles });
                 self.bridge = bridge.after;
                 return Ok(stats);
             }

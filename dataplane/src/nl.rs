@@ -39,8 +39,8 @@ use nftnl::nftnl_sys::{self as sys, libc};
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, NlMsg, Policy, ProtoFamily, Rule, Table};
 
 use super::plan::{
-    self, ChainSpec, CmpOp, Elem, Expr, InPlace, MetaKey, PayloadBase, Ruleset, SetDelta, SetRef, SetSpec, TableFamily,
-    Verdict,
+    self, ChainSpec, CmpOp, Elem, Expr, InPlace, MetaKey, PayloadBase, RuleOp, Ruleset, SetDelta, SetRef, SetSpec,
+    TableFamily, Verdict,
 };
 use super::DataplaneError;
 
@@ -49,6 +49,9 @@ pub(crate) struct Encoded {
     pub batch: FinalizedBatch,
     /// One entry per message between the batch begin and end messages.
     pub what: Vec<String>,
+    /// The rules the kernel is asked to echo once created (`NLM_F_ECHO`, with the handle it
+    /// gave them): message index → (chain index in the plan, rule index in the chain).
+    pub echoed: HashMap<usize, (usize, usize)>,
 }
 
 impl Encoded {
@@ -59,6 +62,11 @@ impl Encoded {
 
     /// What the message with sequence number `seq` was about, if it is one of ours.
     pub fn describe(&self, seq: u32) -> Option<&str> {
+        self.what.get(self.index(seq)?).map(String::as_str)
+    }
+
+    /// The index (into `what`) of the message with sequence number `seq`.
+    pub fn index(&self, seq: u32) -> Option<usize> {
         let seqs = self.batch.sequence_numbers();
         // The batch begin and end messages take a sequence number too when the kernel
         // acknowledges them (Linux 6.10 and later).
@@ -67,8 +75,16 @@ impl Encoded {
         } else {
             seqs.start
         };
-        let i = seq.checked_sub(first)? as usize;
-        self.what.get(i).map(String::as_str)
+        Some(seq.checked_sub(first)? as usize)
+    }
+
+    /// The handles the kernel gave the echoed rules, by (chain index, rule index), from the
+    /// `(sequence number, handle)` of each rule it echoed.
+    pub fn created(&self, echoes: &[(u32, u64)]) -> HashMap<(usize, usize), u64> {
+        echoes
+            .iter()
+            .filter_map(|&(seq, handle)| Some((*self.echoed.get(&self.index(seq)?)?, handle)))
+            .collect()
     }
 }
 
@@ -77,6 +93,7 @@ impl Encoded {
 pub(crate) struct Builder {
     batch: Batch,
     what: Vec<String>,
+    echoed: HashMap<usize, (usize, usize)>,
     /// nft numbers sets 1, 2, ... in the order it creates them; lookups name a set and give its
     /// ID, which the kernel uses to find a set created earlier in the same batch. Unique across
     /// the batch, whichever table a set belongs to.
@@ -88,6 +105,7 @@ impl Builder {
         Builder {
             batch: Batch::new(),
             what: Vec::new(),
+            echoed: HashMap::new(),
             next_id: 1,
         }
     }
@@ -112,6 +130,7 @@ impl Builder {
         Encoded {
             batch: self.batch.finalize(),
             what: self.what,
+            echoed: self.echoed,
         }
     }
 
@@ -147,8 +166,8 @@ impl Builder {
             add_set(self, rs.family, spec, SetOp::Create(id), &spec.elements)?;
         }
 
-        for (spec, chain) in rs.chains.iter().zip(&chains) {
-            add_rules(self, rs.family, chain, spec, &ids)?;
+        for (i, (spec, chain)) in rs.chains.iter().zip(&chains).enumerate() {
+            add_rules(self, rs.family, chain, (i, spec), &ids)?;
         }
         Ok(())
     }
@@ -160,7 +179,9 @@ impl Builder {
     /// 2. new sets and maps with their elements;
     /// 3. element deletions, then additions, of kept sets without intervals;
     /// 4. changed interval sets and maps flushed and filled anew;
-    /// 5. each changed chain flushed and its rules added again, then the new chains' rules;
+    /// 5. each changed chain's rules replaced, inserted and deleted by handle (`plan::edit`), or,
+    ///    when the writer does not know the handles, the chain flushed and its rules added
+    ///    again; then the new chains' rules;
     /// 6. the rules of chains that go flushed, then the sets and maps that go deleted (no rule
     ///    refers to them any more), then those chains deleted (no rule or element jumps to them
     ///    any more: deleting a set or chain still referred to fails with `EBUSY`).
@@ -190,15 +211,40 @@ impl Builder {
             let spec = &rs.sets[i];
             add_set(self, rs.family, spec, SetOp::Refill, &spec.elements)?;
         }
+        for (i, edit) in &change.edited {
+            let spec = &rs.chains[*i];
+            let chain = Chain::new(cstring(&spec.name)?, &t);
+            for op in &edit.ops {
+                match *op {
+                    RuleOp::Replace { new, handle } => {
+                        add_rule(self, rs.family, &chain, (*i, spec), new, &ids, Place::Replace(handle))?
+                    }
+                    RuleOp::InsertBefore { new, handle } => {
+                        add_rule(self, rs.family, &chain, (*i, spec), new, &ids, Place::Before(handle))?
+                    }
+                    RuleOp::Append { new } => add_rule(self, rs.family, &chain, (*i, spec), new, &ids, Place::End)?,
+                    RuleOp::Delete { handle } => {
+                        let mut rule = Rule::new(&chain);
+                        rule.set_handle(handle);
+                        let what = format!(
+                            "deletion of rule {handle} of chain {}{}",
+                            spec.name,
+                            in_table(rs.family)
+                        );
+                        self.add(&rule, MsgType::Del, what);
+                    }
+                }
+            }
+        }
         for &i in &change.chains {
             let spec = &rs.chains[i];
             let chain = Chain::new(cstring(&spec.name)?, &t);
             flush_chain(self, rs.family, &chain, &spec.name);
-            add_rules(self, rs.family, &chain, spec, &ids)?;
+            add_rules(self, rs.family, &chain, (i, spec), &ids)?;
         }
         for &i in &change.new_chains {
             let spec = &rs.chains[i];
-            add_rules(self, rs.family, &Chain::new(cstring(&spec.name)?, &t), spec, &ids)?;
+            add_rules(self, rs.family, &Chain::new(cstring(&spec.name)?, &t), (i, spec), &ids)?;
         }
         let gone: Vec<Chain<'_>> = change
             .gone_chains
@@ -274,42 +320,121 @@ fn add_delete_table(b: &mut Builder, t: &Table, family: TableFamily) {
     b.add(t, MsgType::Del, format!("{} deletion", table_label(family)));
 }
 
-/// The rules of `spec` into `chain`, each preceded by its anonymous set if it has one.
+/// The rules of `spec` (chain `index` of the plan) added at the end of `chain`, each preceded
+/// by its anonymous set if it has one.
 fn add_rules(
     b: &mut Builder,
     family: TableFamily,
     chain: &Chain<'_>,
-    spec: &ChainSpec,
+    (index, spec): (usize, &ChainSpec),
     ids: &HashMap<&str, u32>,
 ) -> Result<(), DataplaneError> {
-    for (i, r) in spec.rules.iter().enumerate() {
-        let anon = match &r.anon_set {
-            Some(set) => {
-                let id = b.take_id();
-                add_set(b, family, set, SetOp::Create(id), &set.elements)?;
-                Some(id)
-            }
-            None => None,
-        };
-        let mut rule = Rule::new(chain);
-        for e in &r.exprs {
-            let set = match e {
-                Expr::Lookup { set, .. } => Some(resolve(set, ids, anon)?),
-                _ => None,
-            };
-            rule.add_expr(&NlExpr { expr: e, set });
-        }
-        if let Some(c) = &r.comment {
-            rule.set_comment(cstring(c)?)
-                .map_err(|e| DataplaneError::Unrepresentable(format!("comment {c:?}: {e}")))?;
-        }
-        b.add(
-            &rule,
-            MsgType::Add,
-            format!("rule {} of chain {}{}", i + 1, spec.name, in_table(family)),
-        );
+    for i in 0..spec.rules.len() {
+        add_rule(b, family, chain, (index, spec), i, ids, Place::End)?;
     }
     Ok(())
+}
+
+/// Where a rule goes in its chain.
+#[derive(Clone, Copy, Debug)]
+enum Place {
+    /// At the end.
+    End,
+    /// Before the rule with this handle.
+    Before(u64),
+    /// Instead of the rule with this handle, keeping the handle.
+    Replace(u64),
+}
+
+/// Rule `i` of `spec` (chain `index` of the plan) into `chain` at `place`, preceded by its
+/// anonymous set if it has one. A rule the kernel creates (not a replacement) of the `inet`
+/// table is echoed, so that the writer learns its handle.
+fn add_rule(
+    b: &mut Builder,
+    family: TableFamily,
+    chain: &Chain<'_>,
+    (index, spec): (usize, &ChainSpec),
+    i: usize,
+    ids: &HashMap<&str, u32>,
+    place: Place,
+) -> Result<(), DataplaneError> {
+    let r = &spec.rules[i];
+    let anon = match &r.anon_set {
+        Some(set) => {
+            let id = b.take_id();
+            add_set(b, family, set, SetOp::Create(id), &set.elements)?;
+            Some(id)
+        }
+        None => None,
+    };
+    let mut rule = Rule::new(chain);
+    for e in &r.exprs {
+        let set = match e {
+            Expr::Lookup { set, .. } => Some(resolve(set, ids, anon)?),
+            _ => None,
+        };
+        rule.add_expr(&NlExpr { expr: e, set });
+    }
+    if let Some(c) = &r.comment {
+        rule.set_comment(cstring(c)?)
+            .map_err(|e| DataplaneError::Unrepresentable(format!("comment {c:?}: {e}")))?;
+    }
+    let echo = family == TableFamily::Inet && !matches!(place, Place::Replace(_));
+    let (set, clear) = match place {
+        Place::End => (0, 0),
+        Place::Before(handle) => {
+            rule.set_position(handle);
+            (0, NLM_F_APPEND)
+        }
+        Place::Replace(handle) => {
+            rule.set_handle(handle);
+            (NLM_F_REPLACE, NLM_F_CREATE | NLM_F_APPEND | NLM_F_EXCL)
+        }
+    };
+    let set = if echo { set | NLM_F_ECHO } else { set };
+    if echo {
+        b.echoed.insert(b.what.len(), (index, i));
+    }
+    let what = match place {
+        Place::Replace(h) => format!(
+            "rule {} of chain {} (replacing rule {h}){}",
+            i + 1,
+            spec.name,
+            in_table(family)
+        ),
+        _ => format!("rule {} of chain {}{}", i + 1, spec.name, in_table(family)),
+    };
+    b.add(&RuleMsg { rule, set, clear }, MsgType::Add, what);
+    Ok(())
+}
+
+const NLM_F_ECHO: u16 = 0x8;
+const NLM_F_REPLACE: u16 = 0x100;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
+
+/// A NEWRULE message with header flags `nftnl` does not send: `set` added to and `clear` taken
+/// from the flags of its own (`NLM_F_CREATE | NLM_F_APPEND | NLM_F_EXCL | NLM_F_ACK`).
+struct RuleMsg<'a> {
+    rule: Rule<'a>,
+    set: u16,
+    clear: u16,
+}
+
+// SAFETY: `write` lets `nftnl::Rule` build its NEWRULE message into `buf` (nft_nlmsg_maxsize()
+// bytes, guaranteed by the caller, which is what `Rule::write` requires), then rewrites the
+// 16-bit `nlmsg_flags` field of the netlink header that message starts with (offset 6 of the
+// 16 header bytes, host byte order), unaligned.
+unsafe impl NlMsg for RuleMsg<'_> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, ty: MsgType) {
+        // SAFETY: see the impl's contract.
+        unsafe {
+            self.rule.write(buf, seq, ty);
+            let flags = buf.cast::<u8>().add(6).cast::<u16>();
+            flags.write_unaligned((flags.read_unaligned() & !self.clear) | self.set);
+        }
+    }
 }
 
 /// Name and batch ID of the set a lookup refers to.

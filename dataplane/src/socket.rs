@@ -19,6 +19,7 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 
 use super::nl::Encoded;
+use super::nla::{be64, Attrs, Messages, NFGENMSG_LEN};
 use super::DataplaneError;
 
 /// `NLMSG_ERROR`: an acknowledgement (error 0) or an error.
@@ -232,7 +233,7 @@ impl NlSocket {
     /// Sends the batch in one `sendmsg` (the kernel applies a batch only when its end message
     /// arrives in the same write) and checks an answer came for every message. The kernel
     /// processes the batch inside `sendmsg`, so all answers are queued when it returns.
-    pub fn transact(&self, enc: &Encoded) -> Result<(), DataplaneError> {
+    pub fn transact(&self, enc: &Encoded) -> Result<Vec<(u32, u64)>, DataplaneError> {
         let pages: Vec<&[u8]> = enc.batch.iter().collect();
         let total: usize = pages.iter().map(|p| p.len()).sum();
         let expected = enc.batch.sequence_numbers();
@@ -240,7 +241,8 @@ impl NlSocket {
         // Room for the whole batch in one write, and for every answer: an acknowledgement per
         // message, and an error quotes the message it rejects.
         let sndbuf = (total + 64 * 1024).max(256 * 1024);
-        let rcvbuf = expected.len() * 1024 + total + 1024 * 1024;
+        // The rules echoed back with their handles take about what they took to send.
+        let rcvbuf = expected.len() * 1024 + 2 * total + 1024 * 1024;
         self.set_send_buffer(sndbuf)?;
         self.set_recv_buffer(rcvbuf)?;
 
@@ -257,6 +259,7 @@ impl NlSocket {
 
         let mut answered = vec![false; expected.len()];
         let mut errors: Vec<(u32, i32)> = Vec::new();
+        let mut echoes: Vec<(u32, u64)> = Vec::new();
         let mut buf = vec![0u8; RECV_BUF];
         loop {
             let n = match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
@@ -267,6 +270,7 @@ impl NlSocket {
                 Err(Errno::ENOBUFS) => return Err(sock_err("recv (answers lost, outcome unknown)")(Errno::ENOBUFS)),
                 Err(e) => return Err(sock_err("recv")(e)),
             };
+            echoes.extend(parse_echoed_rules(&buf[..n]));
             for (seq, err) in parse_answers(&buf[..n]) {
                 if let Some(i) = seq.checked_sub(expected.start).map(|i| i as usize) {
                     if let Some(a) = answered.get_mut(i) {
@@ -298,8 +302,30 @@ impl NlSocket {
                 messages: answered.len(),
             });
         }
-        Ok(())
+        Ok(echoes)
     }
+}
+
+/// `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE`: a rule the kernel created, echoed.
+const NEWRULE: u16 = (10 << 8) | 6;
+const NFTA_RULE_HANDLE: u16 = 3;
+
+/// `(sequence number of the request, handle)` of every rule echoed in a buffer of netlink
+/// messages (the kernel echoes a created rule with the sequence number of the message that
+/// created it); malformed messages are skipped (their rules' handles stay unknown).
+fn parse_echoed_rules(buf: &[u8]) -> Vec<(u32, u64)> {
+    Messages(buf)
+        .map_while(Result::ok)
+        .filter(|m| m.ty == NEWRULE)
+        .filter_map(|m| {
+            let attrs = m.payload.get(NFGENMSG_LEN..)?;
+            Attrs(attrs)
+                .map_while(Result::ok)
+                .find(|(ty, _)| *ty == NFTA_RULE_HANDLE)
+                .and_then(|(_, data)| be64("rule handle", data).ok())
+                .map(|h| (m.seq, h))
+        })
+        .collect()
 }
 
 /// `(sequence number, error)` of every `NLMSG_ERROR` in a buffer of netlink messages; error 0 is
@@ -341,5 +367,25 @@ mod tests {
             b.extend_from_slice(&[0; 16]);
         }
         assert_eq!(parse_answers(&b), [(5, 0), (6, -2)]);
+    }
+
+    #[test]
+    fn echoed_rules() {
+        use crate::nla::testing::{attr, message, nest};
+        let rule = |table: &str, handle: u64| {
+            let mut p = vec![1, 0, 0, 0];
+            p.extend(attr(1, format!("{table}\0").as_bytes()));
+            p.extend(attr(2, b"ep_x_in\0"));
+            p.extend(attr(3, &handle.to_be_bytes()));
+            p.extend(nest(4, &[attr(1, b"counter\0")]));
+            p
+        };
+        let mut b = message(NEWRULE, 0, 7, &rule("policyc", 42));
+        b.extend(message(NLMSG_ERROR, 0, 7, &[0; 20]));
+        // A deleted rule's echo and a rule without a handle are no created rule.
+        b.extend(message((10 << 8) | 8, 0, 8, &rule("policyc", 41)));
+        b.extend(message(NEWRULE, 0, 9, &[1, 0, 0, 0]));
+        b.extend(message(NEWRULE, 0, 10, &rule("policyc", 43)));
+        assert_eq!(parse_echoed_rules(&b), [(7, 42), (10, 43)]);
     }
 }

@@ -1775,8 +1775,10 @@ fn table_handle(listing_a: &str) -> String {
 /// list` and `nft -a list`): the table holds the same sets, maps, chains and rules (in the same
 /// order within each chain) as loading the rendered text of `to` gives, listed in the promised
 /// order; the table was not recreated, and every chain whose text did not change kept its
-/// handles (its rules were neither rewritten nor recreated, so their counters were kept).
-fn assert_in_place(b: &Netns, before: &(String, String), to: &Ir, what: &str) {
+/// handles (its rules were neither rewritten nor recreated, so their counters were kept); in a
+/// chain that changed, a rule listed once before and once after with the same text kept its
+/// handle (it was not touched). Returns how many such rules of changed chains there were.
+fn assert_in_place(b: &Netns, before: &(String, String), to: &Ir, what: &str) -> usize {
     let a = Netns::new("a");
     a.load_text(to);
     let (want, got, got_a) = (a.list(&[]), b.list(&[]), b.list(&["-a"]));
@@ -1800,13 +1802,35 @@ fn assert_in_place(b: &Netns, before: &(String, String), to: &Ir, what: &str) {
     let old: HashMap<String, String> = blocks(&before.0).into_iter().collect();
     let old_a: HashMap<String, String> = blocks(&before.1).into_iter().collect();
     let mut untouched = 0;
+    let mut kept_rules = 0;
     for ((name, text), (_, text_a)) in blocks(&got).into_iter().zip(blocks(&got_a)) {
         if name.starts_with("chain ") && old.get(&name) == Some(&text) {
             assert_eq!(old_a.get(&name), Some(&text_a), "{what}: {name} unchanged but touched");
             untouched += 1;
+        } else if let Some(old_text_a) = old_a.get(&name).filter(|_| name.starts_with("chain ")) {
+            let (old_rules, new_rules) = (rule_handles(old_text_a), rule_handles(&text_a));
+            for (rule, handle) in &new_rules {
+                let once = |v: &[(String, String)]| v.iter().filter(|(r, _)| r == rule).count() == 1;
+                if once(&new_rules) && once(&old_rules) {
+                    let old_handle = &old_rules.iter().find(|(r, _)| r == rule).expect("listed").1;
+                    assert_eq!(old_handle, handle, "{what}: {name}: unchanged rule {rule} recreated");
+                    kept_rules += 1;
+                }
+            }
         }
     }
     assert!(untouched > 0, "{what}: no chain left untouched");
+    kept_rules
+}
+
+/// The rules of a chain block of `nft -a list`: (text, handle).
+fn rule_handles(block: &str) -> Vec<(String, String)> {
+    block
+        .lines()
+        .filter_map(|l| l.trim().rsplit_once(" # handle "))
+        .filter(|(rule, _)| !rule.starts_with("chain ") && !rule.starts_with("type "))
+        .map(|(r, h)| (r.to_string(), h.to_string()))
+        .collect()
 }
 
 fn listed(b: &Netns) -> (String, String) {
@@ -1815,12 +1839,17 @@ fn listed(b: &Netns) -> (String, String) {
 
 /// One `apply` from `from` to `to` that must go in place; returns its figures.
 fn apply_in_place(w: &mut NetlinkWriter, b: &Netns, from: &Ir, to: &Ir, what: &str) -> ApplyStats {
+    apply_in_place_kept(w, b, from, to, what).0
+}
+
+/// [`apply_in_place`], and how many unchanged rules of changed chains were left untouched.
+fn apply_in_place_kept(w: &mut NetlinkWriter, b: &Netns, from: &Ir, to: &Ir, what: &str) -> (ApplyStats, usize) {
     let before = listed(b);
     let stats = w.apply(Some(from), to).unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(stats.in_place, "{what}: a full replace: {stats:?}");
     assert!(stats.messages > 0, "{what}: nothing sent");
-    assert_in_place(b, &before, to, what);
-    stats
+    let kept = assert_in_place(b, &before, to, what);
+    (stats, kept)
 }
 
 /// A NetworkPolicy with ports, peers and an ipBlock for the local `app: db` pods.
@@ -1898,6 +1927,44 @@ fn policy_create_change_delete_in_place() {
     let a = Netns::new("a");
     a.load_text(&ir3);
     assert_eq!(a.list(&[]), b.list(&[]), "a replace lists in the rendered order");
+}
+
+/// A policy created for endpoints other policies isolate already, then deleted: their chains
+/// change rule by rule (the jump to their NetworkPolicy rules, the drop naming the policies),
+/// and the rules that stay (a pod reaching itself, the named-port rules) keep their handles and
+/// counters. Also after a replace by another writer, whose rule handles it learns.
+#[test]
+fn policy_on_isolated_endpoints_edits_rules() {
+    let base = node_yaml(&[("a1", "app: api", "10.0.3.1")]);
+    let with = base.clone()
+        + &policy(
+            "prod",
+            "extra",
+            "  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: api}}}]
+    ports: [{port: 7000}]
+",
+        );
+    let (ir1, ir2) = (ir_from_yaml(&base, Some("n1")), ir_from_yaml(&with, Some("n1")));
+    if !available() {
+        return;
+    }
+    let b = Netns::new("b");
+    let mut w = b.writer();
+    w.apply(None, &ir1).expect("first apply");
+    for (from, to, what) in [(&ir1, &ir2, "created"), (&ir2, &ir1, "deleted"), (&ir1, &ir2, "again")] {
+        let (stats, kept) = apply_in_place_kept(&mut w, &b, from, to, what);
+        assert!(
+            kept > 0,
+            "{what}: every rule of the changed chains recreated: {stats:?}"
+        );
+    }
+    // A writer that replaced the table learns its handles from the kernel, too.
+    let mut fresh = b.writer();
+    assert!(!fresh.apply(None, &ir2).expect("replace").in_place);
+    let (stats, kept) = apply_in_place_kept(&mut fresh, &b, &ir2, &ir1, "after a replace");
+    assert!(kept > 0, "after a replace: {stats:?}");
 }
 
 /// Deleting every policy and endpoint chain but the base chains: every set and regular chain

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use policyc_compiler::nft::{Chain, Set, Table};
 
+use super::edit::{rule_edits, Edit};
 use super::{rules, sets, ChainSpec, DataplaneError, Elem, Ruleset, SetSpec, NFT_SET_INTERVAL};
 
 /// Element changes of one named set or map.
@@ -29,8 +30,13 @@ pub(crate) struct SetDelta {
 pub(crate) struct InPlace {
     /// Element changes of kept sets and maps without intervals.
     pub sets: Vec<SetDelta>,
-    /// Kept chains whose rules are rewritten (flushed and added anew, in their place).
+    /// Kept chains whose rules are rewritten (flushed and added anew, in their place): those
+    /// whose rule handles the writer does not know.
     pub chains: Vec<usize>,
+    /// Kept chains whose changed rules are replaced, inserted and deleted by handle.
+    pub edited: Vec<(usize, Edit)>,
+    /// The rule handles of the kept chains before the change.
+    pub handles: Handles,
     /// Kept interval sets and maps whose elements changed: flushed and filled anew, in the same
     /// transaction (the kernel checks each added interval against the active elements only, so
     /// a split range or a moved boundary is no overlap, unlike with an element-by-element
@@ -52,7 +58,7 @@ impl InPlace {
     /// Only element updates of kept sets without intervals: what `Dataplane::update_elements`
     /// promises.
     pub(crate) fn elements_only(&self) -> bool {
-        self.chains.is_empty() && self.is_elementwise()
+        self.chains.is_empty() && self.edited.is_empty() && self.is_elementwise()
     }
 
     /// No set or chain added, deleted or refilled.
@@ -142,10 +148,13 @@ enum SetState {
 }
 
 /// What becomes of one chain of the new plan.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum ChainState {
     Kept,
+    /// Flushed and filled anew.
     Rewrite,
+    /// Changed rule by rule.
+    Edit(Edit),
     New,
 }
 
@@ -159,7 +168,13 @@ struct Old {
 
 /// `plan` (in the model's order, with the state of each object) arranged in the kernel's order,
 /// and the change that gets there.
-fn assemble(old: Old, plan: Ruleset, sets: Vec<SetState>, chains: Vec<ChainState>) -> (Ruleset, InPlace) {
+fn assemble(
+    old: Old,
+    plan: Ruleset,
+    sets: Vec<SetState>,
+    chains: Vec<ChainState>,
+    handles: Handles,
+) -> (Ruleset, InPlace) {
     let order = Order {
         sets: kernel_order(&old.sets, plan.sets.iter().map(|s| s.name.as_str())),
         chains: kernel_order(&old.chains, plan.chains.iter().map(|c| c.name.as_str())),
@@ -172,6 +187,7 @@ fn assemble(old: Old, plan: Ruleset, sets: Vec<SetState>, chains: Vec<ChainState
     let mut change = InPlace {
         gone_sets: old.gone_sets,
         gone_chains: old.gone_chains,
+        handles,
         ..InPlace::default()
     };
     for (i, st) in arrange(&order.sets, sets).into_iter().enumerate() {
@@ -186,6 +202,7 @@ fn assemble(old: Old, plan: Ruleset, sets: Vec<SetState>, chains: Vec<ChainState
         match st {
             ChainState::Kept => {}
             ChainState::Rewrite => change.chains.push(i),
+            ChainState::Edit(e) => change.edited.push((i, e)),
             ChainState::New => change.new_chains.push(i),
         }
     }
@@ -267,7 +284,7 @@ pub(crate) fn in_place_update(old: &Ruleset, new: Ruleset) -> Option<(Ruleset, I
             .collect(),
         gone_chains: gone_chains.iter().map(|c| c.name.clone()).collect(),
     };
-    Some(assemble(old, new, sets, chains))
+    Some(assemble(old, new, sets, chains, Handles::default()))
 }
 
 /// Whether `o` and `n` are interval sets or maps with different elements: refilled, not
@@ -354,12 +371,18 @@ fn patch(spec: SetSpec, remove: Vec<Elem>, add: Vec<Elem>) -> (SetSpec, Option<S
 
 /// What the kernel holds as far as the writer knows: the model it last committed and that
 /// model's encoding, in the same order, so that the next plan can take over what did not change
-/// instead of encoding and comparing it again.
+/// instead of encoding and comparing it again; and the handles the kernel gave the rules of
+/// its chains.
 #[derive(Clone, Debug)]
 pub(crate) struct Committed {
     pub table: Table,
     pub plan: Ruleset,
+    pub handles: Handles,
 }
+
+/// The kernel's rule handles of a table's chains, by chain name, in each chain's rule order;
+/// only chains all of whose rules' handles are known.
+pub(crate) type Handles = HashMap<String, Vec<u64>>;
 
 /// The plan for `new` and, when one suffices, the in-place change from `old`'s plan to it: the
 /// same as [`in_place_update`] of `Ruleset::from_table(new)`, but sets and chains equal in both
@@ -374,6 +397,7 @@ pub(crate) fn replan(old: Committed, new: &Table) -> Result<(Ruleset, Option<InP
     let Committed {
         table: old_table,
         plan: old_plan,
+        handles: mut old_handles,
     } = old;
     let old_set_order: Vec<String> = old_plan.sets.iter().map(|s| s.name.clone()).collect();
     let old_chain_order: Vec<String> = old_plan.chains.iter().map(|c| c.name.clone()).collect();
@@ -427,7 +451,17 @@ pub(crate) fn replan(old: Committed, new: &Table) -> Result<(Ruleset, Option<InP
             Some((om, ospec)) if Arc::ptr_eq(&om, c) || *om == **c => (ospec, Some(ChainState::Kept)),
             old => {
                 let spec = rules::chain(new.family, c)?;
-                let state = chain_state(old.as_ref().map(|(_, o)| o), &spec);
+                let state = match chain_state(old.as_ref().map(|(_, o)| o), &spec) {
+                    // Rule by rule when the kernel's handles of the old rules are known.
+                    Some(ChainState::Rewrite) => Some(
+                        old_handles
+                            .get(&c.name)
+                            .zip(old.as_ref())
+                            .and_then(|(h, (_, o))| rule_edits(&o.rules, h, &spec.rules))
+                            .map_or(ChainState::Rewrite, ChainState::Edit),
+                    ),
+                    st => st,
+                };
                 (spec, state)
             }
         };
@@ -460,7 +494,8 @@ pub(crate) fn replan(old: Committed, new: &Table) -> Result<(Ruleset, Option<InP
         sets: old_set_order,
         chains: old_chain_order,
     };
-    let (plan, change) = assemble(old, plan, set_states, chain_states);
+    old_handles.retain(|name, _| !old_chains.contains_key(name));
+    let (plan, change) = assemble(old, plan, set_states, chain_states, old_handles);
     Ok((plan, Some(change)))
 }
 
@@ -598,7 +633,11 @@ mod tests {
         let mut ir = compile(&snap, &opts);
         assert!(!ir.tier_tables.is_empty() && !ir.admin_rules.is_empty());
         let (table, plan) = lowered(&ir);
-        let mut committed = Committed { table, plan };
+        let mut committed = Committed {
+            table,
+            plan,
+            handles: Handles::default(),
+        };
         let pods: Vec<_> = snap.pods.keys().cloned().collect();
         let policies: Vec<_> = snap.policies.keys().cloned().collect();
         let admin: Vec<_> = snap.admin_policies.keys().cloned().collect();
@@ -685,7 +724,11 @@ mod tests {
                 }
                 None => new_table,
             };
-            committed = Committed { table, plan };
+            committed = Committed {
+                table,
+                plan,
+                handles: Handles::default(),
+            };
             ir = new;
         }
         // Policies and admin policies coming, going and changing add and delete sets and
@@ -718,7 +761,11 @@ mod tests {
         };
         let ir = compile(&snap, &opts);
         let (table, plan) = lowered(&ir);
-        let mut committed = Committed { table, plan };
+        let mut committed = Committed {
+            table,
+            plan,
+            handles: Handles::default(),
+        };
         let remote: Vec<_> = snap
             .pods
             .iter()
@@ -750,7 +797,11 @@ mod tests {
             );
             assert!(change.elements_only(), "step {step}: element updates only");
             patched += change.sets.len();
-            committed = Committed { table: new_table, plan };
+            committed = Committed {
+                table: new_table,
+                plan,
+                handles: Handles::default(),
+            };
         }
         assert!(patched > 0);
     }
@@ -786,7 +837,15 @@ mod tests {
         table.v4[0].1 = other;
         let (table, plan) = lowered(&ir);
         let (changed_table, fresh) = lowered(&changed);
-        let (plan, change) = replan(Committed { table, plan }, &changed_table).unwrap();
+        let (plan, change) = replan(
+            Committed {
+                table,
+                plan,
+                handles: Handles::default(),
+            },
+            &changed_table,
+        )
+        .unwrap();
         assert!(plan == fresh);
         let change = change.expect("in place");
         assert!(!change.refilled.is_empty(), "{change:?}");

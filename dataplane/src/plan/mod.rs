@@ -24,11 +24,13 @@
 //! by the new ones'; the plan committed after it is arranged so (`diff::Order`).
 
 mod diff;
+mod edit;
 mod rules;
 mod sets;
 mod udata;
 
-pub(crate) use self::diff::{in_place_update, replan, Committed, InPlace, SetDelta};
+pub(crate) use self::diff::{in_place_update, replan, Committed, Handles, InPlace, SetDelta};
+pub(crate) use self::edit::RuleOp;
 
 use policyc_compiler::cidr::Family;
 pub(crate) use policyc_compiler::nft::{BaseHook, Hook, KeyType, Table, TableFamily, Verdict};
