@@ -9,7 +9,7 @@
 //!  ep_*      jump npg_*                      one per segment; a named-port rule between two
 //!            ip saddr @sel . dport @np goto np_*_R   segments stays a rule (its port is per pod)
 //!            counter drop                    the endpoint's denial, as before
-//!  npg_*     tcp dport vmap @npg_*_tcp       port range → the class of rules covering it
+//!  npg_*     tcp dport vmap @npp_*_tcp       port range → the class of rules covering it
 //!            udp/sctp likewise; other protocols: goto the class of the rules without ports
 //!  npc_*     (≤ MAX_LISTED rules)  ip saddr @sel_*_v4 goto np_*_R   one set lookup per rule
 //!            (more)  ip saddr vmap @npc_*_v4      selector peers: pod address → first rule
@@ -390,10 +390,33 @@ impl<'a> Resolver<'a> {
         let mut chains: Vec<Arc<Chain>> = Vec::new();
         let old_set = |name: &str| prev.and_then(|p| p.sets.get(name)).map(|s| Arc::clone(s));
         let old_chain = |name: &str| prev.and_then(|p| p.chains.get(name)).map(|c| Arc::clone(c));
+        let mut port_maps = BTreeSet::new();
         for (name, g) in &self.groups {
             let mut rules = Vec::new();
             for (p, entries) in &g.ports {
-                let map = format!("{name}_{}", p.as_str().to_ascii_lowercase());
+                // Named after its elements, not after the group: groups that send a protocol's
+                // ports to the same classes share the map, and a group that changes (a policy
+                // comes or goes for its endpoints) keeps the maps of the protocols it does not
+                // change.
+                let map = format!(
+                    "npp_{}_{}_{}",
+                    short_hash(&format!("{} {p} {entries:?}", g.direction)),
+                    g.direction.suffix(),
+                    p.as_str().to_ascii_lowercase()
+                );
+                rules.push(Rule {
+                    matches: Vec::new(),
+                    counter: false,
+                    log: None,
+                    action: Action::Vmap {
+                        key: VmapKey::Dport(*p),
+                        map: map.clone(),
+                    },
+                    comment: None,
+                });
+                if !port_maps.insert(map.clone()) {
+                    continue;
+                }
                 sets.push(old_set(&map).unwrap_or_else(|| {
                     Arc::new(Set {
                         name: map.clone(),
@@ -410,16 +433,6 @@ impl<'a> Resolver<'a> {
                             .collect(),
                     })
                 }));
-                rules.push(Rule {
-                    matches: Vec::new(),
-                    counter: false,
-                    log: None,
-                    action: Action::Vmap {
-                        key: VmapKey::Dport(*p),
-                        map,
-                    },
-                    comment: None,
-                });
             }
             if let Some(other) = &g.other {
                 rules.push(Rule::always(false, Verdict::Goto(other.clone()), None));
