@@ -71,6 +71,8 @@ const NFPROTO_INET: u8 = 1;
 const NFPROTO_BRIDGE: u8 = 7;
 
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_HANDLE: u16 = 4;
+const NFT_MSG_NEWTABLE: u16 = 0;
 
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
@@ -223,6 +225,26 @@ pub fn table_exists(netns: Option<&Path>, family: TableFamily, table: &str) -> R
     }
 }
 
+/// The ruleset's generation number, then the handle of `table FAMILY <table>` (`None` when
+/// there is none), asked on `sock` (the writer's socket, in the writer's network namespace),
+/// which is handed back. Read in that order: a batch that carries the generation
+/// (`NFNL_BATCH_GENID`) is refused unless nothing was committed since, so the table it changes
+/// is the one whose handle was read. Table handles are never reused in a network namespace: a
+/// table deleted and created again (by `nft -f` of a rendered ruleset, another writer) has
+/// another one, and so do its rules.
+pub(crate) fn generation_and_table(
+    sock: NlSocket,
+    family: TableFamily,
+    table: &str,
+) -> (Result<(u32, Option<u64>), CountersError>, NlSocket) {
+    let mut r = Reader::on(sock, family);
+    let answer = r.set_timeout().and_then(|()| {
+        let generation = r.generation()?;
+        Ok((generation, r.table_handle(table)?))
+    });
+    (answer, r.sock)
+}
+
 fn nfproto(family: TableFamily) -> u8 {
     match family {
         TableFamily::Inet => NFPROTO_INET,
@@ -260,7 +282,11 @@ impl Reader {
             None => NlSocket::open_in(None).map_err(open_err)?,
         };
         sock.set_recv_timeout(TIMEOUT).map_err(open_err)?;
-        Ok(Reader {
+        Ok(Reader::on(sock, family))
+    }
+
+    fn on(sock: NlSocket, family: TableFamily) -> Reader {
+        Reader {
             sock,
             // Different from any earlier socket's numbers on a reused port id.
             seq: std::time::SystemTime::now()
@@ -269,6 +295,13 @@ impl Reader {
                 .unwrap_or(1),
             buf: vec![0; RECV_BUF],
             family,
+        }
+    }
+
+    fn set_timeout(&self) -> Result<(), CountersError> {
+        self.sock.set_recv_timeout(TIMEOUT).map_err(|e| CountersError::Socket {
+            op: e.op,
+            source: e.source,
         })
     }
 
@@ -337,6 +370,40 @@ impl Reader {
                     }
                     return Err(CountersError::Malformed("NEWGEN without NFTA_GEN_ID".into()));
                 }
+            }
+        }
+    }
+
+    /// The handle of `table FAMILY <table>`, `None` when there is none.
+    fn table_handle(&mut self, table: &str) -> Result<Option<u64>, CountersError> {
+        let seq = self.request(NFT_MSG_GETTABLE, NLM_F_ACK, |m| m.put_str(NFTA_TABLE_NAME, table))?;
+        let mut handle = None;
+        loop {
+            let n = self.recv()?;
+            for msg in Messages(&self.buf[..n]) {
+                let msg = msg.map_err(CountersError::Malformed)?;
+                if msg.seq != seq {
+                    continue;
+                }
+                if msg.ty == nft_msg_type(NFT_MSG_NEWTABLE) {
+                    let attrs = msg.payload.get(NFGENMSG_LEN..).unwrap_or_default();
+                    for attr in Attrs(attrs) {
+                        let (ty, data) = attr.map_err(CountersError::Malformed)?;
+                        if ty == NFTA_TABLE_HANDLE {
+                            handle = Some(be64("table handle", data).map_err(CountersError::Malformed)?);
+                        }
+                    }
+                    continue;
+                }
+                if msg.ty != NLMSG_ERROR {
+                    continue;
+                }
+                return match msg.error().map_err(CountersError::Malformed)? {
+                    0 if handle.is_some() => Ok(handle),
+                    0 => Err(CountersError::Malformed("table without NFTA_TABLE_HANDLE".into())),
+                    errno if errno == Errno::ENOENT as i32 => Ok(None),
+                    errno => Err(CountersError::kernel("table lookup", Errno::from_raw(errno))),
+                };
             }
         }
     }

@@ -329,7 +329,7 @@ impl NetlinkWriter {
         let rs = Ruleset::from_table(table)?;
         let mut b = nl::Builder::new();
         b.replace(&rs)?;
-        let enc = b.finish();
+        let enc = b.finish(None);
         let plan_time = started.elapsed();
         let (kernel_time, _) = self.send(&enc)?;
         self.socket = None;
@@ -348,7 +348,7 @@ impl NetlinkWriter {
     }
 
     /// Sends one batch; returns the time until the kernel's last answer.
-    fn send(&mut self, enc: &nl::Encoded) -> Result<(Duration, Created), DataplaneError> {
+    fn send(&mut self, enc: &nl::Encoded) -> Result<(Duration, Vec<socket::Echo>), DataplaneError> {
         let t = Instant::now();
         let socket = match self.socket.take() {
             Some(s) => s,
@@ -367,7 +367,7 @@ impl NetlinkWriter {
             // Anything else may leave unread answers behind: the next batch gets a new socket.
             Err(e) => return Err(e),
         };
-        Ok((t.elapsed(), enc.created(&echoes)))
+        Ok((t.elapsed(), echoes))
     }
 
     /// What to do with the bridge table for `new` (`lower_bridge` of the new IR): nothing when
@@ -414,9 +414,10 @@ impl NetlinkWriter {
         let mut b = nl::Builder::new();
         b.replace(&rs)?;
         bridge.encode(&mut b)?;
-        let enc = b.finish();
+        let enc = b.finish(None);
         let plan_time = started.elapsed();
-        let (kernel_time, created) = self.send(&enc)?;
+        let (kernel_time, echoes) = self.send(&enc)?;
+        let created = enc.created(&echoes);
         // Closed after a replace, unlike after smaller batches: the close waits for the kernel
         // to free the old table (after the commit, so the new ruleset is in force), and the
         // next replace then commits sooner (measured with agent_bench: p50 3.0 ms instead of
@@ -440,6 +441,7 @@ impl NetlinkWriter {
             table,
             plan: rs,
             handles,
+            table_handle: enc.table_handle(&echoes),
         });
         self.bridge = bridge.after;
         Ok(stats)
@@ -466,12 +468,13 @@ impl NetlinkWriter {
             Some(t) => BridgeState::Holds(t),
             None => BridgeState::Absent,
         };
-        let (stats, _) = self.send_in_place(&new, &change, &BridgeChange::keep(BridgeState::Unknown), started)?;
+        let (stats, _) = self.send_in_place(&new, &change, &BridgeChange::keep(BridgeState::Unknown), None, started)?;
         // Built from two IRs, not from what the writer committed: rule handles unknown.
         self.committed = Some(Committed {
             table: change.order.arrange_table(&new_table),
             plan: new,
             handles: Handles::default(),
+            table_handle: None,
         });
         self.bridge = after;
         Ok(Some(stats))
@@ -484,6 +487,7 @@ impl NetlinkWriter {
         rs: &Ruleset,
         change: &InPlace,
         bridge: &BridgeChange,
+        generation: Option<u32>,
         started: Instant,
     ) -> Result<(ApplyStats, Created), DataplaneError> {
         let edited = change.edited.iter().flat_map(|(i, e)| {
@@ -523,13 +527,32 @@ impl NetlinkWriter {
             stats.plan_time = started.elapsed();
             return Ok((stats, Created::new()));
         }
-        let enc = b.finish();
+        let enc = b.finish(generation);
         stats.plan_time = started.elapsed();
-        let (kernel_time, created) = self.send(&enc)?;
+        let (kernel_time, echoes) = self.send(&enc)?;
+        let created = enc.created(&echoes);
         stats.kernel_time = kernel_time;
         stats.messages = enc.what.len();
         stats.bytes = enc.len();
         Ok((stats, created))
+    }
+}
+
+impl NetlinkWriter {
+    /// The ruleset generation, if the kernel's `inet` table is the one with handle `table`
+    /// (the one this writer created: the rule handles it knows are that table's).
+    fn generation_of(&mut self, table: Option<u64>) -> Option<u32> {
+        let socket = match self.socket.take() {
+            Some(s) => s,
+            None => NlSocket::open(self.netns.as_deref()).ok()?,
+        };
+        let (answer, socket) = counters::generation_and_table(socket, TableFamily::Inet, TABLE);
+        // A socket left with unread answers is not used again.
+        if answer.is_ok() {
+            self.socket = Some(socket);
+        }
+        let (generation, found) = answer.ok()?;
+        (table.is_some() && found == table).then_some(generation)
     }
 }
 
@@ -606,7 +629,7 @@ impl Dataplane for NetlinkWriter {
         let mut b = nl::Builder::new();
         b.remove(TableFamily::Inet);
         b.remove(TableFamily::Bridge);
-        self.send(&b.finish())?;
+        self.send(&b.finish(None))?;
         self.bridge = BridgeState::Absent;
         Ok(())
     }
@@ -639,6 +662,7 @@ impl Dataplane for NetlinkWriter {
                         table,
                         plan,
                         handles: Handles::default(),
+                        table_handle: None,
                     })
                 })
             }
@@ -650,15 +674,29 @@ impl Dataplane for NetlinkWriter {
             let rs = Ruleset::from_table(&new_table)?;
             return self.replace_with(new_table, rs, bridge, started);
         };
+        let table_handle = old.table_handle;
         let (mut plan, change) = plan::replan(old, &new_table)?;
         if let Some(change) = change {
+            // Rules changed by handle: only in the table whose handles the writer knows, and only
+            // if nothing was committed since it checked (`None`: another table, a replace).
+            let generation = match change.edited.is_empty() {
+                true => Ok(None),
+                false => self.generation_of(table_handle).ok_or(()).map(Some),
+            };
             // A rejected batch (the kernel did not hold `old` after all) changes nothing: fall
             // back to a replace.
-            if let Ok((stats, created)) = self.send_in_place(&plan, &change, &bridge, started) {
+            if let Ok((stats, created)) =
+                generation.and_then(|g| self.send_in_place(&plan, &change, &bridge, g, started).map_err(drop))
+            {
                 // The plan is in the kernel's listing order; the model must line up with it.
                 let table = change.order.arrange_table(&new_table);
                 let handles = handles_after(&plan, change, &created);
-                self.committed = Some(Committed { table, plan, handles });
+                self.committed = Some(Committed {
+                    table,
+                    plan,
+                    handles,
+                    table_handle,
+                });
                 self.bridge = bridge.after;
                 return Ok(stats);
             }

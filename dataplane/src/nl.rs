@@ -29,6 +29,7 @@
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -42,6 +43,7 @@ use super::plan::{
     self, ChainSpec, CmpOp, Elem, Expr, InPlace, MetaKey, PayloadBase, RuleOp, Ruleset, SetDelta, SetRef, SetSpec,
     TableFamily, Verdict,
 };
+use super::socket::{Echo, NEWRULE, NEWTABLE};
 use super::DataplaneError;
 
 /// A finalized batch and, per message that the kernel acknowledges, what it was about.
@@ -52,6 +54,11 @@ pub(crate) struct Encoded {
     /// The rules the kernel is asked to echo once created (`NLM_F_ECHO`, with the handle it
     /// gave them): message index → (chain index in the plan, rule index in the chain).
     pub echoed: HashMap<usize, (usize, usize)>,
+    /// The message creating the `inet` table, echoed likewise.
+    pub table_echo: Option<usize>,
+    /// The ruleset generation the batch applies to (`NFNL_BATCH_GENID`): the kernel refuses it
+    /// (`ERESTART`) if anything was committed since.
+    pub generation: Option<u32>,
 }
 
 impl Encoded {
@@ -78,14 +85,49 @@ impl Encoded {
         Some(seq.checked_sub(first)? as usize)
     }
 
-    /// The handles the kernel gave the echoed rules, by (chain index, rule index), from the
-    /// `(sequence number, handle)` of each rule it echoed.
-    pub fn created(&self, echoes: &[(u32, u64)]) -> HashMap<(usize, usize), u64> {
+    /// The handles the kernel gave the echoed rules, by (chain index, rule index).
+    pub fn created(&self, echoes: &[Echo]) -> HashMap<(usize, usize), u64> {
         echoes
             .iter()
-            .filter_map(|&(seq, handle)| Some((*self.echoed.get(&self.index(seq)?)?, handle)))
+            .filter(|e| e.ty == NEWRULE)
+            .filter_map(|e| Some((*self.echoed.get(&self.index(e.seq)?)?, e.handle)))
             .collect()
     }
+
+    /// The handle of the `inet` table the batch created, if it created one.
+    pub fn table_handle(&self, echoes: &[Echo]) -> Option<u64> {
+        let at = self.table_echo?;
+        echoes
+            .iter()
+            .find(|e| e.ty == NEWTABLE && self.index(e.seq) == Some(at))
+            .map(|e| e.handle)
+    }
+
+    /// The batch's bytes, page by page; with a generation, the batch begin message (the first
+    /// one, `nfgenmsg` only) carries it as `NFNL_BATCH_GENID`.
+    pub fn pages(&self) -> Vec<Cow<'_, [u8]>> {
+        let mut pages: Vec<Cow<'_, [u8]>> = self.batch.iter().map(Cow::Borrowed).collect();
+        if let (Some(generation), Some(first)) = (self.generation, pages.first_mut()) {
+            *first = Cow::Owned(with_generation(first, generation));
+        }
+        pages
+    }
+}
+
+/// `NFNL_BATCH_GENID`, the batch begin message's only attribute.
+const NFNL_BATCH_GENID: u16 = 1;
+
+/// `page` (starting with the batch begin message) with `NFNL_BATCH_GENID` added to that message.
+fn with_generation(page: &[u8], generation: u32) -> Vec<u8> {
+    let len = u32::from_ne_bytes(page[0..4].try_into().expect("a netlink header")) as usize;
+    let mut out = Vec::with_capacity(page.len() + 8);
+    out.extend_from_slice(&((len + 8) as u32).to_ne_bytes());
+    out.extend_from_slice(&page[4..len]);
+    out.extend_from_slice(&8u16.to_ne_bytes());
+    out.extend_from_slice(&NFNL_BATCH_GENID.to_ne_bytes());
+    out.extend_from_slice(&generation.to_be_bytes());
+    out.extend_from_slice(&page[len..]);
+    out
 }
 
 /// Builds one batch, remembering what each message is about. Changes of several tables go into
@@ -94,6 +136,7 @@ pub(crate) struct Builder {
     batch: Batch,
     what: Vec<String>,
     echoed: HashMap<usize, (usize, usize)>,
+    table_echo: Option<usize>,
     /// nft numbers sets 1, 2, ... in the order it creates them; lookups name a set and give its
     /// ID, which the kernel uses to find a set created earlier in the same batch. Unique across
     /// the batch, whichever table a set belongs to.
@@ -106,6 +149,7 @@ impl Builder {
             batch: Batch::new(),
             what: Vec::new(),
             echoed: HashMap::new(),
+            table_echo: None,
             next_id: 1,
         }
     }
@@ -126,11 +170,13 @@ impl Builder {
         id
     }
 
-    pub(crate) fn finish(self) -> Encoded {
+    pub(crate) fn finish(self, generation: Option<u32>) -> Encoded {
         Encoded {
             batch: self.batch.finalize(),
             what: self.what,
             echoed: self.echoed,
+            table_echo: self.table_echo,
+            generation,
         }
     }
 
@@ -139,7 +185,13 @@ impl Builder {
         let t = table(rs.family);
         let label = table_label(rs.family);
         add_delete_table(self, &t, rs.family);
-        self.add(&t, MsgType::Add, label);
+        // The table created anew is echoed: its handle tells it from any later one.
+        if rs.family == TableFamily::Inet {
+            self.table_echo = Some(self.what.len());
+            self.add(&TableMsg(&t), MsgType::Add, label);
+        } else {
+            self.add(&t, MsgType::Add, label);
+        }
 
         let mut chains = Vec::with_capacity(rs.chains.len());
         for spec in &rs.chains {
@@ -413,6 +465,24 @@ const NLM_F_REPLACE: u16 = 0x100;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
+
+/// A NEWTABLE message the kernel echoes (`NLM_F_ECHO`, which `nftnl` does not send).
+struct TableMsg<'a>(&'a Table);
+
+// SAFETY: `write` lets `nftnl::Table` build its NEWTABLE message into `buf` (nft_nlmsg_maxsize()
+// bytes, guaranteed by the caller, which is what `Table::write` requires), then sets a bit of
+// the 16-bit `nlmsg_flags` field of the netlink header that message starts with (offset 6 of
+// the 16 header bytes, host byte order), unaligned.
+unsafe impl NlMsg for TableMsg<'_> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, ty: MsgType) {
+        // SAFETY: see the impl's contract.
+        unsafe {
+            self.0.write(buf, seq, ty);
+            let flags = buf.cast::<u8>().add(6).cast::<u16>();
+            flags.write_unaligned(flags.read_unaligned() | NLM_F_ECHO);
+        }
+    }
+}
 
 /// A NEWRULE message with header flags `nftnl` does not send: `set` added to and `clear` taken
 /// from the flags of its own (`NLM_F_CREATE | NLM_F_APPEND | NLM_F_EXCL | NLM_F_ACK`).

@@ -233,8 +233,8 @@ impl NlSocket {
     /// Sends the batch in one `sendmsg` (the kernel applies a batch only when its end message
     /// arrives in the same write) and checks an answer came for every message. The kernel
     /// processes the batch inside `sendmsg`, so all answers are queued when it returns.
-    pub fn transact(&self, enc: &Encoded) -> Result<Vec<(u32, u64)>, DataplaneError> {
-        let pages: Vec<&[u8]> = enc.batch.iter().collect();
+    pub fn transact(&self, enc: &Encoded) -> Result<Vec<Echo>, DataplaneError> {
+        let pages = enc.pages();
         let total: usize = pages.iter().map(|p| p.len()).sum();
         let expected = enc.batch.sequence_numbers();
 
@@ -259,7 +259,7 @@ impl NlSocket {
 
         let mut answered = vec![false; expected.len()];
         let mut errors: Vec<(u32, i32)> = Vec::new();
-        let mut echoes: Vec<(u32, u64)> = Vec::new();
+        let mut echoes: Vec<Echo> = Vec::new();
         let mut buf = vec![0u8; RECV_BUF];
         loop {
             let n = match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
@@ -270,7 +270,7 @@ impl NlSocket {
                 Err(Errno::ENOBUFS) => return Err(sock_err("recv (answers lost, outcome unknown)")(Errno::ENOBUFS)),
                 Err(e) => return Err(sock_err("recv")(e)),
             };
-            echoes.extend(parse_echoed_rules(&buf[..n]));
+            echoes.extend(parse_echoes(&buf[..n]));
             for (seq, err) in parse_answers(&buf[..n]) {
                 if let Some(i) = seq.checked_sub(expected.start).map(|i| i as usize) {
                     if let Some(a) = answered.get_mut(i) {
@@ -306,24 +306,44 @@ impl NlSocket {
     }
 }
 
+/// `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWTABLE`: a table the kernel created, echoed.
+pub(crate) const NEWTABLE: u16 = 10 << 8;
 /// `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE`: a rule the kernel created, echoed.
-const NEWRULE: u16 = (10 << 8) | 6;
+pub(crate) const NEWRULE: u16 = (10 << 8) | 6;
+const NFTA_TABLE_HANDLE: u16 = 4;
 const NFTA_RULE_HANDLE: u16 = 3;
 
-/// `(sequence number of the request, handle)` of every rule echoed in a buffer of netlink
-/// messages (the kernel echoes a created rule with the sequence number of the message that
-/// created it); malformed messages are skipped (their rules' handles stay unknown).
-fn parse_echoed_rules(buf: &[u8]) -> Vec<(u32, u64)> {
+/// One object the kernel created and echoed: its message type, the sequence number of the
+/// request that created it, and its handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Echo {
+    pub ty: u16,
+    pub seq: u32,
+    pub handle: u64,
+}
+
+/// Every table and rule echoed in a buffer of netlink messages (the kernel echoes a created
+/// object with the sequence number of the message that created it); malformed messages are
+/// skipped (their objects' handles stay unknown).
+fn parse_echoes(buf: &[u8]) -> Vec<Echo> {
     Messages(buf)
         .map_while(Result::ok)
-        .filter(|m| m.ty == NEWRULE)
         .filter_map(|m| {
+            let attr = match m.ty {
+                NEWTABLE => NFTA_TABLE_HANDLE,
+                NEWRULE => NFTA_RULE_HANDLE,
+                _ => return None,
+            };
             let attrs = m.payload.get(NFGENMSG_LEN..)?;
             Attrs(attrs)
                 .map_while(Result::ok)
-                .find(|(ty, _)| *ty == NFTA_RULE_HANDLE)
-                .and_then(|(_, data)| be64("rule handle", data).ok())
-                .map(|h| (m.seq, h))
+                .find(|(ty, _)| *ty == attr)
+                .and_then(|(_, data)| be64("handle", data).ok())
+                .map(|handle| Echo {
+                    ty: m.ty,
+                    seq: m.seq,
+                    handle,
+                })
         })
         .collect()
 }
@@ -370,7 +390,7 @@ mod tests {
     }
 
     #[test]
-    fn echoed_rules() {
+    fn echoed_objects() {
         use crate::nla::testing::{attr, message, nest};
         let rule = |table: &str, handle: u64| {
             let mut p = vec![1, 0, 0, 0];
@@ -386,6 +406,15 @@ mod tests {
         b.extend(message((10 << 8) | 8, 0, 8, &rule("policyc", 41)));
         b.extend(message(NEWRULE, 0, 9, &[1, 0, 0, 0]));
         b.extend(message(NEWRULE, 0, 10, &rule("policyc", 43)));
-        assert_eq!(parse_echoed_rules(&b), [(7, 42), (10, 43)]);
+        let mut table = vec![1, 0, 0, 0];
+        table.extend(attr(1, b"policyc\0"));
+        table.extend(attr(2, &0u32.to_be_bytes()));
+        table.extend(attr(4, &9u64.to_be_bytes()));
+        b.extend(message(NEWTABLE, 0, 3, &table));
+        let echo = |ty, seq, handle| Echo { ty, seq, handle };
+        assert_eq!(
+            parse_echoes(&b),
+            [echo(NEWRULE, 7, 42), echo(NEWRULE, 10, 43), echo(NEWTABLE, 3, 9)]
+        );
     }
 }

@@ -1967,6 +1967,64 @@ fn policy_on_isolated_endpoints_edits_rules() {
     assert!(kept > 0, "after a replace: {stats:?}");
 }
 
+/// Rule handles belong to one table: when another writer replaced the table (same rules, new
+/// handles), or a rule the writer would replace was deleted by hand, the writer does not change
+/// rules by handles it learnt from another table: it replaces the table, which then holds
+/// exactly the rendered ruleset.
+#[test]
+fn rule_edits_only_in_the_table_they_know() {
+    let base = node_yaml(&[("a1", "app: api", "10.0.3.1")]);
+    let with = base.clone()
+        + &policy(
+            "prod",
+            "extra",
+            "  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: api}}}]
+    ports: [{port: 7000}]
+",
+        );
+    let (ir1, ir2) = (ir_from_yaml(&base, Some("n1")), ir_from_yaml(&with, Some("n1")));
+    if !available() {
+        return;
+    }
+    let (a, b) = Netns::pair();
+    let mut w = b.writer();
+    w.apply(None, &ir1).expect("first apply");
+    // The same ruleset, loaded anew by someone else: a new table whose rules happen to have the
+    // same handles (both were created in the same order), which an edit would get away with.
+    // Still another table than the one the writer created: it replaces it.
+    b.writer().replace(&ir1).expect("another writer");
+    let stats = w.apply(Some(&ir1), &ir2).expect("apply");
+    assert!(!stats.in_place, "edited rules of a table it did not create: {stats:?}");
+    a.load_text(&ir2);
+    assert_eq!(a.list(&[]), b.list(&[]));
+    // Its own table again: in place.
+    apply_in_place(&mut w, &b, &ir2, &ir1, "deleted");
+
+    // A rule the change would replace is deleted by hand: the kernel refuses the batch (no
+    // such handle), and the writer replaces the table.
+    apply_in_place(&mut w, &b, &ir1, &ir2, "created again");
+    let listing = b.list(&["-a"]);
+    let a = Netns::new("a");
+    let (chain, handle) = blocks(&listing)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("chain ep_"))
+        .find_map(|(name, text)| {
+            let jump = rule_handles(&text)
+                .into_iter()
+                .find(|(r, _)| r.starts_with("jump npg_"))?;
+            Some((name.trim_start_matches("chain ").to_string(), jump.1))
+        })
+        .expect("an endpoint chain jumping to its NetworkPolicy group");
+    b.nft(&["delete", "rule", "inet", "policyc", &chain, "handle", &handle], None)
+        .expect("delete by hand");
+    let stats = w.apply(Some(&ir2), &ir1).expect("apply");
+    assert!(!stats.in_place, "{stats:?}");
+    a.load_text(&ir1);
+    assert_eq!(a.list(&[]), b.list(&[]));
+}
+
 /// Deleting every policy and endpoint chain but the base chains: every set and regular chain
 /// goes in one transaction, verdict-map elements jumping to them first.
 #[test]

@@ -378,6 +378,8 @@ pub(crate) struct Committed {
     pub table: Table,
     pub plan: Ruleset,
     pub handles: Handles,
+    /// The handle of the table those rule handles belong to (the table this writer created).
+    pub table_handle: Option<u64>,
 }
 
 /// The kernel's rule handles of a table's chains, by chain name, in each chain's rule order;
@@ -398,6 +400,7 @@ pub(crate) fn replan(old: Committed, new: &Table) -> Result<(Ruleset, Option<InP
         table: old_table,
         plan: old_plan,
         handles: mut old_handles,
+        table_handle: _,
     } = old;
     let old_set_order: Vec<String> = old_plan.sets.iter().map(|s| s.name.clone()).collect();
     let old_chain_order: Vec<String> = old_plan.chains.iter().map(|c| c.name.clone()).collect();
@@ -637,6 +640,7 @@ mod tests {
             table,
             plan,
             handles: Handles::default(),
+            table_handle: None,
         };
         let pods: Vec<_> = snap.pods.keys().cloned().collect();
         let policies: Vec<_> = snap.policies.keys().cloned().collect();
@@ -728,6 +732,7 @@ mod tests {
                 table,
                 plan,
                 handles: Handles::default(),
+                table_handle: None,
             };
             ir = new;
         }
@@ -765,6 +770,7 @@ mod tests {
             table,
             plan,
             handles: Handles::default(),
+            table_handle: None,
         };
         let remote: Vec<_> = snap
             .pods
@@ -801,6 +807,7 @@ mod tests {
                 table: new_table,
                 plan,
                 handles: Handles::default(),
+                table_handle: None,
             };
         }
         assert!(patched > 0);
@@ -842,6 +849,7 @@ mod tests {
                 table,
                 plan,
                 handles: Handles::default(),
+                table_handle: None,
             },
             &changed_table,
         )
