@@ -1967,6 +1967,93 @@ fn policy_on_isolated_endpoints_edits_rules() {
     assert!(kept > 0, "after a replace: {stats:?}");
 }
 
+/// Thirty random changes of a synthetic cluster, each applied in place on one node's table:
+/// policies copied for whole namespaces (new groups for endpoints isolated already), deleted,
+/// their ports changed (numeric and named: rules added and removed in the middle of endpoint
+/// chains), pods relabelled and deleted. After each, the table holds exactly the rendered
+/// ruleset, and the rules of changed chains that stayed kept their handles.
+#[test]
+fn random_changes_edit_rules_in_place() {
+    use policyc_compiler::model::{LabelSelector, PortRef, PortSpec};
+    use policyc_compiler::synth::Rng;
+    let shape = Shape {
+        pods: 150,
+        namespaces: 6,
+        policies: 40,
+        nodes: 2,
+        dual_stack_every: 4,
+    };
+    let mut snap = cluster(shape, 11);
+    let opts = CompileOptions {
+        node: Some("node-0".into()),
+        fail_closed: true,
+        ..CompileOptions::default()
+    };
+    if !available() {
+        return;
+    }
+    let b = Netns::new("b");
+    let mut w = b.writer();
+    let mut ir = compile(&snap, &opts);
+    w.apply(None, &ir).expect("first apply");
+    let mut rng = Rng::new(5);
+    let (mut kept_total, mut edits) = (0, 0);
+    for step in 0..30u16 {
+        let policies: Vec<ObjectRef> = snap.policies.keys().cloned().collect();
+        let pods: Vec<ObjectRef> = snap.pods.keys().cloned().collect();
+        let policy = policies[rng.below(policies.len())].clone();
+        match step % 5 {
+            0 => {
+                let mut copy = snap.policies[&policy].clone();
+                copy.name = format!("copy-{step}");
+                copy.pod_selector = LabelSelector::default();
+                snap.policies.insert(copy.id(), copy);
+            }
+            1 => {
+                snap.policies.remove(&policy);
+            }
+            2 => {
+                let named = rng.chance(50);
+                let p = snap.policies.get_mut(&policy).expect("listed");
+                for r in p.ingress.iter_mut().chain(p.egress.iter_mut()) {
+                    r.ports = vec![PortSpec {
+                        protocol: Protocol::Tcp,
+                        port: match named {
+                            true => PortRef::Named("http".into()),
+                            false => PortRef::Range {
+                                first: 3000 + step,
+                                last: 3000 + step,
+                            },
+                        },
+                    }];
+                }
+            }
+            3 => {
+                let pod = snap.pods.get_mut(&pods[rng.below(pods.len())]).expect("listed");
+                pod.labels.insert("tier".into(), format!("moved-{step}"));
+            }
+            _ => {
+                snap.pods.remove(&pods[rng.below(pods.len())]);
+            }
+        }
+        let new = compile(&snap, &opts);
+        let what = format!("step {step}");
+        let before = listed(&b);
+        let stats = w.apply(Some(&ir), &new).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(stats.in_place, "{what}: a full replace: {stats:?}");
+        if stats.messages > 0 {
+            let kept = assert_in_place(&b, &before, &new, &what);
+            kept_total += kept;
+            edits += usize::from(kept > 0);
+        }
+        ir = new;
+    }
+    assert!(
+        edits >= 5 && kept_total > 0,
+        "{edits} steps kept {kept_total} rules of changed chains"
+    );
+}
+
 /// Rule handles belong to one table: when another writer replaced the table (same rules, new
 /// handles), or a rule the writer would replace was deleted by hand, the writer does not change
 /// rules by handles it learnt from another table: it replaces the table, which then holds
