@@ -91,8 +91,9 @@ pub enum LabCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Measure TCP throughput and UDP packet rate between two pods on two nodes: no rules, then
-    /// 10/100/1000 policies selecting the pair, with the nft and the iptables rendering.
+    /// Measure TCP throughput and UDP packet rate between two pods on two nodes: no rules,
+    /// connection tracking alone, then 10/100/1000 policies selecting the pair, with the nft and
+    /// the iptables rendering.
     Bench {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 3)]

@@ -69,7 +69,8 @@ impl Default for BenchOptions {
 pub struct BenchRow {
     /// `canal` or `flannel`.
     pub attachment: String,
-    /// `none`, `nft`, `nft+flows` (flow events on) or `iptables`.
+    /// `none`, `conntrack` (connection tracking alone, see `Lab::conntrack_only`), `nft`,
+    /// `nft+flows` (flow events on) or `iptables`.
     pub backend: String,
     pub policies: usize,
     pub tcp_gbit_s: f64,
@@ -376,7 +377,7 @@ fn run_attachment(
     let _server = Server(child);
     std::thread::sleep(Duration::from_millis(300));
 
-    let mut configs: Vec<(&str, usize)> = vec![("none", 0)];
+    let mut configs: Vec<(&str, usize)> = vec![("none", 0), ("conntrack", 0)];
     configs.extend(opts.policy_counts.iter().map(|n| ("nft", *n)));
     if opts.flow_events {
         configs.extend(opts.policy_counts.iter().map(|n| ("nft+flows", *n)));
@@ -403,6 +404,7 @@ fn run_attachment(
         lab.set_flow_log(flows);
         match backend {
             "none" => lab.clear_rules()?,
+            "conntrack" => lab.conntrack_only()?,
             "iptables" => lab.load_iptables()?,
             _ => lab.reload()?,
         }
@@ -484,6 +486,41 @@ impl BenchResult {
                 r.connections_per_s,
                 r.connections_ratio
             );
+        }
+        // What enforcing costs beyond connection tracking, which any stateful firewall (and
+        // kube-proxy) turns on: each row against the same attachment's conntrack-only row.
+        let ct = |a: &str| self.rows.iter().find(|r| r.attachment == a && r.backend == "conntrack");
+        let beyond: Vec<String> = self
+            .rows
+            .iter()
+            .filter(|r| r.policies > 0)
+            .filter_map(|r| {
+                let b = ct(&r.attachment)?;
+                let q = |v: f64, base: f64| if base > 0.0 { v / base } else { 0.0 };
+                Some(format!(
+                    "{:<10} {:<9} {:>8}  {:>6.2}  {:>6.2}  {:>6.2}",
+                    r.attachment,
+                    r.backend,
+                    r.policies,
+                    q(r.tcp_gbit_s, b.tcp_gbit_s),
+                    q(r.udp_kpps, b.udp_kpps),
+                    q(r.connections_per_s, b.connections_per_s)
+                ))
+            })
+            .collect();
+        if !beyond.is_empty() {
+            let _ = writeln!(
+                out,
+                "ratios to the same attachment's conntrack-only run (connection tracking alone):"
+            );
+            let _ = writeln!(
+                out,
+                "{:<10} {:<9} {:>8}  {:>6}  {:>6}  {:>6}",
+                "attachment", "backend", "policies", "TCP", "UDP", "conn/s"
+            );
+            for line in beyond {
+                let _ = writeln!(out, "{line}");
+            }
         }
         for s in &self.skipped {
             let _ = writeln!(out, "skipped: {s}");

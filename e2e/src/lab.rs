@@ -807,6 +807,22 @@ impl Lab {
         Ok(())
     }
 
+    /// Replaces every node's rules with connection tracking alone: `table inet policyc` holding
+    /// one forward rule, `ct state established,related accept`, which turns conntrack on in the
+    /// node's namespace as every stateful firewall does (and kube-proxy or flannel's masquerade
+    /// rules on a real node). The bench's baseline for what enforcing costs beyond that.
+    pub fn conntrack_only(&mut self) -> Result<(), Error> {
+        self.clear_rules()?;
+        for (name, state) in self.nodes.iter_mut() {
+            let script = format!(
+                "table inet {TABLE} {{\n\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tct state established,related accept\n\t}}\n}}\n"
+            );
+            sys::netns_exec_stdin(&state.netns, &["nft", "-f", "-"], &script)
+                .map_err(|e| Error::new(format!("loading conntrack alone on {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// Loads the iptables rendering of every node's IR instead of the nft table: `ipset
     /// restore`, `iptables-restore --noflush` / `ip6tables-restore --noflush`, then the hooks
     /// script. Removes the nft table first. Needs ipset and iptables.
