@@ -410,22 +410,9 @@ impl Reader {
 
     /// `NoTable` unless the kernel has `table FAMILY <table>`.
     fn check_table(&mut self, table: &str) -> Result<(), CountersError> {
-        let seq = self.request(NFT_MSG_GETTABLE, NLM_F_ACK, |m| m.put_str(NFTA_TABLE_NAME, table))?;
-        loop {
-            let n = self.recv()?;
-            for msg in Messages(&self.buf[..n]) {
-                let msg = msg.map_err(CountersError::Malformed)?;
-                if msg.seq != seq || msg.ty != NLMSG_ERROR {
-                    continue; // the table itself (NEWTABLE), or left over
-                }
-                return match msg.error().map_err(CountersError::Malformed)? {
-                    0 => Ok(()),
-                    errno if errno == Errno::ENOENT as i32 => {
-                        Err(CountersError::NoTable(format!("{} {table}", self.family.as_str())))
-                    }
-                    errno => Err(CountersError::kernel("table lookup", Errno::from_raw(errno))),
-                };
-            }
+        match self.table_handle(table)? {
+            Some(_) => Ok(()),
+            None => Err(CountersError::NoTable(format!("{} {table}", self.family.as_str()))),
         }
     }
 

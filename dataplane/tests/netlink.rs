@@ -1929,12 +1929,9 @@ fn policy_create_change_delete_in_place() {
     assert_eq!(a.list(&[]), b.list(&[]), "a replace lists in the rendered order");
 }
 
-/// A policy created for endpoints other policies isolate already, then deleted: their chains
-/// change rule by rule (the jump to their NetworkPolicy rules, the drop naming the policies),
-/// and the rules that stay (a pod reaching itself, the named-port rules) keep their handles and
-/// counters. Also after a replace by another writer, whose rule handles it learns.
-#[test]
-fn policy_on_isolated_endpoints_edits_rules() {
+/// A node's IR, and the same with one more policy (`prod/extra`) for the `app: web` pods, which
+/// `prod/web` isolates already.
+fn with_and_without_extra_web_policy() -> (Ir, Ir) {
     let base = node_yaml(&[("a1", "app: api", "10.0.3.1")]);
     let with = base.clone()
         + &policy(
@@ -1946,7 +1943,16 @@ fn policy_on_isolated_endpoints_edits_rules() {
     ports: [{port: 7000}]
 ",
         );
-    let (ir1, ir2) = (ir_from_yaml(&base, Some("n1")), ir_from_yaml(&with, Some("n1")));
+    (ir_from_yaml(&base, Some("n1")), ir_from_yaml(&with, Some("n1")))
+}
+
+/// A policy created for endpoints other policies isolate already, then deleted: their chains
+/// change rule by rule (the jump to their NetworkPolicy rules, the drop naming the policies),
+/// and the rules that stay (a pod reaching itself, the named-port rules) keep their handles and
+/// counters. Also after a replace by another writer, whose rule handles it learns.
+#[test]
+fn policy_on_isolated_endpoints_edits_rules() {
+    let (ir1, ir2) = with_and_without_extra_web_policy();
     if !available() {
         return;
     }
@@ -2060,18 +2066,7 @@ fn random_changes_edit_rules_in_place() {
 /// exactly the rendered ruleset.
 #[test]
 fn rule_edits_only_in_the_table_they_know() {
-    let base = node_yaml(&[("a1", "app: api", "10.0.3.1")]);
-    let with = base.clone()
-        + &policy(
-            "prod",
-            "extra",
-            "  podSelector: {matchLabels: {app: web}}
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: api}}}]
-    ports: [{port: 7000}]
-",
-        );
-    let (ir1, ir2) = (ir_from_yaml(&base, Some("n1")), ir_from_yaml(&with, Some("n1")));
+    let (ir1, ir2) = with_and_without_extra_web_policy();
     if !available() {
         return;
     }
