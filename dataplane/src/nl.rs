@@ -188,7 +188,12 @@ impl Builder {
         // The table created anew is echoed: its handle tells it from any later one.
         if rs.family == TableFamily::Inet {
             self.table_echo = Some(self.what.len());
-            self.add(&TableMsg(&t), MsgType::Add, label);
+            let echoed = Flagged {
+                msg: &t,
+                set: NLM_F_ECHO,
+                clear: 0,
+            };
+            self.add(&echoed, MsgType::Add, label);
         } else {
             self.add(&t, MsgType::Add, label);
         }
@@ -456,7 +461,7 @@ fn add_rule(
         ),
         _ => format!("rule {} of chain {}{}", i + 1, spec.name, in_table(family)),
     };
-    b.add(&RuleMsg { rule, set, clear }, MsgType::Add, what);
+    b.add(&Flagged { msg: &rule, set, clear }, MsgType::Add, what);
     Ok(())
 }
 
@@ -466,41 +471,24 @@ const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 
-/// A NEWTABLE message the kernel echoes (`NLM_F_ECHO`, which `nftnl` does not send).
-struct TableMsg<'a>(&'a Table);
-
-// SAFETY: `write` lets `nftnl::Table` build its NEWTABLE message into `buf` (nft_nlmsg_maxsize()
-// bytes, guaranteed by the caller, which is what `Table::write` requires), then sets a bit of
-// the 16-bit `nlmsg_flags` field of the netlink header that message starts with (offset 6 of
-// the 16 header bytes, host byte order), unaligned.
-unsafe impl NlMsg for TableMsg<'_> {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, ty: MsgType) {
-        // SAFETY: see the impl's contract.
-        unsafe {
-            self.0.write(buf, seq, ty);
-            let flags = buf.cast::<u8>().add(6).cast::<u16>();
-            flags.write_unaligned(flags.read_unaligned() | NLM_F_ECHO);
-        }
-    }
-}
-
-/// A NEWRULE message with header flags `nftnl` does not send: `set` added to and `clear` taken
-/// from the flags of its own (`NLM_F_CREATE | NLM_F_APPEND | NLM_F_EXCL | NLM_F_ACK`).
-struct RuleMsg<'a> {
-    rule: Rule<'a>,
+/// An `nftnl` message with header flags `nftnl` does not send: `set` added to and `clear`
+/// taken from the flags it writes (`NLM_F_ECHO` on a NEWTABLE; echo, replace or insert on a
+/// NEWRULE, whose own are `NLM_F_CREATE | NLM_F_APPEND | NLM_F_EXCL | NLM_F_ACK`).
+struct Flagged<'a, M> {
+    msg: &'a M,
     set: u16,
     clear: u16,
 }
 
-// SAFETY: `write` lets `nftnl::Rule` build its NEWRULE message into `buf` (nft_nlmsg_maxsize()
-// bytes, guaranteed by the caller, which is what `Rule::write` requires), then rewrites the
-// 16-bit `nlmsg_flags` field of the netlink header that message starts with (offset 6 of the
-// 16 header bytes, host byte order), unaligned.
-unsafe impl NlMsg for RuleMsg<'_> {
+// SAFETY: `write` lets the wrapped `nftnl` message build itself into `buf` (nft_nlmsg_maxsize()
+// bytes, guaranteed by the caller, which is what the wrapped `write` requires), then rewrites
+// the 16-bit `nlmsg_flags` field of the netlink header that message starts with (offset 6 of
+// the 16 header bytes, host byte order), unaligned.
+unsafe impl<M: NlMsg> NlMsg for Flagged<'_, M> {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, ty: MsgType) {
         // SAFETY: see the impl's contract.
         unsafe {
-            self.rule.write(buf, seq, ty);
+            self.msg.write(buf, seq, ty);
             let flags = buf.cast::<u8>().add(6).cast::<u16>();
             flags.write_unaligned((flags.read_unaligned() & !self.clear) | self.set);
         }
